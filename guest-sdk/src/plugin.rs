@@ -1,0 +1,211 @@
+//! The plugin contract: what a plugin implements, and the request and response it sees.
+
+use crate::Tensor;
+use crate::bindings::edgeplug::plugin::types;
+use crate::bindings::exports::edgeplug::plugin::handler;
+
+/// An error a plugin returns to its caller, or receives from the host.
+pub type Error = types::Error;
+
+/// What kind of error: clients and the gateway map it to a status.
+pub type ErrorCode = types::ErrorCode;
+
+/// Name, element type and shape of a tensor; -1 marks a dynamic dimension.
+pub type TensorInfo = types::TensorInfo;
+
+impl Error {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The input was malformed.
+    pub fn invalid_argument(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::InvalidArgument, message)
+    }
+
+    /// The input has the wrong shape.
+    pub fn shape_mismatch(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::ShapeMismatch, message)
+    }
+
+    /// The input is of a kind the plugin does not handle (an unsupported content type).
+    pub fn unsupported(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::Unsupported, message)
+    }
+
+    /// Something inside the plugin went wrong.
+    pub fn internal(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::Internal, message)
+    }
+}
+
+impl TensorInfo {
+    /// A float32 tensor called `name` of `shape` (-1 for a dynamic dimension).
+    pub fn f32(name: &str, shape: &[i64]) -> TensorInfo {
+        TensorInfo {
+            name: name.to_string(),
+            element_type: types::ElementType::Float32,
+            shape: shape.to_vec(),
+        }
+    }
+}
+
+/// What a plugin is: the answer to `describe()`.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    /// Must equal the manifest's `name`.
+    pub name: String,
+    /// Must equal the manifest's `version`.
+    pub version: String,
+    /// One line for humans.
+    pub description: String,
+    /// The tensors the plugin takes (for model-metadata endpoints).
+    pub inputs: Vec<TensorInfo>,
+    /// The tensors the plugin gives.
+    pub outputs: Vec<TensorInfo>,
+}
+
+impl PluginInfo {
+    /// A plugin called `name` at `version`, usually `env!("CARGO_PKG_VERSION")`.
+    pub fn new(name: &str, version: &str) -> PluginInfo {
+        PluginInfo {
+            name: name.to_string(),
+            version: version.to_string(),
+            description: String::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Sets the description.
+    pub fn description(mut self, description: &str) -> Self {
+        self.description = description.to_string();
+        self
+    }
+
+    /// Declares an input tensor.
+    pub fn input(mut self, info: TensorInfo) -> Self {
+        self.inputs.push(info);
+        self
+    }
+
+    /// Declares an output tensor.
+    pub fn output(mut self, info: TensorInfo) -> Self {
+        self.outputs.push(info);
+        self
+    }
+}
+
+/// One request: a body with its MIME type, and named tensors from tensor protocols.
+#[derive(Debug)]
+pub struct Request {
+    /// MIME type of `body`, such as `image/png` or `application/json`.
+    pub content_type: String,
+    /// The raw body.
+    pub body: Vec<u8>,
+    /// Named input tensors, already in host memory.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Request {
+    /// The content type without parameters, lower-cased (`"Image/PNG; q=1"` is `"image/png"`).
+    pub fn mime(&self) -> String {
+        self.content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::invalid_argument(format!("body is not the expected JSON: {e}")))
+    }
+
+    /// Takes the input tensor called `name` out of the request.
+    pub fn take_tensor(&mut self, name: &str) -> Option<Tensor> {
+        let index = self.tensors.iter().position(|(n, _)| n == name)?;
+        Some(self.tensors.remove(index).1)
+    }
+}
+
+/// A plugin's answer.
+#[derive(Debug)]
+pub struct Response {
+    /// MIME type of `body`.
+    pub content_type: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Named output tensors.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Response {
+    /// A JSON body.
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Response, Error> {
+        let body = serde_json::to_vec(value)
+            .map_err(|e| Error::internal(format!("cannot serialize the response: {e}")))?;
+        Ok(Response {
+            content_type: "application/json".to_string(),
+            body,
+            tensors: Vec::new(),
+        })
+    }
+
+    /// Adds a named output tensor (served by tensor protocols such as Open Inference v2).
+    pub fn with_tensor(mut self, name: &str, tensor: Tensor) -> Self {
+        self.tensors.push((name.to_string(), tensor));
+        self
+    }
+}
+
+/// What a plugin implements. Each request runs on a fresh instance, so a plugin keeps no
+/// state between requests; load weights and open models inside `infer`, which costs a handle,
+/// not a copy.
+pub trait Plugin {
+    /// Name, version and the tensors the plugin takes and gives.
+    fn describe() -> PluginInfo;
+    /// Answers one request.
+    fn infer(request: Request) -> Result<Response, Error>;
+}
+
+#[doc(hidden)]
+pub fn describe_export<P: Plugin>() -> handler::PluginInfo {
+    let info = P::describe();
+    handler::PluginInfo {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        inputs: info.inputs,
+        outputs: info.outputs,
+    }
+}
+
+#[doc(hidden)]
+pub fn infer_export<P: Plugin>(request: handler::Request) -> Result<handler::Response, Error> {
+    let request = Request {
+        content_type: request.content_type,
+        body: request.body,
+        tensors: request
+            .tensors
+            .into_iter()
+            .map(|t| (t.name, Tensor(t.tensor)))
+            .collect(),
+    };
+    let response = P::infer(request)?;
+    Ok(handler::Response {
+        content_type: response.content_type,
+        body: response.body,
+        tensors: response
+            .tensors
+            .into_iter()
+            .map(|(name, t)| handler::NamedTensor { name, tensor: t.0 })
+            .collect(),
+    })
+}

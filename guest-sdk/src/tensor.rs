@@ -1,0 +1,145 @@
+//! Tensors in host memory, and the native kernels that run on them.
+
+use crate::bindings::edgeplug::plugin::{ops, types};
+use crate::Error;
+
+/// Element type of a tensor. Kernels compute in `F32`; the others carry data in and out.
+pub type ElementType = types::ElementType;
+
+/// A tensor that lives in host memory. Cloning is not offered: ops return new tensors and
+/// never modify their inputs, so share by reference.
+#[derive(Debug)]
+pub struct Tensor(pub(crate) types::Tensor);
+
+fn dims(shape: &[usize]) -> Result<Vec<u32>, Error> {
+    shape
+        .iter()
+        .map(|&d| u32::try_from(d).map_err(|_| Error::invalid_argument(format!("dimension {d} is too large"))))
+        .collect()
+}
+
+impl Tensor {
+    /// A float32 tensor of `shape` from row-major values.
+    pub fn from_slice(shape: &[usize], data: &[f32]) -> Result<Tensor, Error> {
+        Ok(Tensor(types::Tensor::from_f32(&dims(shape)?, data)?))
+    }
+
+    /// A tensor from little-endian bytes of `element_type`.
+    pub fn from_bytes(shape: &[usize], element_type: ElementType, data: &[u8]) -> Result<Tensor, Error> {
+        Ok(Tensor(types::Tensor::from_bytes(&dims(shape)?, element_type, data)?))
+    }
+
+    /// A named weight tensor from the weights files the manifest grants; the data stays in the
+    /// host, shared by every instance.
+    pub fn load(name: &str) -> Result<Tensor, Error> {
+        Ok(Tensor(types::Tensor::load(name)?))
+    }
+
+    /// The dimensions, outermost first.
+    pub fn shape(&self) -> Vec<usize> {
+        self.0.shape().into_iter().map(|d| d as usize).collect()
+    }
+
+    /// The element type.
+    pub fn element_type(&self) -> ElementType {
+        self.0.element_type()
+    }
+
+    /// Copies a float32 tensor's values into the sandbox.
+    pub fn to_vec(&self) -> Result<Vec<f32>, Error> {
+        Ok(self.0.to_f32()?)
+    }
+
+    /// Copies the values, as little-endian bytes, into the sandbox.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+
+    /// max(x, 0).
+    pub fn relu(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::relu(&self.0)?))
+    }
+
+    /// min(max(x, 0), 6).
+    pub fn relu6(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::relu6(&self.0)?))
+    }
+
+    /// 1 / (1 + e^-x).
+    pub fn sigmoid(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::sigmoid(&self.0)?))
+    }
+
+    /// tanh(x).
+    pub fn tanh(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::tanh(&self.0)?))
+    }
+
+    /// min(max(x, min), max).
+    pub fn clip(&self, min: f32, max: f32) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::clip(&self.0, min, max)?))
+    }
+
+    /// Softmax along `axis` (negative counts from the end).
+    pub fn softmax(&self, axis: i32) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::softmax(&self.0, axis)?))
+    }
+
+    /// Elementwise sum with NumPy broadcasting.
+    pub fn add(&self, other: &Tensor) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::add(&self.0, &other.0)?))
+    }
+
+    /// Elementwise product with NumPy broadcasting.
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::mul(&self.0, &other.0)?))
+    }
+
+    /// NumPy matmul.
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::matmul(&self.0, &other.0)?))
+    }
+
+    /// [N, C, H, W] to [N, C, 1, 1] by averaging each channel.
+    pub fn global_avg_pool(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::global_avg_pool(&self.0)?))
+    }
+
+    /// Inference batch normalization over the channels of [N, C, H, W].
+    pub fn batch_norm(
+        &self,
+        scale: &Tensor,
+        bias: &Tensor,
+        mean: &Tensor,
+        variance: &Tensor,
+        epsilon: f32,
+    ) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::batch_norm(&self.0, &scale.0, &bias.0, &mean.0, &variance.0, epsilon)?))
+    }
+
+    /// ONNX Reshape: one dimension may be -1 (inferred); 0 keeps the input's dimension.
+    pub fn reshape(&self, shape: &[i64]) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::reshape(&self.0, shape)?))
+    }
+
+    /// ONNX Flatten to 2-D at `axis`.
+    pub fn flatten(&self, axis: u32) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::flatten(&self.0, axis)?))
+    }
+
+    /// Permutes the dimensions.
+    pub fn transpose(&self, perm: &[u32]) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::transpose(&self.0, perm)?))
+    }
+
+    /// Concatenates tensors along `axis`.
+    pub fn concat(tensors: &[&Tensor], axis: u32) -> Result<Tensor, Error> {
+        let handles: Vec<&types::Tensor> = tensors.iter().map(|t| &t.0).collect();
+        Ok(Tensor(ops::concat(&handles, axis)?))
+    }
+
+    /// ShuffleNet's channel shuffle of [N, C, H, W].
+    pub fn channel_shuffle(&self, groups: u32) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::channel_shuffle(&self.0, groups)?))
+    }
+}

@@ -1,0 +1,200 @@
+//! The `edgeplug` command line: parses arguments and maps results to exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::runtime::{ComponentCache, InferRequest, InvokeError, PluginFiles, Runtime, RuntimeConfig};
+
+/// edgeplug runs signed WebAssembly inference plugins on edge hosts: preprocessing in the
+/// sandbox, tensor math in native host kernels.
+#[derive(Debug, Parser)]
+#[command(name = "edgeplug", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a plugin on input files and prints one JSON result per file, one per line.
+    ///
+    /// PLUGIN is a plugin directory (holding plugin.toml). The content type of each file comes
+    /// from its extension: .png, .jpg/.jpeg, .json, .npy, .csv, anything else is
+    /// application/octet-stream. Exit status 0 if every file gave a result, 2 if any gave an
+    /// error.
+    Run(RunArgs),
+    /// Extracts the initializers of an ONNX model into a safetensors weights file and lists
+    /// the graph's nodes, for porting a model to the native `ops` interface.
+    Weights(WeightsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The plugin directory.
+    plugin: PathBuf,
+    /// Input files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Read the component from this file instead of the path plugin.toml names
+    /// (for example a fresh build output).
+    #[arg(long)]
+    component: Option<PathBuf>,
+    /// Directory for compiled components (default: $XDG_CACHE_HOME/edgeplug or ~/.cache/edgeplug).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct WeightsArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Where to write the safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEPLUG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run_plugin(args),
+        Command::Weights(args) => extract_weights(args),
+    }
+}
+
+/// The content type `edgeplug run` sends for a file.
+pub fn content_type_for(path: &Path) -> &'static str {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("json") => "application/json",
+        Some("npy") => "application/x-npy",
+        Some("csv") => "text/csv",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The default directory for compiled components.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("edgeplug"))
+}
+
+fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let cache = match args.cache_dir.or_else(default_cache_dir) {
+        Some(dir) => ComponentCache::in_dir(dir),
+        None => ComponentCache::disabled(),
+    };
+    let runtime = Runtime::new(RuntimeConfig {
+        cache,
+        ..RuntimeConfig::default()
+    })?;
+    let files = PluginFiles::from_dir(&args.plugin, args.component.as_deref())?;
+    let plugin = runtime.load(&files)?;
+    let mut failed = false;
+    for path in &args.files {
+        let line = match std::fs::read(path) {
+            Err(e) => {
+                failed = true;
+                serde_json::json!({"file": path, "error": {"code": "io", "message": e.to_string()}})
+            }
+            Ok(body) => {
+                let request = InferRequest {
+                    content_type: content_type_for(path).to_string(),
+                    body,
+                    tensors: Vec::new(),
+                };
+                match plugin.infer(request) {
+                    Ok(response) => {
+                        let result = if response.content_type.starts_with("application/json") {
+                            serde_json::from_slice(&response.body).unwrap_or_else(|_| {
+                                serde_json::Value::String(String::from_utf8_lossy(&response.body).into())
+                            })
+                        } else {
+                            serde_json::json!({
+                                "content_type": response.content_type,
+                                "bytes": response.body.len(),
+                            })
+                        };
+                        serde_json::json!({"file": path, "result": result})
+                    }
+                    Err(e) => {
+                        failed = true;
+                        serde_json::json!({"file": path, "error": invoke_error_json(&e)})
+                    }
+                }
+            }
+        };
+        println!("{line}");
+    }
+    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// The JSON form of a failed request, shared by the CLI and the gateway.
+pub fn invoke_error_json(e: &InvokeError) -> serde_json::Value {
+    let code = match e {
+        InvokeError::Plugin { code, .. } => format!("{code:?}")
+            .chars()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let lower = c.to_ascii_lowercase();
+                if c.is_ascii_uppercase() && i > 0 {
+                    vec!['-', lower]
+                } else {
+                    vec![lower]
+                }
+            })
+            .collect(),
+        InvokeError::RequestTooLarge { .. } => "request-too-large".into(),
+        InvokeError::ResponseTooLarge { .. } => "response-too-large".into(),
+        InvokeError::DeadlineExceeded { .. } => "deadline-exceeded".into(),
+        InvokeError::MemoryExhausted { .. } => "memory-exhausted".into(),
+        InvokeError::TensorMemoryExhausted { .. } => "tensor-memory-exhausted".into(),
+        InvokeError::Trap(_) => "trap".to_string(),
+    };
+    let message = match e {
+        InvokeError::Plugin { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    serde_json::json!({"code": code, "message": message})
+}
+
+fn extract_weights(args: WeightsArgs) -> anyhow::Result<ExitCode> {
+    let onnx = std::fs::read(&args.model).with_context(|| format!("cannot read {}", args.model.display()))?;
+    let (bytes, nodes) = crate::weights::extract_onnx_weights(&onnx)?;
+    std::fs::write(&args.out, bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
+    for node in nodes {
+        println!("{}", serde_json::to_string(&node)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,392 @@
+//! Runs plugins: one `Engine` and `Linker` per process, an `InstancePre` per loaded plugin
+//! version, and a fresh `Store` per request, so no state leaks from one request to the next.
+
+mod cache;
+pub mod glue;
+mod plugin;
+mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+pub use cache::ComponentCache;
+pub use plugin::{EffectiveLimits, PluginFiles, PluginInfo, PluginShared};
+pub use state::LimitHit;
+
+use glue::{Plugin, PluginPre, handler};
+use state::{LimitExceeded, StoreState};
+
+use crate::model::TensorSpec;
+use crate::tensor::Tensor;
+
+/// How often the epoch advances; deadlines are rounded up to this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Interfaces a plugin may import. Rust's std needs the WASI ones; they are linked with an
+/// empty context, so they grant nothing. Anything else is refused at load time.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "edgeplug:plugin/",
+    "wasi:io/",
+    "wasi:cli/environment@",
+    "wasi:cli/exit@",
+    "wasi:cli/stdin@",
+    "wasi:cli/stdout@",
+    "wasi:cli/stderr@",
+    "wasi:cli/terminal-",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:random/",
+];
+
+/// Host-wide settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Caps every plugin's own limits.
+    pub limit_caps: crate::manifest::Limits,
+    /// Instances that may exist at once across all plugins (pooling allocator slots).
+    pub max_instances: u32,
+    /// Where compiled components are cached; `None` keeps them in memory only.
+    pub cache: ComponentCache,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            limit_caps: crate::manifest::Limits {
+                memory_mib: 512,
+                deadline_ms: 30_000,
+                concurrency: 64,
+                tensor_memory_mib: 1024,
+                max_request_mib: 64,
+                max_response_mib: 64,
+            },
+            max_instances: 128,
+            cache: ComponentCache::disabled(),
+        }
+    }
+}
+
+/// The process-wide wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    config: RuntimeConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let engine = match Engine::new(&engine_config(&config, true)) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // Pooling reserves address space up front; a host with a small
+                // vm.overcommit or ulimit -v refuses it. On-demand allocation still works.
+                tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
+                Engine::new(&engine_config(&config, false)).map_err(anyhow_of)?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow_of)?;
+        Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(anyhow_of)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("edgeplug-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            ticker_stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or loads from the cache) and checks a plugin's component, loads its models
+    /// and weights, pre-instantiates it and calls `describe()`, which must agree with the
+    /// manifest.
+    pub fn load(&self, files: &PluginFiles) -> anyhow::Result<LoadedPlugin> {
+        let manifest = &files.manifest;
+        let wasm = files.get(&manifest.component)?;
+        let component = self
+            .config
+            .cache
+            .component(&self.engine, wasm)
+            .with_context(|| format!("cannot compile the component of plugin {:?}", manifest.name))?;
+        check_imports(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow_of)
+            .with_context(|| format!("plugin {:?} does not fit the edgeplug world", manifest.name))?;
+        let pre = PluginPre::new(pre).map_err(anyhow_of)?;
+        let shared = Arc::new(PluginShared::load(files, &self.config.limit_caps)?);
+        let mut plugin = LoadedPlugin {
+            engine: self.engine.clone(),
+            pre,
+            shared,
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            },
+        };
+        let info = plugin.call_describe()?;
+        anyhow::ensure!(
+            info.name == manifest.name && info.version == manifest.version.to_string(),
+            "plugin describes itself as {} {}, but its manifest says {} {}",
+            info.name,
+            info.version,
+            manifest.name,
+            manifest.version
+        );
+        plugin.info = info;
+        Ok(plugin)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
+    let mut c = Config::new();
+    c.epoch_interruption(true);
+    c.wasm_component_model(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        let memory_cap = config.limit_caps.memory_mib as usize * (1 << 20);
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_memory_size(memory_cap);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+/// wasmtime 48 has its own error type; the rest of the host speaks `anyhow`.
+pub(crate) fn anyhow_of(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:?}")
+}
+
+fn check_imports(engine: &Engine, component: &Component) -> anyhow::Result<()> {
+    for (name, _) in component.component_type().imports(engine) {
+        if !ALLOWED_IMPORTS.iter().any(|allowed| name.starts_with(allowed)) {
+            anyhow::bail!(
+                "the component imports {name:?}, which this gateway does not grant \
+                 (plugins may import edgeplug:plugin interfaces and the WASI interfaces Rust's std needs)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A request to a plugin.
+#[derive(Debug, Clone, Default)]
+pub struct InferRequest {
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// A plugin's answer.
+#[derive(Debug, Clone)]
+pub struct InferResponse {
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// What a plugin's error result said: the guest's own verdict on its input.
+pub use glue::WitErrorCode as PluginErrorCode;
+
+/// Why a request did not produce a response.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("{code:?}: {message}")]
+    Plugin {
+        code: PluginErrorCode,
+        message: String,
+    },
+    #[error("request body of {size} bytes exceeds the plugin's limit of {limit} bytes")]
+    RequestTooLarge { size: usize, limit: usize },
+    #[error("response of {size} bytes exceeds the plugin's limit of {limit} bytes")]
+    ResponseTooLarge { size: usize, limit: usize },
+    #[error("deadline of {deadline_ms} ms exceeded")]
+    DeadlineExceeded { deadline_ms: u64 },
+    #[error("plugin exceeded its linear memory limit of {limit_bytes} bytes")]
+    MemoryExhausted { limit_bytes: usize },
+    #[error("plugin exceeded its host tensor memory limit of {limit_bytes} bytes")]
+    TensorMemoryExhausted { limit_bytes: usize },
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+}
+
+/// A plugin version ready to serve.
+pub struct LoadedPlugin {
+    engine: Engine,
+    pre: PluginPre<StoreState>,
+    shared: Arc<PluginShared>,
+    info: PluginInfo,
+}
+
+impl LoadedPlugin {
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    pub fn shared(&self) -> &PluginShared {
+        &self.shared
+    }
+
+    fn new_store(&self) -> Store<StoreState> {
+        let mut store = Store::new(&self.engine, StoreState::new(self.shared.clone()));
+        store.limiter(|s| &mut s.limiter);
+        let ticks = self
+            .shared
+            .limits()
+            .deadline_ms
+            .div_ceil(EPOCH_TICK.as_millis() as u64)
+            .max(1);
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn call_describe(&self) -> anyhow::Result<PluginInfo> {
+        let mut store = self.new_store();
+        let instance = self.pre.instantiate(&mut store).map_err(anyhow_of)?;
+        let info = instance
+            .edgeplug_plugin_handler()
+            .call_describe(&mut store)
+            .map_err(|e| self.classify(&store, e))
+            .context("describe() failed")?;
+        let spec = |t: glue::edgeplug::plugin::types::TensorInfo| TensorSpec {
+            name: t.name,
+            element_type: glue::to_element_type(t.element_type),
+            shape: t.shape,
+        };
+        Ok(PluginInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            inputs: info.inputs.into_iter().map(spec).collect(),
+            outputs: info.outputs.into_iter().map(spec).collect(),
+        })
+    }
+
+    /// Runs one request on a fresh instance. Blocking and CPU-bound: call it off any async
+    /// reactor.
+    pub fn infer(&self, request: InferRequest) -> Result<InferResponse, InvokeError> {
+        let limits = self.shared.limits();
+        if request.body.len() > limits.request_bytes {
+            return Err(InvokeError::RequestTooLarge {
+                size: request.body.len(),
+                limit: limits.request_bytes,
+            });
+        }
+        let mut store = self.new_store();
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&store, e))?;
+        let mut tensors = Vec::with_capacity(request.tensors.len());
+        for (name, tensor) in request.tensors {
+            let handle = store.data_mut().push_tensor(tensor).map_err(|e| match e {
+                glue::HostError::Guest(e) => InvokeError::Plugin {
+                    code: e.code,
+                    message: e.message,
+                },
+                glue::HostError::Trap(e) => self.classify(&store, e),
+            })?;
+            tensors.push(handle::NamedTensor { name, tensor: handle });
+        }
+        let wit_request = handle::Request {
+            content_type: request.content_type,
+            body: request.body,
+            tensors,
+        };
+        let result = instance
+            .edgeplug_plugin_handler()
+            .call_infer(&mut store, &wit_request)
+            .map_err(|e| self.classify(&store, e))?;
+        let response = result.map_err(|e| InvokeError::Plugin {
+            code: e.code,
+            message: e.message,
+        })?;
+        let mut size = response.body.len();
+        let mut tensors = Vec::with_capacity(response.tensors.len());
+        for named in response.tensors {
+            let tensor = store
+                .data_mut()
+                .take_tensor(named.tensor)
+                .map_err(|e| InvokeError::Trap(format!("{e:?}")))?;
+            size = size.saturating_add(tensor.byte_size());
+            tensors.push((named.name, tensor));
+        }
+        if size > limits.response_bytes {
+            return Err(InvokeError::ResponseTooLarge {
+                size,
+                limit: limits.response_bytes,
+            });
+        }
+        Ok(InferResponse {
+            content_type: response.content_type,
+            body: response.body,
+            tensors,
+        })
+    }
+
+    /// Turns a trap into the limit that caused it, if one did.
+    fn classify(&self, store: &Store<StoreState>, e: wasmtime::Error) -> InvokeError {
+        let state = store.data();
+        if let Some(LimitExceeded(hit)) = e.downcast_ref::<LimitExceeded>() {
+            return limit_error(*hit);
+        }
+        if let Some(hit) = state.limit_hit {
+            return limit_error(hit);
+        }
+        if state.limiter.exhausted {
+            return InvokeError::MemoryExhausted {
+                limit_bytes: self.shared.limits().memory_bytes,
+            };
+        }
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return InvokeError::DeadlineExceeded {
+                deadline_ms: self.shared.limits().deadline_ms,
+            };
+        }
+        InvokeError::Trap(format!("{e:?}"))
+    }
+}
+
+fn limit_error(hit: LimitHit) -> InvokeError {
+    match hit {
+        LimitHit::LinearMemory { limit_bytes } => InvokeError::MemoryExhausted { limit_bytes },
+        LimitHit::TensorMemory { limit_bytes } => InvokeError::TensorMemoryExhausted { limit_bytes },
+    }
+}
+
+use handler as handle;

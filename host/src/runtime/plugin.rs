@@ -1,0 +1,155 @@
+//! A loaded plugin version: its manifest, its pre-instantiated component and the models and
+//! weights it was granted, all shared by every request that runs on this version.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::glue::{HostError, WitErrorCode};
+use crate::manifest::Manifest;
+use crate::model::{Model, TensorSpec};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+/// A plugin's files by their path inside the plugin, read from a directory or taken from a
+/// verified bundle.
+#[derive(Debug, Clone)]
+pub struct PluginFiles {
+    pub manifest: Manifest,
+    pub files: BTreeMap<String, Arc<[u8]>>,
+}
+
+impl PluginFiles {
+    /// Reads a plugin directory: `plugin.toml` and every file it refers to. `component`
+    /// overrides where the component is read from (a build output outside the directory).
+    pub fn from_dir(dir: &Path, component: Option<&Path>) -> anyhow::Result<PluginFiles> {
+        let manifest = Manifest::load(dir)?;
+        let mut files = BTreeMap::new();
+        for path in manifest.referenced_files() {
+            let on_disk = match component {
+                Some(c) if path == manifest.component => c.to_path_buf(),
+                _ => dir.join(path),
+            };
+            let bytes = std::fs::read(&on_disk)
+                .with_context(|| format!("cannot read {} (named in plugin.toml)", on_disk.display()))?;
+            files.insert(path.to_string(), Arc::from(bytes));
+        }
+        Ok(PluginFiles { manifest, files })
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<&Arc<[u8]>> {
+        self.files
+            .get(path)
+            .with_context(|| format!("plugin file {path:?} is missing"))
+    }
+}
+
+/// Effective limits of a plugin version: its manifest's, capped by the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffectiveLimits {
+    pub memory_bytes: usize,
+    pub deadline_ms: u64,
+    pub concurrency: usize,
+    pub tensor_bytes: usize,
+    pub request_bytes: usize,
+    pub response_bytes: usize,
+}
+
+const MIB: usize = 1 << 20;
+
+impl EffectiveLimits {
+    pub fn new(manifest: &crate::manifest::Limits, cap: &crate::manifest::Limits) -> EffectiveLimits {
+        let min = |a: u32, b: u32| a.min(b);
+        EffectiveLimits {
+            memory_bytes: min(manifest.memory_mib, cap.memory_mib) as usize * MIB,
+            deadline_ms: u64::from(min(manifest.deadline_ms, cap.deadline_ms)),
+            concurrency: min(manifest.concurrency, cap.concurrency) as usize,
+            tensor_bytes: min(manifest.tensor_memory_mib, cap.tensor_memory_mib) as usize * MIB,
+            request_bytes: min(manifest.max_request_mib, cap.max_request_mib) as usize * MIB,
+            response_bytes: min(manifest.max_response_mib, cap.max_response_mib) as usize * MIB,
+        }
+    }
+}
+
+/// What `describe()` returned, checked against the manifest at load time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// The state shared by every request on one plugin version.
+pub struct PluginShared {
+    manifest: Manifest,
+    limits: EffectiveLimits,
+    models: BTreeMap<String, Arc<Model>>,
+    weights: Weights,
+}
+
+impl PluginShared {
+    /// Loads and optimizes every granted model and weights file once.
+    pub fn load(files: &PluginFiles, cap: &crate::manifest::Limits) -> anyhow::Result<PluginShared> {
+        let manifest = files.manifest.clone();
+        let mut models = BTreeMap::new();
+        for (name, path) in &manifest.grants.models {
+            let model = Model::load(name, files.get(path)?)?;
+            tracing::info!(plugin = %manifest.name, model = %name, backend = model.backend(), "model loaded");
+            models.insert(name.clone(), Arc::new(model));
+        }
+        let mut weights = Weights::default();
+        for path in &manifest.grants.weights {
+            weights.add_file(path, files.get(path)?)?;
+        }
+        Ok(PluginShared {
+            limits: EffectiveLimits::new(&manifest.limits, cap),
+            manifest,
+            models,
+            weights,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn version(&self) -> &semver::Version {
+        &self.manifest.version
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn limits(&self) -> EffectiveLimits {
+        self.limits
+    }
+
+    /// Bytes held by the shared weights (models are held by tract and not counted here).
+    pub fn weights_bytes(&self) -> usize {
+        self.weights.byte_size()
+    }
+
+    /// A granted model. The name is a key into the grants, never a path.
+    pub(crate) fn model(&self, name: &str) -> Result<Arc<Model>, HostError> {
+        self.models.get(name).cloned().ok_or_else(|| {
+            HostError::guest(
+                WitErrorCode::NotPermitted,
+                format!("model {name:?} is not granted to plugin {:?}; its manifest grants {:?}", self.name(), self.models.keys().collect::<Vec<_>>()),
+            )
+        })
+    }
+
+    pub(crate) fn weight(&self, name: &str) -> Result<Tensor, HostError> {
+        self.weights.get(name).cloned().ok_or_else(|| {
+            HostError::guest(
+                WitErrorCode::NotFound,
+                format!("no weight tensor {name:?} in the weights files granted to plugin {:?}", self.name()),
+            )
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! Per-request store state: the resource table, the empty WASI context, and the budgets
+//! that bound what one request may take from the host.
+
+use std::sync::Arc;
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::glue::{HostError, WitErrorCode};
+use super::plugin::PluginShared;
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+/// A model a plugin opened: the shared, optimized model of its plugin version.
+pub struct OpenModel(pub Arc<Model>);
+
+/// Which limit ended a request, recorded by the host before it traps so the caller can tell a
+/// deadline from memory exhaustion from a plugin bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    LinearMemory { limit_bytes: usize },
+    TensorMemory { limit_bytes: usize },
+}
+
+/// The host-side error that ends a request when a budget is exceeded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} exceeded")]
+pub struct LimitExceeded(pub LimitHit);
+
+pub struct StoreState {
+    pub(crate) table: ResourceTable,
+    wasi: WasiCtx,
+    plugin: Arc<PluginShared>,
+    pub(crate) limiter: MemoryLimiter,
+    tensor_bytes: usize,
+    tensor_budget: usize,
+    pub(crate) limit_hit: Option<LimitHit>,
+}
+
+impl StoreState {
+    pub fn new(plugin: Arc<PluginShared>) -> StoreState {
+        let limits = plugin.limits();
+        StoreState {
+            table: ResourceTable::new(),
+            // Grants nothing: no args, env, preopens, sockets or stdio. Rust's std imports these
+            // interfaces, so they must be linked, but every call finds nothing to use.
+            wasi: WasiCtx::builder().build(),
+            limiter: MemoryLimiter {
+                max_bytes: limits.memory_bytes,
+                exhausted: false,
+            },
+            tensor_bytes: 0,
+            tensor_budget: limits.tensor_bytes,
+            limit_hit: None,
+            plugin,
+        }
+    }
+
+    pub fn plugin(&self) -> &PluginShared {
+        &self.plugin
+    }
+
+    /// Stores a new tensor for the guest, charging it to the request's tensor budget.
+    pub fn push_tensor(&mut self, tensor: Tensor) -> Result<Resource<Tensor>, HostError> {
+        let size = tensor.byte_size();
+        let total = self.tensor_bytes.saturating_add(size);
+        if total > self.tensor_budget {
+            let hit = LimitHit::TensorMemory {
+                limit_bytes: self.tensor_budget,
+            };
+            self.limit_hit = Some(hit);
+            return Err(HostError::Trap(wasmtime::Error::new(LimitExceeded(hit))));
+        }
+        self.tensor_bytes = total;
+        Ok(self.table.push(tensor)?)
+    }
+
+    pub fn drop_tensor(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
+        let tensor = self.table.delete(tensor)?;
+        self.tensor_bytes = self.tensor_bytes.saturating_sub(tensor.byte_size());
+        Ok(())
+    }
+
+    /// Takes a tensor the guest handed back (a response tensor) out of the table.
+    pub fn take_tensor(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Tensor> {
+        let tensor = self.table.delete(tensor)?;
+        self.tensor_bytes = self.tensor_bytes.saturating_sub(tensor.byte_size());
+        Ok(tensor)
+    }
+
+    pub fn log(&self, level: super::glue::edgeplug::plugin::log::Level, message: &str) {
+        use super::glue::edgeplug::plugin::log::Level;
+        // A plugin must not flood the host's log with one call.
+        const MAX: usize = 4096;
+        let message = match message.char_indices().nth(MAX) {
+            Some((cut, _)) => &message[..cut],
+            None => message,
+        };
+        let (name, version) = (self.plugin.name(), self.plugin.version());
+        match level {
+            Level::Trace => tracing::trace!(plugin = name, %version, "{message}"),
+            Level::Debug => tracing::debug!(plugin = name, %version, "{message}"),
+            Level::Info => tracing::info!(plugin = name, %version, "{message}"),
+            Level::Warn => tracing::warn!(plugin = name, %version, "{message}"),
+            Level::Error => tracing::error!(plugin = name, %version, "{message}"),
+        }
+    }
+}
+
+impl From<crate::model::ModelError> for HostError {
+    fn from(e: crate::model::ModelError) -> HostError {
+        use crate::model::ModelError;
+        let code = match &e {
+            ModelError::InputCount { .. } | ModelError::InputMismatch { .. } => {
+                WitErrorCode::ShapeMismatch
+            }
+            ModelError::Load { .. } | ModelError::Run { .. } => WitErrorCode::Internal,
+        };
+        HostError::guest(code, e.to_string())
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps one instance's linear memory (and tables) and remembers that it did, so a guest's
+/// out-of-memory abort is reported as an exhausted limit rather than a plugin bug.
+pub struct MemoryLimiter {
+    max_bytes: usize,
+    pub(crate) exhausted: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.exhausted = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

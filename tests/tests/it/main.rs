@@ -1,0 +1,4 @@
+//! One integration-test binary (one link, many modules).
+
+mod digits;
+mod runtime;

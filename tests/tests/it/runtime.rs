@@ -1,0 +1,69 @@
+//! The runtime around a plugin: describe, tensors in and out, grants and limits.
+
+use edgeplug_host::runtime::{InferRequest, PluginErrorCode};
+use edgeplug_host::tensor::Tensor;
+use edgeplug_tests::{DIGITS_WASM, load_example, runtime};
+
+#[test]
+fn describe_matches_the_manifest() {
+    let runtime = runtime();
+    let plugin = load_example(&runtime, "digits", DIGITS_WASM);
+    let info = plugin.info();
+    assert_eq!(info.name, "digits");
+    assert_eq!(info.version, "0.1.0");
+    assert_eq!(info.inputs.len(), 1);
+    assert_eq!(info.inputs[0].shape, [1, 1, 16, 16]);
+    assert_eq!(info.outputs[0].shape, [1, 10]);
+}
+
+#[test]
+fn tensor_requests_are_checked_and_answered() {
+    let runtime = runtime();
+    let plugin = load_example(&runtime, "digits", DIGITS_WASM);
+    let wrong = Tensor::from_f32(vec![1, 1, 8, 8], vec![0.0; 64]).unwrap();
+    let err = plugin
+        .infer(InferRequest {
+            tensors: vec![("input".into(), wrong)],
+            ..InferRequest::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, edgeplug_host::runtime::InvokeError::Plugin { code: PluginErrorCode::ShapeMismatch, .. }),
+        "{err}"
+    );
+    let blank = Tensor::from_f32(vec![1, 1, 16, 16], vec![0.0; 256]).unwrap();
+    let response = plugin
+        .infer(InferRequest {
+            tensors: vec![("input".into(), blank)],
+            ..InferRequest::default()
+        })
+        .unwrap();
+    let probs = response.tensors[0].1.as_f32().unwrap();
+    let sum: f32 = probs.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-5, "softmax sums to {sum}");
+}
+
+#[test]
+fn oversized_request_is_refused_before_the_plugin_runs() {
+    let runtime = runtime();
+    let plugin = load_example(&runtime, "digits", DIGITS_WASM);
+    let limit = plugin.shared().limits().request_bytes;
+    let err = plugin
+        .infer(InferRequest {
+            content_type: "image/png".into(),
+            body: vec![0; limit + 1],
+            tensors: Vec::new(),
+        })
+        .unwrap_err();
+    assert!(matches!(err, edgeplug_host::runtime::InvokeError::RequestTooLarge { .. }), "{err}");
+}
+
+#[test]
+fn shipped_weights_are_exactly_what_the_extractor_gives() {
+    let root = edgeplug_tests::repo().join("plugins/digits");
+    let onnx = std::fs::read(root.join("digits_cnn.onnx")).unwrap();
+    let (bytes, nodes) = edgeplug_host::weights::extract_onnx_weights(&onnx).unwrap();
+    assert_eq!(nodes.len(), 22, "digits_cnn has 22 nodes");
+    let shipped = std::fs::read(root.join("weights.safetensors")).unwrap();
+    assert!(bytes == shipped, "plugins/digits/weights.safetensors is stale: rerun `edgeplug weights`");
+}
