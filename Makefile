@@ -1,11 +1,11 @@
 # The two commands that do everything on a fresh machine:
-#   make run    build the host and the example plugins, then run the digits plugin on sample images
+#   make run    build the host and the example plugins, sign them, and serve them on 127.0.0.1:8080
 #   make test   every test: unit, property, integration (plugins built to wasm), CLI smoke test
 #
 # Both install what they need (the wasm32-wasip2 Rust target) themselves.
 
 CARGO ?= cargo
-PLUGINS := digits
+PLUGINS := digits image-classifier forecaster
 WASM_DIR := target/wasm32-wasip2/release
 
 .PHONY: run test setup plugins host lint smoke
@@ -20,12 +20,30 @@ plugins: setup
 host:
 	$(CARGO) build --release -p edgeplug-host
 
+# `make run`: a development gateway on http://$(LISTEN) serving every example plugin, packed
+# and signed with a development key made on first run (target/dev/keys, trusted in
+# target/dev/trust). The state directory is fresh on every run; Ctrl-C stops the gateway.
+DEV := target/dev
+LISTEN ?= 127.0.0.1:8080
+DEV_TOKEN := dev-token
+SERVE_PLUGINS = $(patsubst plugins/%/plugin.toml,%,$(wildcard plugins/*/plugin.toml))
+
 run: plugins host
-	./target/release/edgeplug run plugins/digits \
-		tests/fixtures/images/adversarial/digit1-gray8.png \
-		tests/fixtures/images/adversarial/digit1-palette.png \
-		tests/fixtures/digits/seven.json \
-		tests/fixtures/images/adversarial/truncated.png || true
+	test -f plugins/digits/weights.safetensors || ./target/release/edgeplug weights \
+		plugins/digits/digits_cnn.onnx --out plugins/digits/weights.safetensors > /dev/null
+	mkdir -p $(DEV)/trust $(DEV)/bundles
+	test -f $(DEV)/keys/dev.key || ./target/release/edgeplug keygen --out $(DEV)/keys --name dev
+	cp $(DEV)/keys/dev.pub $(DEV)/trust/dev.pub
+	$(foreach p,$(SERVE_PLUGINS),./target/release/edgeplug pack plugins/$(p) --key $(DEV)/keys/dev.key \
+		--out $(DEV)/bundles/$(p).epk > /dev/null &&) true
+	printf 'listen = "$(LISTEN)"\nstate_dir = "state"\ntrust_dir = "trust"\nadmin_token = "$(DEV_TOKEN)"\ndefault_plugin = "digits"\n' \
+		> $(DEV)/gateway.toml
+	rm -rf $(DEV)/state
+	@echo "Open http://$(LISTEN)/ or try:"
+	@echo "  curl -F image=@tests/fixtures/images/adversarial/digit1-gray8.png http://$(LISTEN)/predict"
+	@echo "  curl -H 'content-type: image/png' --data-binary @tests/fixtures/images/chelsea.png http://$(LISTEN)/v1/plugins/image-classifier/infer"
+	EDGEPLUG_LOG=$${EDGEPLUG_LOG:-info} ./target/release/edgeplug serve --config $(DEV)/gateway.toml \
+		$(foreach p,$(SERVE_PLUGINS),--install $(DEV)/bundles/$(p).epk)
 
 test: setup
 	$(CARGO) test --workspace

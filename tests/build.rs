@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (constant name, package name) of each plugin the tests use.
-const PLUGINS: &[(&str, &str)] = &[("DIGITS", "edgeplug-plugin-digits")];
+const PLUGINS: &[(&str, &str)] = &[
+    ("DIGITS", "edgeplug-plugin-digits"),
+    ("IMAGE_CLASSIFIER", "edgeplug-plugin-image-classifier"),
+    ("FORECASTER", "edgeplug-plugin-forecaster"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

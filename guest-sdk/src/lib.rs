@@ -38,7 +38,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "::edgeplug_sdk::bindings",
-        runtime_path: "::edgeplug_sdk::__wit_bindgen",
+        runtime_path: "::edgeplug_sdk::__wit_bindgen::rt",
     });
 }
 
@@ -86,6 +86,6 @@ macro_rules! export {
             }
         }
 
-        $crate::__export_plugin_world!(__EdgeplugHandler with_types_in $crate::bindings);
+        $crate::bindings::__export_plugin_world!(__EdgeplugHandler with_types_in $crate::bindings);
     };
 }

@@ -21,11 +21,16 @@ pub struct Cli {
 enum Command {
     /// Runs a plugin on input files and prints one JSON result per file, one per line.
     ///
-    /// PLUGIN is a plugin directory (holding plugin.toml). The content type of each file comes
+    /// PLUGIN is a plugin directory (holding plugin.toml) or a signed bundle (.epk, verified
+    /// against --trust before anything in it is used). The content type of each file comes
     /// from its extension: .png, .jpg/.jpeg, .json, .npy, .csv, anything else is
     /// application/octet-stream. Exit status 0 if every file gave a result, 2 if any gave an
     /// error.
     Run(RunArgs),
+    #[command(flatten)]
+    Bundle(crate::cli_bundle::BundleCommand),
+    /// Times one ONNX model on one backend (native or tract) and prints the median latency.
+    Bench(crate::cli_bench::BenchArgs),
     /// Extracts the initializers of an ONNX model into a safetensors weights file and lists
     /// the graph's nodes, for porting a model to the native `ops` interface.
     Weights(WeightsArgs),
@@ -33,8 +38,11 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// The plugin directory.
+    /// The plugin directory or bundle file.
     plugin: PathBuf,
+    /// Trust store directory for verifying a bundle (`*.pub` keys, optional `revoked.txt`).
+    #[arg(long, default_value = "trust")]
+    trust: PathBuf,
     /// Input files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -82,6 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_plugin(args),
         Command::Weights(args) => extract_weights(args),
+        Command::Bundle(cmd) => crate::cli_bundle::run(cmd),
+        Command::Bench(args) => crate::cli_bench::run(args),
     }
 }
 
@@ -119,7 +129,15 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
         cache,
         ..RuntimeConfig::default()
     })?;
-    let files = PluginFiles::from_dir(&args.plugin, args.component.as_deref())?;
+    let files = if args.plugin.is_dir() {
+        PluginFiles::from_dir(&args.plugin, args.component.as_deref())?
+    } else {
+        let trust = crate::bundle::TrustStore::load(&args.trust)
+            .with_context(|| format!("cannot load the trust store {}", args.trust.display()))?;
+        let bundle = crate::bundle::verify_file(&args.plugin, &trust, &crate::bundle::BundleLimits::default())
+            .with_context(|| format!("bundle {} refused", args.plugin.display()))?;
+        PluginFiles::from_bundle(&bundle)
+    };
     let plugin = runtime.load(&files)?;
     let mut failed = false;
     for path in &args.files {

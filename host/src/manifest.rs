@@ -190,7 +190,9 @@ pub enum ManifestError {
     BadName(String),
     #[error("plugin targets WIT world {found:?}, this host implements {WORLD:?}")]
     WrongWorld { found: String },
-    #[error("path {0:?} in plugin.toml must be a plain relative path (no '..', no absolute path, no backslash)")]
+    #[error(
+        "path {0:?} in plugin.toml must be a plain relative path (no '..', no absolute path, no backslash)"
+    )]
     BadPath(String),
     #[error("limit {name} must be at least 1")]
     ZeroLimit { name: &'static str },
@@ -234,7 +236,10 @@ impl Manifest {
                 found: self.world.clone(),
             });
         }
-        for path in self.referenced_files().chain(self.members.keys().map(String::as_str)) {
+        for path in self
+            .referenced_files()
+            .chain(self.members.keys().map(String::as_str))
+        {
             check_member_path(path)?;
         }
         let limits = [
@@ -351,7 +356,12 @@ world = "edgeplug:plugin/plugin@0.1.0"
         let short = text.replace(&sha, "abcd");
         assert!(Manifest::parse(&short).is_err());
         let extra = format!("{text}mode = 1\n");
-        assert!(Manifest::parse(&extra).unwrap_err().to_string().contains("mode"));
+        assert!(
+            Manifest::parse(&extra)
+                .unwrap_err()
+                .to_string()
+                .contains("mode")
+        );
         let bad_path = text.replace("plugin.wasm", "../plugin.wasm");
         assert!(matches!(
             Manifest::parse(&bad_path),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceModelExt, IntoTValue, TValue, TVec, Tensor as TractTensor,
+    DatumType, Framework, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec, Tensor as TractTensor,
     TypedFact, TypedRunnableModel,
 };
 
@@ -47,9 +47,15 @@ pub enum ModelError {
 /// A loaded, optimized model, ready to run from any thread.
 pub struct Model {
     name: String,
-    plan: Arc<TypedRunnableModel>,
+    engine: Engine,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+}
+
+/// Which engine runs a model: edgeplug's own kernels when the graph is covered, tract otherwise.
+enum Engine {
+    Native(Box<crate::native::NativeModel>),
+    Tract(Arc<TypedRunnableModel>),
 }
 
 impl std::fmt::Debug for Model {
@@ -58,19 +64,34 @@ impl std::fmt::Debug for Model {
             .field("name", &self.name)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
+            .field("backend", &self.backend())
             .finish()
     }
 }
 
 impl Model {
-    /// Parses, types and optimizes ONNX bytes. `name` is only for messages.
+    /// Parses, types and optimizes ONNX bytes: on edgeplug's native kernels when every op of
+    /// the graph is covered, else on tract. `name` is only for messages.
     pub fn load(name: &str, onnx: &[u8]) -> Result<Model, ModelError> {
+        Model::load_with(name, onnx, true)
+    }
+
+    /// Like [`Model::load`], but `native: false` forces tract (for comparisons and benchmarks).
+    pub fn load_with(name: &str, onnx: &[u8], native: bool) -> Result<Model, ModelError> {
         let load_err = |e: tract_onnx::prelude::TractError| ModelError::Load {
             name: name.to_string(),
             reason: format!("{e:#}"),
         };
-        let typed = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(onnx))
+        let onnx_framework = tract_onnx::onnx();
+        let proto = onnx_framework
+            .proto_model_for_read(&mut std::io::Cursor::new(onnx))
+            .map_err(load_err)?;
+        check_known_tract_bugs(&proto).map_err(|reason| ModelError::Load {
+            name: name.to_string(),
+            reason,
+        })?;
+        let typed = onnx_framework
+            .model_for_proto_model(&proto)
             .map_err(load_err)?
             .into_typed()
             .map_err(load_err)?;
@@ -94,6 +115,24 @@ impl Model {
         };
         let inputs = specs(typed.input_outlets().map_err(load_err)?)?;
         let outputs = specs(typed.output_outlets().map_err(load_err)?)?;
+        if native {
+            match crate::native::NativeModel::load(onnx) {
+                Ok(model) => {
+                    return Ok(Model {
+                        name: name.to_string(),
+                        engine: Engine::Native(Box::new(model)),
+                        inputs,
+                        outputs,
+                    });
+                }
+                Err(crate::native::NativeError::Unsupported { op, node }) => {
+                    tracing::info!(model = name, %op, %node, "native backend does not cover the graph; using tract");
+                }
+                Err(e) => {
+                    tracing::warn!(model = name, "native backend failed to load the model ({e}); using tract");
+                }
+            }
+        }
         let plan = typed
             .into_optimized()
             .map_err(load_err)?
@@ -101,7 +140,7 @@ impl Model {
             .map_err(load_err)?;
         Ok(Model {
             name: name.to_string(),
-            plan,
+            engine: Engine::Tract(plan),
             inputs,
             outputs,
         })
@@ -121,7 +160,10 @@ impl Model {
 
     /// The engine that runs this model.
     pub fn backend(&self) -> &'static str {
-        "tract"
+        match self.engine {
+            Engine::Native(_) => "native",
+            Engine::Tract(_) => "tract",
+        }
     }
 
     /// Runs the model. Inputs are checked against the declared types and shapes first, so a
@@ -134,7 +176,6 @@ impl Model {
                 got: inputs.len(),
             });
         }
-        let mut values: TVec<TValue> = TVec::new();
         for (index, (tensor, spec)) in inputs.iter().zip(&self.inputs).enumerate() {
             let shape_ok = tensor.shape().len() == spec.shape.len()
                 && tensor
@@ -151,9 +192,16 @@ impl Model {
                     got: format!("{:?} {:?}", tensor.element_type(), tensor.shape()),
                 });
             }
+        }
+        let plan = match &self.engine {
+            Engine::Native(model) => return model.run(inputs).map_err(|e| self.run_err(e)),
+            Engine::Tract(plan) => plan,
+        };
+        let mut values: TVec<TValue> = TVec::new();
+        for tensor in inputs {
             values.push(to_tract(tensor).map_err(|e| self.run_err(e))?.into_tvalue());
         }
-        let outputs = self.plan.run(values).map_err(|e| self.run_err(e))?;
+        let outputs = plan.run(values).map_err(|e| self.run_err(e))?;
         outputs
             .iter()
             .map(|value| from_tract(value).map_err(|e| self.run_err(e)))
@@ -166,6 +214,57 @@ impl Model {
             reason: format!("{e:#}"),
         }
     }
+}
+
+/// Refuses graphs that tract 0.23.9 is known to compute wrongly without any error, so that a
+/// model never silently gives garbage.
+///
+/// * A QDQ-wrapped Softmax (`DequantizeLinear -> Softmax -> QuantizeLinear`): tract's optimizer
+///   turns the chain into its quantized Softmax, which returns 1.0 for every element
+///   (`tests/fixtures/models/tract_qdq_softmax_repro.onnx`). Quantize such a model with Softmax
+///   excluded (onnxruntime's `quantize_static(..., nodes_to_exclude=[softmax])`): with only the
+///   input DQ or only the output Q, tract is correct.
+///
+/// The unit test `tract_still_has_the_qdq_softmax_bug` fails once a tract upgrade fixes the bug;
+/// the check can then go.
+pub fn check_known_tract_bugs(proto: &tract_onnx::pb::ModelProto) -> Result<(), String> {
+    let Some(graph) = &proto.graph else {
+        return Ok(());
+    };
+    let is_default_domain = |domain: &str| domain.is_empty() || domain == "ai.onnx";
+    let producer_of = |value: &str| {
+        graph
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == value))
+    };
+    for softmax in graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Softmax" && is_default_domain(&n.domain))
+    {
+        let dequantized_input = softmax
+            .input
+            .first()
+            .and_then(|i| producer_of(i))
+            .is_some_and(|p| p.op_type == "DequantizeLinear" && is_default_domain(&p.domain));
+        let quantized_output = softmax.output.first().is_some_and(|out| {
+            graph.node.iter().any(|n| {
+                n.op_type == "QuantizeLinear"
+                    && is_default_domain(&n.domain)
+                    && n.input.first() == Some(out)
+            })
+        });
+        if dequantized_input && quantized_output {
+            return Err(format!(
+                "Softmax node {:?} is quantized (DequantizeLinear -> Softmax -> QuantizeLinear), which \
+                 tract 0.23.9 computes wrongly (every output is 1.0); quantize the model with Softmax \
+                 left in float (onnxruntime quantize_static nodes_to_exclude)",
+                softmax.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn element_type_of(dt: DatumType) -> Option<ElementType> {
@@ -201,4 +300,91 @@ fn from_tract(value: &TValue) -> anyhow::Result<Tensor> {
         other => anyhow::bail!("model output has unsupported element type {other:?}"),
     };
     Ok(tensor)
+}
+
+#[cfg(test)]
+mod known_bug_tests {
+    use super::*;
+
+    fn repro() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/models/tract_qdq_softmax_repro.onnx"
+        );
+        std::fs::read(path).expect("tests/fixtures/models/tract_qdq_softmax_repro.onnx")
+    }
+
+    #[test]
+    fn qdq_softmax_is_refused_at_load_time() {
+        let err = Model::load("repro", &repro()).unwrap_err();
+        let ModelError::Load { name, reason } = &err else {
+            panic!("expected a load error, got {err}")
+        };
+        assert_eq!(name, "repro");
+        assert!(
+            reason.contains("DequantizeLinear -> Softmax -> QuantizeLinear"),
+            "{reason}"
+        );
+        assert!(err.to_string().contains("tract 0.23.9"), "{err}");
+    }
+
+    /// The repro through plain tract, without the check: all ones instead of onnxruntime's
+    /// 0.992 at index 2. When this fails, tract has fixed the bug and `check_known_tract_bugs`
+    /// can be dropped.
+    #[test]
+    fn tract_still_has_the_qdq_softmax_bug() {
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(repro()))
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        // tract_qdq_softmax_repro_input.npy: float32 (1, 10).
+        let npy = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/models/tract_qdq_softmax_repro_input.npy"
+        ))
+        .unwrap();
+        let data: Vec<f32> = npy[npy.len() - 40..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let input = TractTensor::from_shape(&[1, 10], &data).unwrap();
+        let mut inputs: TVec<TValue> = TVec::new();
+        inputs.push(input.into_tvalue());
+        let out = plan.run(inputs).unwrap();
+        let out: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        assert!(
+            out.iter().all(|&v| v == 1.0),
+            "tract now computes the quantized softmax ({out:?}; onnxruntime: 0.992 at index 2): \
+             the bug is fixed, drop check_known_tract_bugs"
+        );
+    }
+
+    #[test]
+    fn softmax_with_only_one_side_quantized_is_accepted() {
+        let mut proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut std::io::Cursor::new(repro()))
+            .unwrap();
+        assert!(check_known_tract_bugs(&proto).is_err());
+        let graph = proto.graph.as_mut().unwrap();
+        // Drop the QuantizeLinear after the Softmax: DQ -> Softmax only.
+        let softmax_out = graph
+            .node
+            .iter()
+            .find(|n| n.op_type == "Softmax")
+            .unwrap()
+            .output[0]
+            .clone();
+        graph
+            .node
+            .retain(|n| !(n.op_type == "QuantizeLinear" && n.input.first() == Some(&softmax_out)));
+        assert_eq!(check_known_tract_bugs(&proto), Ok(()));
+    }
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use safetensors::{Dtype, SafeTensors};
+use tract_onnx::prelude::Framework as _;
 
 use crate::tensor::{ElementType, Tensor};
 

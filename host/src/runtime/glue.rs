@@ -398,7 +398,7 @@ impl model::HostModel for StoreState {
 
 impl log::Host for StoreState {
     fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        self.log(level, &message);
+        self.log_message(level, &message);
         Ok(())
     }
 }

@@ -39,6 +39,18 @@ impl PluginFiles {
         Ok(PluginFiles { manifest, files })
     }
 
+    /// The files of a verified bundle.
+    pub fn from_bundle(bundle: &crate::bundle::VerifiedBundle) -> PluginFiles {
+        let files = bundle
+            .member_paths()
+            .filter_map(|path| Some((path.to_string(), Arc::from(bundle.member(path)?))))
+            .collect();
+        PluginFiles {
+            manifest: bundle.manifest().clone(),
+            files,
+        }
+    }
+
     pub fn get(&self, path: &str) -> anyhow::Result<&Arc<[u8]>> {
         self.files
             .get(path)

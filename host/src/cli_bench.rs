@@ -1,0 +1,303 @@
+//! `edgeplug bench MODEL.onnx --backend native|tract`: times one model on one
+//! backend, so anyone can check a benchmark figure on their own machine.
+//!
+//! The model runs on zeros (or on the first row of `--input FILE.npy`) for
+//! `--warmup` runs, then `--runs` timed runs; the output is one line, or one
+//! JSON object with `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+
+use crate::model::Model;
+use crate::native::{NativeError, NativeModel};
+use crate::tensor::Tensor;
+
+/// Which engine runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchBackend {
+    /// edgeplug's own kernels (`crate::native`).
+    Native,
+    /// tract-onnx, optimized.
+    Tract,
+}
+
+/// Arguments of `edgeplug bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The ONNX model file.
+    pub model: PathBuf,
+    /// Engine to time.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Native)]
+    pub backend: BenchBackend,
+    /// Timed runs (after the warm-up).
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Threads running the model concurrently (each run is still batch 1 on
+    /// one thread; latency percentiles are over all runs of all threads).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Input values: a float32 `.npy` whose first row (batch 1) is used.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Native only: also time every compiled step (layer) and report its
+    /// median time and GFLOP/s.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// The result of one `bench` invocation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub backend: BenchBackend,
+    /// Kernel instruction set (native only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isa: Option<String>,
+    pub runs: usize,
+    pub warmup: usize,
+    pub threads: usize,
+    pub load_ms: f64,
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    pub min_ms: f64,
+    pub mean_ms: f64,
+    /// Runs per second over all threads.
+    pub throughput_per_s: f64,
+    /// Per-step profile (`--profile`, native only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<crate::native::StepProfile>,
+}
+
+enum Engine {
+    Native(NativeModel),
+    Tract(Model),
+}
+
+impl Engine {
+    fn run(&self, inputs: &[&Tensor]) -> anyhow::Result<Vec<Tensor>> {
+        Ok(match self {
+            Engine::Native(m) => m.run(inputs)?,
+            Engine::Tract(m) => m.run(inputs)?,
+        })
+    }
+}
+
+/// Runs `edgeplug bench`. Exit status 0 on success; 3 when the native backend
+/// does not support the model (the JSON then has `error` and `unsupported_op`).
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.runs == 0 || args.threads == 0 {
+        bail!("--runs and --threads must be at least 1");
+    }
+    let bytes =
+        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let name = args
+        .model
+        .file_stem()
+        .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let start = Instant::now();
+    let engine = match args.backend {
+        BenchBackend::Native => match NativeModel::load(&bytes) {
+            Ok(m) => Engine::Native(m),
+            Err(NativeError::Unsupported { op, node }) => {
+                let message = format!(
+                    "native backend does not support {op} (node {node:?}); tract runs this model"
+                );
+                if args.json {
+                    let v = serde_json::json!({
+                        "model": name, "backend": "native", "error": message, "unsupported_op": op, "node": node,
+                    });
+                    println!("{v}");
+                } else {
+                    eprintln!("edgeplug bench: {message}");
+                }
+                return Ok(ExitCode::from(3));
+            }
+            Err(e) => return Err(e.into()),
+        },
+        BenchBackend::Tract => Engine::Tract(Model::load(&name, &bytes)?),
+    };
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (isa, spec) = match &engine {
+        Engine::Native(m) => (
+            Some(format!("{:?}", m.isa()).to_lowercase()),
+            m.inputs().to_vec(),
+        ),
+        Engine::Tract(m) => (None, m.inputs().to_vec()),
+    };
+    let [spec] = spec.as_slice() else {
+        bail!(
+            "bench supports models with one input, this one has {}",
+            spec.len()
+        );
+    };
+    let shape: Vec<usize> = spec
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d).context("model input has a dynamic dimension"))
+        .collect::<anyhow::Result<_>>()?;
+    let input = match &args.input {
+        None => Tensor::zeros(shape.clone())?,
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let (_, data) =
+                read_npy_f32(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+            let n: usize = shape.iter().product();
+            if data.len() < n {
+                bail!(
+                    "{} holds {} values, the model input {:?} needs {n}",
+                    path.display(),
+                    data.len(),
+                    shape
+                );
+            }
+            Tensor::from_f32(shape.clone(), data[..n].to_vec())?
+        }
+    };
+    let mut times = Vec::with_capacity(args.runs);
+    let wall = std::thread::scope(|s| -> anyhow::Result<f64> {
+        let per_thread = args.runs.div_ceil(args.threads);
+        let workers: Vec<_> = (0..args.threads)
+            .map(|_| {
+                let (engine, input) = (&engine, &input);
+                s.spawn(move || -> anyhow::Result<(Vec<f64>, f64)> {
+                    for _ in 0..args.warmup {
+                        engine.run(&[input])?;
+                    }
+                    let t0 = Instant::now();
+                    let mut t = Vec::with_capacity(per_thread);
+                    for _ in 0..per_thread {
+                        let r = Instant::now();
+                        std::hint::black_box(engine.run(&[input])?);
+                        t.push(r.elapsed().as_secs_f64() * 1e3);
+                    }
+                    Ok((t, t0.elapsed().as_secs_f64()))
+                })
+            })
+            .collect();
+        let mut wall = 0f64;
+        for w in workers {
+            let (t, secs) = w
+                .join()
+                .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+            times.extend(t);
+            wall = wall.max(secs);
+        }
+        Ok(wall)
+    })?;
+    times.sort_by(f64::total_cmp);
+    let layers = match (&engine, args.profile) {
+        (Engine::Native(m), true) => m.profile(&[&input], args.runs)?,
+        _ => Vec::new(),
+    };
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    let report = BenchReport {
+        model: name,
+        backend: args.backend,
+        isa,
+        runs: times.len(),
+        warmup: args.warmup,
+        threads: args.threads,
+        load_ms,
+        median_ms: pct(0.5),
+        p90_ms: pct(0.9),
+        min_ms: times[0],
+        mean_ms: times.iter().sum::<f64>() / times.len() as f64,
+        throughput_per_s: times.len() as f64 / wall,
+        layers,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} on {:?}{}: median {:.3} ms, p90 {:.3} ms, min {:.3} ms over {} runs ({} thread{}), load {:.0} ms",
+            report.model,
+            report.backend,
+            report
+                .isa
+                .as_deref()
+                .map(|i| format!(" ({i})"))
+                .unwrap_or_default(),
+            report.median_ms,
+            report.p90_ms,
+            report.min_ms,
+            report.runs,
+            report.threads,
+            if report.threads == 1 { "" } else { "s" },
+            report.load_ms
+        );
+        for l in &report.layers {
+            let gflops = l.flops as f64 / (l.median_ms * 1e6);
+            println!(
+                "  {:>8.3} ms {:>7.1} GFLOP/s  {}",
+                l.median_ms, gflops, l.step
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shape and values of a little-endian float32 C-order `.npy` file.
+pub fn read_npy_f32(bytes: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        bail!("not an .npy file");
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => bail!("unsupported .npy version {v}"),
+    };
+    let header = bytes
+        .get(start..start + hlen)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .context("truncated .npy header")?;
+    if !header.contains("'descr': '<f4'") || !header.contains("'fortran_order': False") {
+        bail!(
+            "only little-endian float32 C-order .npy is supported, header: {}",
+            header.trim()
+        );
+    }
+    let dims = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .context(".npy header has no shape")?;
+    let shape: Vec<usize> = dims
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("bad .npy shape")?;
+    let body = &bytes[start + hlen..];
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .context(".npy shape overflows")?;
+    if body.len() != n * 4 {
+        bail!(
+            ".npy body has {} bytes, shape {:?} needs {}",
+            body.len(),
+            shape,
+            n * 4
+        );
+    }
+    let data = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((shape, data))
+}

@@ -1,0 +1,264 @@
+//! The gateway's configuration: `edgeplug serve --config FILE`, a TOML file parsed strictly
+//! (an unknown key anywhere is an error). Every key is optional; the defaults below are also
+//! the built-in configuration `edgeplug serve` uses without `--config`.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"          # address to listen on
+//! state_dir = "edgeplug-state"       # the plugin store: bundles, active versions, compile cache
+//! trust_dir = "edgeplug-state/trust" # trusted signing keys (*.pub) and revoked.txt
+//! admin_token = "change-me"          # bearer token of /v1/admin/*; unset: admin API disabled
+//! # admin_token_file = "/etc/edgeplug/token"  # or read it from a file (first line)
+//! default_plugin = "digits"          # the plugin answering POST /predict; unset: 404
+//! keep_versions = 3                  # versions kept per plugin, the active one included
+//!
+//! [tls]                              # optional; without it the gateway speaks plain HTTP
+//! cert = "cert.pem"                  # PEM certificate chain
+//! key = "key.pem"                    # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//!
+//! [limits]                           # caps on what any plugin's manifest may ask for
+//! memory_mib = 512
+//! deadline_ms = 30000
+//! concurrency = 64
+//! tensor_memory_mib = 1024
+//! max_request_mib = 64
+//! max_response_mib = 64
+//! max_bundle_mib = 512               # largest bundle a push may upload
+//! max_instances = 128                # wasm instances alive at once, all plugins together
+//! ```
+//! Relative paths in a file are resolved against the file's directory; the built-in defaults
+//! are relative to the working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// The parsed configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port to listen on. Default: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// The plugin store directory (created if missing). Default: `edgeplug-state`.
+    pub state_dir: PathBuf,
+    /// Trust store directory: `*.pub` keys and an optional `revoked.txt`; read again on every
+    /// push and rollback, so adding or revoking a key needs no restart. Created empty if
+    /// missing (then nothing can be installed). Default: `edgeplug-state/trust`.
+    pub trust_dir: PathBuf,
+    /// Bearer token for `/v1/admin/*`. Default: none, which disables the admin API (403).
+    pub admin_token: Option<String>,
+    /// A file whose first line is the admin token (instead of `admin_token`). Default: none.
+    pub admin_token_file: Option<PathBuf>,
+    /// The plugin `POST /predict` runs. Default: none (`/predict` answers 404).
+    pub default_plugin: Option<String>,
+    /// Versions kept on disk per plugin, the active one included (at least 1). Default: 3.
+    pub keep_versions: usize,
+    /// TLS; without this table the gateway serves plain HTTP. Default: none.
+    pub tls: Option<TlsConfig>,
+    /// Caps on plugin limits and gateway-wide bounds. Defaults: see [`LimitsConfig`].
+    pub limits: LimitsConfig,
+}
+
+/// `[tls]`: certificate chain and private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Required.
+    pub cert: PathBuf,
+    /// PEM private key. Required.
+    pub key: PathBuf,
+}
+
+/// `[limits]`: every plugin limit is the smaller of its manifest's and this cap.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Linear memory of one instance, MiB. Default: 512.
+    pub memory_mib: u32,
+    /// Deadline of one request, ms (expiry answers 504). Default: 30000.
+    pub deadline_ms: u32,
+    /// Requests one plugin version serves at once (more answer 503). Default: 64.
+    pub concurrency: u32,
+    /// Host tensor memory of one request, MiB. Default: 1024.
+    pub tensor_memory_mib: u32,
+    /// Largest request body, MiB (more answers 413). Default: 64.
+    pub max_request_mib: u32,
+    /// Largest response, MiB. Default: 64.
+    pub max_response_mib: u32,
+    /// Largest bundle a push may upload, MiB (more answers 413). Default: 512.
+    pub max_bundle_mib: u32,
+    /// Wasm instances alive at once across all plugins (the pooling allocator's slots).
+    /// Default: 128.
+    pub max_instances: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            state_dir: PathBuf::from("edgeplug-state"),
+            trust_dir: PathBuf::from("edgeplug-state/trust"),
+            admin_token: None,
+            admin_token_file: None,
+            default_plugin: None,
+            keep_versions: 3,
+            tls: None,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory_mib: 512,
+            deadline_ms: 30_000,
+            concurrency: 64,
+            tensor_memory_mib: 1024,
+            max_request_mib: 64,
+            max_response_mib: 64,
+            max_bundle_mib: 512,
+            max_instances: 128,
+        }
+    }
+}
+
+impl Config {
+    /// Parses configuration text; relative paths stay as written.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).context("invalid gateway configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a configuration file; relative paths are resolved against its directory.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+        let mut config =
+            Config::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.state_dir);
+        resolve(&mut config.trust_dir);
+        if let Some(p) = config.admin_token_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(tls) = config.tls.as_mut() {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !(self.admin_token.is_some() && self.admin_token_file.is_some()),
+            "set admin_token or admin_token_file, not both"
+        );
+        if let Some(token) = &self.admin_token {
+            anyhow::ensure!(!token.trim().is_empty(), "admin_token must not be empty");
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("memory_mib", l.memory_mib),
+            ("deadline_ms", l.deadline_ms),
+            ("concurrency", l.concurrency),
+            ("tensor_memory_mib", l.tensor_memory_mib),
+            ("max_request_mib", l.max_request_mib),
+            ("max_response_mib", l.max_response_mib),
+            ("max_bundle_mib", l.max_bundle_mib),
+            ("max_instances", l.max_instances),
+        ] {
+            anyhow::ensure!(value > 0, "limits.{name} must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The admin token, read from `admin_token_file` if that is set.
+    pub fn resolve_admin_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.admin_token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read admin_token_file {}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim().to_string();
+            anyhow::ensure!(!token.is_empty(), "{} holds no token", path.display());
+            return Ok(Some(token));
+        }
+        Ok(self.admin_token.clone())
+    }
+
+    /// The caps as the runtime takes them.
+    pub fn limit_caps(&self) -> crate::manifest::Limits {
+        let l = &self.limits;
+        crate::manifest::Limits {
+            memory_mib: l.memory_mib,
+            deadline_ms: l.deadline_ms,
+            concurrency: l.concurrency,
+            tensor_memory_mib: l.tensor_memory_mib,
+            max_request_mib: l.max_request_mib,
+            max_response_mib: l.max_response_mib,
+        }
+    }
+
+    /// Bounds for bundles pushed or read back from the store.
+    pub fn bundle_limits(&self) -> crate::bundle::BundleLimits {
+        let max = u64::from(self.limits.max_bundle_mib) << 20;
+        let defaults = crate::bundle::BundleLimits::default();
+        crate::bundle::BundleLimits {
+            max_bundle_bytes: max,
+            max_member_bytes: defaults.max_member_bytes.min(max),
+            max_members: defaults.max_members,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_built_in_default() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.limits.concurrency, 64);
+        assert_eq!(config.keep_versions, 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_and_values_are_checked() {
+        let err = Config::parse("lisen = \"0.0.0.0:1\"").unwrap_err();
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+        let err = Config::parse("[limits]\nmemory = 3").unwrap_err();
+        assert!(format!("{err:#}").contains("memory"), "{err:#}");
+        let err = Config::parse("[tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"").unwrap_err();
+        assert!(format!("{err:#}").contains("ca"), "{err:#}");
+        assert!(Config::parse("[limits]\nconcurrency = 0").is_err());
+        assert!(Config::parse("admin_token = \"\"").is_err());
+        assert!(Config::parse("admin_token = \"a\"\nadmin_token_file = \"b\"").is_err());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "state_dir = \"state\"\ntrust_dir = \"/abs/trust\"\ndefault_plugin = \"digits\"\n\
+             [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[limits]\ndeadline_ms = 100\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.state_dir, dir.path().join("state"));
+        assert_eq!(config.trust_dir, PathBuf::from("/abs/trust"));
+        assert_eq!(config.tls.unwrap().cert, dir.path().join("c.pem"));
+        assert_eq!(config.limits.deadline_ms, 100);
+        assert_eq!(config.limits.memory_mib, 512);
+        assert_eq!(config.default_plugin.as_deref(), Some("digits"));
+    }
+}

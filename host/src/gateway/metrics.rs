@@ -1,0 +1,247 @@
+//! Prometheus metrics, kept in atomics and rendered in the text exposition format.
+//!
+//! Requests, errors (by code) and latency histograms per plugin and version; swaps,
+//! rollbacks, removals and rejected bundles (by reason).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters of one plugin version.
+#[derive(Debug, Default)]
+pub struct VersionMetrics {
+    requests: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    latency_us_sum: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl VersionMetrics {
+    /// Records one finished request (successful or not) and its latency.
+    pub fn observe(&self, latency: Duration, error: Option<&str>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let seconds = latency.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_us_sum
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        if let Some(code) = error {
+            *self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(code.to_string())
+                .or_default() += 1;
+        }
+    }
+
+    /// Requests so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Failed requests so far.
+    pub fn errors(&self) -> u64 {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+
+    /// Mean latency in milliseconds, if there was a request.
+    pub fn mean_latency_ms(&self) -> Option<f64> {
+        let n = self.requests();
+        (n > 0).then(|| self.latency_us_sum.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0)
+    }
+}
+
+/// Every metric of the gateway.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    versions: Mutex<BTreeMap<(String, String), Arc<VersionMetrics>>>,
+    events: Mutex<BTreeMap<(&'static str, String, String), u64>>,
+    /// Requests refused before reaching a plugin (unknown plugin, saturated, too large...),
+    /// by HTTP status.
+    refused: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl Metrics {
+    /// The counters of `name` `version` (created on first use; kept for the process's life).
+    pub fn version(&self, name: &str, version: &str) -> Arc<VersionMetrics> {
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((name.to_string(), version.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// A swap (`kind` = "push"), a rollback or a removal.
+    pub fn event(&self, kind: &'static str, plugin: &str, version: &str) {
+        *self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((kind, plugin.to_string(), version.to_string()))
+            .or_default() += 1;
+    }
+
+    /// A bundle refused by a push, by reason (`reason` is a short code).
+    pub fn rejected(&self, plugin: &str, reason: &str) {
+        self.event("rejected", plugin, reason);
+    }
+
+    /// A request refused with `status` before it reached a plugin.
+    pub fn refused(&self, status: u16) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let versions = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        out.push_str("# HELP edgeplug_requests_total Requests that reached a plugin version.\n");
+        out.push_str("# TYPE edgeplug_requests_total counter\n");
+        for ((name, version), m) in &versions {
+            let _ = writeln!(
+                out,
+                "edgeplug_requests_total{{plugin=\"{}\",version=\"{}\"}} {}",
+                esc(name),
+                esc(version),
+                m.requests()
+            );
+        }
+        out.push_str("# HELP edgeplug_request_errors_total Requests that ended in an error, by code.\n");
+        out.push_str("# TYPE edgeplug_request_errors_total counter\n");
+        for ((name, version), m) in &versions {
+            let errors = m.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for (code, n) in errors {
+                let _ = writeln!(
+                    out,
+                    "edgeplug_request_errors_total{{plugin=\"{}\",version=\"{}\",code=\"{}\"}} {n}",
+                    esc(name),
+                    esc(version),
+                    esc(&code)
+                );
+            }
+        }
+        out.push_str("# HELP edgeplug_request_duration_seconds Time from the request's arrival to its plugin's answer.\n");
+        out.push_str("# TYPE edgeplug_request_duration_seconds histogram\n");
+        for ((name, version), m) in &versions {
+            let labels = format!("plugin=\"{}\",version=\"{}\"", esc(name), esc(version));
+            let mut cumulative = 0;
+            for (bound, count) in BUCKETS.iter().zip(&m.buckets) {
+                cumulative += count.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "edgeplug_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let total = m.requests();
+            let _ = writeln!(
+                out,
+                "edgeplug_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
+            );
+            let sum = m.latency_us_sum.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "edgeplug_request_duration_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "edgeplug_request_duration_seconds_count{{{labels}}} {total}");
+        }
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (kind, metric, help) in [
+            ("push", "edgeplug_swaps_total", "Versions published by a push (hot swaps)."),
+            ("rollback", "edgeplug_rollbacks_total", "Rollbacks, by the version rolled back to."),
+            ("remove", "edgeplug_removals_total", "Plugins removed."),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}");
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for ((k, plugin, version), n) in &events {
+                if *k == kind {
+                    let _ = writeln!(
+                        out,
+                        "{metric}{{plugin=\"{}\",version=\"{}\"}} {n}",
+                        esc(plugin),
+                        esc(version)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP edgeplug_bundles_rejected_total Pushed bundles refused, by reason.\n");
+        out.push_str("# TYPE edgeplug_bundles_rejected_total counter\n");
+        for ((k, plugin, reason), n) in &events {
+            if *k == "rejected" {
+                let _ = writeln!(
+                    out,
+                    "edgeplug_bundles_rejected_total{{plugin=\"{}\",reason=\"{}\"}} {n}",
+                    esc(plugin),
+                    esc(reason)
+                );
+            }
+        }
+        out.push_str("# HELP edgeplug_requests_refused_total Requests refused before reaching a plugin, by HTTP status.\n");
+        out.push_str("# TYPE edgeplug_requests_refused_total counter\n");
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (status, n) in refused {
+            let _ = writeln!(out, "edgeplug_requests_refused_total{{status=\"{status}\"}} {n}");
+        }
+        out
+    }
+}
+
+/// Escapes a label value.
+fn esc(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_histograms() {
+        let metrics = Metrics::default();
+        let m = metrics.version("digits", "0.1.0");
+        m.observe(Duration::from_micros(300), None);
+        m.observe(Duration::from_millis(3), Some("invalid-argument"));
+        metrics.event("push", "digits", "0.1.0");
+        metrics.rejected("digits", "bad-signature");
+        metrics.refused(503);
+        let text = metrics.render();
+        assert!(text.contains("edgeplug_requests_total{plugin=\"digits\",version=\"0.1.0\"} 2"));
+        assert!(text.contains(
+            "edgeplug_request_errors_total{plugin=\"digits\",version=\"0.1.0\",code=\"invalid-argument\"} 1"
+        ));
+        assert!(text.contains(
+            "edgeplug_request_duration_seconds_bucket{plugin=\"digits\",version=\"0.1.0\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "edgeplug_request_duration_seconds_bucket{plugin=\"digits\",version=\"0.1.0\",le=\"0.005\"} 2"
+        ));
+        assert!(text.contains("edgeplug_swaps_total{plugin=\"digits\",version=\"0.1.0\"} 1"));
+        assert!(text.contains(
+            "edgeplug_bundles_rejected_total{plugin=\"digits\",reason=\"bad-signature\"} 1"
+        ));
+        assert!(text.contains("edgeplug_requests_refused_total{status=\"503\"} 1"));
+        assert_eq!(m.errors(), 1);
+    }
+}

@@ -1,0 +1,215 @@
+//! The gateway, `edgeplug serve`: plugins behind HTTP, swapped without dropping a request.
+//!
+//! - [`config`]: the TOML configuration and its built-in defaults.
+//! - [`registry`]: name → active version (`ArcSwap`), and the push / rollback / remove
+//!   pipeline (verify → compile → pre-instantiate → self-test → store → swap).
+//! - [`http`]: routes, status codes and JSON; the only module that knows HTTP.
+//! - [`oip`]: Open Inference Protocol v2 JSON tensors; [`multipart`]: `/predict`'s form.
+//! - [`metrics`]: Prometheus counters and histograms.
+//!
+//! The server is a function, [`serve`], over a bound listener, so tests run it on
+//! `127.0.0.1:0`.
+
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod multipart;
+pub mod oip;
+pub mod registry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use registry::{ActivePlugin, AdminError, AdminOutcome, Registry};
+
+use crate::bundle::{PluginStore, StoreConfig};
+use crate::runtime::{ComponentCache, Runtime, RuntimeConfig};
+
+/// Everything a request handler needs.
+pub struct Gateway {
+    pub config: Config,
+    pub registry: Registry,
+    pub metrics: Arc<metrics::Metrics>,
+    /// sha-256 of the admin token (compared in constant time); `None` disables admin.
+    admin_token_sha256: Option<[u8; 32]>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .field("plugins", &self.registry.names())
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// Opens the state directory, loads the TLS key if configured, starts the runtime and
+    /// loads the active version of every stored plugin (re-verified and self-tested; one that
+    /// fails is logged and left out). Blocking.
+    pub fn open(config: Config) -> anyhow::Result<Arc<Gateway>> {
+        std::fs::create_dir_all(&config.trust_dir)
+            .with_context(|| format!("cannot create trust_dir {}", config.trust_dir.display()))?;
+        let store = PluginStore::open(
+            &config.state_dir,
+            StoreConfig {
+                keep_versions: config.keep_versions.max(1),
+                limits: config.bundle_limits(),
+            },
+        )
+        .with_context(|| format!("cannot open state_dir {}", config.state_dir.display()))?;
+        let runtime = Runtime::new(RuntimeConfig {
+            limit_caps: config.limit_caps(),
+            max_instances: config.limits.max_instances,
+            cache: ComponentCache::in_dir(config.state_dir.join("cache")),
+        })?;
+        let tls = config.tls.as_ref().map(load_tls).transpose()?;
+        let admin_token_sha256 = config
+            .resolve_admin_token()?
+            .map(|t| crate::manifest::Sha256::of(t.as_bytes()).0);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let registry = Registry::new(
+            runtime,
+            store,
+            config.trust_dir.clone(),
+            config.bundle_limits(),
+            config.keep_versions,
+            metrics.clone(),
+        );
+        for (name, error) in registry.load_store()? {
+            tracing::error!(plugin = %name, %error, "not serving this plugin");
+        }
+        Ok(Arc::new(Gateway {
+            config,
+            registry,
+            metrics,
+            admin_token_sha256,
+            tls,
+        }))
+    }
+
+    /// Whether this gateway speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+fn load_tls(tls: &config::TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("cannot read TLS certificate {}: {e}", tls.cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", tls.cert.display());
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| anyhow::anyhow!("cannot read TLS key {}: {e}", tls.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not fit together")?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+/// How long a connection may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP (or HTTPS, if the gateway has TLS) on `listener` until `shutdown` completes;
+/// then stops accepting, lets the requests in flight finish, closes idle connections and
+/// returns.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let tls = gateway.tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let gw = gw.clone();
+                async move { Ok::<_, std::convert::Infallible>(http::handle(gw, request).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for requests in flight");
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,533 @@
+//! The registry: plugin name → the active version, swapped atomically.
+//!
+//! A request takes an `Arc` of the active version when it starts and finishes on it, whatever
+//! happens meanwhile; it never takes a lock an admin operation holds (one short read lock on
+//! the name map, then an `ArcSwap` load). Admin operations (push, rollback, remove) on one
+//! name are serialized by that name's admin mutex and run the whole pipeline before the swap:
+//!
+//! verify (signature, trust, members) → anti-downgrade → compile or load the cached
+//! compilation → pre-instantiate and `describe()` → self-test vectors → write to the store →
+//! publish with one `ArcSwap::store`.
+//!
+//! A failing step returns before the store or the registry changed. Previous versions stay
+//! loaded in memory (up to `keep_versions - 1`) so a rollback is one swap; versions only on
+//! disk (after a restart) are re-verified, loaded and self-tested first.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use semver::Version;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::metrics::{Metrics, VersionMetrics};
+use crate::bundle::{
+    BundleError, BundleLimits, KeyId, PluginStore, StoreError, TrustError, TrustStore,
+    VerifiedBundle,
+};
+use crate::manifest::Sha256;
+use crate::runtime::{LoadedPlugin, PluginFiles, Runtime};
+use crate::selftest::{self, SelfTestError};
+
+/// One loaded plugin version, shared by every request running on it.
+pub struct ActivePlugin {
+    pub plugin: LoadedPlugin,
+    pub version: Version,
+    pub signer: KeyId,
+    pub bundle_sha256: Sha256,
+    /// When this version was loaded into this process.
+    pub loaded_at: SystemTime,
+    /// How long verify + compile + pre-instantiate + self-tests took.
+    pub load_time: Duration,
+    /// Self-test vectors that passed before it was published.
+    pub self_tests: usize,
+    /// Requests running on this version at once (`limits.concurrency` permits).
+    pub permits: Arc<Semaphore>,
+    pub metrics: Arc<VersionMetrics>,
+}
+
+impl ActivePlugin {
+    pub fn name(&self) -> &str {
+        self.plugin.shared().name()
+    }
+}
+
+/// Why an admin operation was refused. Nothing changed, on disk or in memory.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("bundle refused: {0}")]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the trust store cannot be read: {0}")]
+    Trust(#[from] TrustError),
+    #[error("the plugin does not load: {0}")]
+    Load(String),
+    #[error("self-test failed: {0}")]
+    SelfTest(#[from] SelfTestError),
+}
+
+impl AdminError {
+    /// A short, stable code for metrics and error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::Bundle(e) => match e {
+                BundleError::Unsigned => "unsigned",
+                BundleError::UnknownKey { .. } => "unknown-key",
+                BundleError::RevokedKey { .. } => "revoked-key",
+                BundleError::BadSignature { .. } => "bad-signature",
+                BundleError::TooLarge { .. } | BundleError::MemberTooLarge { .. } => "too-large",
+                BundleError::HashMismatch { .. } | BundleError::SizeMismatch { .. } => {
+                    "member-mismatch"
+                }
+                BundleError::ManifestInvalid(_) => "bad-manifest",
+                _ => "malformed",
+            },
+            AdminError::Store(e) => match e {
+                StoreError::Bundle(_) => "stored-bundle-invalid",
+                StoreError::NameMismatch { .. } => "name-mismatch",
+                StoreError::NotNewer { .. } => "not-newer",
+                StoreError::NotInstalled(_) => "not-installed",
+                StoreError::NoPreviousVersion { .. } => "no-previous-version",
+                _ => "store",
+            },
+            AdminError::Trust(_) => "trust-store",
+            AdminError::Load(_) => "load-failed",
+            AdminError::SelfTest(_) => "self-test-failed",
+        }
+    }
+}
+
+/// What a push, rollback or removal did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminOutcome {
+    pub name: String,
+    /// The version now active (`None` after a removal).
+    pub version: Option<String>,
+    /// The version active before.
+    pub previous: Option<String>,
+    pub self_tests: usize,
+    pub load_ms: f64,
+}
+
+struct Slot {
+    active: ArcSwapOption<ActivePlugin>,
+    /// Previous versions still loaded, newest first.
+    kept: Mutex<Vec<Arc<ActivePlugin>>>,
+    /// Serializes admin operations on this name.
+    admin: Mutex<()>,
+}
+
+/// Loaded plugins by name, and the pipeline that changes them.
+pub struct Registry {
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    runtime: Runtime,
+    store: PluginStore,
+    trust_dir: PathBuf,
+    bundle_limits: BundleLimits,
+    keep_versions: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// One plugin in the listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginListing {
+    pub name: String,
+    pub active: Option<ActiveListing>,
+    /// Versions kept on disk, newest first (the active one included).
+    pub versions: Vec<KeptListing>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveListing {
+    pub version: String,
+    pub description: String,
+    pub signer: String,
+    pub bundle_sha256: String,
+    /// Seconds since the Unix epoch.
+    pub loaded_at: u64,
+    pub load_ms: f64,
+    pub self_tests: usize,
+    pub inputs: Vec<crate::model::TensorSpec>,
+    pub outputs: Vec<crate::model::TensorSpec>,
+    pub concurrency: usize,
+    pub deadline_ms: u64,
+    pub max_request_bytes: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub mean_latency_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptListing {
+    pub version: String,
+    pub signer: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub installed_at: Option<u64>,
+    pub size: u64,
+    /// Whether this version is loaded in memory (a rollback to it is immediate).
+    pub loaded: bool,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Registry {
+    pub fn new(
+        runtime: Runtime,
+        store: PluginStore,
+        trust_dir: PathBuf,
+        bundle_limits: BundleLimits,
+        keep_versions: usize,
+        metrics: Arc<Metrics>,
+    ) -> Registry {
+        Registry {
+            slots: RwLock::new(BTreeMap::new()),
+            runtime,
+            store,
+            trust_dir,
+            bundle_limits,
+            keep_versions: keep_versions.max(1),
+            metrics,
+        }
+    }
+
+    /// The active version of `name`: the request path (no admin lock is ever taken here).
+    pub fn get(&self, name: &str) -> Option<Arc<ActivePlugin>> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots.get(name)?.active.load_full()
+    }
+
+    /// Names with an active version, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .filter(|(_, s)| s.active.load().is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Versions of `name` loaded in memory: the active one first, then kept ones.
+    pub fn loaded_versions(&self, name: &str) -> Vec<Version> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = slots.get(name) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Version> = slot.active.load().iter().map(|a| a.version.clone()).collect();
+        let kept = slot.kept.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(kept.iter().map(|a| a.version.clone()));
+        out
+    }
+
+    fn slot(&self, name: &str) -> Arc<Slot> {
+        if let Some(slot) = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return slot.clone();
+        }
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    active: ArcSwapOption::empty(),
+                    kept: Mutex::new(Vec::new()),
+                    admin: Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    fn trust(&self) -> Result<TrustStore, AdminError> {
+        Ok(TrustStore::load(&self.trust_dir)?)
+    }
+
+    /// Compile (or cache hit), pre-instantiate, describe, self-test: a version ready to publish.
+    fn prepare(&self, bundle: &VerifiedBundle, started: Instant) -> Result<ActivePlugin, AdminError> {
+        let files = PluginFiles::from_bundle(bundle);
+        let plugin = self
+            .runtime
+            .load(&files)
+            .map_err(|e| AdminError::Load(format!("{e:#}")))?;
+        let self_tests = selftest::run(&plugin, &files)?;
+        let limits = plugin.shared().limits();
+        let version = bundle.version().clone();
+        Ok(ActivePlugin {
+            metrics: self.metrics.version(bundle.name(), &version.to_string()),
+            plugin,
+            version,
+            signer: bundle.signer(),
+            bundle_sha256: bundle.bundle_sha256(),
+            loaded_at: SystemTime::now(),
+            load_time: started.elapsed(),
+            self_tests,
+            permits: Arc::new(Semaphore::new(limits.concurrency)),
+        })
+    }
+
+    /// Publishes `new` on `slot`; the version it replaces stays loaded for rollbacks.
+    fn publish(&self, slot: &Slot, new: Arc<ActivePlugin>) -> Option<Arc<ActivePlugin>> {
+        let old = slot.active.swap(Some(new.clone()));
+        let mut kept = slot.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|k| k.version != new.version);
+        if let Some(old) = &old
+            && old.version != new.version
+        {
+            kept.insert(0, old.clone());
+        }
+        kept.sort_by(|a, b| b.version.cmp_precedence(&a.version));
+        kept.truncate(self.keep_versions - 1);
+        old
+    }
+
+    /// A push: installs `bytes` as the new active version of `expected_name` (or of the name
+    /// the bundle carries). Blocking: run it off the async reactor.
+    pub fn install(
+        &self,
+        bytes: Vec<u8>,
+        expected_name: Option<&str>,
+    ) -> Result<AdminOutcome, AdminError> {
+        let started = Instant::now();
+        let trust = self.trust()?;
+        let bundle = crate::bundle::verify(bytes, &trust, &self.bundle_limits)?;
+        let name = bundle.name().to_string();
+        if let Some(expected) = expected_name
+            && expected != name
+        {
+            return Err(StoreError::NameMismatch {
+                expected: expected.to_string(),
+                found: name,
+            }
+            .into());
+        }
+        let slot = self.slot(&name);
+        let _admin = slot.admin.lock().unwrap_or_else(|p| p.into_inner());
+        // Refuse a version that is not newer before spending time compiling it (the store
+        // checks again under its own lock when it writes).
+        if let Some(active) = self.store.active(&name)?
+            && bundle.version().cmp_precedence(&active) != std::cmp::Ordering::Greater
+        {
+            return Err(StoreError::NotNewer {
+                name,
+                version: bundle.version().clone(),
+                active,
+            }
+            .into());
+        }
+        let ready = Arc::new(self.prepare(&bundle, started)?);
+        let outcome = self.store.install(&bundle, Some(&name))?;
+        let old = self.publish(&slot, ready.clone());
+        self.metrics.event("push", &name, &ready.version.to_string());
+        tracing::info!(plugin = %name, version = %ready.version, previous = ?outcome.previous.as_ref().map(|v| v.to_string()),
+            load_ms = ready.load_time.as_secs_f64() * 1e3, self_tests = ready.self_tests, "published plugin version");
+        Ok(AdminOutcome {
+            name,
+            version: Some(ready.version.to_string()),
+            previous: old.map(|o| o.version.to_string()),
+            self_tests: ready.self_tests,
+            load_ms: ready.load_time.as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Makes the newest kept version older than the active one active again. Blocking.
+    pub fn rollback(&self, name: &str) -> Result<AdminOutcome, AdminError> {
+        let started = Instant::now();
+        let slot = self.slot(name);
+        let _admin = slot.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let trust = self.trust()?;
+        let active = self
+            .store
+            .active(name)?
+            .ok_or_else(|| StoreError::NotInstalled(name.to_string()))?;
+        let target = self
+            .store
+            .list()?
+            .into_iter()
+            .find(|p| p.name == name)
+            .into_iter()
+            .flat_map(|p| p.versions)
+            .map(|k| k.version)
+            .filter(|v| v.cmp_precedence(&active) == std::cmp::Ordering::Less)
+            .max_by(|a, b| a.cmp_precedence(b).then_with(|| a.cmp(b)))
+            .ok_or_else(|| StoreError::NoPreviousVersion {
+                name: name.to_string(),
+                active: active.clone(),
+            })?;
+        let in_memory = slot
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|k| k.version == target)
+            .cloned();
+        let ready = match in_memory {
+            Some(ready) => ready,
+            None => {
+                let bundle = self.store.load(name, &target, &trust)?;
+                Arc::new(self.prepare(&bundle, started)?)
+            }
+        };
+        let bundle = self.store.rollback(name, &trust)?;
+        if bundle.version() != &target {
+            // Another process changed the store between our reads: put it back.
+            return Err(AdminError::Load(format!(
+                "the store rolled back to {} instead of {target}",
+                bundle.version()
+            )));
+        }
+        let old = self.publish(&slot, ready.clone());
+        self.metrics.event("rollback", name, &target.to_string());
+        tracing::info!(plugin = name, from = %active, to = %target, "rolled back plugin");
+        Ok(AdminOutcome {
+            name: name.to_string(),
+            version: Some(target.to_string()),
+            previous: old.map(|o| o.version.to_string()),
+            self_tests: ready.self_tests,
+            load_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Removes a plugin and every version of it; requests already running finish. Blocking.
+    pub fn remove(&self, name: &str) -> Result<AdminOutcome, AdminError> {
+        let slot = self.slot(name);
+        let _admin = slot.admin.lock().unwrap_or_else(|p| p.into_inner());
+        self.store.remove(name)?;
+        let old = slot.active.swap(None);
+        slot.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.metrics.event("remove", name, "");
+        tracing::info!(plugin = name, "removed plugin");
+        Ok(AdminOutcome {
+            name: name.to_string(),
+            version: None,
+            previous: old.map(|o| o.version.to_string()),
+            self_tests: 0,
+            load_ms: 0.0,
+        })
+    }
+
+    /// Loads the active version of every plugin in the store (re-verified and self-tested).
+    /// A plugin that fails is logged and left out; returns the failures.
+    pub fn load_store(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let trust = self.trust()?;
+        let active = self.store.load_active(&trust)?;
+        let mut failed: Vec<(String, String)> = active
+            .failed
+            .into_iter()
+            .map(|(n, e)| (n, e.to_string()))
+            .collect();
+        for bundle in active.loaded {
+            let name = bundle.name().to_string();
+            let slot = self.slot(&name);
+            let _admin = slot.admin.lock().unwrap_or_else(|p| p.into_inner());
+            match self.prepare(&bundle, Instant::now()) {
+                Ok(ready) => {
+                    tracing::info!(plugin = %name, version = %ready.version, "loaded plugin from the store");
+                    self.publish(&slot, Arc::new(ready));
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %name, error = %e, "stored plugin version does not load");
+                    failed.push((name, e.to_string()));
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Installs a bundle file at start (`serve --install`). The same version being active
+    /// already (same bytes) is not an error.
+    pub fn install_file(&self, path: &std::path::Path) -> anyhow::Result<AdminOutcome> {
+        let bytes = crate::bundle::read_bundle_file(path, &self.bundle_limits)?;
+        let sha = Sha256::of(&bytes);
+        match self.install(bytes, None) {
+            Ok(outcome) => Ok(outcome),
+            Err(AdminError::Store(StoreError::NotNewer { name, version, .. }))
+                if self
+                    .get(&name)
+                    .is_some_and(|a| a.version == version && a.bundle_sha256 == sha) =>
+            {
+                Ok(AdminOutcome {
+                    name,
+                    version: Some(version.to_string()),
+                    previous: Some(version.to_string()),
+                    self_tests: 0,
+                    load_ms: 0.0,
+                })
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("cannot install {}", path.display()))),
+        }
+    }
+
+    /// Every plugin: the active version (from memory) and the versions kept on disk.
+    pub fn list(&self) -> Result<Vec<PluginListing>, AdminError> {
+        let stored = self.store.list()?;
+        let mut out = Vec::new();
+        let mut names: Vec<String> = stored.iter().map(|p| p.name.clone()).collect();
+        for name in self.names() {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in names {
+            let loaded = self.loaded_versions(&name);
+            let active = self.get(&name).map(|a| {
+                let info = a.plugin.info();
+                let limits = a.plugin.shared().limits();
+                ActiveListing {
+                    version: a.version.to_string(),
+                    description: info.description.clone(),
+                    signer: a.signer.to_string(),
+                    bundle_sha256: a.bundle_sha256.to_string(),
+                    loaded_at: unix_secs(a.loaded_at),
+                    load_ms: a.load_time.as_secs_f64() * 1e3,
+                    self_tests: a.self_tests,
+                    inputs: info.inputs.clone(),
+                    outputs: info.outputs.clone(),
+                    concurrency: limits.concurrency,
+                    deadline_ms: limits.deadline_ms,
+                    max_request_bytes: limits.request_bytes,
+                    requests: a.metrics.requests(),
+                    errors: a.metrics.errors(),
+                    mean_latency_ms: a.metrics.mean_latency_ms(),
+                }
+            });
+            let versions = stored
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| {
+                    p.versions
+                        .iter()
+                        .map(|k| KeptListing {
+                            version: k.version.to_string(),
+                            signer: k.signer.map(|s| s.to_string()),
+                            installed_at: k.installed.map(unix_secs),
+                            size: k.size,
+                            loaded: loaded.contains(&k.version),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(PluginListing {
+                name,
+                active,
+                versions,
+            });
+        }
+        Ok(out)
+    }
+}

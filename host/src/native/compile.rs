@@ -1,0 +1,986 @@
+//! From ONNX bytes to a [`Program`]: tract parses and types the graph, this
+//! module maps each typed node onto a step, folding constants and fusing
+//! activations and residual adds into the convolution (or dense) step that
+//! produced their input.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceModelExt, OutletId, TValue, TVec, Tensor as TractTensor,
+    TypedModel, TypedNode,
+};
+use tract_onnx::tract_core::ops::array::{Gather, Pad, PadMode, Slice, TypedConcat};
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::cnn::{
+    Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
+};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
+use tract_onnx::tract_core::ops::source::TypedSource;
+
+use super::NativeError;
+use super::exec::{BinOp, Ep, Operand, OutputSrc, Program, RedOp, Slot, Step, UnOp};
+use crate::model::TensorSpec;
+use crate::tensor::fast::{DwGeometry, PackedLhs};
+use crate::tensor::{ElementType, Padding, Pool2dParams, Tensor};
+
+pub(super) struct Compiled {
+    pub program: Program,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// A value during compilation: a folded constant, or a slot of known shape.
+#[derive(Clone, Debug)]
+enum Val {
+    Const(Arc<TractTensor>),
+    Dyn { slot: Slot, shape: Vec<usize> },
+}
+
+struct Builder<'m> {
+    model: &'m TypedModel,
+    vals: HashMap<OutletId, Val>,
+    steps: Vec<Step>,
+    slot_len: Vec<usize>,
+    /// Step that wrote each slot.
+    producer: Vec<Option<usize>>,
+    /// Outlets the model returns (never fused away or overwritten).
+    output_outlets: Vec<OutletId>,
+    /// Nodes already compiled.
+    done: std::collections::HashSet<usize>,
+}
+
+fn load_err(e: impl std::fmt::Display) -> NativeError {
+    NativeError::Load(format!("{e:#}"))
+}
+
+fn unsupported(node: &TypedNode, op: impl Into<String>) -> NativeError {
+    NativeError::Unsupported {
+        op: op.into(),
+        node: node.name.clone(),
+    }
+}
+
+pub(super) fn compile(onnx: &[u8]) -> Result<Compiled, NativeError> {
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(onnx))
+        .map_err(load_err)?
+        .into_typed()
+        .map_err(load_err)?;
+    let output_outlets = model.output_outlets().map_err(load_err)?.to_vec();
+    let mut b = Builder {
+        model: &model,
+        vals: HashMap::new(),
+        steps: Vec::new(),
+        slot_len: Vec::new(),
+        producer: Vec::new(),
+        output_outlets,
+        done: Default::default(),
+    };
+    let mut input_slots = Vec::new();
+    let mut inputs = Vec::new();
+    for &outlet in model.input_outlets().map_err(load_err)? {
+        let node = model.node(outlet.node);
+        let fact = &node.outputs[outlet.slot].fact;
+        let shape = fact
+            .shape
+            .as_concrete()
+            .ok_or_else(|| unsupported(node, "input with a symbolic shape"))?
+            .to_vec();
+        if fact.datum_type != DatumType::F32 {
+            return Err(unsupported(node, format!("{:?} input", fact.datum_type)));
+        }
+        let slot = b.new_slot(&shape, None);
+        input_slots.push(slot);
+        inputs.push(TensorSpec {
+            name: node.name.clone(),
+            element_type: ElementType::F32,
+            shape: shape.iter().map(|&d| d as i64).collect(),
+        });
+        b.vals.insert(outlet, Val::Dyn { slot, shape });
+    }
+    for id in model.eval_order().map_err(load_err)? {
+        let node = model.node(id);
+        if node.op_is::<TypedSource>() {
+            continue;
+        }
+        b.node(node)?;
+        b.done.insert(id);
+    }
+    let mut outputs = Vec::new();
+    let mut srcs = Vec::new();
+    for &outlet in &b.output_outlets {
+        let node = model.node(outlet.node);
+        let val = b
+            .vals
+            .get(&outlet)
+            .cloned()
+            .ok_or_else(|| unsupported(node, "missing output"))?;
+        let (src, shape) = match val {
+            Val::Dyn { slot, shape } => (OutputSrc::Slot(slot, shape.clone()), shape),
+            Val::Const(t) => {
+                let shape = t.shape().to_vec();
+                let data =
+                    f32_data(&t).ok_or_else(|| unsupported(node, "non-f32 constant output"))?;
+                let t = Tensor::from_f32(shape.clone(), data.to_vec()).map_err(load_err)?;
+                (OutputSrc::Const(t), shape)
+            }
+        };
+        srcs.push(src);
+        outputs.push(TensorSpec {
+            name: node.name.clone(),
+            element_type: ElementType::F32,
+            shape: shape.iter().map(|&d| d as i64).collect(),
+        });
+    }
+    let program = Program::new(b.steps, b.slot_len, input_slots, srcs);
+    Ok(Compiled {
+        program,
+        inputs,
+        outputs,
+    })
+}
+
+/// The f32 values of a constant (cast if it is another numeric type).
+fn f32_data(t: &TractTensor) -> Option<Arc<[f32]>> {
+    let t = t.cast_to::<f32>().ok()?;
+    let view = t.to_plain_array_view::<f32>().ok()?;
+    Some(view.iter().copied().collect())
+}
+
+fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
+/// Strides of `shape` broadcast to `out` (0 along broadcast axes), after
+/// left-padding with ones.
+fn broadcast_strides(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
+    if shape.len() > out.len() {
+        return None;
+    }
+    let mut padded = vec![1usize; out.len() - shape.len()];
+    padded.extend_from_slice(shape);
+    let st = strides_of(&padded);
+    padded
+        .iter()
+        .zip(out)
+        .zip(st)
+        .map(|((&d, &o), s)| {
+            if d == o {
+                Some(if d == 1 { 0 } else { s })
+            } else if d == 1 {
+                Some(0)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+impl Builder<'_> {
+    fn new_slot(&mut self, shape: &[usize], producer: Option<usize>) -> Slot {
+        self.slot_len.push(shape.iter().product());
+        self.producer.push(producer);
+        self.slot_len.len() - 1
+    }
+
+    /// Appends `step` writing a fresh slot of `shape`; binds it to the node's output 0.
+    fn emit(&mut self, node: &TypedNode, shape: Vec<usize>, make: impl FnOnce(Slot) -> Step) {
+        let slot = self.new_slot(&shape, Some(self.steps.len()));
+        self.steps.push(make(slot));
+        self.vals
+            .insert(OutletId::new(node.id, 0), Val::Dyn { slot, shape });
+    }
+
+    fn alias(&mut self, node: &TypedNode, slot: Slot, shape: Vec<usize>) {
+        self.vals
+            .insert(OutletId::new(node.id, 0), Val::Dyn { slot, shape });
+    }
+
+    fn out_shape(&self, node: &TypedNode) -> Result<Vec<usize>, NativeError> {
+        let fact = &node.outputs[0].fact;
+        if fact.datum_type != DatumType::F32 {
+            return Err(unsupported(
+                node,
+                format!("{} producing {:?}", node.op.name(), fact.datum_type),
+            ));
+        }
+        fact.shape
+            .as_concrete()
+            .map(|s| s.to_vec())
+            .ok_or_else(|| unsupported(node, "symbolic shape"))
+    }
+
+    /// If `slot` was written by the last step and nothing but `node` still
+    /// has to read it (through any alias; model outputs are never fused), the
+    /// step's index: its epilogue may then absorb `node`.
+    fn fusable(&self, node: &TypedNode, slot: Slot) -> Option<usize> {
+        let step = self.producer[slot]?;
+        if step + 1 != self.steps.len() {
+            return None;
+        }
+        for (outlet, v) in &self.vals {
+            if !matches!(v, Val::Dyn { slot: s, .. } if *s == slot) {
+                continue;
+            }
+            if self.output_outlets.contains(outlet) {
+                return None;
+            }
+            let pending = self
+                .model
+                .outlet_successors(*outlet)
+                .iter()
+                .any(|inlet| inlet.node != node.id && !self.done.contains(&inlet.node));
+            if pending {
+                return None;
+            }
+        }
+        Some(step)
+    }
+
+    fn node(&mut self, node: &TypedNode) -> Result<(), NativeError> {
+        let inputs: Vec<Val> = node
+            .inputs
+            .iter()
+            .map(|o| {
+                self.vals
+                    .get(o)
+                    .cloned()
+                    .ok_or_else(|| unsupported(node, "unknown input"))
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(k) = node.op_as::<Const>() {
+            self.vals
+                .insert(OutletId::new(node.id, 0), Val::Const(k.val().clone()));
+            return Ok(());
+        }
+        if inputs.iter().all(|v| matches!(v, Val::Const(_))) {
+            return self.fold(node, &inputs);
+        }
+        let name = node.op.name();
+        if let Some(conv) = node.op_as::<Conv>() {
+            return self.conv(node, conv, &inputs);
+        }
+        if let Some(op) = node.op_as::<TypedBinOp>() {
+            return self.binary(node, op.0.name(), &inputs);
+        }
+        if let Some(op) = node.op_as::<ElementWiseOp>() {
+            let un = match op.0.name().as_str() {
+                "Sigmoid" => UnOp::Sigmoid,
+                "Tanh" => UnOp::Tanh,
+                "Exp" => UnOp::Exp,
+                "Ln" => UnOp::Ln,
+                "Abs" => UnOp::Abs,
+                "Neg" => UnOp::Neg,
+                "Sqrt" => UnOp::Sqrt,
+                "Rsqrt" => UnOp::Rsqrt,
+                "Recip" => UnOp::Recip,
+                "Square" => UnOp::Square,
+                "HardSwish" => UnOp::HardSwish,
+                "LeakyRelu" => {
+                    let lr =
+                        op.0.downcast_ref::<tract_onnx::tract_core::ops::nn::LeakyRelu>()
+                            .ok_or_else(|| unsupported(node, "LeakyRelu"))?;
+                    UnOp::LeakyRelu(lr.alpha)
+                }
+                other => return Err(unsupported(node, other.to_string())),
+            };
+            return self.unary(node, un, &inputs[0]);
+        }
+        if let Some(op) = node.op_as::<AxisOp>() {
+            return self.axis_op(node, op, &inputs[0]);
+        }
+        if let Some(op) = node.op_as::<Cast>() {
+            if op.to != DatumType::F32 {
+                return Err(unsupported(node, format!("Cast to {:?}", op.to)));
+            }
+            let (slot, shape) = self.dyn_input(node, &inputs[0])?;
+            self.alias(node, slot, shape);
+            return Ok(());
+        }
+        if let Some(op) = node.op_as::<EinSum>() {
+            return self.einsum(node, op, &inputs);
+        }
+        if let Some(op) = node.op_as::<Reduce>() {
+            return self.reduce(node, op, &inputs[0]);
+        }
+        if let Some(op) = node.op_as::<Softmax>() {
+            if op.quant_output_dt.is_some() || op.axes.len() != 1 {
+                return Err(unsupported(node, "Softmax (quantized or multi-axis)"));
+            }
+            let (x, shape) = self.dyn_input(node, &inputs[0])?;
+            let axis = op.axes[0];
+            let outer = shape[..axis].iter().product();
+            let inner = shape[axis + 1..].iter().product();
+            let len = shape[axis];
+            let log = op.kind == SoftmaxKind::LogSoftmax;
+            self.emit(node, shape, |out| Step::Softmax {
+                x,
+                out,
+                outer,
+                len,
+                inner,
+                log,
+            });
+            return Ok(());
+        }
+        if let Some(op) = node.op_as::<TypedConcat>() {
+            let shape = self.out_shape(node)?;
+            let outer: usize = shape[..op.axis].iter().product();
+            let mut parts = Vec::new();
+            for v in &inputs {
+                let (operand, vshape) = self.operand(node, v)?;
+                if vshape.len() != shape.len() {
+                    return Err(unsupported(node, "Concat of mixed ranks"));
+                }
+                parts.push((operand, vshape[op.axis..].iter().product()));
+            }
+            self.emit(node, shape, |out| Step::Concat { parts, out, outer });
+            return Ok(());
+        }
+        if let Some(op) = node.op_as::<Slice>() {
+            let (x, in_shape) = self.dyn_input(node, &inputs[0])?;
+            let (Ok(start), Ok(end)) = (op.start.to_i64(), op.end.to_i64()) else {
+                return Err(unsupported(node, "Slice with symbolic bounds"));
+            };
+            let shape = self.out_shape(node)?;
+            let axis = op.axis;
+            let (outer, inner) = (
+                in_shape[..axis].iter().product(),
+                in_shape[axis + 1..].iter().product(),
+            );
+            let (start, end) = (start.max(0) as usize, end.max(0) as usize);
+            let len = end.saturating_sub(start);
+            let axis_len = in_shape[axis];
+            self.emit(node, shape, |out| Step::Slice {
+                x,
+                out,
+                outer,
+                axis: axis_len,
+                inner,
+                start,
+                len,
+            });
+            return Ok(());
+        }
+        if let Some(op) = node.op_as::<Gather>() {
+            let (x, in_shape) = self.dyn_input(node, &inputs[0])?;
+            let Val::Const(idx) = &inputs[1] else {
+                return Err(unsupported(node, "Gather with computed indices"));
+            };
+            let idx = idx.cast_to::<i64>().map_err(load_err)?;
+            let idx: Vec<i64> = idx
+                .to_plain_array_view::<i64>()
+                .map_err(load_err)?
+                .iter()
+                .copied()
+                .collect();
+            if idx.len() != 1 {
+                return Err(unsupported(node, "Gather of several indices"));
+            }
+            let axis_len = in_shape[op.axis];
+            let i = if idx[0] < 0 {
+                idx[0] + axis_len as i64
+            } else {
+                idx[0]
+            };
+            if i < 0 || i as usize >= axis_len {
+                return Err(load_err(format!("Gather index {} out of range", idx[0])));
+            }
+            let shape = self.out_shape(node)?;
+            let (outer, inner) = (
+                in_shape[..op.axis].iter().product(),
+                in_shape[op.axis + 1..].iter().product(),
+            );
+            self.emit(node, shape, |out| Step::Slice {
+                x,
+                out,
+                outer,
+                axis: axis_len,
+                inner,
+                start: i as usize,
+                len: 1,
+            });
+            return Ok(());
+        }
+        if let Some(op) = node.op_as::<MaxPool>() {
+            if op.with_index_outputs.is_some() {
+                return Err(unsupported(node, "MaxPool with indices"));
+            }
+            return self.pool(node, &op.pool_spec, true, false, &inputs[0]);
+        }
+        if let Some(op) = node.op_as::<SumPool>() {
+            if !op.normalize {
+                return Err(unsupported(node, "SumPool (unnormalized)"));
+            }
+            return self.pool(node, &op.pool_spec, false, op.count_include_pad, &inputs[0]);
+        }
+        if let Some(op) = node.op_as::<Pad>() {
+            let PadMode::Constant(v) = &op.mode else {
+                return Err(unsupported(node, format!("Pad mode {:?}", op.mode)));
+            };
+            let value = f32_data(v).and_then(|d| d.first().copied()).unwrap_or(0.0);
+            let (x, in_shape) = self.dyn_input(node, &inputs[0])?;
+            let shape = self.out_shape(node)?;
+            let pads = op.pads.clone();
+            self.emit(node, shape, |out| Step::Pad {
+                x,
+                out,
+                in_shape,
+                pads,
+                value,
+            });
+            return Ok(());
+        }
+        Err(unsupported(node, name.to_string()))
+    }
+
+    /// Evaluates a node whose inputs are all constants with tract itself.
+    fn fold(&mut self, node: &TypedNode, inputs: &[Val]) -> Result<(), NativeError> {
+        let values: TVec<TValue> = inputs
+            .iter()
+            .map(|v| match v {
+                Val::Const(t) => TValue::from_const(t.clone()),
+                Val::Dyn { .. } => unreachable!("all inputs are constants"),
+            })
+            .collect();
+        let outs = node
+            .op
+            .eval_out_of_plan(values)
+            .map_err(|e| unsupported(node, format!("constant {} ({e})", node.op.name())))?
+            .ok_or_else(|| unsupported(node, format!("constant {}", node.op.name())))?;
+        for (i, v) in outs.into_iter().enumerate() {
+            self.vals.insert(
+                OutletId::new(node.id, i),
+                Val::Const(Arc::new((*v).clone())),
+            );
+        }
+        Ok(())
+    }
+
+    fn dyn_input(&self, node: &TypedNode, v: &Val) -> Result<(Slot, Vec<usize>), NativeError> {
+        match v {
+            Val::Dyn { slot, shape } => Ok((*slot, shape.clone())),
+            Val::Const(_) => Err(unsupported(
+                node,
+                format!("{} with a constant data input", node.op.name()),
+            )),
+        }
+    }
+
+    fn operand(&self, node: &TypedNode, v: &Val) -> Result<(Operand, Vec<usize>), NativeError> {
+        match v {
+            Val::Dyn { slot, shape } => Ok((Operand::Slot(*slot), shape.clone())),
+            Val::Const(t) => {
+                let data = f32_data(t).ok_or_else(|| unsupported(node, "non-numeric constant"))?;
+                Ok((Operand::Const(data), t.shape().to_vec()))
+            }
+        }
+    }
+
+    fn conv(&mut self, node: &TypedNode, conv: &Conv, inputs: &[Val]) -> Result<(), NativeError> {
+        let ps = &conv.pool_spec;
+        if conv.q_params.is_some() {
+            return Err(unsupported(node, "quantized Conv"));
+        }
+        if ps.data_format != DataFormat::NCHW
+            || conv.kernel_fmt != KernelFormat::OIHW
+            || ps.kernel_shape.len() != 2
+        {
+            return Err(unsupported(node, "Conv other than 2-D NCHW/OIHW"));
+        }
+        let (x, in_shape) = self.dyn_input(node, &inputs[0])?;
+        let (Some(Val::Const(kernel)), Some(Val::Const(bias_t))) = (inputs.get(1), inputs.get(2))
+        else {
+            return Err(unsupported(node, "Conv with computed weights"));
+        };
+        let kernel_data = f32_data(kernel).ok_or_else(|| unsupported(node, "Conv weights"))?;
+        let &[n, c, h, w] = in_shape.as_slice() else {
+            return Err(unsupported(node, "Conv input of rank != 4"));
+        };
+        let &[o, cpg, kh, kw] = kernel.shape() else {
+            return Err(unsupported(node, "Conv kernel of rank != 4"));
+        };
+        let groups = conv.group;
+        if groups == 0 || cpg * groups != c || o % groups != 0 {
+            return Err(load_err(format!("Conv {}: bad groups", node.name)));
+        }
+        let bias_data = f32_data(bias_t).ok_or_else(|| unsupported(node, "Conv bias"))?;
+        let bias: Vec<f32> = match bias_data.len() {
+            0 => vec![0.0; o],
+            1 => vec![bias_data[0]; o],
+            l if l == o => bias_data.to_vec(),
+            _ => return Err(unsupported(node, "Conv bias shape")),
+        };
+        let stride = ps.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
+        let dilation = ps.dilations.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
+        let pad = conv_padding(&ps.padding, [h, w], [kh, kw], stride, dilation)
+            .ok_or_else(|| unsupported(node, "Conv padding"))?;
+        let shape = self.out_shape(node)?;
+        let geom = DwGeometry::new(cpg, h, w, [kh, kw], stride, dilation, pad)
+            .ok_or_else(|| load_err(format!("Conv {}: no output", node.name)))?;
+        if shape != [n, o, geom.oh, geom.ow] {
+            return Err(unsupported(
+                node,
+                format!(
+                    "Conv output {shape:?} (tract) vs {:?}",
+                    [n, o, geom.oh, geom.ow]
+                ),
+            ));
+        }
+        let ep = Ep::default();
+        if kh == 1 && kw == 1 && stride == [1, 1] && pad == Padding::default() && groups == 1 {
+            let wp = PackedLhs::pack(&kernel_data, o, c);
+            self.emit(node, shape, |out| Step::Pointwise {
+                x,
+                out,
+                batch: n,
+                hw: h * w,
+                w: wp,
+                bias,
+                ep,
+            });
+        } else if groups == c && o == c {
+            let geom = DwGeometry { c, ..geom };
+            let wv = kernel_data.to_vec();
+            self.emit(node, shape, |out| Step::Depthwise {
+                x,
+                out,
+                batch: n,
+                geom,
+                w: wv,
+                bias,
+                ep,
+            });
+        } else {
+            let opg = o / groups;
+            let k = cpg * kh * kw;
+            let wp = (0..groups)
+                .map(|g| PackedLhs::pack(&kernel_data[g * opg * k..][..opg * k], opg, k))
+                .collect();
+            self.emit(node, shape, |out| Step::Im2col {
+                x,
+                out,
+                batch: n,
+                geom,
+                w: wp,
+                bias,
+                ep,
+            });
+        }
+        Ok(())
+    }
+
+    fn binary(&mut self, node: &TypedNode, op: &str, inputs: &[Val]) -> Result<(), NativeError> {
+        let bop = match op {
+            "Add" => BinOp::Add,
+            "Sub" => BinOp::Sub,
+            "Mul" => BinOp::Mul,
+            "Div" => BinOp::Div,
+            "Max" => BinOp::Max,
+            "Min" => BinOp::Min,
+            "Pow" => BinOp::Pow,
+            other => return Err(unsupported(node, other.to_string())),
+        };
+        let shape = self.out_shape(node)?;
+        // A constant scalar on one side.
+        let scalar = |v: &Val| match v {
+            Val::Const(t) if t.len() == 1 => f32_data(t).map(|d| d[0]),
+            _ => None,
+        };
+        // Clamps: fuse into the producing kernel, else a unary step.
+        if matches!(bop, BinOp::Max | BinOp::Min) {
+            for (di, si) in [(0, 1), (1, 0)] {
+                if let (Val::Dyn { slot, shape: s }, Some(cst)) = (&inputs[di], scalar(&inputs[si]))
+                {
+                    if *s != shape {
+                        continue;
+                    }
+                    let (slot, s) = (*slot, s.clone());
+                    if let Some(step) = self.fusable(node, slot) {
+                        let ep = self.steps[step].ep_mut();
+                        if let Some(ep) = ep {
+                            let (lo, hi) = match bop {
+                                BinOp::Max => (ep.lo.max(cst), ep.hi),
+                                _ => (ep.lo, ep.hi.min(cst)),
+                            };
+                            if lo <= hi {
+                                ep.lo = lo;
+                                ep.hi = hi;
+                                self.alias(node, slot, s);
+                                return Ok(());
+                            }
+                        }
+                    }
+                    let un = match bop {
+                        BinOp::Max => UnOp::Clamp(cst, f32::INFINITY),
+                        _ => UnOp::Clamp(f32::NEG_INFINITY, cst),
+                    };
+                    let len = s.iter().product();
+                    self.emit(node, shape, |out| Step::Unary {
+                        op: un,
+                        x: slot,
+                        out,
+                        len,
+                    });
+                    return Ok(());
+                }
+            }
+        }
+        if bop == BinOp::Add {
+            // Residual add onto a kernel output that has no clamp yet.
+            if let (Val::Dyn { slot: a, shape: sa }, Val::Dyn { slot: b, shape: sb }) =
+                (&inputs[0], &inputs[1])
+                && *sa == shape
+                && *sb == shape
+            {
+                for (fused, other) in [(*a, *b), (*b, *a)] {
+                    if let Some(step) = self.fusable(node, fused)
+                        && let Some(ep) = self.steps[step].ep_mut()
+                        && ep.residual.is_none()
+                        && ep.lo == f32::NEG_INFINITY
+                        && ep.hi == f32::INFINITY
+                    {
+                        ep.residual = Some(other);
+                        self.alias(node, fused, shape);
+                        return Ok(());
+                    }
+                }
+            }
+            // Bias add onto a dense or conv output: a constant along the channel axis.
+            for (di, ci) in [(0, 1), (1, 0)] {
+                if let (Val::Dyn { slot, shape: s }, Val::Const(t)) = (&inputs[di], &inputs[ci]) {
+                    if *s != shape {
+                        continue;
+                    }
+                    let slot = *slot;
+                    let Some(step) = self.fusable(node, slot) else {
+                        continue;
+                    };
+                    let Some(cst) = f32_data(t) else { continue };
+                    if let Some(bias) = fusable_bias(&mut self.steps[step], t.shape(), &shape, &cst)
+                    {
+                        bias.iter_mut()
+                            .zip(cst.iter().cycle())
+                            .for_each(|(b, c)| *b += c);
+                        self.alias(node, slot, shape);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if matches!(bop, BinOp::Div | BinOp::Mul) {
+            // Mean = sum, then divide by the count: fold into the reduction.
+            if let (Val::Dyn { slot, .. }, Some(cst)) = (&inputs[0], scalar(&inputs[1])) {
+                let slot = *slot;
+                if let Some(step) = self.fusable(node, slot)
+                    && let Step::Reduce { scale, .. } = &mut self.steps[step]
+                {
+                    *scale *= if bop == BinOp::Div { 1.0 / cst } else { cst };
+                    self.alias(node, slot, shape);
+                    return Ok(());
+                }
+            }
+        }
+        let (a, ash) = self.operand(node, &inputs[0])?;
+        let (b, bsh) = self.operand(node, &inputs[1])?;
+        let (Some(a_strides), Some(b_strides)) = (
+            broadcast_strides(&ash, &shape),
+            broadcast_strides(&bsh, &shape),
+        ) else {
+            return Err(unsupported(
+                node,
+                format!("{op} broadcast {ash:?} {bsh:?} -> {shape:?}"),
+            ));
+        };
+        let sh = shape.clone();
+        self.emit(node, shape, |out| Step::Binary {
+            op: bop,
+            a,
+            b,
+            out,
+            shape: sh,
+            a_strides,
+            b_strides,
+        });
+        Ok(())
+    }
+
+    fn unary(&mut self, node: &TypedNode, op: UnOp, v: &Val) -> Result<(), NativeError> {
+        let (x, shape) = self.dyn_input(node, v)?;
+        let len = shape.iter().product();
+        self.emit(node, shape, |out| Step::Unary { op, x, out, len });
+        Ok(())
+    }
+
+    fn axis_op(&mut self, node: &TypedNode, op: &AxisOp, v: &Val) -> Result<(), NativeError> {
+        let (x, in_shape) = self.dyn_input(node, v)?;
+        let shape = self.out_shape(node)?;
+        if let AxisOp::Move(from, to) = *op {
+            let mut perm: Vec<usize> = (0..in_shape.len()).collect();
+            let a = perm.remove(from);
+            perm.insert(to, a);
+            // Only a real move of data needs a copy: the non-unit axes must keep their order.
+            let order: Vec<usize> = perm.iter().copied().filter(|&a| in_shape[a] != 1).collect();
+            if !order.windows(2).all(|w| w[0] < w[1]) {
+                self.emit(node, shape, |out| Step::Transpose {
+                    x,
+                    out,
+                    in_shape,
+                    perm,
+                });
+                return Ok(());
+            }
+        }
+        self.alias(node, x, shape);
+        Ok(())
+    }
+
+    fn einsum(&mut self, node: &TypedNode, op: &EinSum, inputs: &[Val]) -> Result<(), NativeError> {
+        if op.q_params.is_some() || inputs.len() != 2 {
+            return Err(unsupported(node, "quantized EinSum"));
+        }
+        let expr = format!("{}", op.axes);
+        let (lhs, out_axes) = expr
+            .split_once("->")
+            .ok_or_else(|| unsupported(node, format!("EinSum {expr}")))?;
+        let (a_axes, b_axes) = lhs
+            .split_once(',')
+            .ok_or_else(|| unsupported(node, format!("EinSum {expr}")))?;
+        let (a_axes, b_axes, out_axes): (Vec<char>, Vec<char>, Vec<char>) = (
+            a_axes.chars().collect(),
+            b_axes.chars().collect(),
+            out_axes.chars().collect(),
+        );
+        let (Val::Dyn { slot: x, shape: xs }, Val::Const(wt)) = (&inputs[0], &inputs[1]) else {
+            return Err(unsupported(
+                node,
+                format!("EinSum {expr} with computed weights"),
+            ));
+        };
+        // x: [.., k] (k last), w: 2-D holding k and n, out: x's axes without k, then n.
+        let k_axis = *a_axes.last().ok_or_else(|| unsupported(node, "EinSum"))?;
+        let ok = b_axes.len() == 2
+            && b_axes.contains(&k_axis)
+            && !out_axes.contains(&k_axis)
+            && a_axes.iter().filter(|&&a| a == k_axis).count() == 1;
+        if !ok {
+            return Err(unsupported(node, format!("EinSum {expr}")));
+        }
+        let n_axis = if b_axes[0] == k_axis {
+            b_axes[1]
+        } else {
+            b_axes[0]
+        };
+        let mut want: Vec<char> = a_axes[..a_axes.len() - 1].to_vec();
+        want.push(n_axis);
+        if want != out_axes {
+            return Err(unsupported(node, format!("EinSum {expr}")));
+        }
+        let wd = f32_data(wt).ok_or_else(|| unsupported(node, "EinSum weights"))?;
+        let (k, n) = (
+            *xs.last().unwrap_or(&1),
+            if b_axes[0] == k_axis {
+                wt.shape()[1]
+            } else {
+                wt.shape()[0]
+            },
+        );
+        // Weights as row-major [n, k].
+        let w: Vec<f32> = if b_axes[0] == k_axis {
+            let mut t = vec![0f32; n * k];
+            for kk in 0..k {
+                for nn in 0..n {
+                    t[nn * k + kk] = wd[kk * n + nn];
+                }
+            }
+            t
+        } else {
+            wd.to_vec()
+        };
+        let rows = xs[..xs.len() - 1].iter().product();
+        let shape = self.out_shape(node)?;
+        let x = *x;
+        let bias = vec![0f32; n];
+        self.emit(node, shape, |out| Step::Dense {
+            x,
+            out,
+            rows,
+            k,
+            n,
+            w,
+            bias,
+            ep: Ep::default(),
+        });
+        Ok(())
+    }
+
+    fn reduce(&mut self, node: &TypedNode, op: &Reduce, v: &Val) -> Result<(), NativeError> {
+        let red = match op.reducer {
+            Reducer::Sum => RedOp::Sum,
+            Reducer::Max => RedOp::Max,
+            Reducer::Min => RedOp::Min,
+            other => return Err(unsupported(node, format!("Reduce {other:?}"))),
+        };
+        let (x, in_shape) = self.dyn_input(node, v)?;
+        let mut axes: Vec<usize> = op.axes.to_vec();
+        axes.sort_unstable();
+        if axes.is_empty() || axes.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Err(unsupported(node, "Reduce over non-contiguous axes"));
+        }
+        let (first, last) = (axes[0], axes[axes.len() - 1]);
+        let outer = in_shape[..first].iter().product();
+        let len = in_shape[first..=last].iter().product();
+        let inner = in_shape[last + 1..].iter().product();
+        let shape = self.out_shape(node)?;
+        self.emit(node, shape, |out| Step::Reduce {
+            op: red,
+            x,
+            out,
+            outer,
+            len,
+            inner,
+            scale: 1.0,
+        });
+        Ok(())
+    }
+
+    fn pool(
+        &mut self,
+        node: &TypedNode,
+        ps: &PoolSpec,
+        max: bool,
+        count_include_pad: bool,
+        v: &Val,
+    ) -> Result<(), NativeError> {
+        if ps.data_format != DataFormat::NCHW || ps.kernel_shape.len() != 2 {
+            return Err(unsupported(node, "pool other than 2-D NCHW"));
+        }
+        let (x, in_shape) = self.dyn_input(node, v)?;
+        if in_shape.len() != 4 {
+            return Err(unsupported(node, "pool input of rank != 4"));
+        }
+        let kernel = [ps.kernel_shape[0], ps.kernel_shape[1]];
+        let stride = ps.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
+        let dilation = ps.dilations.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
+        let ceil_mode = matches!(ps.padding, PaddingSpec::ExplicitOnnxPool(_, _, true));
+        let padding = conv_padding(
+            &ps.padding,
+            [in_shape[2], in_shape[3]],
+            kernel,
+            stride,
+            dilation,
+        )
+        .ok_or_else(|| unsupported(node, "pool padding"))?;
+        let params = Pool2dParams {
+            kernel,
+            stride,
+            padding,
+            dilation,
+            count_include_pad,
+            ceil_mode,
+        };
+        let shape = self.out_shape(node)?;
+        // Check the kernel agrees with tract on the output shape.
+        let probe = Tensor::zeros(in_shape.clone()).map_err(load_err)?;
+        let y = if max {
+            crate::tensor::max_pool2d(&probe, &params)
+        } else {
+            crate::tensor::avg_pool2d(&probe, &params)
+        }
+        .map_err(|e| unsupported(node, format!("pool ({e})")))?;
+        if y.shape() != shape.as_slice() {
+            return Err(unsupported(node, "pool output shape"));
+        }
+        self.emit(node, shape, |out| Step::Pool {
+            x,
+            out,
+            in_shape,
+            params,
+            max,
+        });
+        Ok(())
+    }
+}
+
+/// The step's bias, if a constant of `cshape` added to the step's output of
+/// `out_shape` is exactly one value per output channel (dense: the last
+/// axis; conv: axis 1).
+fn fusable_bias<'s>(
+    step: &'s mut Step,
+    cshape: &[usize],
+    out_shape: &[usize],
+    cst: &[f32],
+) -> Option<&'s mut Vec<f32>> {
+    let rank = out_shape.len();
+    let nontrivial: Vec<usize> = {
+        let pad = rank.checked_sub(cshape.len())?;
+        (0..cshape.len())
+            .filter(|&i| cshape[i] != 1)
+            .map(|i| i + pad)
+            .collect()
+    };
+    let (bias, channel_axis) = match step {
+        Step::Dense { bias, ep, .. }
+            if ep.residual.is_none() && ep.lo == f32::NEG_INFINITY && ep.hi == f32::INFINITY =>
+        {
+            (bias, rank - 1)
+        }
+        Step::Pointwise { bias, ep, .. }
+        | Step::Depthwise { bias, ep, .. }
+        | Step::Im2col { bias, ep, .. }
+            if ep.residual.is_none()
+                && ep.lo == f32::NEG_INFINITY
+                && ep.hi == f32::INFINITY
+                && rank == 4 =>
+        {
+            (bias, 1)
+        }
+        _ => return None,
+    };
+    let ok = match nontrivial.as_slice() {
+        [] => cst.len() == 1,
+        [a] => *a == channel_axis && cst.len() == bias.len(),
+        _ => false,
+    };
+    ok.then_some(bias)
+}
+
+/// Explicit padding of a conv or pool, from tract's spec.
+fn conv_padding(
+    spec: &PaddingSpec,
+    input: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+) -> Option<Padding> {
+    match spec {
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _) => {
+            (b.len() == 2 && a.len() == 2).then(|| Padding {
+                top: b[0],
+                left: b[1],
+                bottom: a[0],
+                right: a[1],
+            })
+        }
+        PaddingSpec::Valid => Some(Padding::default()),
+        PaddingSpec::SameUpper => Padding::same_upper(input, kernel, stride, dilation).ok(),
+        PaddingSpec::SameLower => Padding::same_upper(input, kernel, stride, dilation)
+            .ok()
+            .map(|p| Padding {
+                top: p.bottom,
+                bottom: p.top,
+                left: p.right,
+                right: p.left,
+            }),
+    }
+}

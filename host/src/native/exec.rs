@@ -1,0 +1,975 @@
+//! The compiled program: steps over buffer slots, the slot-to-buffer plan,
+//! and the interpreter that runs it.
+
+use std::sync::Arc;
+
+use crate::tensor::fast::{self, ColGeometry, DwGeometry, Epilogue, Isa, PackedLhs};
+use crate::tensor::{Pool2dParams, Tensor};
+
+/// Index of a logical buffer (one value, or several aliases of it).
+pub(super) type Slot = usize;
+
+/// What a kernel does to its outputs besides bias: add a residual slot,
+/// then clamp.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ep {
+    pub residual: Option<Slot>,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Default for Ep {
+    fn default() -> Self {
+        Ep {
+            residual: None,
+            lo: f32::NEG_INFINITY,
+            hi: f32::INFINITY,
+        }
+    }
+}
+
+/// A step input: a slot, or a folded constant.
+#[derive(Clone, Debug)]
+pub(super) enum Operand {
+    Slot(Slot),
+    Const(Arc<[f32]>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    Pow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum UnOp {
+    Clamp(f32, f32),
+    Sigmoid,
+    Tanh,
+    Exp,
+    Ln,
+    Abs,
+    Neg,
+    Sqrt,
+    Rsqrt,
+    Recip,
+    Square,
+    HardSwish,
+    LeakyRelu(f32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RedOp {
+    Sum,
+    Max,
+    Min,
+}
+
+/// One kernel call. Shapes are fixed at compile time.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// 1×1 stride-1 unpadded convolution: a packed GEMM per image.
+    Pointwise {
+        x: Slot,
+        out: Slot,
+        batch: usize,
+        hw: usize,
+        w: PackedLhs,
+        bias: Vec<f32>,
+        ep: Ep,
+    },
+    Depthwise {
+        x: Slot,
+        out: Slot,
+        batch: usize,
+        geom: DwGeometry,
+        w: Vec<f32>,
+        bias: Vec<f32>,
+        ep: Ep,
+    },
+    /// Any other convolution: im2col per group, then a packed GEMM.
+    Im2col {
+        x: Slot,
+        out: Slot,
+        batch: usize,
+        /// Per group; `geom.c` is the input channels of one group.
+        geom: ColGeometry,
+        w: Vec<PackedLhs>,
+        bias: Vec<f32>,
+        ep: Ep,
+    },
+    /// `out[r, :] = W · x[r, :] + bias` for `rows` rows (fully connected).
+    Dense {
+        x: Slot,
+        out: Slot,
+        rows: usize,
+        k: usize,
+        n: usize,
+        w: Vec<f32>,
+        bias: Vec<f32>,
+        ep: Ep,
+    },
+    Binary {
+        op: BinOp,
+        a: Operand,
+        b: Operand,
+        out: Slot,
+        shape: Vec<usize>,
+        a_strides: Vec<usize>,
+        b_strides: Vec<usize>,
+    },
+    Unary {
+        op: UnOp,
+        x: Slot,
+        out: Slot,
+        len: usize,
+    },
+    Reduce {
+        op: RedOp,
+        x: Slot,
+        out: Slot,
+        outer: usize,
+        len: usize,
+        inner: usize,
+        scale: f32,
+    },
+    Softmax {
+        x: Slot,
+        out: Slot,
+        outer: usize,
+        len: usize,
+        inner: usize,
+        log: bool,
+    },
+    Transpose {
+        x: Slot,
+        out: Slot,
+        in_shape: Vec<usize>,
+        perm: Vec<usize>,
+    },
+    /// Along an axis with `outer` blocks before it; each part contributes
+    /// `chunk` contiguous values per block.
+    Concat {
+        parts: Vec<(Operand, usize)>,
+        out: Slot,
+        outer: usize,
+    },
+    /// `out[o, i, j] = x[o, start + i, j]` over `[outer, axis, inner]`.
+    Slice {
+        x: Slot,
+        out: Slot,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+        start: usize,
+        len: usize,
+    },
+    Pool {
+        x: Slot,
+        out: Slot,
+        in_shape: Vec<usize>,
+        params: Pool2dParams,
+        max: bool,
+    },
+    Pad {
+        x: Slot,
+        out: Slot,
+        in_shape: Vec<usize>,
+        pads: Vec<(usize, usize)>,
+        value: f32,
+    },
+}
+
+impl Step {
+    /// A short description (kind and shape) and the floating-point
+    /// operations of one run (2 per multiply-add; 0 for data movement).
+    pub fn describe(&self) -> (String, u64) {
+        match self {
+            Step::Pointwise { batch, hw, w, .. } => (
+                format!("conv1x1 {}->{} @{}", w.k(), w.m(), hw),
+                2 * (batch * hw * w.k() * w.m()) as u64,
+            ),
+            Step::Depthwise { batch, geom: g, .. } => (
+                format!(
+                    "dw{}x{} s{} c{} {}x{}->{}x{}",
+                    g.kh, g.kw, g.stride[0], g.c, g.h, g.w, g.oh, g.ow
+                ),
+                2 * (batch * g.c * g.oh * g.ow * g.kh * g.kw) as u64,
+            ),
+            Step::Im2col {
+                batch, geom: g, w, ..
+            } => {
+                let o = w.len() * w[0].m();
+                (
+                    format!(
+                        "conv{}x{} s{} g{} {}->{} {}x{}->{}x{}",
+                        g.kh,
+                        g.kw,
+                        g.stride[0],
+                        w.len(),
+                        g.c * w.len(),
+                        o,
+                        g.h,
+                        g.w,
+                        g.oh,
+                        g.ow
+                    ),
+                    2 * (batch * o * g.oh * g.ow * g.c * g.kh * g.kw) as u64,
+                )
+            }
+            Step::Dense { rows, k, n, .. } => {
+                (format!("dense {k}->{n} x{rows}"), 2 * (rows * k * n) as u64)
+            }
+            Step::Binary { op, shape, .. } => (format!("{op:?} {shape:?}"), 0),
+            Step::Unary { op, len, .. } => (format!("{op:?} {len}"), 0),
+            Step::Reduce {
+                op,
+                outer,
+                len,
+                inner,
+                ..
+            } => (format!("reduce {op:?} {outer}x{len}x{inner}"), 0),
+            Step::Softmax {
+                outer, len, inner, ..
+            } => (format!("softmax {outer}x{len}x{inner}"), 0),
+            Step::Transpose { in_shape, perm, .. } => {
+                (format!("transpose {in_shape:?} {perm:?}"), 0)
+            }
+            Step::Concat { parts, .. } => (format!("concat {}", parts.len()), 0),
+            Step::Slice { len, .. } => (format!("slice {len}"), 0),
+            Step::Pool { in_shape, max, .. } => (
+                format!("{} {in_shape:?}", if *max { "maxpool" } else { "avgpool" }),
+                0,
+            ),
+            Step::Pad { in_shape, .. } => (format!("pad {in_shape:?}"), 0),
+        }
+    }
+
+    pub fn out(&self) -> Slot {
+        match self {
+            Step::Pointwise { out, .. }
+            | Step::Depthwise { out, .. }
+            | Step::Im2col { out, .. }
+            | Step::Dense { out, .. }
+            | Step::Binary { out, .. }
+            | Step::Unary { out, .. }
+            | Step::Reduce { out, .. }
+            | Step::Softmax { out, .. }
+            | Step::Transpose { out, .. }
+            | Step::Concat { out, .. }
+            | Step::Slice { out, .. }
+            | Step::Pool { out, .. }
+            | Step::Pad { out, .. } => *out,
+        }
+    }
+
+    pub fn reads(&self) -> Vec<Slot> {
+        let mut r = Vec::new();
+        let ep_res = |ep: &Ep, r: &mut Vec<Slot>| r.extend(ep.residual);
+        match self {
+            Step::Pointwise { x, ep, .. }
+            | Step::Depthwise { x, ep, .. }
+            | Step::Im2col { x, ep, .. }
+            | Step::Dense { x, ep, .. } => {
+                r.push(*x);
+                ep_res(ep, &mut r);
+            }
+            Step::Binary { a, b, .. } => {
+                for o in [a, b] {
+                    if let Operand::Slot(s) = o {
+                        r.push(*s);
+                    }
+                }
+            }
+            Step::Concat { parts, .. } => {
+                for (o, _) in parts {
+                    if let Operand::Slot(s) = o {
+                        r.push(*s);
+                    }
+                }
+            }
+            Step::Unary { x, .. }
+            | Step::Reduce { x, .. }
+            | Step::Softmax { x, .. }
+            | Step::Transpose { x, .. }
+            | Step::Slice { x, .. }
+            | Step::Pool { x, .. }
+            | Step::Pad { x, .. } => r.push(*x),
+        }
+        r
+    }
+
+    /// The epilogue, for steps that have one (fusion targets).
+    pub fn ep_mut(&mut self) -> Option<&mut Ep> {
+        match self {
+            Step::Pointwise { ep, .. }
+            | Step::Depthwise { ep, .. }
+            | Step::Im2col { ep, .. }
+            | Step::Dense { ep, .. } => Some(ep),
+            _ => None,
+        }
+    }
+}
+
+/// Where a model output comes from.
+#[derive(Debug)]
+pub(super) enum OutputSrc {
+    Slot(Slot, Vec<usize>),
+    Const(Tensor),
+}
+
+/// Steps, slot sizes and the plan mapping slots onto reusable buffers.
+#[derive(Debug)]
+pub(super) struct Program {
+    pub steps: Vec<Step>,
+    pub slot_len: Vec<usize>,
+    pub inputs: Vec<Slot>,
+    pub outputs: Vec<OutputSrc>,
+    /// Physical buffer of each slot.
+    phys: Vec<usize>,
+    /// Length of each physical buffer.
+    phys_len: Vec<usize>,
+    scratch_len: usize,
+    col_len: usize,
+}
+
+/// Per-run memory: every physical buffer and the kernels' scratch, allocated
+/// once and reused by every run that borrows this arena.
+#[derive(Debug)]
+pub(super) struct Arena {
+    bufs: Vec<Vec<f32>>,
+    scratch: Vec<f32>,
+    col: Vec<f32>,
+}
+
+impl Program {
+    /// Plans buffers: a slot takes a free buffer when its step runs and gives
+    /// it back after its last reader; model outputs are never given back.
+    pub fn new(
+        steps: Vec<Step>,
+        slot_len: Vec<usize>,
+        inputs: Vec<Slot>,
+        outputs: Vec<OutputSrc>,
+    ) -> Program {
+        let slots = slot_len.len();
+        let never = usize::MAX;
+        let mut def = vec![never; slots];
+        let mut last = vec![0usize; slots];
+        for (i, step) in steps.iter().enumerate() {
+            for r in step.reads() {
+                last[r] = last[r].max(i);
+            }
+            let o = step.out();
+            if def[o] == never {
+                def[o] = i;
+            }
+            last[o] = last[o].max(i);
+        }
+        for o in &outputs {
+            if let OutputSrc::Slot(s, _) = o {
+                last[*s] = never;
+            }
+        }
+        let mut phys = vec![never; slots];
+        let mut phys_len: Vec<usize> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        for &s in &inputs {
+            if phys[s] == never {
+                take(s, &slot_len, &mut free, &mut phys, &mut phys_len);
+            }
+        }
+        let mut by_last: Vec<Vec<Slot>> = vec![Vec::new(); steps.len()];
+        for s in 0..slots {
+            if last[s] != never && (def[s] != never || inputs.contains(&s)) {
+                by_last[last[s].min(steps.len().saturating_sub(1))].push(s);
+            }
+        }
+        let mut scratch_len = 0;
+        let mut col_len = 0;
+        let mut released = vec![false; slots];
+        for (i, step) in steps.iter().enumerate() {
+            let o = step.out();
+            if phys[o] == never {
+                let b = take(o, &slot_len, &mut free, &mut phys, &mut phys_len);
+                debug_assert!(step.reads().iter().all(|&r| phys[r] != b));
+            }
+            match step {
+                Step::Depthwise { geom, .. } => scratch_len = scratch_len.max(geom.scratch_len()),
+                Step::Im2col { geom, .. } => {
+                    col_len = col_len.max(geom.c * geom.kh * geom.kw * geom.oh * geom.ow);
+                }
+                _ => {}
+            }
+            for &s in &by_last[i] {
+                if !released[s] {
+                    released[s] = true;
+                    // Aliases share a slot, so a buffer is released once.
+                    if !free.contains(&phys[s]) {
+                        free.push(phys[s]);
+                    }
+                }
+            }
+        }
+        Program {
+            steps,
+            slot_len,
+            inputs,
+            outputs,
+            phys,
+            phys_len,
+            scratch_len,
+            col_len,
+        }
+    }
+
+    pub fn new_arena(&self) -> Arena {
+        Arena {
+            bufs: self.phys_len.iter().map(|&n| vec![0f32; n]).collect(),
+            scratch: vec![0f32; self.scratch_len],
+            col: vec![0f32; self.col_len],
+        }
+    }
+
+    fn slot<'a>(&self, bufs: &'a [Vec<f32>], s: Slot) -> &'a [f32] {
+        &bufs[self.phys[s]][..self.slot_len[s]]
+    }
+
+    /// Runs on checked inputs (one f32 slice per model input, right length).
+    pub fn run(&self, isa: Isa, arena: &mut Arena, inputs: &[&[f32]]) -> Vec<Tensor> {
+        self.run_timed(isa, arena, inputs, None)
+    }
+
+    /// [`Program::run`], adding each step's wall time (seconds) to `times`.
+    pub fn run_timed(
+        &self,
+        isa: Isa,
+        arena: &mut Arena,
+        inputs: &[&[f32]],
+        mut times: Option<&mut [f64]>,
+    ) -> Vec<Tensor> {
+        for (&slot, data) in self.inputs.iter().zip(inputs) {
+            arena.bufs[self.phys[slot]][..data.len()].copy_from_slice(data);
+        }
+        let mut scratch = std::mem::take(&mut arena.scratch);
+        let mut col = std::mem::take(&mut arena.col);
+        for (i, step) in self.steps.iter().enumerate() {
+            let o = step.out();
+            let mut out = std::mem::take(&mut arena.bufs[self.phys[o]]);
+            let dst = &mut out[..self.slot_len[o]];
+            let start = times.is_some().then(std::time::Instant::now);
+            exec(self, isa, step, &arena.bufs, dst, &mut scratch, &mut col);
+            if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
+                t[i] += start.elapsed().as_secs_f64();
+            }
+            arena.bufs[self.phys[o]] = out;
+        }
+        arena.scratch = scratch;
+        arena.col = col;
+        self.outputs
+            .iter()
+            .map(|o| match o {
+                OutputSrc::Const(t) => t.clone(),
+                OutputSrc::Slot(s, shape) => {
+                    Tensor::from_f32(shape.clone(), self.slot(&arena.bufs, *s).to_vec())
+                        .expect("planned output shape")
+                }
+            })
+            .collect()
+    }
+
+    fn ep<'a>(&self, bufs: &'a [Vec<f32>], ep: &Ep, bias: &'a [f32]) -> Epilogue<'a> {
+        Epilogue {
+            bias: Some(bias),
+            residual: ep.residual.map(|r| self.slot(bufs, r)),
+            lo: ep.lo,
+            hi: ep.hi,
+        }
+    }
+}
+
+/// Gives `slot` a free buffer (best fit, else the largest free one grown,
+/// else a new one) and returns it.
+fn take(
+    slot: Slot,
+    slot_len: &[usize],
+    free: &mut Vec<usize>,
+    phys: &mut [usize],
+    phys_len: &mut Vec<usize>,
+) -> usize {
+    let len = slot_len[slot];
+    let pick = free
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| phys_len[**b] >= len)
+        .min_by_key(|(_, b)| phys_len[**b])
+        .or_else(|| free.iter().enumerate().max_by_key(|(_, b)| phys_len[**b]))
+        .map(|(i, _)| i);
+    let b = match pick {
+        Some(i) => free.swap_remove(i),
+        None => {
+            phys_len.push(0);
+            phys_len.len() - 1
+        }
+    };
+    phys_len[b] = phys_len[b].max(len);
+    phys[slot] = b;
+    b
+}
+
+/// Runs one step; `out` is the step's output slot, which no input shares.
+fn exec(
+    p: &Program,
+    isa: Isa,
+    step: &Step,
+    bufs: &[Vec<f32>],
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+    col: &mut Vec<f32>,
+) {
+    match step {
+        Step::Pointwise {
+            x,
+            batch,
+            hw,
+            w,
+            bias,
+            ep,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            let (c, o) = (w.k(), w.m());
+            for b in 0..*batch {
+                let mut e = p.ep(bufs, ep, bias);
+                e.residual = e.residual.map(|r| &r[b * o * hw..][..o * hw]);
+                fast::gemm_packed(
+                    isa,
+                    w,
+                    &x[b * c * hw..][..c * hw],
+                    *hw,
+                    *hw,
+                    &mut out[b * o * hw..][..o * hw],
+                    *hw,
+                    &e,
+                );
+            }
+        }
+        Step::Depthwise {
+            x,
+            batch,
+            geom,
+            w,
+            bias,
+            ep,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            let (ilen, olen) = (geom.c * geom.h * geom.w, geom.c * geom.oh * geom.ow);
+            {
+                for b in 0..*batch {
+                    let mut e = p.ep(bufs, ep, bias);
+                    e.residual = e.residual.map(|r| &r[b * olen..][..olen]);
+                    fast::depthwise(
+                        isa,
+                        geom,
+                        &x[b * ilen..][..ilen],
+                        w,
+                        &e,
+                        &mut out[b * olen..][..olen],
+                        scratch,
+                    );
+                }
+            }
+        }
+        Step::Im2col {
+            x,
+            batch,
+            geom,
+            w,
+            bias,
+            ep,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            let groups = w.len();
+            let positions = geom.oh * geom.ow;
+            let cpg = geom.c;
+            let opg = w[0].m();
+            let k = cpg * geom.kh * geom.kw;
+            let (ilen, olen) = (groups * cpg * geom.h * geom.w, groups * opg * positions);
+            {
+                if col.len() < k * positions {
+                    col.resize(k * positions, 0.0);
+                }
+                for b in 0..*batch {
+                    for (g, wg) in w.iter().enumerate() {
+                        let xin =
+                            &x[b * ilen + g * cpg * geom.h * geom.w..][..cpg * geom.h * geom.w];
+                        let col = &mut col[..k * positions];
+                        fast::im2col(geom, xin, col);
+                        let base = b * olen + g * opg * positions;
+                        let e = Epilogue {
+                            bias: Some(&bias[g * opg..][..opg]),
+                            residual: ep
+                                .residual
+                                .map(|r| &p.slot(bufs, r)[base..][..opg * positions]),
+                            lo: ep.lo,
+                            hi: ep.hi,
+                        };
+                        fast::gemm_packed(
+                            isa,
+                            wg,
+                            col,
+                            positions,
+                            positions,
+                            &mut out[base..][..opg * positions],
+                            positions,
+                            &e,
+                        );
+                    }
+                }
+            }
+        }
+        Step::Dense {
+            x,
+            rows,
+            k,
+            n,
+            w,
+            bias,
+            ep,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            for r in 0..*rows {
+                let mut e = p.ep(bufs, ep, bias);
+                e.residual = e.residual.map(|res| &res[r * n..][..*n]);
+                fast::matvec(
+                    isa,
+                    w,
+                    *n,
+                    *k,
+                    &x[r * k..][..*k],
+                    &mut out[r * n..][..*n],
+                    &e,
+                );
+            }
+        }
+        Step::Binary {
+            op,
+            a,
+            b,
+            shape,
+            a_strides,
+            b_strides,
+            ..
+        } => {
+            binary(
+                *op,
+                operand(p, bufs, a),
+                operand(p, bufs, b),
+                out,
+                shape,
+                a_strides,
+                b_strides,
+            );
+        }
+        Step::Unary { op, x, len, .. } => {
+            let x = &p.slot(bufs, *x)[..*len];
+            unary(*op, x, out);
+        }
+        Step::Reduce {
+            op,
+            x,
+            outer,
+            len,
+            inner,
+            scale,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            if *inner == 1 {
+                // Contiguous reductions (global pooling): one run per output.
+                for (d, src) in out.iter_mut().zip(x.chunks_exact(*len)) {
+                    let v = match op {
+                        RedOp::Sum => src.iter().sum::<f32>(),
+                        RedOp::Max => src.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                        RedOp::Min => src.iter().copied().fold(f32::INFINITY, f32::min),
+                    };
+                    *d = v * scale;
+                }
+                return;
+            }
+            for o in 0..*outer {
+                let dst = &mut out[o * inner..][..*inner];
+                let src = &x[o * len * inner..][..len * inner];
+                dst.copy_from_slice(&src[..*inner]);
+                for row in src.chunks_exact(*inner).skip(1) {
+                    for (d, &v) in dst.iter_mut().zip(row) {
+                        *d = match op {
+                            RedOp::Sum => *d + v,
+                            RedOp::Max => d.max(v),
+                            RedOp::Min => d.min(v),
+                        };
+                    }
+                }
+                if *scale != 1.0 {
+                    dst.iter_mut().for_each(|d| *d *= scale);
+                }
+            }
+        }
+        Step::Softmax {
+            x,
+            outer,
+            len,
+            inner,
+            log,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            out.copy_from_slice(&x[..out.len()]);
+            for o in 0..*outer {
+                for i in 0..*inner {
+                    let idx = |j: usize| (o * len + j) * inner + i;
+                    let max = (0..*len)
+                        .map(|j| out[idx(j)])
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for j in 0..*len {
+                        let e = (out[idx(j)] - max).exp();
+                        sum += e;
+                        if !log {
+                            out[idx(j)] = e;
+                        }
+                    }
+                    for j in 0..*len {
+                        if *log {
+                            out[idx(j)] = out[idx(j)] - max - sum.ln();
+                        } else {
+                            out[idx(j)] /= sum;
+                        }
+                    }
+                }
+            }
+        }
+        Step::Transpose {
+            x, in_shape, perm, ..
+        } => {
+            let x = p.slot(bufs, *x);
+            let rank = in_shape.len();
+            let mut in_strides = vec![1usize; rank];
+            for d in (0..rank.saturating_sub(1)).rev() {
+                in_strides[d] = in_strides[d + 1] * in_shape[d + 1];
+            }
+            let out_shape: Vec<usize> = perm.iter().map(|&a| in_shape[a]).collect();
+            let strides: Vec<usize> = perm.iter().map(|&a| in_strides[a]).collect();
+            let mut idx = vec![0usize; rank];
+            for v in out.iter_mut() {
+                let off: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
+                *v = x[off];
+                for d in (0..rank).rev() {
+                    idx[d] += 1;
+                    if idx[d] < out_shape[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
+            }
+        }
+        Step::Concat { parts, outer, .. } => {
+            let total: usize = parts.iter().map(|(_, c)| c).sum();
+            let mut off = 0;
+            for (o, chunk) in parts {
+                let src = operand(p, bufs, o);
+                for b in 0..*outer {
+                    out[b * total + off..][..*chunk].copy_from_slice(&src[b * chunk..][..*chunk]);
+                }
+                off += chunk;
+            }
+        }
+        Step::Slice {
+            x,
+            outer,
+            axis,
+            inner,
+            start,
+            len,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            for o in 0..*outer {
+                out[o * len * inner..][..len * inner]
+                    .copy_from_slice(&x[(o * axis + start) * inner..][..len * inner]);
+            }
+        }
+        Step::Pool {
+            x,
+            in_shape,
+            params,
+            max,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            let t = Tensor::from_f32(in_shape.clone(), x.to_vec()).expect("planned shape");
+            let y = if *max {
+                crate::tensor::max_pool2d(&t, params)
+            } else {
+                crate::tensor::avg_pool2d(&t, params)
+            }
+            .expect("validated at compile time");
+            out.copy_from_slice(y.as_f32().expect("f32"));
+        }
+        Step::Pad {
+            x,
+            in_shape,
+            pads,
+            value,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            out.fill(*value);
+            let rank = in_shape.len();
+            let out_shape: Vec<usize> = in_shape
+                .iter()
+                .zip(pads)
+                .map(|(d, (a, b))| d + a + b)
+                .collect();
+            let mut out_strides = vec![1usize; rank];
+            for d in (0..rank.saturating_sub(1)).rev() {
+                out_strides[d] = out_strides[d + 1] * out_shape[d + 1];
+            }
+            let last = in_shape[rank - 1];
+            let rows = x.len() / last.max(1);
+            let mut idx = vec![0usize; rank.saturating_sub(1)];
+            for r in 0..rows {
+                let mut off = pads[rank - 1].0;
+                for (d, &i) in idx.iter().enumerate() {
+                    off += (i + pads[d].0) * out_strides[d];
+                }
+                out[off..off + last].copy_from_slice(&x[r * last..][..last]);
+                for d in (0..idx.len()).rev() {
+                    idx[d] += 1;
+                    if idx[d] < in_shape[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
+            }
+        }
+    }
+}
+
+fn operand<'a>(p: &Program, bufs: &'a [Vec<f32>], o: &'a Operand) -> &'a [f32] {
+    match o {
+        Operand::Slot(s) => p.slot(bufs, *s),
+        Operand::Const(c) => c,
+    }
+}
+
+fn binary(
+    op: BinOp,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    shape: &[usize],
+    sa: &[usize],
+    sb: &[usize],
+) {
+    let f = |x: f32, y: f32| match op {
+        BinOp::Add => x + y,
+        BinOp::Sub => x - y,
+        BinOp::Mul => x * y,
+        BinOp::Div => x / y,
+        BinOp::Max => x.max(y),
+        BinOp::Min => x.min(y),
+        BinOp::Pow => x.powf(y),
+    };
+    let rank = shape.len();
+    if rank == 0 {
+        out[0] = f(a[0], b[0]);
+        return;
+    }
+    let inner = shape[rank - 1];
+    let (ia, ib) = (sa[rank - 1], sb[rank - 1]);
+    let rows = out.len() / inner.max(1);
+    let mut idx = vec![0usize; rank - 1];
+    for r in 0..rows {
+        let (mut oa, mut ob) = (0, 0);
+        for (d, &i) in idx.iter().enumerate() {
+            oa += i * sa[d];
+            ob += i * sb[d];
+        }
+        let dst = &mut out[r * inner..][..inner];
+        match (ia, ib) {
+            (1, 1) => {
+                for ((d, &x), &y) in dst
+                    .iter_mut()
+                    .zip(&a[oa..oa + inner])
+                    .zip(&b[ob..ob + inner])
+                {
+                    *d = f(x, y);
+                }
+            }
+            (1, 0) => {
+                let y = b[ob];
+                for (d, &x) in dst.iter_mut().zip(&a[oa..oa + inner]) {
+                    *d = f(x, y);
+                }
+            }
+            (0, 1) => {
+                let x = a[oa];
+                for (d, &y) in dst.iter_mut().zip(&b[ob..ob + inner]) {
+                    *d = f(x, y);
+                }
+            }
+            _ => {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = f(a[oa + j * ia], b[ob + j * ib]);
+                }
+            }
+        }
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+fn unary(op: UnOp, x: &[f32], out: &mut [f32]) {
+    let f = |v: f32| -> f32 {
+        match op {
+            UnOp::Clamp(lo, hi) => {
+                let v = if v < lo { lo } else { v };
+                if v > hi { hi } else { v }
+            }
+            UnOp::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            UnOp::Tanh => v.tanh(),
+            UnOp::Exp => v.exp(),
+            UnOp::Ln => v.ln(),
+            UnOp::Abs => v.abs(),
+            UnOp::Neg => -v,
+            UnOp::Sqrt => v.sqrt(),
+            UnOp::Rsqrt => 1.0 / v.sqrt(),
+            UnOp::Recip => 1.0 / v,
+            UnOp::Square => v * v,
+            UnOp::HardSwish => v * (v / 6.0 + 0.5).clamp(0.0, 1.0),
+            UnOp::LeakyRelu(a) => {
+                if v < 0.0 {
+                    a * v
+                } else {
+                    v
+                }
+            }
+        }
+    };
+    for (d, &v) in out.iter_mut().zip(x) {
+        *d = f(v);
+    }
+}

@@ -1,0 +1,205 @@
+//! The native backend on the fixture models, against onnxruntime's reference
+//! outputs, plus graph-level checks (fusion, fallback, input validation).
+
+use std::path::PathBuf;
+
+use super::{NativeError, NativeModel};
+use crate::tensor::Tensor;
+use crate::tensor::fast::Isa;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+fn fixture_or_abs(name: &str) -> Vec<u8> {
+    // The scratch crate builds this file from outside the workspace, so fall
+    // back to the repository's absolute fixture path.
+    let p = fixture(name);
+    std::fs::read(&p)
+        .or_else(|_| std::fs::read(PathBuf::from("/work/main/tests/fixtures/models").join(name)))
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+}
+
+/// A little-endian `<f4` C-order `.npy` file: shape and values.
+pub(crate) fn read_npy_f32(bytes: &[u8]) -> (Vec<usize>, Vec<f32>) {
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "not an npy file");
+    let (hlen, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
+    };
+    let header = std::str::from_utf8(&bytes[start..start + hlen]).expect("ascii header");
+    assert!(header.contains("'descr': '<f4'"), "not float32: {header}");
+    assert!(
+        header.contains("'fortran_order': False"),
+        "not C order: {header}"
+    );
+    let shape_str = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape");
+    let shape: Vec<usize> = shape_str
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("dim"))
+        .collect();
+    let data: Vec<f32> = bytes[start + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>(), "npy length");
+    (shape, data)
+}
+
+/// Row `i` of an `[N, ...]` array as a batch-1 tensor.
+fn row(shape: &[usize], data: &[f32], i: usize) -> Tensor {
+    let per: usize = shape[1..].iter().product();
+    let mut s = shape.to_vec();
+    s[0] = 1;
+    Tensor::from_f32(s, data[i * per..(i + 1) * per].to_vec()).unwrap()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap()
+}
+
+/// Runs `rows` rows of the fixture input and returns the max abs difference
+/// to the reference and how many argmaxes agree.
+fn check(model: &NativeModel, input: &str, reference: &str, rows: usize) -> (f32, usize) {
+    let (xs, x) = read_npy_f32(&fixture_or_abs(input));
+    let (rs, r) = read_npy_f32(&fixture_or_abs(reference));
+    let per_out: usize = rs[1..].iter().product();
+    let mut max_diff = 0f32;
+    let mut agree = 0;
+    for i in 0..rows.min(xs[0]) {
+        let y = model.run(&[&row(&xs, &x, i)]).unwrap();
+        assert_eq!(y.len(), 1);
+        let y = y[0].as_f32().unwrap();
+        let want = &r[i * per_out..(i + 1) * per_out];
+        assert_eq!(y.len(), want.len());
+        for (a, b) in y.iter().zip(want) {
+            assert!(a.is_finite(), "non-finite output");
+            max_diff = max_diff.max((a - b).abs());
+        }
+        agree += usize::from(argmax(y) == argmax(want));
+    }
+    (max_diff, agree)
+}
+
+#[test]
+fn digits_matches_onnxruntime_on_every_isa() {
+    let bytes = fixture_or_abs("digits_cnn.onnx");
+    for isa in Isa::all_available() {
+        let model = NativeModel::load_with_isa(&bytes, isa).unwrap();
+        assert_eq!(model.inputs()[0].shape, [1, 1, 16, 16]);
+        assert_eq!(model.outputs()[0].shape, [1, 10]);
+        let (diff, agree) = check(&model, "digits_test.npy", "digits_cnn_ref_out.npy", 540);
+        assert!(diff <= 1e-4, "{isa:?}: max |Δprob| {diff}");
+        assert_eq!(agree, 540, "{isa:?}");
+    }
+}
+
+#[test]
+fn digits_graph_is_fused() {
+    let model = NativeModel::load(&fixture_or_abs("digits_cnn.onnx")).unwrap();
+    // 9 convs (clips fused), mean, dense (+bias fused), softmax.
+    assert_eq!(model.step_count(), 12, "{:#?}", model.program.steps);
+}
+
+#[test]
+fn mobilenetv2_matches_onnxruntime() {
+    let bytes = fixture_or_abs("mobilenetv2.onnx");
+    for isa in Isa::all_available() {
+        let model = NativeModel::load_with_isa(&bytes, isa).unwrap();
+        let (diff, agree) = check(
+            &model,
+            "mobilenetv2_input.npy",
+            "mobilenetv2_ref_out.npy",
+            4,
+        );
+        assert!(diff <= 1e-3, "{isa:?}: max |Δlogit| {diff}");
+        // The four photos' crops classify as onnxruntime's top-1.
+        assert_eq!(agree, 4, "{isa:?}");
+    }
+}
+
+#[test]
+fn efficientnet_lite0_matches_onnxruntime() {
+    let bytes = fixture_or_abs("efficientnet_lite0.onnx");
+    for isa in Isa::all_available() {
+        let model = NativeModel::load_with_isa(&bytes, isa).unwrap();
+        let (diff, agree) = check(
+            &model,
+            "efficientnet_lite0_input.npy",
+            "efficientnet_lite0_ref_out.npy",
+            4,
+        );
+        assert!(diff <= 1e-3, "{isa:?}: max |Δlogit| {diff}");
+        assert_eq!(agree, 4, "{isa:?}");
+    }
+}
+
+#[test]
+fn repeated_and_concurrent_runs_agree() {
+    let model = NativeModel::load(&fixture_or_abs("digits_cnn.onnx")).unwrap();
+    let (xs, x) = read_npy_f32(&fixture_or_abs("digits_test.npy"));
+    let first = model.run(&[&row(&xs, &x, 3)]).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let (model, xs, x, first) = (&model, &xs, &x, &first);
+            s.spawn(move || {
+                for i in 0..20 {
+                    let y = model.run(&[&row(xs, x, (i * 7 + t) % 540)]).unwrap();
+                    assert_eq!(y[0].shape(), [1, 10]);
+                }
+                let again = model.run(&[&row(xs, x, 3)]).unwrap();
+                assert_eq!(again[0].as_f32().unwrap(), first[0].as_f32().unwrap());
+            });
+        }
+    });
+}
+
+#[test]
+fn lstm_is_reported_unsupported_for_fallback() {
+    let err = NativeModel::load(&fixture_or_abs("sunspots_lstm.onnx")).unwrap_err();
+    match err {
+        NativeError::Unsupported { op, node } => {
+            assert!(op.contains("Scan"), "{op}");
+            assert!(node.contains("LSTM"), "{node}");
+        }
+        other => panic!("expected Unsupported, got {other}"),
+    }
+}
+
+#[test]
+fn bad_bytes_and_bad_inputs_are_errors() {
+    assert!(matches!(
+        NativeModel::load(b"not onnx"),
+        Err(NativeError::Load(_))
+    ));
+    let model = NativeModel::load(&fixture_or_abs("digits_cnn.onnx")).unwrap();
+    let wrong = Tensor::zeros(vec![1, 1, 8, 8]).unwrap();
+    assert!(matches!(
+        model.run(&[&wrong]),
+        Err(NativeError::Input { index: 0, .. })
+    ));
+    assert!(matches!(model.run(&[]), Err(NativeError::Input { .. })));
+    let u8s = Tensor::from_u8(vec![1, 1, 16, 16], vec![0; 256]).unwrap();
+    assert!(matches!(model.run(&[&u8s]), Err(NativeError::Input { .. })));
+}
+
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<NativeModel>();
+}

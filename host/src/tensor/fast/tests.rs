@@ -1,0 +1,178 @@
+//! Every fast kernel against the naive references, on every ISA this CPU has
+//! (the portable path always, AVX-512 when present).
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::tensor::testutil::{self, assert_close};
+use crate::tensor::{Conv2dParams, Padding, Tensor, reference};
+
+fn clamp_of(kind: u8) -> (f32, f32) {
+    match kind % 3 {
+        0 => (f32::NEG_INFINITY, f32::INFINITY),
+        1 => (0.0, f32::INFINITY),
+        _ => (0.0, 6.0),
+    }
+}
+
+fn naive_gemm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ldb: usize) -> Vec<f64> {
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|c| f64::from(a[i * k + c]) * f64::from(b[c * ldb + j]))
+                .sum();
+        }
+    }
+    out
+}
+
+fn close(got: f32, want: f64) -> bool {
+    (f64::from(got) - want).abs() <= 1e-4 * want.abs().max(1.0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn gemm_packed_matches_naive(
+        m in 1usize..40, k in 0usize..70, n in 1usize..130, extra_ld in 0usize..5,
+        with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
+    ) {
+        let (ldb, ldo) = (n + extra_ld, n + 2 * extra_ld);
+        let a = testutil::data(seed, m * k, 1.0);
+        let b = testutil::data(seed ^ 1, k.max(1) * ldb, 1.0);
+        let bias = testutil::data(seed ^ 2, m, 1.0);
+        let res = testutil::data(seed ^ 3, m * ldo, 1.0);
+        let (lo, hi) = clamp_of(act);
+        let ep = Epilogue {
+            bias: with_bias.then_some(&bias[..]),
+            residual: with_res.then_some(&res[..]),
+            lo,
+            hi,
+        };
+        let want = naive_gemm(&a, &b, m, k, n, ldb);
+        let packed = PackedLhs::pack(&a, m, k);
+        for isa in Isa::all_available() {
+            let mut out = vec![f32::NAN; m * ldo];
+            gemm_packed(isa, &packed, &b, ldb, n, &mut out, ldo, &ep);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut v = want[i * n + j];
+                    if with_bias { v += f64::from(bias[i]); }
+                    if with_res { v += f64::from(res[i * ldo + j]); }
+                    let v = v.clamp(f64::from(lo), f64::from(hi));
+                    prop_assert!(close(out[i * ldo + j], v), "{isa:?} ({i},{j}): {} vs {v}", out[i * ldo + j]);
+                }
+                // Padding columns between rows are untouched.
+                for j in n..ldo {
+                    prop_assert!(out[i * ldo + j].is_nan(), "{isa:?} wrote outside the matrix");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matvec_matches_naive(
+        m in 1usize..40, k in 0usize..100, with_bias in any::<bool>(), act in 0u8..3,
+        seed in any::<u64>(),
+    ) {
+        let w = testutil::data(seed, m * k, 1.0);
+        let x = testutil::data(seed ^ 1, k, 1.0);
+        let bias = testutil::data(seed ^ 2, m, 1.0);
+        let (lo, hi) = clamp_of(act);
+        let ep = Epilogue { bias: with_bias.then_some(&bias[..]), residual: None, lo, hi };
+        let want = naive_gemm(&w, &x, m, k, 1, 1);
+        for isa in Isa::all_available() {
+            let mut out = vec![0f32; m];
+            matvec(isa, &w, m, k, &x, &mut out, &ep);
+            for i in 0..m {
+                let mut v = want[i];
+                if with_bias { v += f64::from(bias[i]); }
+                let v = v.clamp(f64::from(lo), f64::from(hi));
+                prop_assert!(close(out[i], v), "{isa:?} row {i}: {} vs {v}", out[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_reference(
+        c in 1usize..6, h in 1usize..24, w in 1usize..40,
+        kernel in [prop_oneof![Just(3usize), Just(5usize), 1usize..6], prop_oneof![Just(3usize), Just(5usize), 1usize..6]],
+        stride in [1usize..4, 1usize..4], dilation in [prop_oneof![Just(1usize), 1usize..3], prop_oneof![Just(1usize), 1usize..3]],
+        pads in [0usize..4, 0usize..4, 0usize..4, 0usize..4],
+        with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
+    ) {
+        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
+        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
+        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
+        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
+        let g = DwGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
+        let wt = testutil::tensor(seed ^ 1, &[c, 1, kh, kw], 1.0);
+        let b = testutil::tensor(seed ^ 2, &[c], 1.0);
+        let res = testutil::data(seed ^ 3, c * g.oh * g.ow, 1.0);
+        let p = Conv2dParams { stride, dilation, padding: pad, groups: c, ..Conv2dParams::default() };
+        let want = reference::conv2d(&x, &wt, with_bias.then_some(&b), &p).unwrap();
+        prop_assert_eq!(want.shape(), &[1, c, g.oh, g.ow]);
+        let (lo, hi) = clamp_of(act);
+        let want: Vec<f32> = want.as_f32().unwrap().iter().zip(&res)
+            .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi)).collect();
+        let want = Tensor::from_f32(vec![1, c, g.oh, g.ow], want).unwrap();
+        let ep = Epilogue {
+            bias: with_bias.then(|| b.as_f32().unwrap()),
+            residual: with_res.then_some(&res[..]),
+            lo,
+            hi,
+        };
+        for isa in Isa::all_available() {
+            let mut out = vec![f32::NAN; c * g.oh * g.ow];
+            let mut scratch = Vec::new();
+            depthwise(isa, &g, x.as_f32().unwrap(), wt.as_f32().unwrap(), &ep, &mut out, &mut scratch);
+            let got = Tensor::from_f32(vec![1, c, g.oh, g.ow], out).unwrap();
+            assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
+        }
+    }
+
+    /// im2col + packed GEMM is a dense convolution.
+    #[test]
+    fn im2col_gemm_matches_reference(
+        c in 1usize..6, o in 1usize..20, h in 1usize..16, w in 1usize..20,
+        kernel in [1usize..5, 1usize..5], stride in [1usize..3, 1usize..3],
+        dilation in [1usize..3, 1usize..3], pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        seed in any::<u64>(),
+    ) {
+        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
+        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
+        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
+        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
+        let g = ColGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
+        let wt = testutil::tensor(seed ^ 1, &[o, c, kh, kw], 1.0);
+        let b = testutil::tensor(seed ^ 2, &[o], 1.0);
+        let p = Conv2dParams { stride, dilation, padding: pad, ..Conv2dParams::default() };
+        let want = reference::conv2d(&x, &wt, Some(&b), &p).unwrap();
+        let positions = g.oh * g.ow;
+        let mut col = vec![f32::NAN; c * kh * kw * positions];
+        im2col(&g, x.as_f32().unwrap(), &mut col);
+        let packed = PackedLhs::pack(wt.as_f32().unwrap(), o, c * kh * kw);
+        let ep = Epilogue { bias: Some(b.as_f32().unwrap()), ..Epilogue::default() };
+        for isa in Isa::all_available() {
+            let mut out = vec![0f32; o * positions];
+            gemm_packed(isa, &packed, &col, positions, positions, &mut out, positions, &ep);
+            let got = Tensor::from_f32(vec![1, o, g.oh, g.ow], out).unwrap();
+            assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
+        }
+    }
+}
+
+#[test]
+fn forcing_an_unavailable_isa_falls_back() {
+    // Whatever the CPU, asking for AVX-512 must be safe and give the same result.
+    let a = PackedLhs::pack(&[1.0, 2.0, 3.0, 4.0], 2, 2);
+    let b = [1.0, 0.0, 0.0, 1.0];
+    let mut out = [0f32; 4];
+    gemm_packed(Isa::Avx512, &a, &b, 2, 2, &mut out, 2, &Epilogue::default());
+    assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+    assert!(Isa::all_available().contains(&Isa::Portable));
+}

@@ -1,0 +1,505 @@
+//! The image classifier on the four photos and the reference model inputs, for each of the four
+//! models it can be configured with, plus its crops, odd images and errors.
+
+use std::time::Instant;
+
+use edgeplug_host::runtime::{
+    InferRequest, InferResponse, InvokeError, LoadedPlugin, PluginErrorCode,
+};
+use edgeplug_host::tensor::Tensor;
+use edgeplug_sdk::npy::NpyData;
+use edgeplug_tests::{IMAGE_CLASSIFIER_WASM, fixture, load_example, npy, runtime};
+use serde_json::Value;
+
+use crate::models::load_with_grants;
+
+/// The photos, in the row order of the reference arrays.
+pub const PHOTOS: [&str; 4] = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"];
+
+/// One model the classifier can run.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelCase {
+    /// Name in `[grants.models]`.
+    pub grant: &'static str,
+    /// File in `plugins/image-classifier/`.
+    pub file: &'static str,
+    /// The preprocessed photos for this model (float32 (4, 3, 224, 224)).
+    pub input: &'static str,
+    /// onnxruntime's logits on `input` (float32 (4, 1000)).
+    pub reference: &'static str,
+    /// Top-1 class of each photo, from the models README (onnxruntime).
+    pub top1: [usize; 4],
+    /// Float model (logits compared at 1e-3) or int8 (compared by classes only).
+    pub float: bool,
+}
+
+pub const MODELS: [ModelCase; 4] = [
+    ModelCase {
+        grant: "mobilenetv2",
+        file: "mobilenetv2.onnx",
+        input: "imagenet/mobilenetv2_input.npy",
+        reference: "imagenet/mobilenetv2_ref_out.npy",
+        top1: [285, 967, 540, 450],
+        float: true,
+    },
+    ModelCase {
+        grant: "efficientnet-lite0",
+        file: "efficientnet_lite0.onnx",
+        input: "imagenet/efficientnet_lite0_input.npy",
+        reference: "imagenet/efficientnet_lite0_ref_out.npy",
+        top1: [282, 967, 657, 450],
+        float: true,
+    },
+    ModelCase {
+        grant: "mobilenetv2-int8",
+        file: "mobilenetv2_int8_qdq.onnx",
+        input: "imagenet/mobilenetv2_input.npy",
+        reference: "imagenet/mobilenetv2_int8_qdq_ref_out.npy",
+        top1: [285, 967, 657, 450],
+        float: false,
+    },
+    ModelCase {
+        grant: "efficientnet-lite0-int8",
+        file: "efficientnet_lite0_int8_qdq.onnx",
+        input: "imagenet/efficientnet_lite0_input.npy",
+        reference: "imagenet/efficientnet_lite0_int8_qdq_ref_out.npy",
+        top1: [282, 967, 657, 560],
+        float: false,
+    },
+];
+
+const N: usize = 3 * 224 * 224;
+
+fn f32s(path: &str) -> Vec<f32> {
+    match npy(path).data {
+        NpyData::F32(v) => v,
+        other => panic!("{path} is {}, expected float32", other.dtype()),
+    }
+}
+
+fn photo(name: &str) -> InferRequest {
+    let content_type = if name.ends_with(".jpg") {
+        "image/jpeg"
+    } else {
+        "image/png"
+    };
+    InferRequest {
+        content_type: content_type.into(),
+        body: std::fs::read(fixture(&format!("images/{name}"))).unwrap(),
+        tensors: Vec::new(),
+    }
+}
+
+fn tensor_request(input: &[f32]) -> InferRequest {
+    InferRequest {
+        content_type: String::new(),
+        body: Vec::new(),
+        tensors: vec![(
+            "input".into(),
+            Tensor::from_f32(vec![1, 3, 224, 224], input.to_vec()).unwrap(),
+        )],
+    }
+}
+
+/// Indices of the `k` largest values, largest first.
+fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Checks the response's shape (top-5 JSON consistent with its `logits` tensor) and returns
+/// the logits.
+fn logits_of(response: &InferResponse) -> Vec<f32> {
+    assert_eq!(response.content_type, "application/json");
+    let (name, logits) = &response.tensors[0];
+    assert_eq!(name, "logits");
+    assert_eq!(logits.shape(), &[1, 1000]);
+    let logits = logits.as_f32().unwrap().to_vec();
+    let json: Value = serde_json::from_slice(&response.body).expect("JSON body");
+    let top = json.as_array().expect("a JSON array");
+    assert_eq!(top.len(), 5);
+    let labels: Vec<&str> = include_str!("../../../plugins/image-classifier/imagenet_labels.txt")
+        .lines()
+        .collect();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let mut previous = f64::INFINITY;
+    for (entry, want_index) in top.iter().zip(top_indices(&logits, 5)) {
+        let index = entry["index"].as_u64().expect("index") as usize;
+        assert_eq!(index, want_index, "top-5 order");
+        assert_eq!(entry["label"], labels[index]);
+        let p = entry["probability"].as_f64().expect("probability");
+        let softmax = f64::from(logits[index] - max).exp() / sum;
+        assert!(
+            (p - softmax).abs() < 1e-6,
+            "probability {p} is not softmax {softmax}"
+        );
+        assert!(p <= previous);
+        previous = p;
+    }
+    logits
+}
+
+fn check_model(case: &ModelCase) {
+    let runtime = runtime();
+    let plugin = load_with_grants(
+        &runtime,
+        "image-classifier",
+        IMAGE_CLASSIFIER_WASM,
+        &[(case.grant, case.file)],
+    );
+    let inputs = f32s(case.input);
+    let reference = f32s(case.reference);
+    assert_eq!((inputs.len(), reference.len()), (4 * N, 4000));
+
+    for (i, name) in PHOTOS.iter().enumerate() {
+        let want = &reference[i * 1000..(i + 1) * 1000];
+        let want_top5 = top_indices(want, 5);
+
+        // The model's numerics: the reference input, sent as a request tensor.
+        let logits = logits_of(
+            &plugin
+                .infer(tensor_request(&inputs[i * N..(i + 1) * N]))
+                .expect("tensor input"),
+        );
+        let diff = max_abs_diff(&logits, want);
+        let top5 = top_indices(&logits, 5);
+        let overlap = top5.iter().filter(|c| want_top5.contains(c)).count();
+        eprintln!(
+            "{} {name} reference input: top-5 {top5:?} (onnxruntime {want_top5:?}), max |dlogit| {diff:.2e}",
+            case.grant
+        );
+        assert_eq!(
+            top5[0], case.top1[i],
+            "{} {name}: top-1 on the reference input",
+            case.grant
+        );
+        if case.float {
+            assert!(
+                diff <= 1e-3,
+                "{} {name}: max |logit - logit_ort| = {diff:e} > 1e-3",
+                case.grant
+            );
+            assert_eq!(top5, want_top5, "{} {name}: top-5", case.grant);
+        } else {
+            // int8 numerics are runtime-dependent (models README): compare classes.
+            assert!(
+                overlap >= 4,
+                "{} {name}: top-5 {top5:?} vs onnxruntime {want_top5:?}",
+                case.grant
+            );
+        }
+
+        // The whole plugin: the photo, preprocessed in the sandbox.
+        let response = plugin.infer(photo(name)).expect("photo classified");
+        let logits = logits_of(&response);
+        let top5 = top_indices(&logits, 5);
+        let diff = max_abs_diff(&logits, want);
+        let json: Value = serde_json::from_slice(&response.body).unwrap();
+        eprintln!(
+            "{} {name} photo: {} {} {:.3}, top-5 {top5:?}, max |dlogit| vs onnxruntime {diff:.2e}",
+            case.grant, json[0]["index"], json[0]["label"], json[0]["probability"]
+        );
+        assert_eq!(
+            top5[0], case.top1[i],
+            "{} {name}: top-1 of the photo",
+            case.grant
+        );
+        if case.float && name.ends_with(".png") {
+            // The PNG crops are bit-exact, so the model sees the reference input.
+            assert!(
+                diff <= 1e-3,
+                "{} {name}: max |logit - logit_ort| = {diff:e}",
+                case.grant
+            );
+            assert_eq!(top5, want_top5);
+        } else {
+            // rocket.jpg: the JPEG decoders differ by up to 2 LSB.
+            let overlap = top5.iter().filter(|c| want_top5.contains(c)).count();
+            assert!(
+                overlap >= 4,
+                "{} {name}: top-5 {top5:?} vs onnxruntime {want_top5:?}",
+                case.grant
+            );
+        }
+    }
+}
+
+#[test]
+fn mobilenetv2_gives_the_reference_answers() {
+    check_model(&MODELS[0]);
+}
+
+#[test]
+fn efficientnet_lite0_gives_the_reference_answers() {
+    check_model(&MODELS[1]);
+}
+
+#[test]
+fn mobilenetv2_int8_gives_the_reference_top1() {
+    check_model(&MODELS[2]);
+}
+
+#[test]
+fn efficientnet_lite0_int8_gives_the_reference_top1() {
+    check_model(&MODELS[3]);
+}
+
+/// The crop made inside the sandbox (returned with `debug=true`) against Pillow's.
+#[test]
+fn crops_made_in_the_sandbox_match_pillow() {
+    let runtime = runtime();
+    let plugin = load_example(&runtime, "image-classifier", IMAGE_CLASSIFIER_WASM);
+    let crops = npy("images/imagenet_crops_u8_nhwc.npy");
+    assert_eq!(crops.shape, [4, 224, 224, 3]);
+    let NpyData::U8(crops) = crops.data else {
+        panic!("uint8")
+    };
+    for (i, name) in PHOTOS.iter().enumerate() {
+        let mut request = photo(name);
+        request.content_type.push_str("; debug=true");
+        let response = plugin.infer(request).expect("classified");
+        let names: Vec<&str> = response.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["logits", "crop", "timings_us"]);
+        let crop = &response.tensors[1].1;
+        assert_eq!(crop.shape(), &[1, 224, 224, 3]);
+        let want = &crops[i * N..(i + 1) * N];
+        let got = crop.as_u8().unwrap();
+        let max = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        let mean = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| f64::from(a.abs_diff(*b)))
+            .sum::<f64>()
+            / N as f64;
+        eprintln!("{name}: crop max |d| {max} LSB, mean {mean:.4}");
+        // PNGs: bit-exact. JPEG: zune-jpeg vs libjpeg-turbo, a few LSB.
+        let bound = if name.ends_with(".png") { 0 } else { 3 };
+        assert!(max <= bound, "{name}: crop differs by {max} LSB");
+        let timings = response.tensors[2].1.as_f32().unwrap();
+        assert_eq!(timings.len(), 3);
+        assert!(
+            timings.iter().all(|t| t.is_finite() && *t >= 0.0),
+            "{timings:?}"
+        );
+    }
+    // Without the parameter the response carries the logits only.
+    let response = plugin.infer(photo("coffee.png")).unwrap();
+    assert_eq!(response.tensors.len(), 1);
+}
+
+/// Other encodings of the coffee photo still give espresso; EXIF orientation is honoured.
+#[test]
+fn other_encodings_of_the_coffee_photo_are_espresso() {
+    let runtime = runtime();
+    let plugin = load_example(&runtime, "image-classifier", IMAGE_CLASSIFIER_WASM);
+    for (file, content_type) in [
+        ("coffee-rgba.png", "image/png"),
+        ("coffee-cmyk.jpg", "image/jpeg"),
+        ("coffee-progressive.jpg", "image/jpeg"),
+        ("coffee-exif-rotated.jpg", "image/jpeg"),
+    ] {
+        let response = plugin
+            .infer(InferRequest {
+                content_type: content_type.into(),
+                body: std::fs::read(fixture(&format!("images/adversarial/{file}"))).unwrap(),
+                tensors: Vec::new(),
+            })
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let json: Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(json[0]["index"], 967, "{file}: {json}");
+    }
+}
+
+fn error_of(plugin: &LoadedPlugin, request: InferRequest) -> (PluginErrorCode, String) {
+    match plugin.infer(request) {
+        Err(InvokeError::Plugin { code, message }) => (code, message),
+        Err(other) => panic!("expected the plugin's own error, got {other}"),
+        Ok(r) => panic!(
+            "expected an error, got {}",
+            String::from_utf8_lossy(&r.body)
+        ),
+    }
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let runtime = runtime();
+    let plugin = load_example(&runtime, "image-classifier", IMAGE_CLASSIFIER_WASM);
+    let file = |name: &str| std::fs::read(fixture(&format!("images/adversarial/{name}"))).unwrap();
+    let request = |content_type: &str, body: Vec<u8>| InferRequest {
+        content_type: content_type.into(),
+        body,
+        tensors: Vec::new(),
+    };
+    for (what, req, code, needle) in [
+        (
+            "empty",
+            request("image/png", Vec::new()),
+            PluginErrorCode::InvalidArgument,
+            "empty input",
+        ),
+        (
+            "text",
+            request("image/png", file("not-an-image.png")),
+            PluginErrorCode::InvalidArgument,
+            "unsupported image format",
+        ),
+        (
+            "truncated png",
+            request("image/png", file("truncated.png")),
+            PluginErrorCode::InvalidArgument,
+            "truncated",
+        ),
+        (
+            "truncated jpg",
+            request("image/jpeg", file("truncated.jpg")),
+            PluginErrorCode::InvalidArgument,
+            "truncated",
+        ),
+        (
+            "bomb",
+            request("image/png", file("bomb-30000x30000.png")),
+            PluginErrorCode::InvalidArgument,
+            "too large",
+        ),
+        (
+            "header only",
+            request("image/png", file("header-only-65535.png")),
+            PluginErrorCode::InvalidArgument,
+            "too large",
+        ),
+        (
+            "gif",
+            request("image/png", file("coffee.gif")),
+            PluginErrorCode::InvalidArgument,
+            "unsupported image format",
+        ),
+        (
+            "json",
+            request("application/json", b"[1, 2]".to_vec()),
+            PluginErrorCode::Unsupported,
+            "not supported",
+        ),
+    ] {
+        let (got, message) = error_of(&plugin, req);
+        eprintln!("{what}: {got:?} {message}");
+        assert_eq!(got, code, "{what}: {message}");
+        assert!(
+            message.contains(needle),
+            "{what}: {message:?} does not say {needle:?}"
+        );
+    }
+    // A 1x1 image is upscaled to 256x256 and classified: a defined answer, not an error.
+    let response = plugin
+        .infer(request("image/png", file("tiny-1x1.png")))
+        .expect("a 1x1 image gets a defined answer");
+    logits_of(&response);
+    let wrong = Tensor::from_f32(vec![1, 3, 256, 256], vec![0.0; 3 * 256 * 256]).unwrap();
+    let (code, message) = error_of(
+        &plugin,
+        InferRequest {
+            tensors: vec![("input".into(), wrong)],
+            ..InferRequest::default()
+        },
+    );
+    assert_eq!(code, PluginErrorCode::ShapeMismatch, "{message}");
+    assert!(message.contains("[1, 3, 224, 224]"), "{message}");
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measurements for the notes, not a check: run alone, in release, with
+/// `cargo test --release -p edgeplug-tests --test it -- --ignored --nocapture --test-threads=1 classifier::measure`.
+#[test]
+#[ignore = "measurement; prints figures"]
+fn measure_stage_latency_and_model_memory() {
+    use edgeplug_host::model::Model;
+    let dir = edgeplug_tests::repo().join("plugins/image-classifier");
+    // Host memory of one loaded model: RSS before/after Model::load (parse + optimize).
+    let mut kept = Vec::new();
+    for case in MODELS {
+        let bytes = std::fs::read(dir.join(case.file)).unwrap();
+        let before = rss_bytes();
+        let start = Instant::now();
+        let model = Model::load(case.grant, &bytes).unwrap();
+        let load_ms = start.elapsed().as_secs_f64() * 1e3;
+        let after = rss_bytes();
+        drop(bytes);
+        let after_drop = rss_bytes();
+        println!(
+            "model {:<24} file {:>5.1} MB  load {load_ms:>6.0} ms  RSS +{:.1} MB (+{:.1} MB after dropping the file bytes)",
+            case.grant,
+            std::fs::metadata(dir.join(case.file)).unwrap().len() as f64 / 1e6,
+            after.saturating_sub(before) as f64 / 1e6,
+            after_drop.saturating_sub(before) as f64 / 1e6,
+        );
+        kept.push(model);
+    }
+    drop(kept);
+
+    let runtime = runtime();
+    for case in MODELS {
+        let before = rss_bytes();
+        let plugin = load_with_grants(
+            &runtime,
+            "image-classifier",
+            IMAGE_CLASSIFIER_WASM,
+            &[(case.grant, case.file)],
+        );
+        println!(
+            "plugin image-classifier[{}] load: RSS +{:.1} MB",
+            case.grant,
+            rss_bytes().saturating_sub(before) as f64 / 1e6
+        );
+        for name in ["coffee.png", "rocket.jpg"] {
+            let mut rows: Vec<[f64; 4]> = Vec::new();
+            for i in 0..23 {
+                let mut request = photo(name);
+                request.content_type.push_str("; debug=true");
+                let start = Instant::now();
+                let response = plugin.infer(request).unwrap();
+                let total = start.elapsed().as_secs_f64() * 1e3;
+                let t = response.tensors[2].1.as_f32().unwrap();
+                if i >= 3 {
+                    rows.push([
+                        total,
+                        f64::from(t[0]) / 1e3,
+                        f64::from(t[1]) / 1e3,
+                        f64::from(t[2]) / 1e3,
+                    ]);
+                }
+            }
+            let col = |c: usize| median(rows.iter().map(|r| r[c]).collect());
+            let (total, decode, pre, model) = (col(0), col(1), col(2), col(3));
+            println!(
+                "  {name:<14} end-to-end {total:6.1} ms = decode {decode:5.1} + resize/crop/normalize {pre:5.1} + model {model:5.1} + rest {:4.1} (instantiate, copies, JSON) [median of 20]",
+                total - decode - pre - model
+            );
+        }
+    }
+}
