@@ -32,10 +32,17 @@ fn main() {
     }
     // The outer build's flags (coverage, sanitizers, host-only RUSTFLAGS) must not leak into
     // the wasm build.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cannot run cargo to build the wasm plugins");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the wasm plugins");
     assert!(
         status.success(),
         "building the wasm plugins failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
@@ -47,9 +54,15 @@ fn main() {
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", package.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());
-        consts.push_str(&format!("pub const {name}_WASM: &str = {:?};\n", file.display().to_string()));
+        consts.push_str(&format!(
+            "pub const {name}_WASM: &str = {:?};\n",
+            file.display().to_string()
+        ));
     }
-    consts.push_str(&format!("pub const REPO_ROOT: &str = {:?};\n", root.display().to_string()));
+    consts.push_str(&format!(
+        "pub const REPO_ROOT: &str = {:?};\n",
+        root.display().to_string()
+    ));
     std::fs::write(out_dir.join("plugins.rs"), consts).unwrap();
 }
 

@@ -30,7 +30,12 @@ impl<'a> Conv2d<'a> {
             params: ops::Conv2dParams {
                 stride_h: 1,
                 stride_w: 1,
-                padding: Padding { top: 0, left: 0, bottom: 0, right: 0 },
+                padding: Padding {
+                    top: 0,
+                    left: 0,
+                    bottom: 0,
+                    right: 0,
+                },
                 dilation_h: 1,
                 dilation_w: 1,
                 groups: 1,
@@ -54,7 +59,12 @@ impl<'a> Conv2d<'a> {
 
     /// The same zero padding on all four sides.
     pub fn pad(mut self, pad: u32) -> Self {
-        self.params.padding = Padding { top: pad, left: pad, bottom: pad, right: pad };
+        self.params.padding = Padding {
+            top: pad,
+            left: pad,
+            bottom: pad,
+            right: pad,
+        };
         self
     }
 
@@ -156,7 +166,12 @@ impl<'a> Gemm<'a> {
 
     /// Computes the product with `a` on the left.
     pub fn run(&self, a: &Tensor) -> Result<Tensor, Error> {
-        Ok(Tensor(ops::gemm(&a.0, &self.b.0, self.c.map(|c| &c.0), self.params)?))
+        Ok(Tensor(ops::gemm(
+            &a.0,
+            &self.b.0,
+            self.c.map(|c| &c.0),
+            self.params,
+        )?))
     }
 }
 
@@ -175,7 +190,12 @@ impl Pool2d {
                 kernel_w: kernel,
                 stride_h: kernel,
                 stride_w: kernel,
-                padding: Padding { top: 0, left: 0, bottom: 0, right: 0 },
+                padding: Padding {
+                    top: 0,
+                    left: 0,
+                    bottom: 0,
+                    right: 0,
+                },
                 count_include_pad: false,
                 ceil_mode: false,
             },
@@ -191,7 +211,12 @@ impl Pool2d {
 
     /// The same zero padding on all four sides.
     pub fn pad(mut self, pad: u32) -> Self {
-        self.params.padding = Padding { top: pad, left: pad, bottom: pad, right: pad };
+        self.params.padding = Padding {
+            top: pad,
+            left: pad,
+            bottom: pad,
+            right: pad,
+        };
         self
     }
 

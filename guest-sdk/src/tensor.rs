@@ -1,7 +1,7 @@
 //! Tensors in host memory, and the native kernels that run on them.
 
-use crate::bindings::edgeplug::plugin::{ops, types};
 use crate::Error;
+use crate::bindings::edgeplug::plugin::{ops, types};
 
 /// Element type of a tensor. Kernels compute in `F32`; the others carry data in and out.
 pub type ElementType = types::ElementType;
@@ -14,7 +14,10 @@ pub struct Tensor(pub(crate) types::Tensor);
 fn dims(shape: &[usize]) -> Result<Vec<u32>, Error> {
     shape
         .iter()
-        .map(|&d| u32::try_from(d).map_err(|_| Error::invalid_argument(format!("dimension {d} is too large"))))
+        .map(|&d| {
+            u32::try_from(d)
+                .map_err(|_| Error::invalid_argument(format!("dimension {d} is too large")))
+        })
         .collect()
 }
 
@@ -25,8 +28,16 @@ impl Tensor {
     }
 
     /// A tensor from little-endian bytes of `element_type`.
-    pub fn from_bytes(shape: &[usize], element_type: ElementType, data: &[u8]) -> Result<Tensor, Error> {
-        Ok(Tensor(types::Tensor::from_bytes(&dims(shape)?, element_type, data)?))
+    pub fn from_bytes(
+        shape: &[usize],
+        element_type: ElementType,
+        data: &[u8],
+    ) -> Result<Tensor, Error> {
+        Ok(Tensor(types::Tensor::from_bytes(
+            &dims(shape)?,
+            element_type,
+            data,
+        )?))
     }
 
     /// A named weight tensor from the weights files the manifest grants; the data stays in the
@@ -114,7 +125,14 @@ impl Tensor {
         variance: &Tensor,
         epsilon: f32,
     ) -> Result<Tensor, Error> {
-        Ok(Tensor(ops::batch_norm(&self.0, &scale.0, &bias.0, &mean.0, &variance.0, epsilon)?))
+        Ok(Tensor(ops::batch_norm(
+            &self.0,
+            &scale.0,
+            &bias.0,
+            &mean.0,
+            &variance.0,
+            epsilon,
+        )?))
     }
 
     /// ONNX Reshape: one dimension may be -1 (inferred); 0 keeps the input's dimension.

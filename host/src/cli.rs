@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::runtime::{ComponentCache, InferRequest, InvokeError, PluginFiles, Runtime, RuntimeConfig};
+use crate::runtime::{
+    ComponentCache, InferRequest, InvokeError, PluginFiles, Runtime, RuntimeConfig,
+};
 
 /// edgeplug runs signed WebAssembly inference plugins on edge hosts: preprocessing in the
 /// sandbox, tensor math in native host kernels.
@@ -134,8 +136,12 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         let trust = crate::bundle::TrustStore::load(&args.trust)
             .with_context(|| format!("cannot load the trust store {}", args.trust.display()))?;
-        let bundle = crate::bundle::verify_file(&args.plugin, &trust, &crate::bundle::BundleLimits::default())
-            .with_context(|| format!("bundle {} refused", args.plugin.display()))?;
+        let bundle = crate::bundle::verify_file(
+            &args.plugin,
+            &trust,
+            &crate::bundle::BundleLimits::default(),
+        )
+        .with_context(|| format!("bundle {} refused", args.plugin.display()))?;
         PluginFiles::from_bundle(&bundle)
     };
     let plugin = runtime.load(&files)?;
@@ -156,7 +162,9 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
                     Ok(response) => {
                         let result = if response.content_type.starts_with("application/json") {
                             serde_json::from_slice(&response.body).unwrap_or_else(|_| {
-                                serde_json::Value::String(String::from_utf8_lossy(&response.body).into())
+                                serde_json::Value::String(
+                                    String::from_utf8_lossy(&response.body).into(),
+                                )
                             })
                         } else {
                             serde_json::json!({
@@ -175,7 +183,11 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{line}");
     }
-    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The JSON form of a failed request, shared by the CLI and the gateway.
@@ -208,9 +220,11 @@ pub fn invoke_error_json(e: &InvokeError) -> serde_json::Value {
 }
 
 fn extract_weights(args: WeightsArgs) -> anyhow::Result<ExitCode> {
-    let onnx = std::fs::read(&args.model).with_context(|| format!("cannot read {}", args.model.display()))?;
+    let onnx = std::fs::read(&args.model)
+        .with_context(|| format!("cannot read {}", args.model.display()))?;
     let (bytes, nodes) = crate::weights::extract_onnx_weights(&onnx)?;
-    std::fs::write(&args.out, bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
+    std::fs::write(&args.out, bytes)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
     for node in nodes {
         println!("{}", serde_json::to_string(&node)?);
     }

@@ -148,7 +148,11 @@ async fn admin_request(
             .ok()
             .and_then(|v| {
                 let e = &v["error"];
-                Some(format!("{}: {}", e["code"].as_str()?, e["message"].as_str()?))
+                Some(format!(
+                    "{}: {}",
+                    e["code"].as_str()?,
+                    e["message"].as_str()?
+                ))
             })
             .unwrap_or_else(|| text.to_string());
         eprintln!("error: the gateway answered {status}: {reason}");
@@ -191,7 +195,10 @@ pub fn run_push(args: PushArgs) -> anyhow::Result<ExitCode> {
 
 /// `edgeplug rollback NAME --to URL --token T`.
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
-    let url = admin_url(&args.to, &format!("/v1/admin/plugins/{}/rollback", args.name))?;
+    let url = admin_url(
+        &args.to,
+        &format!("/v1/admin/plugins/{}/rollback", args.name),
+    )?;
     tokio_runtime()?.block_on(admin_request(
         url,
         Method::POST,

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec, Tensor as TractTensor,
-    TypedFact, TypedRunnableModel,
+    DatumType, Framework, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec,
+    Tensor as TractTensor, TypedFact, TypedRunnableModel,
 };
 
 use crate::tensor::{ElementType, Tensor, TensorData};
@@ -95,24 +95,28 @@ impl Model {
             .map_err(load_err)?
             .into_typed()
             .map_err(load_err)?;
-        let specs = |outlets: &[tract_onnx::prelude::OutletId]| -> Result<Vec<TensorSpec>, ModelError> {
-            outlets
-                .iter()
-                .map(|outlet| {
-                    let fact = typed.outlet_fact(*outlet).map_err(load_err)?;
-                    Ok(TensorSpec {
-                        name: typed.node(outlet.node).name.clone(),
-                        element_type: element_type_of(fact.datum_type).ok_or_else(|| {
-                            ModelError::Load {
-                                name: name.to_string(),
-                                reason: format!("unsupported element type {:?}", fact.datum_type),
-                            }
-                        })?,
-                        shape: shape_of(fact),
+        let specs =
+            |outlets: &[tract_onnx::prelude::OutletId]| -> Result<Vec<TensorSpec>, ModelError> {
+                outlets
+                    .iter()
+                    .map(|outlet| {
+                        let fact = typed.outlet_fact(*outlet).map_err(load_err)?;
+                        Ok(TensorSpec {
+                            name: typed.node(outlet.node).name.clone(),
+                            element_type: element_type_of(fact.datum_type).ok_or_else(|| {
+                                ModelError::Load {
+                                    name: name.to_string(),
+                                    reason: format!(
+                                        "unsupported element type {:?}",
+                                        fact.datum_type
+                                    ),
+                                }
+                            })?,
+                            shape: shape_of(fact),
+                        })
                     })
-                })
-                .collect()
-        };
+                    .collect()
+            };
         let inputs = specs(typed.input_outlets().map_err(load_err)?)?;
         let outputs = specs(typed.output_outlets().map_err(load_err)?)?;
         if native {
@@ -129,7 +133,10 @@ impl Model {
                     tracing::info!(model = name, %op, %node, "native backend does not cover the graph; using tract");
                 }
                 Err(e) => {
-                    tracing::warn!(model = name, "native backend failed to load the model ({e}); using tract");
+                    tracing::warn!(
+                        model = name,
+                        "native backend failed to load the model ({e}); using tract"
+                    );
                 }
             }
         }
@@ -294,9 +301,26 @@ fn to_tract(tensor: &Tensor) -> tract_onnx::prelude::TractResult<TractTensor> {
 fn from_tract(value: &TValue) -> anyhow::Result<Tensor> {
     let shape = value.shape().to_vec();
     let tensor = match value.datum_type() {
-        DatumType::F32 => Tensor::from_f32(shape, value.to_plain_array_view::<f32>()?.iter().copied().collect())?,
-        DatumType::U8 => Tensor::from_u8(shape, value.to_plain_array_view::<u8>()?.iter().copied().collect())?,
-        DatumType::I64 => Tensor::from_i64(shape, value.to_plain_array_view::<i64>()?.iter().copied().collect())?,
+        DatumType::F32 => Tensor::from_f32(
+            shape,
+            value
+                .to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect(),
+        )?,
+        DatumType::U8 => Tensor::from_u8(
+            shape,
+            value.to_plain_array_view::<u8>()?.iter().copied().collect(),
+        )?,
+        DatumType::I64 => Tensor::from_i64(
+            shape,
+            value
+                .to_plain_array_view::<i64>()?
+                .iter()
+                .copied()
+                .collect(),
+        )?,
         other => anyhow::bail!("model output has unsupported element type {other:?}"),
     };
     Ok(tensor)

@@ -48,7 +48,11 @@ pub fn run(plugin: &LoadedPlugin, files: &PluginFiles) -> Result<usize, SelfTest
     Ok(tests.len())
 }
 
-fn run_one(plugin: &LoadedPlugin, files: &PluginFiles, test: &SelfTest) -> Result<(), SelfTestError> {
+fn run_one(
+    plugin: &LoadedPlugin,
+    files: &PluginFiles,
+    test: &SelfTest,
+) -> Result<(), SelfTestError> {
     let file = |path: &str| {
         files
             .files
@@ -105,7 +109,10 @@ pub fn compare(
 ) -> Result<(), (String, String)> {
     match (actual, expected) {
         (Value::Number(a), Value::Number(e)) => {
-            let (a, e) = (a.as_f64().unwrap_or(f64::NAN), e.as_f64().unwrap_or(f64::NAN));
+            let (a, e) = (
+                a.as_f64().unwrap_or(f64::NAN),
+                e.as_f64().unwrap_or(f64::NAN),
+            );
             let close = (a - e).abs() <= tolerance;
             if close {
                 Ok(())
@@ -162,19 +169,40 @@ mod tests {
         assert!(why.contains("expected 0.9"), "{why}");
 
         let label = json!({"label": 3, "probabilities": [0.1, 0.9], "name": "seven"});
-        assert_eq!(compare(&label, &expected, 0.5, "$").unwrap_err().0, "$.label");
+        assert_eq!(
+            compare(&label, &expected, 0.5, "$").unwrap_err().0,
+            "$.label"
+        );
 
         let short = json!({"label": 7, "probabilities": [0.1], "name": "seven"});
-        assert!(compare(&short, &expected, 1e-4, "$").unwrap_err().1.contains("2 elements"));
+        assert!(
+            compare(&short, &expected, 1e-4, "$")
+                .unwrap_err()
+                .1
+                .contains("2 elements")
+        );
 
         let extra = json!({"label": 7, "probabilities": [0.1, 0.9], "name": "seven", "x": 1});
-        assert!(compare(&extra, &expected, 1e-4, "$").unwrap_err().1.contains("unexpected key"));
+        assert!(
+            compare(&extra, &expected, 1e-4, "$")
+                .unwrap_err()
+                .1
+                .contains("unexpected key")
+        );
 
         let missing = json!({"label": 7, "probabilities": [0.1, 0.9]});
-        assert!(compare(&missing, &expected, 1e-4, "$").unwrap_err().1.contains("missing key"));
+        assert!(
+            compare(&missing, &expected, 1e-4, "$")
+                .unwrap_err()
+                .1
+                .contains("missing key")
+        );
 
         let text = json!({"label": 7, "probabilities": [0.1, 0.9], "name": "eight"});
-        assert_eq!(compare(&text, &expected, 1e-4, "$").unwrap_err().0, "$.name");
+        assert_eq!(
+            compare(&text, &expected, 1e-4, "$").unwrap_err().0,
+            "$.name"
+        );
 
         // A number never equals a string, whatever the tolerance.
         assert!(compare(&json!("1"), &json!(1), 10.0, "$").is_err());

@@ -16,7 +16,9 @@ use crate::tensor::{ElementType, Tensor};
 pub enum WeightsError {
     #[error("weights file {file:?} is not valid safetensors: {reason}")]
     Format { file: String, reason: String },
-    #[error("weights file {file:?}: tensor {name:?} has unsupported dtype {dtype:?} (float32, uint8 and int64 are supported)")]
+    #[error(
+        "weights file {file:?}: tensor {name:?} has unsupported dtype {dtype:?} (float32, uint8 and int64 are supported)"
+    )]
     Dtype {
         file: String,
         name: String,
@@ -56,12 +58,13 @@ impl Weights {
                     });
                 }
             };
-            let tensor = Tensor::from_le_bytes(view.shape().to_vec(), ty, view.data()).map_err(
-                |e| WeightsError::Format {
-                    file: file.to_string(),
-                    reason: format!("tensor {name:?}: {e}"),
-                },
-            )?;
+            let tensor =
+                Tensor::from_le_bytes(view.shape().to_vec(), ty, view.data()).map_err(|e| {
+                    WeightsError::Format {
+                        file: file.to_string(),
+                        reason: format!("tensor {name:?}: {e}"),
+                    }
+                })?;
             if let Some((first, _)) = self.tensors.get(&name) {
                 return Err(WeightsError::Duplicate {
                     name,

@@ -96,8 +96,9 @@ impl Connection {
         let _ = tcp.set_nodelay(true);
         let sender = if https {
             let connector = tls_connector(ca)?;
-            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-                .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+            let name =
+                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                    .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
             let tls = connector
                 .connect(name, tcp)
                 .await
@@ -114,7 +115,10 @@ impl Connection {
     }
 
     /// Sends a request (its URI may be a bare path) and reads the whole response.
-    pub async fn send(&mut self, mut request: Request<ChunkedBody>) -> anyhow::Result<Response<Bytes>> {
+    pub async fn send(
+        &mut self,
+        mut request: Request<ChunkedBody>,
+    ) -> anyhow::Result<Response<Bytes>> {
         if !request.headers().contains_key(hyper::header::HOST)
             && let Ok(host) = self.authority.parse()
         {

@@ -136,8 +136,7 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-        let mut config =
-            Config::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let mut config = Config::parse(&text).with_context(|| format!("in {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {

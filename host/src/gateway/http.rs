@@ -86,7 +86,11 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let segments: Vec<&str> = if segments == [""] { Vec::new() } else { segments };
+    let segments: Vec<&str> = if segments == [""] {
+        Vec::new()
+    } else {
+        segments
+    };
     let result = route(&gateway, request, &method, &segments, started).await;
     let response = match result {
         Ok(response) => response,
@@ -130,8 +134,12 @@ async fn route(
             );
             Ok(response)
         }
-        (&M::GET, ["v2", "health", "live"]) => Ok(json_response(StatusCode::OK, &json!({"live": true}))),
-        (&M::GET, ["v2", "health", "ready"]) => Ok(json_response(StatusCode::OK, &json!({"ready": true}))),
+        (&M::GET, ["v2", "health", "live"]) => {
+            Ok(json_response(StatusCode::OK, &json!({"live": true})))
+        }
+        (&M::GET, ["v2", "health", "ready"]) => {
+            Ok(json_response(StatusCode::OK, &json!({"ready": true})))
+        }
         (&M::GET, ["v2"]) => Ok(json_response(
             StatusCode::OK,
             &json!({"name": "edgeplug", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
@@ -149,9 +157,14 @@ async fn route(
             }
         }
         (_, ["v1", "admin", ..]) => admin(gw, request, method, segments).await,
-        (_, ["v1", "plugins"]) | (_, ["v1", "plugins", _, "infer"]) | (_, ["predict"]) | (_, ["metrics"]) => {
-            Err(fail(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", format!("{method} is not allowed here")))
-        }
+        (_, ["v1", "plugins"])
+        | (_, ["v1", "plugins", _, "infer"])
+        | (_, ["predict"])
+        | (_, ["metrics"]) => Err(fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("{method} is not allowed here"),
+        )),
         _ => Err(fail(StatusCode::NOT_FOUND, "not-found", "no such endpoint")),
     }
 }
@@ -162,7 +175,9 @@ async fn route(
 /// Content-Length, or found while reading).
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Failure> {
     let too_large = |size: Option<u64>| {
-        let size = size.map(|s| format!("{s} bytes")).unwrap_or_else(|| "more".into());
+        let size = size
+            .map(|s| format!("{s} bytes"))
+            .unwrap_or_else(|| "more".into());
         fail(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request-too-large",
@@ -183,7 +198,11 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Fa
     match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
-        Err(e) => Err(fail(StatusCode::BAD_REQUEST, "bad-body", format!("cannot read the body: {e}"))),
+        Err(e) => Err(fail(
+            StatusCode::BAD_REQUEST,
+            "bad-body",
+            format!("cannot read the body: {e}"),
+        )),
     }
 }
 
@@ -255,7 +274,7 @@ async fn run(
     })
     .await
     .unwrap_or_else(|e| Err(InvokeError::Trap(format!("the request's task failed: {e}"))));
-    let code = result.as_ref().err().map(|e| error_code(e));
+    let code = result.as_ref().err().map(error_code);
     plugin.metrics.observe(started.elapsed(), code.as_deref());
     result.map_err(|e| invoke_failure(&e))
 }
@@ -270,7 +289,9 @@ fn error_code(e: &InvokeError) -> String {
 fn invoke_status(e: &InvokeError) -> StatusCode {
     match e {
         InvokeError::Plugin { code, .. } => match code {
-            PluginErrorCode::InvalidArgument | PluginErrorCode::ShapeMismatch => StatusCode::BAD_REQUEST,
+            PluginErrorCode::InvalidArgument | PluginErrorCode::ShapeMismatch => {
+                StatusCode::BAD_REQUEST
+            }
             PluginErrorCode::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PluginErrorCode::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -280,7 +301,9 @@ fn invoke_status(e: &InvokeError) -> StatusCode {
         InvokeError::MemoryExhausted { .. } | InvokeError::TensorMemoryExhausted { .. } => {
             StatusCode::INSUFFICIENT_STORAGE
         }
-        InvokeError::ResponseTooLarge { .. } | InvokeError::Trap(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        InvokeError::ResponseTooLarge { .. } | InvokeError::Trap(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
@@ -353,13 +376,16 @@ async fn predict(
     let body = read_body(request, limit).await?;
     let parts = super::multipart::parse(&body, &boundary)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, "bad-multipart", e))?;
-    let image = parts.into_iter().find(|p| p.name == "image").ok_or_else(|| {
-        fail(
-            StatusCode::BAD_REQUEST,
-            "missing-image",
-            "the form has no file field named \"image\"",
-        )
-    })?;
+    let image = parts
+        .into_iter()
+        .find(|p| p.name == "image")
+        .ok_or_else(|| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "missing-image",
+                "the form has no file field named \"image\"",
+            )
+        })?;
     let content_type = sniff_image(image.data)
         .map(String::from)
         .or(image.content_type.clone())
@@ -374,7 +400,10 @@ async fn predict(
         fail(
             StatusCode::BAD_GATEWAY,
             "not-json",
-            format!("plugin {name} did not answer JSON ({})", answer.content_type),
+            format!(
+                "plugin {name} did not answer JSON ({})",
+                answer.content_type
+            ),
         )
     })?;
     // `{"label": ...}` (digits), `[{"label": ..., "probability": ...}, ...]` (a top-k
@@ -410,7 +439,11 @@ fn v2_fail(status: StatusCode, message: impl Into<String>) -> Failure {
     }
 }
 
-fn v2_lookup(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Arc<ActivePlugin>, Failure> {
+fn v2_lookup(
+    gw: &Gateway,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<ActivePlugin>, Failure> {
     let plugin = gw
         .registry
         .get(name)
@@ -420,7 +453,10 @@ fn v2_lookup(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Arc<Acti
     {
         return Err(v2_fail(
             StatusCode::NOT_FOUND,
-            format!("model {name:?} version {v:?} is not the active version {}", plugin.version),
+            format!(
+                "model {name:?} version {v:?} is not the active version {}",
+                plugin.version
+            ),
         ));
     }
     Ok(plugin)
@@ -429,9 +465,7 @@ fn v2_lookup(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Arc<Acti
 fn v2_metadata(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Response<Body>, Failure> {
     let plugin = v2_lookup(gw, name, version)?;
     let info = plugin.plugin.info();
-    let spec = |s: &crate::model::TensorSpec| {
-        json!({"name": s.name, "datatype": super::oip::datatype(s.element_type), "shape": s.shape})
-    };
+    let spec = |s: &crate::model::TensorSpec| json!({"name": s.name, "datatype": super::oip::datatype(s.element_type), "shape": s.shape});
     let versions: Vec<String> = gw
         .registry
         .loaded_versions(name)
@@ -453,7 +487,10 @@ fn v2_metadata(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Respon
 
 fn v2_ready(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Response<Body>, Failure> {
     v2_lookup(gw, name, version)?;
-    Ok(json_response(StatusCode::OK, &json!({"name": name, "ready": true})))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": name, "ready": true}),
+    ))
 }
 
 async fn v2_infer(
@@ -537,7 +574,11 @@ fn authorized(gw: &Gateway, request: &Request<Incoming>) -> Result<(), Failure> 
     if bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &expected[..])) {
         Ok(())
     } else {
-        Err(fail(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin token"))
+        Err(fail(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong admin token",
+        ))
     }
 }
 
@@ -552,8 +593,16 @@ async fn admin(
         return Err(f);
     }
     let name = match segments {
-        ["v1", "admin", "plugins", name] | ["v1", "admin", "plugins", name, "rollback"] => name.to_string(),
-        _ => return Err(fail(StatusCode::NOT_FOUND, "not-found", "no such admin endpoint")),
+        ["v1", "admin", "plugins", name] | ["v1", "admin", "plugins", name, "rollback"] => {
+            name.to_string()
+        }
+        _ => {
+            return Err(fail(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "no such admin endpoint",
+            ));
+        }
     };
     let action = match (method, segments.len()) {
         (&Method::PUT, 4) => {
@@ -612,7 +661,9 @@ fn admin_failure(e: &AdminError) -> Failure {
         },
         AdminError::Store(s) => match s {
             StoreError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
-            StoreError::NotNewer { .. } | StoreError::NoPreviousVersion { .. } => StatusCode::CONFLICT,
+            StoreError::NotNewer { .. } | StoreError::NoPreviousVersion { .. } => {
+                StatusCode::CONFLICT
+            }
             StoreError::NotInstalled(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },

@@ -129,7 +129,9 @@ impl Metrics {
                 m.requests()
             );
         }
-        out.push_str("# HELP edgeplug_request_errors_total Requests that ended in an error, by code.\n");
+        out.push_str(
+            "# HELP edgeplug_request_errors_total Requests that ended in an error, by code.\n",
+        );
         out.push_str("# TYPE edgeplug_request_errors_total counter\n");
         for ((name, version), m) in &versions {
             let errors = m.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -161,13 +163,31 @@ impl Metrics {
                 "edgeplug_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
             );
             let sum = m.latency_us_sum.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "edgeplug_request_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "edgeplug_request_duration_seconds_count{{{labels}}} {total}");
+            let _ = writeln!(
+                out,
+                "edgeplug_request_duration_seconds_sum{{{labels}}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "edgeplug_request_duration_seconds_count{{{labels}}} {total}"
+            );
         }
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for (kind, metric, help) in [
-            ("push", "edgeplug_swaps_total", "Versions published by a push (hot swaps)."),
-            ("rollback", "edgeplug_rollbacks_total", "Rollbacks, by the version rolled back to."),
+            (
+                "push",
+                "edgeplug_swaps_total",
+                "Versions published by a push (hot swaps).",
+            ),
+            (
+                "rollback",
+                "edgeplug_rollbacks_total",
+                "Rollbacks, by the version rolled back to.",
+            ),
             ("remove", "edgeplug_removals_total", "Plugins removed."),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}");
@@ -197,9 +217,16 @@ impl Metrics {
         }
         out.push_str("# HELP edgeplug_requests_refused_total Requests refused before reaching a plugin, by HTTP status.\n");
         out.push_str("# TYPE edgeplug_requests_refused_total counter\n");
-        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for (status, n) in refused {
-            let _ = writeln!(out, "edgeplug_requests_refused_total{{status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "edgeplug_requests_refused_total{{status=\"{status}\"}} {n}"
+            );
         }
         out
     }

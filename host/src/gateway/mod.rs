@@ -109,7 +109,11 @@ fn load_tls(tls: &config::TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor
     let certs = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("cannot read TLS certificate {}: {e}", tls.cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", tls.cert.display());
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{} holds no certificate",
+        tls.cert.display()
+    );
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| anyhow::anyhow!("cannot read TLS key {}: {e}", tls.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -168,7 +172,8 @@ pub async fn serve(
                         .await
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                    let handshake =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) => {
                             watcher

@@ -39,14 +39,16 @@ pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String
             return Ok(parts);
         }
         pos = skip_crlf(body, pos).ok_or("malformed multipart boundary line")?;
-        let headers_end = find(body, b"\r\n\r\n", pos).ok_or("multipart part without headers end")?;
+        let headers_end =
+            find(body, b"\r\n\r\n", pos).ok_or("multipart part without headers end")?;
         let headers = std::str::from_utf8(&body[pos..headers_end])
             .map_err(|_| "multipart part headers are not UTF-8")?;
         let data_start = headers_end + 4;
         let mut next_delim = Vec::with_capacity(delimiter.len() + 2);
         next_delim.extend_from_slice(b"\r\n");
         next_delim.extend_from_slice(delimiter);
-        let data_end = find(body, &next_delim, data_start).ok_or("multipart part is not terminated")?;
+        let data_end =
+            find(body, &next_delim, data_start).ok_or("multipart part is not terminated")?;
         let mut part = Part {
             name: String::new(),
             filename: None,
@@ -120,7 +122,13 @@ Content-Type: image/png\r\n\r\n\x89PNG\r\n--X\r\n--XyZ--\r\n";
             Some("a b")
         );
         assert!(parse(b"no boundary here", "XyZ").is_err());
-        assert!(parse(b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nunterminated", "XyZ").is_err());
+        assert!(
+            parse(
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nunterminated",
+                "XyZ"
+            )
+            .is_err()
+        );
         assert!(parse(b"--XyZ", "XyZ").is_err());
     }
 }

@@ -40,7 +40,9 @@ pub fn datatype(t: crate::tensor::ElementType) -> &'static str {
 pub fn decode(body: &[u8]) -> Result<V2Request, BadRequest> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-    let object = value.as_object().ok_or_else(|| bad("the body must be a JSON object"))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| bad("the body must be a JSON object"))?;
     let inputs = object
         .get("inputs")
         .and_then(Value::as_array)
@@ -63,7 +65,11 @@ pub fn decode(body: &[u8]) -> Result<V2Request, BadRequest> {
             .iter()
             .map(|d| d.as_u64().map(|d| d as usize))
             .collect::<Option<_>>()
-            .ok_or_else(|| bad(format!("input {name:?}: shape must hold non-negative integers")))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "input {name:?}: shape must hold non-negative integers"
+                ))
+            })?;
         let datatype = input
             .get("datatype")
             .and_then(Value::as_str)
@@ -194,8 +200,8 @@ pub fn encode(
         .filter(|(name, _)| want(name))
         .map(|(name, t)| tensor_json(name, t))
         .collect();
-    let body_wanted = wanted.iter().any(|w| w == "body")
-        || (wanted.is_empty() && response.tensors.is_empty());
+    let body_wanted =
+        wanted.iter().any(|w| w == "body") || (wanted.is_empty() && response.tensors.is_empty());
     if body_wanted && !response.body.is_empty() {
         outputs.push(json!({
             "name": "body",
@@ -232,7 +238,9 @@ mod tests {
             ],
             "outputs": [{"name": "probs"}]
         });
-        let v2 = decode(body.to_string().as_bytes()).map_err(|e| e.0).unwrap();
+        let v2 = decode(body.to_string().as_bytes())
+            .map_err(|e| e.0)
+            .unwrap();
         assert_eq!(v2.id, Some(json!("r1")));
         assert_eq!(v2.outputs, ["probs"]);
         let r = &v2.request;
@@ -246,11 +254,28 @@ mod tests {
 
     #[test]
     fn refuses_bad_inputs_with_reasons() {
-        let case = |input: Value| decode(json!({"inputs": [input]}).to_string().as_bytes()).err().unwrap().0;
-        assert!(case(json!({"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]})).contains("needs 3 elements"));
-        assert!(case(json!({"name": "x", "shape": [1], "datatype": "FP64", "data": [1]})).contains("not supported"));
-        assert!(case(json!({"name": "x", "shape": [1], "datatype": "UINT8", "data": [256]})).contains("not a valid UINT8"));
-        assert!(case(json!({"name": "x", "shape": [1], "datatype": "INT64", "data": [1.5]})).contains("not a valid INT64"));
+        let case = |input: Value| {
+            decode(json!({"inputs": [input]}).to_string().as_bytes())
+                .err()
+                .unwrap()
+                .0
+        };
+        assert!(
+            case(json!({"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}))
+                .contains("needs 3 elements")
+        );
+        assert!(
+            case(json!({"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}))
+                .contains("not supported")
+        );
+        assert!(
+            case(json!({"name": "x", "shape": [1], "datatype": "UINT8", "data": [256]}))
+                .contains("not a valid UINT8")
+        );
+        assert!(
+            case(json!({"name": "x", "shape": [1], "datatype": "INT64", "data": [1.5]}))
+                .contains("not a valid INT64")
+        );
         assert!(case(json!({"shape": [1], "datatype": "INT64", "data": [1]})).contains("name"));
         assert!(decode(b"[]").is_err());
         assert!(decode(b"{").is_err());
@@ -261,7 +286,10 @@ mod tests {
         let response = InferResponse {
             content_type: "application/json".into(),
             body: b"{\"label\":7}".to_vec(),
-            tensors: vec![("probs".into(), Tensor::from_f32(vec![1, 2], vec![0.25, 0.75]).unwrap())],
+            tensors: vec![(
+                "probs".into(),
+                Tensor::from_f32(vec![1, 2], vec![0.25, 0.75]).unwrap(),
+            )],
         };
         let out = encode("digits", "0.1.0", Some(json!(5)), &response, &[]);
         assert_eq!(out["model_name"], "digits");

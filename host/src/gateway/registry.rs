@@ -220,7 +220,12 @@ impl Registry {
         let Some(slot) = slots.get(name) else {
             return Vec::new();
         };
-        let mut out: Vec<Version> = slot.active.load().iter().map(|a| a.version.clone()).collect();
+        let mut out: Vec<Version> = slot
+            .active
+            .load()
+            .iter()
+            .map(|a| a.version.clone())
+            .collect();
         let kept = slot.kept.lock().unwrap_or_else(|p| p.into_inner());
         out.extend(kept.iter().map(|a| a.version.clone()));
         out
@@ -254,7 +259,11 @@ impl Registry {
     }
 
     /// Compile (or cache hit), pre-instantiate, describe, self-test: a version ready to publish.
-    fn prepare(&self, bundle: &VerifiedBundle, started: Instant) -> Result<ActivePlugin, AdminError> {
+    fn prepare(
+        &self,
+        bundle: &VerifiedBundle,
+        started: Instant,
+    ) -> Result<ActivePlugin, AdminError> {
         let files = PluginFiles::from_bundle(bundle);
         let plugin = self
             .runtime
@@ -328,7 +337,8 @@ impl Registry {
         let ready = Arc::new(self.prepare(&bundle, started)?);
         let outcome = self.store.install(&bundle, Some(&name))?;
         let old = self.publish(&slot, ready.clone());
-        self.metrics.event("push", &name, &ready.version.to_string());
+        self.metrics
+            .event("push", &name, &ready.version.to_string());
         tracing::info!(plugin = %name, version = %ready.version, previous = ?outcome.previous.as_ref().map(|v| v.to_string()),
             load_ms = ready.load_time.as_secs_f64() * 1e3, self_tests = ready.self_tests, "published plugin version");
         Ok(AdminOutcome {
@@ -468,7 +478,9 @@ impl Registry {
                     load_ms: 0.0,
                 })
             }
-            Err(e) => Err(anyhow::Error::new(e).context(format!("cannot install {}", path.display()))),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("cannot install {}", path.display())))
+            }
         }
     }
 

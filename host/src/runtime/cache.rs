@@ -46,7 +46,12 @@ impl ComponentCache {
     /// Compiles `wasm`, or returns the cached compilation of the same bytes for this engine.
     pub fn component(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
         let key = cache_key(engine, wasm);
-        if let Some(c) = self.memory.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(c) = self
+            .memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(c.clone());
         }
         let path = self.dir.as_ref().map(|d| d.join(format!("{key}.cwasm")));
@@ -62,12 +67,15 @@ impl ComponentCache {
                     self.remember(key, &c);
                     return Ok(c);
                 }
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable cached component: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable cached component: {e}")
+                }
             }
         }
         let component = Component::new(engine, wasm).map_err(super::anyhow_of)?;
         if let Some(path) = &path
-            && let Err(e) = write_atomically(path, &component.serialize().map_err(super::anyhow_of)?)
+            && let Err(e) =
+                write_atomically(path, &component.serialize().map_err(super::anyhow_of)?)
         {
             tracing::warn!(path = %path.display(), "cannot cache the compiled component: {e}");
         }
@@ -97,7 +105,11 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     use std::io::Write;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), rand::random::<u64>()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

@@ -291,7 +291,12 @@ impl ops::Host for StoreState {
         self.unary(input, tensor::tanh)
     }
 
-    fn clip(&mut self, input: Resource<Tensor>, min: f32, max: f32) -> HostResult<Resource<Tensor>> {
+    fn clip(
+        &mut self,
+        input: Resource<Tensor>,
+        min: f32,
+        max: f32,
+    ) -> HostResult<Resource<Tensor>> {
         self.unary(input, |x| tensor::clip(x, min, max))
     }
 
@@ -327,7 +332,11 @@ impl ops::Host for StoreState {
         self.push_tensor(out)
     }
 
-    fn reshape(&mut self, input: Resource<Tensor>, shape: Vec<i64>) -> HostResult<Resource<Tensor>> {
+    fn reshape(
+        &mut self,
+        input: Resource<Tensor>,
+        shape: Vec<i64>,
+    ) -> HostResult<Resource<Tensor>> {
         self.unary(input, |x| tensor::reshape(x, &shape))
     }
 
@@ -335,7 +344,11 @@ impl ops::Host for StoreState {
         self.unary(input, |x| tensor::flatten(x, axis as usize))
     }
 
-    fn transpose(&mut self, input: Resource<Tensor>, perm: Vec<u32>) -> HostResult<Resource<Tensor>> {
+    fn transpose(
+        &mut self,
+        input: Resource<Tensor>,
+        perm: Vec<u32>,
+    ) -> HostResult<Resource<Tensor>> {
         let perm: Vec<usize> = perm.iter().map(|&p| p as usize).collect();
         self.unary(input, |x| tensor::transpose(x, &perm))
     }
@@ -349,7 +362,11 @@ impl ops::Host for StoreState {
         self.push_tensor(out)
     }
 
-    fn channel_shuffle(&mut self, input: Resource<Tensor>, groups: u32) -> HostResult<Resource<Tensor>> {
+    fn channel_shuffle(
+        &mut self,
+        input: Resource<Tensor>,
+        groups: u32,
+    ) -> HostResult<Resource<Tensor>> {
         self.unary(input, |x| tensor::channel_shuffle(x, groups as usize))
     }
 }
@@ -363,11 +380,25 @@ impl model::HostModel for StoreState {
     }
 
     fn inputs(&mut self, this: Resource<OpenModel>) -> wasmtime::Result<Vec<types::TensorInfo>> {
-        Ok(self.table.get(&this)?.0.inputs().iter().map(tensor_info).collect())
+        Ok(self
+            .table
+            .get(&this)?
+            .0
+            .inputs()
+            .iter()
+            .map(tensor_info)
+            .collect())
     }
 
     fn outputs(&mut self, this: Resource<OpenModel>) -> wasmtime::Result<Vec<types::TensorInfo>> {
-        Ok(self.table.get(&this)?.0.outputs().iter().map(tensor_info).collect())
+        Ok(self
+            .table
+            .get(&this)?
+            .0
+            .outputs()
+            .iter()
+            .map(tensor_info)
+            .collect())
     }
 
     fn backend(&mut self, this: Resource<OpenModel>) -> wasmtime::Result<String> {

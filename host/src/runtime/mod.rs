@@ -126,13 +126,17 @@ impl Runtime {
             .config
             .cache
             .component(&self.engine, wasm)
-            .with_context(|| format!("cannot compile the component of plugin {:?}", manifest.name))?;
+            .with_context(|| {
+                format!("cannot compile the component of plugin {:?}", manifest.name)
+            })?;
         check_imports(&self.engine, &component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow_of)
-            .with_context(|| format!("plugin {:?} does not fit the edgeplug world", manifest.name))?;
+            .with_context(|| {
+                format!("plugin {:?} does not fit the edgeplug world", manifest.name)
+            })?;
         let pre = PluginPre::new(pre).map_err(anyhow_of)?;
         let shared = Arc::new(PluginShared::load(files, &self.config.limit_caps)?);
         let mut plugin = LoadedPlugin {
@@ -193,7 +197,10 @@ pub(crate) fn anyhow_of(e: wasmtime::Error) -> anyhow::Error {
 
 fn check_imports(engine: &Engine, component: &Component) -> anyhow::Result<()> {
     for (name, _) in component.component_type().imports(engine) {
-        if !ALLOWED_IMPORTS.iter().any(|allowed| name.starts_with(allowed)) {
+        if !ALLOWED_IMPORTS
+            .iter()
+            .any(|allowed| name.starts_with(allowed))
+        {
             anyhow::bail!(
                 "the component imports {name:?}, which this gateway does not grant \
                  (plugins may import edgeplug:plugin interfaces and the WASI interfaces Rust's std needs)"
@@ -321,7 +328,10 @@ impl LoadedPlugin {
                 },
                 glue::HostError::Trap(e) => self.classify(&store, e),
             })?;
-            tensors.push(handle::NamedTensor { name, tensor: handle });
+            tensors.push(handle::NamedTensor {
+                name,
+                tensor: handle,
+            });
         }
         let wit_request = handle::Request {
             content_type: request.content_type,
@@ -385,7 +395,9 @@ impl LoadedPlugin {
 fn limit_error(hit: LimitHit) -> InvokeError {
     match hit {
         LimitHit::LinearMemory { limit_bytes } => InvokeError::MemoryExhausted { limit_bytes },
-        LimitHit::TensorMemory { limit_bytes } => InvokeError::TensorMemoryExhausted { limit_bytes },
+        LimitHit::TensorMemory { limit_bytes } => {
+            InvokeError::TensorMemoryExhausted { limit_bytes }
+        }
     }
 }
 

@@ -32,8 +32,9 @@ impl PluginFiles {
                 Some(c) if path == manifest.component => c.to_path_buf(),
                 _ => dir.join(path),
             };
-            let bytes = std::fs::read(&on_disk)
-                .with_context(|| format!("cannot read {} (named in plugin.toml)", on_disk.display()))?;
+            let bytes = std::fs::read(&on_disk).with_context(|| {
+                format!("cannot read {} (named in plugin.toml)", on_disk.display())
+            })?;
             files.insert(path.to_string(), Arc::from(bytes));
         }
         Ok(PluginFiles { manifest, files })
@@ -72,7 +73,10 @@ pub struct EffectiveLimits {
 const MIB: usize = 1 << 20;
 
 impl EffectiveLimits {
-    pub fn new(manifest: &crate::manifest::Limits, cap: &crate::manifest::Limits) -> EffectiveLimits {
+    pub fn new(
+        manifest: &crate::manifest::Limits,
+        cap: &crate::manifest::Limits,
+    ) -> EffectiveLimits {
         let min = |a: u32, b: u32| a.min(b);
         EffectiveLimits {
             memory_bytes: min(manifest.memory_mib, cap.memory_mib) as usize * MIB,
@@ -105,7 +109,10 @@ pub struct PluginShared {
 
 impl PluginShared {
     /// Loads and optimizes every granted model and weights file once.
-    pub fn load(files: &PluginFiles, cap: &crate::manifest::Limits) -> anyhow::Result<PluginShared> {
+    pub fn load(
+        files: &PluginFiles,
+        cap: &crate::manifest::Limits,
+    ) -> anyhow::Result<PluginShared> {
         let manifest = files.manifest.clone();
         let mut models = BTreeMap::new();
         for (name, path) in &manifest.grants.models {
@@ -151,7 +158,11 @@ impl PluginShared {
         self.models.get(name).cloned().ok_or_else(|| {
             HostError::guest(
                 WitErrorCode::NotPermitted,
-                format!("model {name:?} is not granted to plugin {:?}; its manifest grants {:?}", self.name(), self.models.keys().collect::<Vec<_>>()),
+                format!(
+                    "model {name:?} is not granted to plugin {:?}; its manifest grants {:?}",
+                    self.name(),
+                    self.models.keys().collect::<Vec<_>>()
+                ),
             )
         })
     }
@@ -160,7 +171,10 @@ impl PluginShared {
         self.weights.get(name).cloned().ok_or_else(|| {
             HostError::guest(
                 WitErrorCode::NotFound,
-                format!("no weight tensor {name:?} in the weights files granted to plugin {:?}", self.name()),
+                format!(
+                    "no weight tensor {name:?} in the weights files granted to plugin {:?}",
+                    self.name()
+                ),
             )
         })
     }

@@ -5,7 +5,8 @@
 //! kernels with weights extracted from `digits_cnn.onnx` into `weights.safetensors`.
 
 use edgeplug_sdk::{
-    Activation, Conv2d, Error, Gemm, Plugin, PluginInfo, Request, Response, Tensor, TensorInfo, export,
+    Activation, Conv2d, Error, Gemm, Plugin, PluginInfo, Request, Response, Tensor, TensorInfo,
+    export,
 };
 
 pub mod preprocess;
@@ -49,7 +50,10 @@ fn classify(input: &Tensor) -> Result<Tensor, Error> {
     let features = x.global_avg_pool()?.flatten(1)?;
     let fc_weight = Tensor::load("m.fc.weight")?;
     let fc_bias = Tensor::load("m.fc.bias")?;
-    let logits = Gemm::new(&fc_weight).bias(&fc_bias).trans_b(true).run(&features)?;
+    let logits = Gemm::new(&fc_weight)
+        .bias(&fc_bias)
+        .trans_b(true)
+        .run(&features)?;
     logits.softmax(1)
 }
 
@@ -66,7 +70,9 @@ fn input_tensor(request: &mut Request) -> Result<Tensor, Error> {
     let pixels = match request.mime().as_str() {
         "image/png" | "image/jpeg" | "image/jpg" => preprocess::from_image(&request.body),
         "application/json" => preprocess::from_json(&request.body),
-        "application/x-npy" | "application/octet-stream" if request.body.starts_with(b"\x93NUMPY") => {
+        "application/x-npy" | "application/octet-stream"
+            if request.body.starts_with(b"\x93NUMPY") =>
+        {
             preprocess::from_npy(&request.body)
         }
         other => {
@@ -83,7 +89,9 @@ fn input_tensor(request: &mut Request) -> Result<Tensor, Error> {
 impl Plugin for Digits {
     fn describe() -> PluginInfo {
         PluginInfo::new("digits", env!("CARGO_PKG_VERSION"))
-            .description("Handwritten digit 0-9 from a PNG/JPEG photo or an 8x8 array (sklearn digits CNN)")
+            .description(
+                "Handwritten digit 0-9 from a PNG/JPEG photo or an 8x8 array (sklearn digits CNN)",
+            )
             .input(TensorInfo::f32("input", &[1, 1, 16, 16]))
             .output(TensorInfo::f32("probs", &[1, 10]))
     }

@@ -440,27 +440,36 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn measure_stage_latency_and_model_memory() {
     use edgeplug_host::model::Model;
     let dir = edgeplug_tests::repo().join("plugins/image-classifier");
-    // Host memory of one loaded model: RSS before/after Model::load (parse + optimize).
-    let mut kept = Vec::new();
+    // Host memory of one loaded model: RSS before/after loading (parse + optimize), with the
+    // default backend choice and with tract forced.
     for case in MODELS {
         let bytes = std::fs::read(dir.join(case.file)).unwrap();
-        let before = rss_bytes();
-        let start = Instant::now();
-        let model = Model::load(case.grant, &bytes).unwrap();
-        let load_ms = start.elapsed().as_secs_f64() * 1e3;
-        let after = rss_bytes();
-        drop(bytes);
-        let after_drop = rss_bytes();
-        println!(
-            "model {:<24} file {:>5.1} MB  load {load_ms:>6.0} ms  RSS +{:.1} MB (+{:.1} MB after dropping the file bytes)",
-            case.grant,
-            std::fs::metadata(dir.join(case.file)).unwrap().len() as f64 / 1e6,
-            after.saturating_sub(before) as f64 / 1e6,
-            after_drop.saturating_sub(before) as f64 / 1e6,
-        );
-        kept.push(model);
+        for native in [true, false] {
+            let before = rss_bytes();
+            let start = Instant::now();
+            let model = Model::load_with(case.grant, &bytes, native).unwrap();
+            let load_ms = start.elapsed().as_secs_f64() * 1e3;
+            let after = rss_bytes();
+            let input = Tensor::from_f32(vec![1, 3, 224, 224], vec![0.5; N]).unwrap();
+            model.run(&[&input]).unwrap();
+            let after_run = rss_bytes();
+            let mut runs = Vec::new();
+            for _ in 0..10 {
+                let start = Instant::now();
+                model.run(&[&input]).unwrap();
+                runs.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            println!(
+                "model {:<24} {:<6} file {:>5.1} MB  load {load_ms:>6.0} ms  RSS +{:.1} MB after load, +{:.1} MB after a first run; run {:.1} ms (median of 10)",
+                case.grant,
+                model.backend(),
+                bytes.len() as f64 / 1e6,
+                after.saturating_sub(before) as f64 / 1e6,
+                after_run.saturating_sub(before) as f64 / 1e6,
+                median(runs),
+            );
+        }
     }
-    drop(kept);
 
     let runtime = runtime();
     for case in MODELS {
@@ -497,7 +506,8 @@ fn measure_stage_latency_and_model_memory() {
             let col = |c: usize| median(rows.iter().map(|r| r[c]).collect());
             let (total, decode, pre, model) = (col(0), col(1), col(2), col(3));
             println!(
-                "  {name:<14} end-to-end {total:6.1} ms = decode {decode:5.1} + resize/crop/normalize {pre:5.1} + model {model:5.1} + rest {:4.1} (instantiate, copies, JSON) [median of 20]",
+                "  [{}] {name:<14} end-to-end {total:6.1} ms = decode {decode:5.1} + resize/crop/normalize {pre:5.1} + model {model:5.1} + rest {:4.1} (instantiate, copies, JSON) [median of 20]",
+                case.grant,
                 total - decode - pre - model
             );
         }

@@ -69,11 +69,19 @@ fn raw_arrays_match_reference_accuracy_and_probabilities() {
         if answer.label as i64 == labels[i] {
             correct += 1;
         }
-        for (p, r) in answer.probabilities.iter().zip(&reference[i * 10..i * 10 + 10]) {
+        for (p, r) in answer
+            .probabilities
+            .iter()
+            .zip(&reference[i * 10..i * 10 + 10])
+        {
             max_diff = max_diff.max((p - f64::from(*r)).abs());
         }
     }
-    assert_eq!(correct, 534, "accuracy {correct}/540, the reference is 534/540");
+    println!("digits raw arrays: {correct}/540 correct, max |p - p_ref| = {max_diff:e}");
+    assert_eq!(
+        correct, 534,
+        "accuracy {correct}/540, the reference is 534/540"
+    );
     assert!(max_diff <= 1e-4, "max |p - p_ref| = {max_diff:e} > 1e-4");
 }
 
@@ -140,7 +148,10 @@ fn malformed_inputs_get_clear_errors() {
         match ask(&plugin, content_type, body.to_vec()) {
             Err(InvokeError::Plugin { code, message }) => {
                 assert!(
-                    matches!(code, PluginErrorCode::InvalidArgument | PluginErrorCode::Unsupported),
+                    matches!(
+                        code,
+                        PluginErrorCode::InvalidArgument | PluginErrorCode::Unsupported
+                    ),
                     "{content_type} {body:?}: {code:?}"
                 );
                 assert!(
@@ -177,7 +188,9 @@ fn adversarial_images_never_trap() {
         let result = ask(&plugin, content_type, std::fs::read(&path).unwrap());
         let expected_error: Option<&[&str]> = match name.as_str() {
             "empty.png" => Some(&["empty"]),
-            "not-an-image.png" | "coffee.gif" | "coffee.bmp" => Some(&["unsupported", "not a supported"]),
+            "not-an-image.png" | "coffee.gif" | "coffee.bmp" => {
+                Some(&["unsupported", "not a supported"])
+            }
             "truncated.png" | "truncated.jpg" => Some(&["truncated"]),
             "bomb-30000x30000.png" | "header-only-65535.png" => Some(&["too large"]),
             _ => None,
@@ -190,15 +203,23 @@ fn adversarial_images_never_trap() {
                     "{name}: message {message:?} should say one of {needles:?}"
                 );
             }
-            (Some(_), other) => panic!("{name}: expected a plugin error, got {:?}", other.map(|a| a.label)),
+            (Some(_), other) => panic!(
+                "{name}: expected a plugin error, got {:?}",
+                other.map(|a| a.label)
+            ),
             (None, Ok(answer)) => {
                 if name.starts_with("digit1-") {
                     assert_eq!(answer.label, 1, "{name} is a drawn 1");
                 }
             }
-            (None, Err(InvokeError::Plugin { .. })) if name.starts_with("tiny") || name.starts_with("wide") => {}
+            (None, Err(InvokeError::Plugin { .. }))
+                if name.starts_with("tiny") || name.starts_with("wide") => {}
             (None, Err(e)) => panic!("{name}: {e}"),
         }
     }
-    assert!(seen == 18, "{seen} adversarial files found in {}, expected 18", dir.display());
+    assert!(
+        seen == 18,
+        "{seen} adversarial files found in {}, expected 18",
+        dir.display()
+    );
 }

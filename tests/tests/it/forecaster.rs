@@ -309,16 +309,21 @@ fn rss_bytes() -> u64 {
 fn measure_stage_latency_and_model_memory() {
     let path = edgeplug_tests::repo().join("plugins/forecaster/sunspots_lstm.onnx");
     let bytes = std::fs::read(&path).unwrap();
-    let before = rss_bytes();
-    let start = Instant::now();
-    let model = edgeplug_host::model::Model::load("sunspots-lstm", &bytes).unwrap();
-    println!(
-        "model sunspots-lstm file {} B  load {:.1} ms  RSS +{:.2} MB",
-        bytes.len(),
-        start.elapsed().as_secs_f64() * 1e3,
-        rss_bytes().saturating_sub(before) as f64 / 1e6
-    );
-    drop(model);
+    for native in [true, false] {
+        let before = rss_bytes();
+        let start = Instant::now();
+        let model =
+            edgeplug_host::model::Model::load_with("sunspots-lstm", &bytes, native).unwrap();
+        let load_ms = start.elapsed().as_secs_f64() * 1e3;
+        let window = Tensor::from_f32(vec![1, 24, 1], vec![50.0; 24]).unwrap();
+        model.run(&[&window]).unwrap();
+        println!(
+            "model sunspots-lstm {} file {} B  load {load_ms:.1} ms  RSS +{:.2} MB after load and a first run",
+            model.backend(),
+            bytes.len(),
+            rss_bytes().saturating_sub(before) as f64 / 1e6
+        );
+    }
 
     let runtime = runtime();
     let before = rss_bytes();

@@ -26,7 +26,9 @@ fn weights() -> &'static [u8] {
     static WEIGHTS: OnceLock<Vec<u8>> = OnceLock::new();
     WEIGHTS.get_or_init(|| {
         let onnx = std::fs::read(repo().join("plugins/digits/digits_cnn.onnx")).unwrap();
-        edgeplug_host::weights::extract_onnx_weights(&onnx).unwrap().0
+        edgeplug_host::weights::extract_onnx_weights(&onnx)
+            .unwrap()
+            .0
     })
 }
 
@@ -38,7 +40,11 @@ fn weights() -> &'static [u8] {
 /// length (`a.b.c`, single digits). Occurrences after `@` (the WIT package version), `-`
 /// or `/` (dependency paths in debug info) stay.
 fn wasm_for_version(version: &str) -> Vec<u8> {
-    assert_eq!(version.len(), 5, "test versions are a.b.c with single digits");
+    assert_eq!(
+        version.len(),
+        5,
+        "test versions are a.b.c with single digits"
+    );
     let mut wasm = std::fs::read(DIGITS_WASM).unwrap();
     if version == "0.1.0" {
         return wasm;
@@ -60,7 +66,10 @@ fn wasm_for_version(version: &str) -> Vec<u8> {
             i += 1;
         }
     }
-    assert!(patched >= 1, "the digits component has no version string to rewrite");
+    assert!(
+        patched >= 1,
+        "the digits component has no version string to rewrite"
+    );
     wasm
 }
 
@@ -96,7 +105,11 @@ fn write_plugin_dir(dir: &Path, version: &str, extra: &str, self_test: bool) {
     let mut manifest = manifest.replace("max_request_mib = 8", "max_request_mib = 1");
     if self_test {
         std::fs::create_dir_all(dir.join("selftest")).unwrap();
-        std::fs::copy(fixture("digits/seven.json"), dir.join("selftest/seven.json")).unwrap();
+        std::fs::copy(
+            fixture("digits/seven.json"),
+            dir.join("selftest/seven.json"),
+        )
+        .unwrap();
         std::fs::write(dir.join("selftest/seven.expected.json"), seven_expected()).unwrap();
         manifest.push_str(
             "\n[[self-test]]\nname = \"a seven\"\ninput = \"selftest/seven.json\"\n\
@@ -174,7 +187,11 @@ impl TestGateway {
     }
 
     fn url(&self) -> Uri {
-        let scheme = if self.gateway.is_tls() { "https" } else { "http" };
+        let scheme = if self.gateway.is_tls() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}/", self.addr).parse().unwrap()
     }
 
@@ -192,7 +209,12 @@ impl TestGateway {
             .await
     }
 
-    async fn post(&self, path: &str, content_type: &str, body: impl Into<Bytes>) -> Response<Bytes> {
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Response<Bytes> {
         self.send(
             req("POST", path)
                 .header("content-type", content_type)
@@ -323,7 +345,10 @@ fn argmax(values: &[Value]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_answer_and_refuse_precisely() {
     let mut gw = TestGateway::start("").await;
-    assert_status(&gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await, 200);
+    assert_status(
+        &gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await,
+        200,
+    );
 
     // The page and the listing.
     let page = gw.get("/").await;
@@ -341,36 +366,60 @@ async fn endpoints_answer_and_refuse_precisely() {
 
     // Invoke: JSON and PNG in, the plugin's answer out, with the version that answered.
     let seven = std::fs::read(fixture("digits/seven.json")).unwrap();
-    let answer = gw.post("/v1/plugins/digits/infer", "application/json", seven.clone()).await;
+    let answer = gw
+        .post(
+            "/v1/plugins/digits/infer",
+            "application/json",
+            seven.clone(),
+        )
+        .await;
     assert_status(&answer, 200);
     assert_eq!(header(&answer, "content-type"), "application/json");
     assert_eq!(header(&answer, "x-edgeplug-version"), "1.0.0");
     assert_eq!(json_of(&answer)["label"], 7);
     let one = std::fs::read(fixture("images/adversarial/digit1-gray8.png")).unwrap();
-    let answer = gw.post("/v1/plugins/digits/infer", "image/png", one.clone()).await;
+    let answer = gw
+        .post("/v1/plugins/digits/infer", "image/png", one.clone())
+        .await;
     assert_status(&answer, 200);
     assert_eq!(json_of(&answer)["label"], 1);
 
     // Invoke refusals: the plugin's own verdicts, unknown plugin, wrong method, size.
     let truncated = std::fs::read(fixture("images/adversarial/truncated.png")).unwrap();
-    let bad = gw.post("/v1/plugins/digits/infer", "image/png", truncated).await;
+    let bad = gw
+        .post("/v1/plugins/digits/infer", "image/png", truncated)
+        .await;
     assert_status(&bad, 400);
     assert_eq!(error_code(&bad), "invalid-argument");
-    let unsupported = gw.post("/v1/plugins/digits/infer", "text/plain", "hello").await;
+    let unsupported = gw
+        .post("/v1/plugins/digits/infer", "text/plain", "hello")
+        .await;
     assert_status(&unsupported, 415);
     assert_eq!(error_code(&unsupported), "unsupported");
-    let missing = gw.post("/v1/plugins/nope/infer", "application/json", seven.clone()).await;
+    let missing = gw
+        .post("/v1/plugins/nope/infer", "application/json", seven.clone())
+        .await;
     assert_status(&missing, 404);
     assert_eq!(error_code(&missing), "plugin-not-found");
     assert_status(&gw.get("/v1/plugins/digits/infer").await, 405);
     assert_status(&gw.get("/no/such/path").await, 404);
     // The test bundle sets max_request_mib = 1.
     let big = vec![b' '; (1 << 20) + 1];
-    let too_large = gw.post("/v1/plugins/digits/infer", "application/json", big).await;
+    let too_large = gw
+        .post("/v1/plugins/digits/infer", "application/json", big)
+        .await;
     assert_status(&too_large, 413);
     assert_eq!(error_code(&too_large), "request-too-large");
     // The connection that was refused still gets its answer, and the gateway carries on.
-    assert_status(&gw.post("/v1/plugins/digits/infer", "application/json", seven.clone()).await, 200);
+    assert_status(
+        &gw.post(
+            "/v1/plugins/digits/infer",
+            "application/json",
+            seven.clone(),
+        )
+        .await,
+        200,
+    );
 
     // /predict: the classic multipart form.
     let (form_type, form) = multipart("image", "one.png", "image/png", &one);
@@ -400,7 +449,12 @@ async fn endpoints_answer_and_refuse_precisely() {
     assert_status(&gw.get("/v2/models/digits/versions/9.9.9").await, 404);
     let unknown = gw.get("/v2/models/nope").await;
     assert_status(&unknown, 404);
-    assert!(json_of(&unknown)["error"].as_str().unwrap().contains("nope"));
+    assert!(
+        json_of(&unknown)["error"]
+            .as_str()
+            .unwrap()
+            .contains("nope")
+    );
 
     let (pixels, label) = digits_tensor_input();
     let v2 = json!({
@@ -408,7 +462,13 @@ async fn endpoints_answer_and_refuse_precisely() {
         "inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": pixels}],
         "outputs": [{"name": "probs"}],
     });
-    let answer = gw.post("/v2/models/digits/infer", "application/json", v2.to_string()).await;
+    let answer = gw
+        .post(
+            "/v2/models/digits/infer",
+            "application/json",
+            v2.to_string(),
+        )
+        .await;
     assert_status(&answer, 200);
     let out = json_of(&answer);
     assert_eq!(out["model_name"], "digits");
@@ -417,42 +477,95 @@ async fn endpoints_answer_and_refuse_precisely() {
     assert_eq!(out["outputs"][0]["name"], "probs");
     assert_eq!(out["outputs"][0]["datatype"], "FP32");
     assert_eq!(out["outputs"][0]["shape"], json!([1, 10]));
-    assert_eq!(argmax(out["outputs"][0]["data"].as_array().unwrap()) as i64, label);
+    assert_eq!(
+        argmax(out["outputs"][0]["data"].as_array().unwrap()) as i64,
+        label
+    );
     // Nested data and a BYTES input (the request body) work too.
     let nested: Vec<Vec<f32>> = pixels.chunks(16).map(<[f32]>::to_vec).collect();
     let v2 = json!({"inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": [[nested]]}]});
-    let out = json_of(&gw.post("/v2/models/digits/versions/1.0.0/infer", "application/json", v2.to_string()).await);
-    assert_eq!(argmax(out["outputs"][0]["data"].as_array().unwrap()) as i64, label);
+    let out = json_of(
+        &gw.post(
+            "/v2/models/digits/versions/1.0.0/infer",
+            "application/json",
+            v2.to_string(),
+        )
+        .await,
+    );
+    assert_eq!(
+        argmax(out["outputs"][0]["data"].as_array().unwrap()) as i64,
+        label
+    );
     let v2 = json!({"inputs": [{"name": "body", "shape": [1], "datatype": "BYTES",
         "data": [String::from_utf8(seven.clone()).unwrap()],
         "parameters": {"content_type": "application/json"}}], "outputs": [{"name": "body"}]});
-    let out = json_of(&gw.post("/v2/models/digits/infer", "application/json", v2.to_string()).await);
+    let out = json_of(
+        &gw.post(
+            "/v2/models/digits/infer",
+            "application/json",
+            v2.to_string(),
+        )
+        .await,
+    );
     let body: Value = serde_json::from_str(out["outputs"][0]["data"][0].as_str().unwrap()).unwrap();
     assert_eq!(body["label"], 7);
     // v2 refusals: datatype, element count, shape the plugin refuses, not JSON.
     for (input, status) in [
-        (json!({"name": "input", "shape": [1], "datatype": "FP64", "data": [1.0]}), 400),
-        (json!({"name": "input", "shape": [2], "datatype": "FP32", "data": [1.0]}), 400),
-        (json!({"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}), 400),
+        (
+            json!({"name": "input", "shape": [1], "datatype": "FP64", "data": [1.0]}),
+            400,
+        ),
+        (
+            json!({"name": "input", "shape": [2], "datatype": "FP32", "data": [1.0]}),
+            400,
+        ),
+        (
+            json!({"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}),
+            400,
+        ),
     ] {
         let answer = gw
-            .post("/v2/models/digits/infer", "application/json", json!({"inputs": [input]}).to_string())
+            .post(
+                "/v2/models/digits/infer",
+                "application/json",
+                json!({"inputs": [input]}).to_string(),
+            )
             .await;
         assert_status(&answer, status);
         assert!(json_of(&answer)["error"].is_string());
     }
-    assert_status(&gw.post("/v2/models/digits/infer", "application/json", "{").await, 400);
+    assert_status(
+        &gw.post("/v2/models/digits/infer", "application/json", "{")
+            .await,
+        400,
+    );
 
     // Admin without the token, with a wrong one, or on an unknown plugin.
     let no_token = gw
-        .send(req("PUT", "/v1/admin/plugins/digits").body(ChunkedBody::new(digits_bundle(&gw.key, "2.0.0"))).unwrap())
+        .send(
+            req("PUT", "/v1/admin/plugins/digits")
+                .body(ChunkedBody::new(digits_bundle(&gw.key, "2.0.0")))
+                .unwrap(),
+        )
         .await;
     assert_status(&no_token, 401);
     assert!(header(&no_token, "www-authenticate").starts_with("Bearer"));
-    for path in ["/v1/admin/plugins/digits/rollback", "/v1/admin/plugins/digits"] {
-        let method = if path.ends_with("rollback") { "POST" } else { "DELETE" };
+    for path in [
+        "/v1/admin/plugins/digits/rollback",
+        "/v1/admin/plugins/digits",
+    ] {
+        let method = if path.ends_with("rollback") {
+            "POST"
+        } else {
+            "DELETE"
+        };
         let wrong = gw
-            .send(req(method, path).header("authorization", "Bearer wrong-token").body(ChunkedBody::new(Vec::new())).unwrap())
+            .send(
+                req(method, path)
+                    .header("authorization", "Bearer wrong-token")
+                    .body(ChunkedBody::new(Vec::new()))
+                    .unwrap(),
+            )
             .await;
         assert_status(&wrong, 401);
     }
@@ -471,9 +584,17 @@ async fn endpoints_answer_and_refuse_precisely() {
     let count: u64 = requests.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 8, "{requests}");
     assert!(text.contains("edgeplug_request_errors_total{plugin=\"digits\",version=\"1.0.0\",code=\"invalid-argument\"} 1"), "{text}");
-    assert!(text.contains("edgeplug_request_duration_seconds_bucket{plugin=\"digits\",version=\"1.0.0\",le=\"+Inf\"}"));
-    assert!(text.contains("edgeplug_swaps_total{plugin=\"digits\",version=\"1.0.0\"} 1"), "{text}");
-    assert!(text.contains("edgeplug_requests_refused_total{status=\"404\"}"), "{text}");
+    assert!(text.contains(
+        "edgeplug_request_duration_seconds_bucket{plugin=\"digits\",version=\"1.0.0\",le=\"+Inf\"}"
+    ));
+    assert!(
+        text.contains("edgeplug_swaps_total{plugin=\"digits\",version=\"1.0.0\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edgeplug_requests_refused_total{status=\"404\"}"),
+        "{text}"
+    );
     gw.stop().await;
 }
 
@@ -488,7 +609,12 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
         async move {
             let mut c = Connection::open(&addr, None).await.unwrap();
             let r = c
-                .send(req("POST", "/v1/plugins/digits/infer").header("content-type", "application/json").body(ChunkedBody::new(seven)).unwrap())
+                .send(
+                    req("POST", "/v1/plugins/digits/infer")
+                        .header("content-type", "application/json")
+                        .body(ChunkedBody::new(seven))
+                        .unwrap(),
+                )
                 .await
                 .unwrap();
             assert_status(&r, 200);
@@ -523,30 +649,87 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
         .bytes;
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
         ("tampered", "digits", tampered, 403, "bad-signature"),
-        ("unknown key", "digits", digits_bundle(&other_key, "1.1.0"), 403, "unknown-key"),
+        (
+            "unknown key",
+            "digits",
+            digits_bundle(&other_key, "1.1.0"),
+            403,
+            "unknown-key",
+        ),
         ("unsigned", "digits", unsigned, 403, "unsigned"),
-        ("garbage", "digits", b"not a bundle".to_vec(), 400, "malformed"),
-        ("same version", "digits", digits_bundle(&key, "1.0.0"), 409, "not-newer"),
-        ("older version", "digits", digits_bundle(&key, "0.9.0"), 409, "not-newer"),
+        (
+            "garbage",
+            "digits",
+            b"not a bundle".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "same version",
+            "digits",
+            digits_bundle(&key, "1.0.0"),
+            409,
+            "not-newer",
+        ),
+        (
+            "older version",
+            "digits",
+            digits_bundle(&key, "0.9.0"),
+            409,
+            "not-newer",
+        ),
         ("wrong name", "other", good.clone(), 400, "name-mismatch"),
-        ("failing self-test", "digits", wrong_self_test, 422, "self-test-failed"),
-        ("broken component", "digits", broken_component, 422, "load-failed"),
+        (
+            "failing self-test",
+            "digits",
+            wrong_self_test,
+            422,
+            "self-test-failed",
+        ),
+        (
+            "broken component",
+            "digits",
+            broken_component,
+            422,
+            "load-failed",
+        ),
     ];
     for (what, name, bundle, status, code) in cases {
         let refused = gw.push(name, bundle).await;
-        assert_eq!(refused.status().as_u16(), status, "{what}: {}", String::from_utf8_lossy(refused.body()));
+        assert_eq!(
+            refused.status().as_u16(),
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(refused.body())
+        );
         assert_eq!(error_code(&refused), code, "{what}");
-        assert!(!json_of(&refused)["error"]["message"].as_str().unwrap().is_empty());
+        assert!(
+            !json_of(&refused)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(ask(&gw).await, "1.0.0", "{what} changed the active version");
         assert_eq!(gw.active_version("digits").await.as_deref(), Some("1.0.0"));
     }
-    let refused = gw.push("digits", bundle_with(&key, "1.2.1", |dir| {
-        let path = dir.join("selftest/seven.expected.json");
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replacen("\"label\":7", "\"label\":3", 1)).unwrap();
-    })).await;
-    let message = json_of(&refused)["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("a seven") && message.contains("$.label"), "{message}");
+    let refused = gw
+        .push(
+            "digits",
+            bundle_with(&key, "1.2.1", |dir| {
+                let path = dir.join("selftest/seven.expected.json");
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(&path, text.replacen("\"label\":7", "\"label\":3", 1)).unwrap();
+            }),
+        )
+        .await;
+    let message = json_of(&refused)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("a seven") && message.contains("$.label"),
+        "{message}"
+    );
 
     // A good push swaps; then `edgeplug push` (the CLI's code path, with its progress bar).
     assert_status(&gw.push("digits", good).await, 200);
@@ -578,10 +761,11 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
         token: Some(TOKEN.into()),
         cacert: None,
     };
-    let code = tokio::task::spawn_blocking(move || edgeplug_host::cli_serve::run_rollback(rollback_args))
-        .await
-        .unwrap()
-        .unwrap();
+    let code =
+        tokio::task::spawn_blocking(move || edgeplug_host::cli_serve::run_rollback(rollback_args))
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     assert_eq!(ask(&gw).await, "1.0.0");
     let none_left = gw.rollback("digits").await;
@@ -594,25 +778,60 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
     // The state survives a restart: a new gateway on the same directory serves 1.6.0, and
     // rolls back from disk (re-verified, self-tested).
     let config = gw.gateway.config.clone();
-    let reopened = tokio::task::spawn_blocking(move || Gateway::open(config)).await.unwrap().unwrap();
-    assert_eq!(reopened.registry.get("digits").unwrap().version.to_string(), "1.6.0");
+    let reopened = tokio::task::spawn_blocking(move || Gateway::open(config))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reopened.registry.get("digits").unwrap().version.to_string(),
+        "1.6.0"
+    );
     let r = reopened.clone();
-    let outcome = tokio::task::spawn_blocking(move || r.registry.rollback("digits")).await.unwrap().unwrap();
+    let outcome = tokio::task::spawn_blocking(move || r.registry.rollback("digits"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome.version.as_deref(), Some("1.5.0"));
     drop(reopened);
 
     // Metrics count the refusals by reason.
     let text = String::from_utf8_lossy(gw.get("/metrics").await.body()).into_owned();
-    assert!(text.contains("edgeplug_bundles_rejected_total{plugin=\"digits\",reason=\"bad-signature\"} 1"), "{text}");
-    assert!(text.contains("edgeplug_bundles_rejected_total{plugin=\"digits\",reason=\"self-test-failed\"} 2"), "{text}");
-    assert!(text.contains("edgeplug_rollbacks_total{plugin=\"digits\",version=\"1.1.0\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "edgeplug_bundles_rejected_total{plugin=\"digits\",reason=\"bad-signature\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "edgeplug_bundles_rejected_total{plugin=\"digits\",reason=\"self-test-failed\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("edgeplug_rollbacks_total{plugin=\"digits\",version=\"1.1.0\"} 1"),
+        "{text}"
+    );
 
     // Removal: the plugin is gone, from the registry and the listing.
     let removed = gw
-        .send(req("DELETE", "/v1/admin/plugins/digits").header("authorization", format!("Bearer {TOKEN}")).body(ChunkedBody::new(Vec::new())).unwrap())
+        .send(
+            req("DELETE", "/v1/admin/plugins/digits")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(ChunkedBody::new(Vec::new()))
+                .unwrap(),
+        )
         .await;
     assert_status(&removed, 200);
-    assert_status(&gw.post("/v1/plugins/digits/infer", "application/json", seven.clone()).await, 404);
+    assert_status(
+        &gw.post(
+            "/v1/plugins/digits/infer",
+            "application/json",
+            seven.clone(),
+        )
+        .await,
+        404,
+    );
     assert_eq!(json_of(&gw.get("/v1/plugins").await)["plugins"], json!([]));
     gw.stop().await;
 }
@@ -620,8 +839,10 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_under_load_loses_no_request() {
     const PUSHES: usize = 100;
-    const CLIENTS: usize = 3;
-    const MAX_REQUESTS: usize = 200_000;
+    const CLIENTS: usize = 2;
+    // Bounds on the load (it stops when the pushes are done): a count and a time.
+    const MAX_REQUESTS: usize = 2_000_000;
+    const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(900);
     let mut gw = TestGateway::start("").await;
     let key = gw.key.clone();
     // 1.0.0, then 100 newer versions 1.0.1 ... 2.0.0 (a.b.c, single digits).
@@ -631,9 +852,11 @@ async fn hot_swap_under_load_loses_no_request() {
     let bundles: Vec<Vec<u8>> = {
         let key = key.clone();
         let versions = versions.clone();
-        tokio::task::spawn_blocking(move || versions.iter().map(|v| digits_bundle(&key, v)).collect())
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            versions.iter().map(|v| digits_bundle(&key, v)).collect()
+        })
+        .await
+        .unwrap()
     };
     assert_status(&gw.push("digits", bundles[0].clone()).await, 200);
 
@@ -647,16 +870,26 @@ async fn hot_swap_under_load_loses_no_request() {
             let mut connection = Connection::open(&url, None).await.unwrap();
             let mut seen: BTreeMap<String, usize> = BTreeMap::new();
             let mut failures = Vec::new();
-            while !done.load(Ordering::Relaxed) && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS {
+            let started = std::time::Instant::now();
+            while !done.load(Ordering::Relaxed)
+                && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
+                && started.elapsed() < MAX_TIME
+            {
                 let request = req("POST", "/v1/plugins/digits/infer")
                     .header("content-type", "application/json")
                     .body(ChunkedBody::new(seven.clone()))
                     .unwrap();
                 match connection.send(request).await {
                     Ok(r) if r.status() == 200 && json_of(&r)["label"] == 7 => {
-                        *seen.entry(header(&r, "x-edgeplug-version").to_string()).or_default() += 1;
+                        *seen
+                            .entry(header(&r, "x-edgeplug-version").to_string())
+                            .or_default() += 1;
                     }
-                    Ok(r) => failures.push(format!("{}: {}", r.status(), String::from_utf8_lossy(r.body()))),
+                    Ok(r) => failures.push(format!(
+                        "{}: {}",
+                        r.status(),
+                        String::from_utf8_lossy(r.body())
+                    )),
                     Err(e) => failures.push(e.to_string()),
                 }
             }
@@ -675,7 +908,13 @@ async fn hot_swap_under_load_loses_no_request() {
             let rolled = gw.rollback("digits").await;
             assert_status(&rolled, 200);
             assert_eq!(json_of(&rolled)["version"], previous.as_str());
-            let answer = gw.post("/v1/plugins/digits/infer", "application/json", seven.clone()).await;
+            let answer = gw
+                .post(
+                    "/v1/plugins/digits/infer",
+                    "application/json",
+                    seven.clone(),
+                )
+                .await;
             assert_status(&answer, 200);
             assert_eq!(header(&answer, "x-edgeplug-version"), previous);
             rollbacks += 1;
@@ -693,35 +932,76 @@ async fn hot_swap_under_load_loses_no_request() {
         }
         failures.extend(f);
     }
-    assert!(failures.is_empty(), "{} failed requests, first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     let known: BTreeSet<&String> = versions.iter().collect();
-    assert!(seen.keys().all(|v| known.contains(v)), "unknown versions answered: {seen:?}");
+    assert!(
+        seen.keys().all(|v| known.contains(v)),
+        "unknown versions answered: {seen:?}"
+    );
     let total: usize = seen.values().sum();
-    assert!(total > 0 && seen.len() > 1, "the load saw {total} requests on {} versions", seen.len());
+    assert!(
+        total > 0 && seen.len() > 1,
+        "the load saw {total} requests on {} versions",
+        seen.len()
+    );
     assert_eq!(rollbacks, PUSHES / 10);
-    println!("hot swap: {PUSHES} pushes, {rollbacks} rollbacks, {total} requests on {} versions, 0 failed", seen.len());
+    println!(
+        "hot swap: {PUSHES} pushes, {rollbacks} rollbacks, {total} requests on {} versions, 0 failed",
+        seen.len()
+    );
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_plugin_answers_503_with_retry_after() {
     let mut gw = TestGateway::start("").await;
-    assert_status(&gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await, 200);
+    assert_status(
+        &gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await,
+        200,
+    );
     let seven = std::fs::read(fixture("digits/seven.json")).unwrap();
     // Take every permit of the active version, as that many running requests would.
     let active = gw.gateway.registry.get("digits").unwrap();
     let all = active.plugin.shared().limits().concurrency as u32;
-    let held = active.permits.clone().acquire_many_owned(all).await.unwrap();
-    let busy = gw.post("/v1/plugins/digits/infer", "application/json", seven.clone()).await;
+    let held = active
+        .permits
+        .clone()
+        .acquire_many_owned(all)
+        .await
+        .unwrap();
+    let busy = gw
+        .post(
+            "/v1/plugins/digits/infer",
+            "application/json",
+            seven.clone(),
+        )
+        .await;
     assert_status(&busy, 503);
     assert_eq!(header(&busy, "retry-after"), "1");
     assert_eq!(error_code(&busy), "saturated");
-    let (form_type, form) = multipart("image", "one.png", "image/png", &std::fs::read(fixture("images/adversarial/digit1-gray8.png")).unwrap());
+    let (form_type, form) = multipart(
+        "image",
+        "one.png",
+        "image/png",
+        &std::fs::read(fixture("images/adversarial/digit1-gray8.png")).unwrap(),
+    );
     assert_status(&gw.post("/predict", &form_type, form).await, 503);
     drop(held);
-    assert_status(&gw.post("/v1/plugins/digits/infer", "application/json", seven).await, 200);
+    assert_status(
+        &gw.post("/v1/plugins/digits/infer", "application/json", seven)
+            .await,
+        200,
+    );
     let text = String::from_utf8_lossy(gw.get("/metrics").await.body()).into_owned();
-    assert!(text.contains("edgeplug_requests_refused_total{status=\"503\"} 2"), "{text}");
+    assert!(
+        text.contains("edgeplug_requests_refused_total{status=\"503\"} 2"),
+        "{text}"
+    );
     gw.stop().await;
 }
 
@@ -735,17 +1015,28 @@ async fn tls_with_a_certificate_made_now() {
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let mut gw = TestGateway::start(&format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert, key)).await;
     assert!(gw.gateway.is_tls());
-    let url: Uri = format!("https://localhost:{}/", gw.addr.port()).parse().unwrap();
+    let url: Uri = format!("https://localhost:{}/", gw.addr.port())
+        .parse()
+        .unwrap();
     let mut connection = Connection::open(&url, Some(&cert)).await.unwrap();
     let live = connection
-        .send(req("GET", "/v2/health/live").body(ChunkedBody::new(Vec::new())).unwrap())
+        .send(
+            req("GET", "/v2/health/live")
+                .body(ChunkedBody::new(Vec::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_status(&live, 200);
     // Pushing over TLS with the CLI's client.
     let bundle = digits_bundle(&gw.key, "1.0.0");
     let pushed = connection
-        .send(req("PUT", "/v1/admin/plugins/digits").header("authorization", format!("Bearer {TOKEN}")).body(ChunkedBody::new(bundle)).unwrap())
+        .send(
+            req("PUT", "/v1/admin/plugins/digits")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(ChunkedBody::new(bundle))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_status(&pushed, 200);
@@ -755,7 +1046,11 @@ async fn tls_with_a_certificate_made_now() {
     let mut plain = Connection::open(&plain, None).await.unwrap();
     assert!(
         plain
-            .send(req("GET", "/v2/health/live").body(ChunkedBody::new(Vec::new())).unwrap())
+            .send(
+                req("GET", "/v2/health/live")
+                    .body(ChunkedBody::new(Vec::new()))
+                    .unwrap()
+            )
             .await
             .is_err()
     );
@@ -767,7 +1062,11 @@ async fn graceful_shutdown_stops_accepting_and_returns() {
     let mut gw = TestGateway::start("").await;
     let mut idle = gw.connect().await;
     let live = idle
-        .send(req("GET", "/v2/health/live").body(ChunkedBody::new(Vec::new())).unwrap())
+        .send(
+            req("GET", "/v2/health/live")
+                .body(ChunkedBody::new(Vec::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_status(&live, 200);
@@ -775,9 +1074,13 @@ async fn graceful_shutdown_stops_accepting_and_returns() {
     gw.stop().await;
     assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
     assert!(
-        idle.send(req("GET", "/v2/health/live").body(ChunkedBody::new(Vec::new())).unwrap())
-            .await
-            .is_err()
+        idle.send(
+            req("GET", "/v2/health/live")
+                .body(ChunkedBody::new(Vec::new()))
+                .unwrap()
+        )
+        .await
+        .is_err()
     );
 }
 
@@ -789,7 +1092,10 @@ async fn default_configuration_disables_admin_and_predict() {
         trust_dir: dir.path().join("trust"),
         ..Config::default()
     };
-    let gateway = tokio::task::spawn_blocking(move || Gateway::open(config)).await.unwrap().unwrap();
+    let gateway = tokio::task::spawn_blocking(move || Gateway::open(config))
+        .await
+        .unwrap()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -799,18 +1105,39 @@ async fn default_configuration_disables_admin_and_predict() {
     let url: Uri = format!("http://{addr}/").parse().unwrap();
     let mut c = Connection::open(&url, None).await.unwrap();
     let admin = c
-        .send(req("POST", "/v1/admin/plugins/digits/rollback").header("authorization", "Bearer x").body(ChunkedBody::new(Vec::new())).unwrap())
+        .send(
+            req("POST", "/v1/admin/plugins/digits/rollback")
+                .header("authorization", "Bearer x")
+                .body(ChunkedBody::new(Vec::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_status(&admin, 403);
     assert_eq!(error_code(&admin), "admin-disabled");
     let predict = c
-        .send(req("POST", "/predict").header("content-type", "multipart/form-data; boundary=x").body(ChunkedBody::new("--x--")).unwrap())
+        .send(
+            req("POST", "/predict")
+                .header("content-type", "multipart/form-data; boundary=x")
+                .body(ChunkedBody::new("--x--"))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_status(&predict, 404);
     assert_eq!(error_code(&predict), "no-default-plugin");
-    assert_eq!(json_of(&c.send(req("GET", "/v1/plugins").body(ChunkedBody::new(Vec::new())).unwrap()).await.unwrap())["plugins"], json!([]));
+    assert_eq!(
+        json_of(
+            &c.send(
+                req("GET", "/v1/plugins")
+                    .body(ChunkedBody::new(Vec::new()))
+                    .unwrap()
+            )
+            .await
+            .unwrap()
+        )["plugins"],
+        json!([])
+    );
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
@@ -824,11 +1151,16 @@ async fn web_page_lists_plugins_in_a_headless_browser() {
             std::env::var_os("CI").is_none(),
             "chromium is not installed, and CI is set: install it (apt-get install -y chromium)"
         );
-        eprintln!("SKIPPED web_page_lists_plugins_in_a_headless_browser: chromium is not installed (apt-get install -y chromium)");
+        eprintln!(
+            "SKIPPED web_page_lists_plugins_in_a_headless_browser: chromium is not installed (apt-get install -y chromium)"
+        );
         return;
     };
     let mut gw = TestGateway::start("").await;
-    assert_status(&gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await, 200);
+    assert_status(
+        &gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await,
+        200,
+    );
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{}/", gw.addr);
     let profile_dir = profile.path().to_path_buf();
@@ -862,20 +1194,174 @@ async fn web_page_lists_plugins_in_a_headless_browser() {
     );
     // The plugin row and the plugin's option in the upload form, both filled in by the
     // page's script from /v1/plugins.
-    assert!(dom.contains("data-name=\"digits\""), "no plugin row in:\n{dom}");
-    assert!(dom.contains("<option value=\"digits\">digits 1.0.0</option>"), "no plugin option in:\n{dom}");
-    assert!(dom.contains("Handwritten digit"), "no description in:\n{dom}");
+    assert!(
+        dom.contains("data-name=\"digits\""),
+        "no plugin row in:\n{dom}"
+    );
+    assert!(
+        dom.contains("<option value=\"digits\">digits 1.0.0</option>"),
+        "no plugin option in:\n{dom}"
+    );
+    assert!(
+        dom.contains("Handwritten digit"),
+        "no description in:\n{dom}"
+    );
     gw.stop().await;
 }
 
 fn find_chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
         .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(name))
-                    .find(|p| p.is_file())
+        .find_map(|name| find_on_path(name))
+}
+
+/// Throughput and latency over HTTP with keep-alive on loopback, measured with `wrk`, next
+/// to a bare hyper hello-world in the same run (each server on one worker thread), and p99
+/// during pushes against steady state. A benchmark, not a test: run it with
+/// `cargo test --release -p edgeplug-tests --test it gateway::bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+fn bench_gateway_against_hello_world() {
+    let Some(wrk) = find_on_path("wrk") else {
+        eprintln!("SKIPPED: wrk is not installed (apt-get install -y wrk)");
+        return;
+    };
+    let one_worker = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // A bare hyper hello-world.
+    let hello_rt = one_worker();
+    let hello_addr = hello_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"hello"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    });
+    let gw_rt = one_worker();
+    let gw = gw_rt.block_on(async {
+        let gw = TestGateway::start("[limits]\nconcurrency = 64\n").await;
+        let key = gw.key.clone();
+        let bundle = tokio::task::spawn_blocking(move || {
+            bundle_with(&key, "1.0.0", |dir| {
+                let path = dir.join("plugin.toml");
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(&path, text.replace("concurrency = 8", "concurrency = 32")).unwrap();
             })
         })
+        .await
+        .unwrap();
+        assert_status(&gw.push("digits", bundle).await, 200);
+        gw
+    });
+    let scripts = tempfile::tempdir().unwrap();
+    let seven = std::fs::read_to_string(fixture("digits/seven.json")).unwrap();
+    let post = scripts.path().join("post.lua");
+    std::fs::write(
+        &post,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = {:?}\n",
+            seven.trim()
+        ),
+    )
+    .unwrap();
+    let run = |url: String, script: Option<&Path>, seconds: u32| {
+        let mut cmd = std::process::Command::new(&wrk);
+        cmd.args(["-t1", "-c8", &format!("-d{seconds}s"), "--latency"]);
+        if let Some(script) = script {
+            cmd.arg("-s").arg(script);
+        }
+        let out = cmd.arg(&url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |prefix: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(prefix))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+                .unwrap_or_else(|| "?".into())
+        };
+        let non_2xx = text
+            .lines()
+            .find(|l| l.contains("Non-2xx"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        (field("Requests/sec:"), field("50%"), field("99%"), non_2xx)
+    };
+    let report = |what: &str, r: &(String, String, String, String)| {
+        println!(
+            "{what:<42} {:>10} req/s  p50 {:>9}  p99 {:>9}  {}",
+            r.0, r.1, r.2, r.3
+        );
+    };
+    let hello = run(format!("http://{hello_addr}/"), None, 5);
+    report("bare hyper hello-world", &hello);
+    let live = run(format!("http://{}/v2/health/live", gw.addr), None, 5);
+    report("gateway GET /v2/health/live (no plugin)", &live);
+    let digits_url = format!("http://{}/v1/plugins/digits/infer", gw.addr);
+    let steady = run(digits_url.clone(), Some(&post), 5);
+    report("gateway digits infer (JSON 8x8), steady", &steady);
+    // p99 while versions are pushed back to back.
+    let pushing = Arc::new(AtomicBool::new(true));
+    let pusher = {
+        let (pushing, key) = (pushing.clone(), gw.key.clone());
+        let url = gw.url();
+        gw_rt.spawn(async move {
+            let mut n = 101;
+            let mut pushes = 0;
+            while pushing.load(Ordering::Relaxed) && n < 999 {
+                let version = format!("{}.{}.{}", n / 100, (n / 10) % 10, n % 10);
+                let key = key.clone();
+                let bundle = tokio::task::spawn_blocking(move || digits_bundle(&key, &version))
+                    .await
+                    .unwrap();
+                let mut c = Connection::open(&url, None).await.unwrap();
+                let r = c
+                    .send(
+                        req("PUT", "/v1/admin/plugins/digits")
+                            .header("authorization", format!("Bearer {TOKEN}"))
+                            .body(ChunkedBody::new(bundle))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_status(&r, 200);
+                n += 1;
+                pushes += 1;
+            }
+            pushes
+        })
+    };
+    let swapping = run(digits_url, Some(&post), 20);
+    pushing.store(false, Ordering::Relaxed);
+    let pushes = gw_rt.block_on(pusher).unwrap();
+    report(
+        &format!("gateway digits infer during {pushes} pushes"),
+        &swapping,
+    );
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
 }

@@ -430,11 +430,23 @@ fn classifier_self_test_expectations_hold_for_every_model() {
 fn record_int8_self_test_expectations() {
     let runtime = runtime();
     for case in crate::classifier::MODELS.iter().filter(|m| !m.float) {
-        let plugin = load_with_grants(&runtime, "image-classifier", IMAGE_CLASSIFIER_WASM, &[(case.grant, case.file)]);
+        let plugin = load_with_grants(
+            &runtime,
+            "image-classifier",
+            IMAGE_CLASSIFIER_WASM,
+            &[(case.grant, case.file)],
+        );
         let response = plugin.infer(png_request("image/png")).expect("classified");
         let json: Value = serde_json::from_slice(&response.body).unwrap();
-        assert_eq!(json[0]["index"], case.top1[0], "{}: top-1 as in the models README", case.grant);
-        let path = repo().join(format!("plugins/image-classifier/selftest/chelsea.{}.json", case.grant));
+        assert_eq!(
+            json[0]["index"], case.top1[0],
+            "{}: top-1 as in the models README",
+            case.grant
+        );
+        let path = repo().join(format!(
+            "plugins/image-classifier/selftest/chelsea.{}.json",
+            case.grant
+        ));
         std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap() + "\n").unwrap();
         println!("wrote {}", path.display());
     }

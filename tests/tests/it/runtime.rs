@@ -28,7 +28,13 @@ fn tensor_requests_are_checked_and_answered() {
         })
         .unwrap_err();
     assert!(
-        matches!(&err, edgeplug_host::runtime::InvokeError::Plugin { code: PluginErrorCode::ShapeMismatch, .. }),
+        matches!(
+            &err,
+            edgeplug_host::runtime::InvokeError::Plugin {
+                code: PluginErrorCode::ShapeMismatch,
+                ..
+            }
+        ),
         "{err}"
     );
     let blank = Tensor::from_f32(vec![1, 1, 16, 16], vec![0.0; 256]).unwrap();
@@ -55,7 +61,13 @@ fn oversized_request_is_refused_before_the_plugin_runs() {
             tensors: Vec::new(),
         })
         .unwrap_err();
-    assert!(matches!(err, edgeplug_host::runtime::InvokeError::RequestTooLarge { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            edgeplug_host::runtime::InvokeError::RequestTooLarge { .. }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -65,5 +77,8 @@ fn shipped_weights_are_exactly_what_the_extractor_gives() {
     let (bytes, nodes) = edgeplug_host::weights::extract_onnx_weights(&onnx).unwrap();
     assert_eq!(nodes.len(), 22, "digits_cnn has 22 nodes");
     let shipped = std::fs::read(root.join("weights.safetensors")).unwrap();
-    assert!(bytes == shipped, "plugins/digits/weights.safetensors is stale: rerun `edgeplug weights`");
+    assert!(
+        bytes == shipped,
+        "plugins/digits/weights.safetensors is stale: rerun `edgeplug weights`"
+    );
 }
