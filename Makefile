@@ -6,15 +6,21 @@
 
 CARGO ?= cargo
 PLUGINS := digits image-classifier forecaster
-WASM_DIR := target/wasm32-wasip2/release
+# The same target dir tests/build.rs uses, so the tests and `make plugins` share one build.
+WASM_TARGET := target/wasm-plugins
+WASM_DIR := $(WASM_TARGET)/wasm32-wasip2/release
 
-.PHONY: run test setup plugins host lint smoke
+.PHONY: run test test-setup setup plugins host lint smoke
 
 setup:
 	rustup target add wasm32-wasip2
 
+# The web page is tested in a real headless browser: Debian's chromium.
+test-setup: setup
+	command -v chromium > /dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+
 plugins: setup
-	$(CARGO) build --release --target wasm32-wasip2 $(foreach p,$(PLUGINS),-p edgeplug-plugin-$(p))
+	$(CARGO) build --release --target wasm32-wasip2 --target-dir $(WASM_TARGET) $(foreach p,$(PLUGINS),-p edgeplug-plugin-$(p))
 	$(foreach p,$(PLUGINS),cp $(WASM_DIR)/edgeplug_plugin_$(subst -,_,$(p)).wasm plugins/$(p)/plugin.wasm &&) true
 
 host:
@@ -45,14 +51,16 @@ run: plugins host
 	EDGEPLUG_LOG=$${EDGEPLUG_LOG:-info} ./target/release/edgeplug serve --config $(DEV)/gateway.toml \
 		$(foreach p,$(SERVE_PLUGINS),--install $(DEV)/bundles/$(p).epk)
 
-test: setup
+test: test-setup
 	$(CARGO) test --workspace
 	$(MAKE) smoke
 
 # The CLI end to end on a freshly built plugin: a drawn "1" must come out as 1, and a
 # truncated image must give an error line and exit status 2.
+# `--workspace` resolves the same dependency features as `cargo test --workspace`, so the
+# binary reuses the test build instead of recompiling wasmtime and tract.
 smoke: plugins
-	$(CARGO) build -p edgeplug-host
+	$(CARGO) build --workspace
 	./target/debug/edgeplug run plugins/digits tests/fixtures/images/adversarial/digit1-gray8.png \
 		| grep -q '"label":1'
 	./target/debug/edgeplug run plugins/digits tests/fixtures/images/adversarial/truncated.png \

@@ -37,6 +37,9 @@ fn main() {
         "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_BUILD_RUSTFLAGS",
         "CARGO_TARGET_DIR",
+        // clippy runs build scripts under its own rustc wrapper; the plugins build plainly
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
     ] {
         cmd.env_remove(var);
     }

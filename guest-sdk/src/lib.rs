@@ -86,6 +86,9 @@ macro_rules! export {
             }
         }
 
+        // Export names such as `edgeplug:plugin/handler@0.1.0#infer` only exist in a
+        // component; a native build (the plugin's own unit tests) links without them.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_plugin_world!(__EdgeplugHandler with_types_in $crate::bindings);
     };
 }

@@ -31,6 +31,12 @@ enum Command {
     Run(RunArgs),
     #[command(flatten)]
     Bundle(crate::cli_bundle::BundleCommand),
+    /// Runs the HTTP gateway: invoke, Open Inference Protocol v2, admin, metrics, web page.
+    Serve(crate::cli_serve::ServeArgs),
+    /// Uploads a signed bundle to a gateway (with a progress bar).
+    Push(crate::cli_serve::PushArgs),
+    /// Rolls a plugin back to its previous version on a gateway.
+    Rollback(crate::cli_serve::RollbackArgs),
     /// Times one ONNX model on one backend (native or tract) and prints the median latency.
     Bench(crate::cli_bench::BenchArgs),
     /// Extracts the initializers of an ONNX model into a safetensors weights file and lists
@@ -94,6 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Weights(args) => extract_weights(args),
         Command::Bundle(cmd) => crate::cli_bundle::run(cmd),
         Command::Bench(args) => crate::cli_bench::run(args),
+        Command::Serve(args) => crate::cli_serve::run_serve(args),
+        Command::Push(args) => crate::cli_serve::run_push(args),
+        Command::Rollback(args) => crate::cli_serve::run_rollback(args),
     }
 }
 
@@ -190,27 +199,30 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The WIT name of a plugin error code.
+pub fn plugin_error_code(code: crate::runtime::PluginErrorCode) -> &'static str {
+    use crate::runtime::PluginErrorCode as C;
+    match code {
+        C::InvalidArgument => "invalid-argument",
+        C::ShapeMismatch => "shape-mismatch",
+        C::Unsupported => "unsupported",
+        C::NotFound => "not-found",
+        C::NotPermitted => "not-permitted",
+        C::ResourceExhausted => "resource-exhausted",
+        C::Internal => "internal",
+    }
+}
+
 /// The JSON form of a failed request, shared by the CLI and the gateway.
 pub fn invoke_error_json(e: &InvokeError) -> serde_json::Value {
     let code = match e {
-        InvokeError::Plugin { code, .. } => format!("{code:?}")
-            .chars()
-            .enumerate()
-            .flat_map(|(i, c)| {
-                let lower = c.to_ascii_lowercase();
-                if c.is_ascii_uppercase() && i > 0 {
-                    vec!['-', lower]
-                } else {
-                    vec![lower]
-                }
-            })
-            .collect(),
-        InvokeError::RequestTooLarge { .. } => "request-too-large".into(),
-        InvokeError::ResponseTooLarge { .. } => "response-too-large".into(),
-        InvokeError::DeadlineExceeded { .. } => "deadline-exceeded".into(),
-        InvokeError::MemoryExhausted { .. } => "memory-exhausted".into(),
-        InvokeError::TensorMemoryExhausted { .. } => "tensor-memory-exhausted".into(),
-        InvokeError::Trap(_) => "trap".to_string(),
+        InvokeError::Plugin { code, .. } => plugin_error_code(*code),
+        InvokeError::RequestTooLarge { .. } => "request-too-large",
+        InvokeError::ResponseTooLarge { .. } => "response-too-large",
+        InvokeError::DeadlineExceeded { .. } => "deadline-exceeded",
+        InvokeError::MemoryExhausted { .. } => "memory-exhausted",
+        InvokeError::TensorMemoryExhausted { .. } => "tensor-memory-exhausted",
+        InvokeError::Trap(_) => "trap",
     };
     let message = match e {
         InvokeError::Plugin { message, .. } => message.clone(),

@@ -672,3 +672,59 @@ fn admin_failure(e: &AdminError) -> Failure {
     };
     fail(status, e.code(), e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_errors_map_to_statuses() {
+        let plugin = |code| InvokeError::Plugin {
+            code,
+            message: "m".into(),
+        };
+        let cases = [
+            (plugin(PluginErrorCode::InvalidArgument), 400),
+            (plugin(PluginErrorCode::ShapeMismatch), 400),
+            (plugin(PluginErrorCode::Unsupported), 415),
+            (plugin(PluginErrorCode::ResourceExhausted), 507),
+            (plugin(PluginErrorCode::Internal), 500),
+            (InvokeError::RequestTooLarge { size: 2, limit: 1 }, 413),
+            (InvokeError::DeadlineExceeded { deadline_ms: 5 }, 504),
+            (InvokeError::MemoryExhausted { limit_bytes: 1 }, 507),
+            (InvokeError::TensorMemoryExhausted { limit_bytes: 1 }, 507),
+            (InvokeError::ResponseTooLarge { size: 2, limit: 1 }, 500),
+            (InvokeError::Trap("t".into()), 500),
+        ];
+        for (error, status) in cases {
+            let failure = invoke_failure(&error);
+            assert_eq!(failure.status.as_u16(), status, "{error}");
+            assert!(failure.body["error"]["message"].is_string());
+        }
+        let deadline = invoke_failure(&InvokeError::DeadlineExceeded { deadline_ms: 5 });
+        assert_eq!(deadline.body["error"]["code"], "deadline-exceeded");
+    }
+
+    #[test]
+    fn admin_refusals_map_to_statuses() {
+        let cases: [(AdminError, u16); 6] = [
+            (BundleError::Unsigned.into(), 403),
+            (BundleError::BadMagic.into(), 400),
+            (
+                StoreError::NotNewer {
+                    name: "d".into(),
+                    version: semver::Version::new(1, 0, 0),
+                    active: semver::Version::new(1, 0, 0),
+                }
+                .into(),
+                409,
+            ),
+            (StoreError::NotInstalled("d".into()).into(), 404),
+            (AdminError::Load("x".into()), 422),
+            (BundleError::TooLarge { size: 2, limit: 1 }.into(), 413),
+        ];
+        for (error, status) in cases {
+            assert_eq!(admin_failure(&error).status.as_u16(), status, "{error}");
+        }
+    }
+}

@@ -422,12 +422,6 @@ fn bad_inputs_get_clear_errors() {
     assert!(message.contains("[1, 3, 224, 224]"), "{message}");
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -438,53 +432,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_stage_latency_and_model_memory() {
-    use edgeplug_host::model::Model;
     let dir = edgeplug_tests::repo().join("plugins/image-classifier");
-    // Host memory of one loaded model: RSS before/after loading (parse + optimize), with the
-    // default backend choice and with tract forced.
+    // Host memory of one loaded model, each in a fresh process, with the default backend
+    // choice and with tract forced.
     for case in MODELS {
-        let bytes = std::fs::read(dir.join(case.file)).unwrap();
         for native in [true, false] {
-            let before = rss_bytes();
-            let start = Instant::now();
-            let model = Model::load_with(case.grant, &bytes, native).unwrap();
-            let load_ms = start.elapsed().as_secs_f64() * 1e3;
-            let after = rss_bytes();
-            let input = Tensor::from_f32(vec![1, 3, 224, 224], vec![0.5; N]).unwrap();
-            model.run(&[&input]).unwrap();
-            let after_run = rss_bytes();
-            let mut runs = Vec::new();
-            for _ in 0..10 {
-                let start = Instant::now();
-                model.run(&[&input]).unwrap();
-                runs.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            println!(
-                "model {:<24} {:<6} file {:>5.1} MB  load {load_ms:>6.0} ms  RSS +{:.1} MB after load, +{:.1} MB after a first run; run {:.1} ms (median of 10)",
-                case.grant,
-                model.backend(),
-                bytes.len() as f64 / 1e6,
-                after.saturating_sub(before) as f64 / 1e6,
-                after_run.saturating_sub(before) as f64 / 1e6,
-                median(runs),
-            );
+            let report = crate::models::model_memory_in_fresh_process(&dir.join(case.file), native);
+            println!("model {:<24} {report}", case.grant);
         }
     }
 
     let runtime = runtime();
     for case in MODELS {
-        let before = rss_bytes();
+        let before = crate::models::rss_bytes();
         let plugin = load_with_grants(
             &runtime,
             "image-classifier",
             IMAGE_CLASSIFIER_WASM,
             &[(case.grant, case.file)],
         );
-        println!(
-            "plugin image-classifier[{}] load: RSS +{:.1} MB",
-            case.grant,
-            rss_bytes().saturating_sub(before) as f64 / 1e6
-        );
+        // Only the first load is measured: later ones reuse memory the allocator got back.
+        if case.grant == MODELS[0].grant {
+            println!(
+                "plugin image-classifier[{}] load (compile + instantiate-pre + model): RSS +{:.1} MB",
+                case.grant,
+                crate::models::rss_bytes().saturating_sub(before) as f64 / 1e6
+            );
+        }
         for name in ["coffee.png", "rocket.jpg"] {
             let mut rows: Vec<[f64; 4]> = Vec::new();
             for i in 0..23 {

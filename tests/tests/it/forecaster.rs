@@ -296,41 +296,23 @@ fn bad_windows_get_clear_errors() {
     }
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
 /// Measurements for the notes, not a check: run alone, in release, with
 /// `cargo test --release -p edgeplug-tests --test it -- --ignored --nocapture --test-threads=1 forecaster::measure`.
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_stage_latency_and_model_memory() {
     let path = edgeplug_tests::repo().join("plugins/forecaster/sunspots_lstm.onnx");
-    let bytes = std::fs::read(&path).unwrap();
     for native in [true, false] {
-        let before = rss_bytes();
-        let start = Instant::now();
-        let model =
-            edgeplug_host::model::Model::load_with("sunspots-lstm", &bytes, native).unwrap();
-        let load_ms = start.elapsed().as_secs_f64() * 1e3;
-        let window = Tensor::from_f32(vec![1, 24, 1], vec![50.0; 24]).unwrap();
-        model.run(&[&window]).unwrap();
-        println!(
-            "model sunspots-lstm {} file {} B  load {load_ms:.1} ms  RSS +{:.2} MB after load and a first run",
-            model.backend(),
-            bytes.len(),
-            rss_bytes().saturating_sub(before) as f64 / 1e6
-        );
+        let report = crate::models::model_memory_in_fresh_process(&path, native);
+        println!("model sunspots-lstm {report}");
     }
 
     let runtime = runtime();
-    let before = rss_bytes();
+    let before = crate::models::rss_bytes();
     let plugin = load_example(&runtime, "forecaster", FORECASTER_WASM);
     println!(
         "plugin forecaster load: RSS +{:.1} MB",
-        rss_bytes().saturating_sub(before) as f64 / 1e6
+        crate::models::rss_bytes().saturating_sub(before) as f64 / 1e6
     );
     let (windows, _, _) = fixtures();
     let body = serde_json::to_vec(&windows[56]).unwrap();

@@ -451,3 +451,81 @@ fn record_int8_self_test_expectations() {
         println!("wrote {}", path.display());
     }
 }
+
+/// Resident set size of this process (`/proc/self/statm`).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+const MEASURE_ENV: &str = "EDGEPLUG_MEASURE_MODEL";
+
+/// What one loaded model costs the host, measured in a fresh process (this test binary run
+/// again on [`measure_model_memory_child`]), so that no earlier allocation is reused: RSS
+/// before and after `Model::load_with(path, native)` and after a first run. Returns the child's
+/// report line.
+pub fn model_memory_in_fresh_process(path: &Path, native: bool) -> String {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "models::measure_model_memory_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(MEASURE_ENV, format!("{}|{native}", path.display()))
+        .output()
+        .expect("test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("MODEL-MEMORY "))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "no report: {stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+/// The child of [`model_memory_in_fresh_process`]; does nothing without its environment variable.
+#[test]
+#[ignore = "measurement child process"]
+fn measure_model_memory_child() {
+    let Ok(spec) = std::env::var(MEASURE_ENV) else {
+        return;
+    };
+    let (path, native) = spec.rsplit_once('|').unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let before = rss_bytes();
+    let start = std::time::Instant::now();
+    let model = Model::load_with(path, &bytes, native == "true").unwrap();
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let loaded = rss_bytes();
+    let shape: Vec<usize> = model.inputs()[0]
+        .shape
+        .iter()
+        .map(|&d| d.max(1) as usize)
+        .collect();
+    let input = Tensor::from_f32(shape.clone(), vec![0.5; shape.iter().product()]).unwrap();
+    model.run(&[&input]).unwrap();
+    let ran = rss_bytes();
+    let mut runs: Vec<f64> = (0..10)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            model.run(&[&input]).unwrap();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    println!(
+        "MODEL-MEMORY {:<6} file {:>6.2} MB, load {load_ms:>5.0} ms, RSS +{:.1} MB loaded, +{:.1} MB after a first run; run {:.2} ms (median of 10)",
+        model.backend(),
+        bytes.len() as f64 / 1e6,
+        loaded.saturating_sub(before) as f64 / 1e6,
+        ran.saturating_sub(before) as f64 / 1e6,
+        runs[5],
+    );
+}
