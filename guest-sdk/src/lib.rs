@@ -90,5 +90,21 @@ macro_rules! export {
         // component; a native build (the plugin's own unit tests) links without them.
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_plugin_world!(__EdgeplugHandler with_types_in $crate::bindings);
+
+        /// The handler's entry points, so a native build (unit tests) still sees them as used.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn __edgeplug_native_handler() -> (
+            fn() -> $crate::bindings::exports::edgeplug::plugin::handler::PluginInfo,
+            fn(
+                $crate::bindings::exports::edgeplug::plugin::handler::Request,
+            ) -> ::core::result::Result<
+                $crate::bindings::exports::edgeplug::plugin::handler::Response,
+                $crate::Error,
+            >,
+        ) {
+            use $crate::bindings::exports::edgeplug::plugin::handler::Guest as _;
+            (__EdgeplugHandler::describe, __EdgeplugHandler::infer)
+        }
     };
 }

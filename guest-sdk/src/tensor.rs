@@ -58,7 +58,7 @@ impl Tensor {
 
     /// Copies a float32 tensor's values into the sandbox.
     pub fn to_vec(&self) -> Result<Vec<f32>, Error> {
-        Ok(self.0.to_f32()?)
+        self.0.to_f32()
     }
 
     /// Copies the values, as little-endian bytes, into the sandbox.
