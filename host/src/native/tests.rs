@@ -14,12 +14,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn fixture_or_abs(name: &str) -> Vec<u8> {
-    // The scratch crate builds this file from outside the workspace, so fall
-    // back to the repository's absolute fixture path.
     let p = fixture(name);
-    std::fs::read(&p)
-        .or_else(|_| std::fs::read(PathBuf::from("/work/main/tests/fixtures/models").join(name)))
-        .unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+    std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
 }
 
 /// A little-endian `<f4` C-order `.npy` file: shape and values.
