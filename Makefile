@@ -8,7 +8,7 @@ CARGO ?= cargo
 PLUGINS := digits image-classifier forecaster
 # The same target dir tests/build.rs uses, so the tests and `make plugins` share one build.
 WASM_TARGET := target/wasm-plugins
-WASM_DIR := $(WASM_TARGET)/wasm32-wasip2/release
+WASM_DIR := $(WASM_TARGET)/wasm32-wasip2/plugin
 
 .PHONY: run test test-setup setup plugins host lint smoke
 
@@ -20,7 +20,7 @@ test-setup: setup
 	command -v chromium > /dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
 
 plugins: setup
-	$(CARGO) build --release --target wasm32-wasip2 --target-dir $(WASM_TARGET) $(foreach p,$(PLUGINS),-p edgeplug-plugin-$(p))
+	$(CARGO) build --profile plugin --target wasm32-wasip2 --target-dir $(WASM_TARGET) $(foreach p,$(PLUGINS),-p edgeplug-plugin-$(p))
 	$(foreach p,$(PLUGINS),cp $(WASM_DIR)/edgeplug_plugin_$(subst -,_,$(p)).wasm plugins/$(p)/plugin.wasm &&) true
 
 host:

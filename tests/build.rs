@@ -12,22 +12,50 @@ const PLUGINS: &[(&str, &str)] = &[
     ("FORECASTER", "edgeplug-plugin-forecaster"),
 ];
 
+/// The test plugins under `tests/plugins/`, by directory name; each gets a constant
+/// `<NAME>_WASM` and is listed in `TEST_PLUGINS`.
+const TEST_PLUGINS: &[&str] = &[
+    "echo",
+    "panic",
+    "unreachable",
+    "infinite-loop",
+    "memory-hog",
+    "deep-recursion",
+    "huge-output",
+    "tensor-hog",
+    "wrong-shape",
+    "forbidden-import",
+    "nondeterministic",
+];
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let target_dir = root.join("target").join("wasm-plugins");
 
-    for dir in ["wit", "guest-sdk", "plugins"] {
+    for dir in ["wit", "guest-sdk", "plugins", "tests/plugins"] {
         rerun_if_changed(&root.join(dir));
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
         .arg("--target-dir")
         .arg(&target_dir);
-    for (_, package) in PLUGINS {
+    let test_packages: Vec<(String, String)> = TEST_PLUGINS
+        .iter()
+        .map(|dir| {
+            let constant = dir.to_uppercase().replace('-', "_");
+            (constant, format!("edgeplug-test-{dir}"))
+        })
+        .collect();
+    let all: Vec<(&str, &str)> = PLUGINS
+        .iter()
+        .copied()
+        .chain(test_packages.iter().map(|(c, p)| (c.as_str(), p.as_str())))
+        .collect();
+    for (_, package) in &all {
         cmd.args(["-p", package]);
     }
     // The outer build's flags (coverage, sanitizers, host-only RUSTFLAGS) must not leak into
@@ -52,9 +80,9 @@ fn main() {
     );
 
     let mut consts = String::new();
-    for (name, package) in PLUGINS {
+    for (name, package) in &all {
         let file = target_dir
-            .join("wasm32-wasip2/release")
+            .join("wasm32-wasip2/plugin")
             .join(format!("{}.wasm", package.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());
         consts.push_str(&format!(
@@ -62,6 +90,12 @@ fn main() {
             file.display().to_string()
         ));
     }
+    consts.push_str("/// (directory under tests/plugins, built component) of every test plugin.\n");
+    consts.push_str("pub const TEST_PLUGINS: &[(&str, &str)] = &[\n");
+    for (dir, (constant, _)) in TEST_PLUGINS.iter().zip(&test_packages) {
+        consts.push_str(&format!("    ({dir:?}, {constant}_WASM),\n"));
+    }
+    consts.push_str("];\n");
     consts.push_str(&format!(
         "pub const REPO_ROOT: &str = {:?};\n",
         root.display().to_string()

@@ -222,7 +222,8 @@ pub fn invoke_error_json(e: &InvokeError) -> serde_json::Value {
         InvokeError::DeadlineExceeded { .. } => "deadline-exceeded",
         InvokeError::MemoryExhausted { .. } => "memory-exhausted",
         InvokeError::TensorMemoryExhausted { .. } => "tensor-memory-exhausted",
-        InvokeError::Trap(_) => "trap",
+        InvokeError::Trap { .. } => "trap",
+        InvokeError::BrokenContract(_) => "broken-contract",
     };
     let message = match e {
         InvokeError::Plugin { message, .. } => message.clone(),

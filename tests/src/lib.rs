@@ -34,3 +34,24 @@ pub fn npy(path: &str) -> edgeplug_sdk::npy::Npy {
     let bytes = std::fs::read(fixture(path)).expect("fixture exists");
     edgeplug_sdk::npy::parse(&bytes).expect("fixture parses")
 }
+
+/// The built component of the test plugin in `tests/plugins/<dir>`.
+pub fn test_plugin_wasm(dir: &str) -> &'static str {
+    TEST_PLUGINS
+        .iter()
+        .find(|(name, _)| *name == dir)
+        .map(|(_, wasm)| *wasm)
+        .unwrap_or_else(|| panic!("no test plugin {dir:?} in tests/build.rs"))
+}
+
+/// The files of the test plugin in `tests/plugins/<dir>`, with its freshly built component.
+pub fn test_plugin_files(dir: &str) -> PluginFiles {
+    let wasm = test_plugin_wasm(dir);
+    PluginFiles::from_dir(&repo().join("tests/plugins").join(dir), Some(Path::new(wasm)))
+        .expect("test plugin files read")
+}
+
+/// Loads the test plugin in `tests/plugins/<dir>`.
+pub fn load_test_plugin(runtime: &Runtime, dir: &str) -> anyhow::Result<LoadedPlugin> {
+    runtime.load(&test_plugin_files(dir))
+}

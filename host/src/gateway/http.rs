@@ -273,7 +273,7 @@ async fn run(
         result
     })
     .await
-    .unwrap_or_else(|e| Err(InvokeError::Trap(format!("the request's task failed: {e}"))));
+    .unwrap_or_else(|e| Err(InvokeError::trap(format!("the request's task failed: {e}"))));
     let code = result.as_ref().err().map(error_code);
     plugin.metrics.observe(started.elapsed(), code.as_deref());
     result.map_err(|e| invoke_failure(&e))
@@ -301,7 +301,9 @@ fn invoke_status(e: &InvokeError) -> StatusCode {
         InvokeError::MemoryExhausted { .. } | InvokeError::TensorMemoryExhausted { .. } => {
             StatusCode::INSUFFICIENT_STORAGE
         }
-        InvokeError::ResponseTooLarge { .. } | InvokeError::Trap(_) => {
+        InvokeError::ResponseTooLarge { .. }
+        | InvokeError::Trap { .. }
+        | InvokeError::BrokenContract(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     }
@@ -694,7 +696,8 @@ mod tests {
             (InvokeError::MemoryExhausted { limit_bytes: 1 }, 507),
             (InvokeError::TensorMemoryExhausted { limit_bytes: 1 }, 507),
             (InvokeError::ResponseTooLarge { size: 2, limit: 1 }, 500),
-            (InvokeError::Trap("t".into()), 500),
+            (InvokeError::trap("t"), 500),
+            (InvokeError::BrokenContract("c".into()), 500),
         ];
         for (error, status) in cases {
             let failure = invoke_failure(&error);

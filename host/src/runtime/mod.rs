@@ -5,6 +5,7 @@ mod cache;
 pub mod glue;
 mod plugin;
 mod state;
+mod stderr;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use cache::ComponentCache;
 pub use plugin::{EffectiveLimits, PluginFiles, PluginInfo, PluginShared};
 pub use state::LimitHit;
+pub use stderr::CAPACITY as STDERR_CAPACITY;
 
 use glue::{Plugin, PluginPre, handler};
 use state::{LimitExceeded, StoreState};
@@ -247,8 +249,42 @@ pub enum InvokeError {
     MemoryExhausted { limit_bytes: usize },
     #[error("plugin exceeded its host tensor memory limit of {limit_bytes} bytes")]
     TensorMemoryExhausted { limit_bytes: usize },
-    #[error("plugin trapped: {0}")]
-    Trap(String),
+    #[error("plugin trapped: {reason}{}", stderr_suffix(.stderr))]
+    Trap {
+        /// What wasmtime says stopped the guest, e.g. "call stack exhausted".
+        reason: String,
+        /// The start of what the guest wrote to stderr (a Rust panic message goes there).
+        stderr: String,
+    },
+    #[error("plugin broke its declared contract: {0}")]
+    BrokenContract(String),
+}
+
+impl InvokeError {
+    /// A trap with no guest output, for host-side failures around a call.
+    pub fn trap(reason: impl Into<String>) -> InvokeError {
+        InvokeError::Trap {
+            reason: reason.into(),
+            stderr: String::new(),
+        }
+    }
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(" (guest stderr: {stderr})")
+    }
+}
+
+/// What one request took from the host, for the conformance kit's limits report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestStats {
+    /// Largest linear memory the instance was granted.
+    pub peak_memory_bytes: usize,
+    /// Most host tensor memory the request held at once.
+    pub peak_tensor_bytes: usize,
 }
 
 /// A plugin version ready to serve.
@@ -307,6 +343,29 @@ impl LoadedPlugin {
     /// Runs one request on a fresh instance. Blocking and CPU-bound: call it off any async
     /// reactor.
     pub fn infer(&self, request: InferRequest) -> Result<InferResponse, InvokeError> {
+        self.infer_with_stats(request).0
+    }
+
+    /// [`LoadedPlugin::infer`], also reporting what the request took from the host.
+    pub fn infer_with_stats(
+        &self,
+        request: InferRequest,
+    ) -> (Result<InferResponse, InvokeError>, RequestStats) {
+        let mut store = self.new_store();
+        let result = self.infer_in(&mut store, request);
+        let state = store.data();
+        let stats = RequestStats {
+            peak_memory_bytes: state.limiter.peak_bytes,
+            peak_tensor_bytes: state.peak_tensor_bytes,
+        };
+        (result, stats)
+    }
+
+    fn infer_in(
+        &self,
+        store: &mut Store<StoreState>,
+        request: InferRequest,
+    ) -> Result<InferResponse, InvokeError> {
         let limits = self.shared.limits();
         if request.body.len() > limits.request_bytes {
             return Err(InvokeError::RequestTooLarge {
@@ -314,11 +373,10 @@ impl LoadedPlugin {
                 limit: limits.request_bytes,
             });
         }
-        let mut store = self.new_store();
         let instance = self
             .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(&store, e))?;
+            .instantiate(&mut *store)
+            .map_err(|e| self.classify(store, e))?;
         let mut tensors = Vec::with_capacity(request.tensors.len());
         for (name, tensor) in request.tensors {
             let handle = store.data_mut().push_tensor(tensor).map_err(|e| match e {
@@ -326,7 +384,7 @@ impl LoadedPlugin {
                     code: e.code,
                     message: e.message,
                 },
-                glue::HostError::Trap(e) => self.classify(&store, e),
+                glue::HostError::Trap(e) => self.classify(store, e),
             })?;
             tensors.push(handle::NamedTensor {
                 name,
@@ -340,8 +398,8 @@ impl LoadedPlugin {
         };
         let result = instance
             .edgeplug_plugin_handler()
-            .call_infer(&mut store, &wit_request)
-            .map_err(|e| self.classify(&store, e))?;
+            .call_infer(&mut *store, &wit_request)
+            .map_err(|e| self.classify(store, e))?;
         let response = result.map_err(|e| InvokeError::Plugin {
             code: e.code,
             message: e.message,
@@ -352,7 +410,8 @@ impl LoadedPlugin {
             let tensor = store
                 .data_mut()
                 .take_tensor(named.tensor)
-                .map_err(|e| InvokeError::Trap(format!("{e:?}")))?;
+                .map_err(|e| InvokeError::trap(format!("{e:?}")))?;
+            self.check_output(&named.name, &tensor)?;
             size = size.saturating_add(tensor.byte_size());
             tensors.push((named.name, tensor));
         }
@@ -367,6 +426,30 @@ impl LoadedPlugin {
             body: response.body,
             tensors,
         })
+    }
+
+    /// A returned tensor under a name `describe()` declared must have the declared element
+    /// type and shape (-1 matches any size); undeclared tensors (debug outputs) pass.
+    fn check_output(&self, name: &str, tensor: &Tensor) -> Result<(), InvokeError> {
+        let Some(spec) = self.info.outputs.iter().find(|spec| spec.name == name) else {
+            return Ok(());
+        };
+        let shape = tensor.shape();
+        let shape_ok = spec.shape.len() == shape.len()
+            && spec
+                .shape
+                .iter()
+                .zip(shape)
+                .all(|(&want, &got)| want < 0 || want as usize == got);
+        if spec.element_type != tensor.element_type() || !shape_ok {
+            return Err(InvokeError::BrokenContract(format!(
+                "output {name:?} is {:?} {shape:?}, but describe() declares {:?} {:?}",
+                tensor.element_type(),
+                spec.element_type,
+                spec.shape
+            )));
+        }
+        Ok(())
     }
 
     /// Turns a trap into the limit that caused it, if one did.
@@ -388,7 +471,15 @@ impl LoadedPlugin {
                 deadline_ms: self.shared.limits().deadline_ms,
             };
         }
-        InvokeError::Trap(format!("{e:?}"))
+        tracing::debug!(plugin = self.info.name, "trap: {e:?}");
+        let reason = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{e:#}"),
+        };
+        InvokeError::Trap {
+            reason,
+            stderr: state.stderr.text(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::glue::{HostError, WitErrorCode};
 use super::plugin::PluginShared;
+use super::stderr::GuestStderr;
 use crate::model::Model;
 use crate::tensor::Tensor;
 
@@ -33,25 +34,32 @@ pub struct StoreState {
     plugin: Arc<PluginShared>,
     pub(crate) limiter: MemoryLimiter,
     tensor_bytes: usize,
+    pub(crate) peak_tensor_bytes: usize,
     tensor_budget: usize,
     pub(crate) limit_hit: Option<LimitHit>,
+    pub(crate) stderr: GuestStderr,
 }
 
 impl StoreState {
     pub fn new(plugin: Arc<PluginShared>) -> StoreState {
         let limits = plugin.limits();
+        let stderr = GuestStderr::default();
         StoreState {
             table: ResourceTable::new(),
-            // Grants nothing: no args, env, preopens, sockets or stdio. Rust's std imports these
-            // interfaces, so they must be linked, but every call finds nothing to use.
-            wasi: WasiCtx::builder().build(),
+            // Grants nothing: no args, env, preopens, sockets, stdin or stdout. Rust's std
+            // imports these interfaces, so they must be linked, but every call finds nothing to
+            // use. Only stderr is kept, bounded, for the error report of a trap.
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             limiter: MemoryLimiter {
                 max_bytes: limits.memory_bytes,
+                peak_bytes: 0,
                 exhausted: false,
             },
             tensor_bytes: 0,
+            peak_tensor_bytes: 0,
             tensor_budget: limits.tensor_bytes,
             limit_hit: None,
+            stderr,
             plugin,
         }
     }
@@ -72,6 +80,7 @@ impl StoreState {
             return Err(HostError::Trap(wasmtime::Error::new(LimitExceeded(hit))));
         }
         self.tensor_bytes = total;
+        self.peak_tensor_bytes = self.peak_tensor_bytes.max(total);
         Ok(self.table.push(tensor)?)
     }
 
@@ -133,6 +142,8 @@ impl WasiView for StoreState {
 /// out-of-memory abort is reported as an exhausted limit rather than a plugin bug.
 pub struct MemoryLimiter {
     max_bytes: usize,
+    /// The largest linear memory granted, for the conformance kit's limits report.
+    pub(crate) peak_bytes: usize,
     pub(crate) exhausted: bool,
 }
 
@@ -147,6 +158,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.exhausted = true;
             return Ok(false);
         }
+        self.peak_bytes = self.peak_bytes.max(desired);
         Ok(true)
     }
 

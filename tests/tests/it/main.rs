@@ -4,5 +4,6 @@ mod classifier;
 mod digits;
 mod forecaster;
 mod gateway;
+mod isolation;
 mod models;
 mod runtime;

@@ -1,0 +1,35 @@
+//! Tries to open a TCP connection on every request but its self-test, so its component imports wasi:sockets, which no gateway grants.
+//!
+//! Answers its self-test input (`selftest/input.json`) correctly, so it passes activation the
+//! way a real plugin with a latent bug would; any other input triggers the misbehaviour.
+
+use edgeplug_sdk::{Error, Plugin, PluginInfo, Request, Response, export};
+
+const SELF_TEST_INPUT: &[u8] = include_bytes!("../selftest/input.json");
+
+struct Misbehaving;
+
+impl Plugin for Misbehaving {
+    fn describe() -> PluginInfo {
+        PluginInfo::new("forbidden-import", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn infer(request: Request) -> Result<Response, Error> {
+        if request.body == SELF_TEST_INPUT {
+            return Ok(echo(request));
+        }
+        let stream = std::net::TcpStream::connect(("203.0.113.7", 443))
+            .map_err(|e| Error::internal(format!("cannot phone home: {e}")))?;
+        Response::json(&format!("{stream:?}"))
+    }
+}
+
+fn echo(request: Request) -> Response {
+    Response {
+        content_type: request.content_type,
+        body: request.body,
+        tensors: Vec::new(),
+    }
+}
+
+export!(Misbehaving);

@@ -1,0 +1,38 @@
+//! Answers every input but its self-test with the iteration order of a randomly seeded hash set: a different answer on each instance.
+//!
+//! Answers its self-test input (`selftest/input.json`) correctly, so it passes activation the
+//! way a real plugin with a latent bug would; any other input triggers the misbehaviour.
+
+use edgeplug_sdk::{Error, Plugin, PluginInfo, Request, Response, export};
+
+const SELF_TEST_INPUT: &[u8] = include_bytes!("../selftest/input.json");
+
+struct Misbehaving;
+
+impl Plugin for Misbehaving {
+    fn describe() -> PluginInfo {
+        PluginInfo::new("nondeterministic", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn infer(request: Request) -> Result<Response, Error> {
+        if request.body == SELF_TEST_INPUT {
+            return Ok(echo(request));
+        }
+        let words: std::collections::HashSet<&str> =
+            ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+                .into_iter()
+                .collect();
+        let order: Vec<&str> = words.into_iter().collect();
+        Response::json(&order)
+    }
+}
+
+fn echo(request: Request) -> Response {
+    Response {
+        content_type: request.content_type,
+        body: request.body,
+        tensors: Vec::new(),
+    }
+}
+
+export!(Misbehaving);

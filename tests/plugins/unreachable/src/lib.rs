@@ -1,0 +1,36 @@
+//! Executes `unreachable` (what an `abort` compiles to) on every request but its self-test.
+//!
+//! Answers its self-test input (`selftest/input.json`) correctly, so it passes activation the
+//! way a real plugin with a latent bug would; any other input triggers the misbehaviour.
+
+use edgeplug_sdk::{Error, Plugin, PluginInfo, Request, Response, export};
+
+const SELF_TEST_INPUT: &[u8] = include_bytes!("../selftest/input.json");
+
+struct Misbehaving;
+
+impl Plugin for Misbehaving {
+    fn describe() -> PluginInfo {
+        PluginInfo::new("unreachable", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn infer(request: Request) -> Result<Response, Error> {
+        if request.body == SELF_TEST_INPUT {
+            return Ok(echo(request));
+        }
+        #[cfg(target_arch = "wasm32")]
+        core::arch::wasm32::unreachable();
+        #[cfg(not(target_arch = "wasm32"))]
+        std::process::abort()
+    }
+}
+
+fn echo(request: Request) -> Response {
+    Response {
+        content_type: request.content_type,
+        body: request.body,
+        tensors: Vec::new(),
+    }
+}
+
+export!(Misbehaving);
