@@ -39,6 +39,10 @@ enum Command {
     Rollback(crate::cli_serve::RollbackArgs),
     /// Times one ONNX model on one backend (native or tract) and prints the median latency.
     Bench(crate::cli_bench::BenchArgs),
+    /// Checks a plugin before it is deployed: manifest and signature, describe(), self-tests,
+    /// robustness against malformed input, determinism, limits and latency. Exit status 0
+    /// when every check passed.
+    Conformance(crate::cli_conformance::ConformanceArgs),
     /// Extracts the initializers of an ONNX model into a safetensors weights file and lists
     /// the graph's nodes, for porting a model to the native `ops` interface.
     Weights(WeightsArgs),
@@ -103,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => crate::cli_serve::run_serve(args),
         Command::Push(args) => crate::cli_serve::run_push(args),
         Command::Rollback(args) => crate::cli_serve::run_rollback(args),
+        Command::Conformance(args) => crate::cli_conformance::run(args),
     }
 }
 

@@ -48,7 +48,8 @@ pub fn run(plugin: &LoadedPlugin, files: &PluginFiles) -> Result<usize, SelfTest
     Ok(tests.len())
 }
 
-fn run_one(
+/// Runs one self-test vector on `plugin`.
+pub fn run_one(
     plugin: &LoadedPlugin,
     files: &PluginFiles,
     test: &SelfTest,

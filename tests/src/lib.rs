@@ -47,8 +47,11 @@ pub fn test_plugin_wasm(dir: &str) -> &'static str {
 /// The files of the test plugin in `tests/plugins/<dir>`, with its freshly built component.
 pub fn test_plugin_files(dir: &str) -> PluginFiles {
     let wasm = test_plugin_wasm(dir);
-    PluginFiles::from_dir(&repo().join("tests/plugins").join(dir), Some(Path::new(wasm)))
-        .expect("test plugin files read")
+    PluginFiles::from_dir(
+        &repo().join("tests/plugins").join(dir),
+        Some(Path::new(wasm)),
+    )
+    .expect("test plugin files read")
 }
 
 /// Loads the test plugin in `tests/plugins/<dir>`.

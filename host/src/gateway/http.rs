@@ -303,9 +303,7 @@ fn invoke_status(e: &InvokeError) -> StatusCode {
         }
         InvokeError::ResponseTooLarge { .. }
         | InvokeError::Trap { .. }
-        | InvokeError::BrokenContract(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        | InvokeError::BrokenContract(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -123,6 +123,35 @@ impl Runtime {
     /// manifest.
     pub fn load(&self, files: &PluginFiles) -> anyhow::Result<LoadedPlugin> {
         let manifest = &files.manifest;
+        let plugin = self.load_unchecked(files)?;
+        let info = plugin.info();
+        anyhow::ensure!(
+            info.name == manifest.name && info.version == manifest.version.to_string(),
+            "plugin describes itself as {} {}, but its manifest says {} {}",
+            info.name,
+            info.version,
+            manifest.name,
+            manifest.version
+        );
+        Ok(plugin)
+    }
+
+    /// What a bare component says of itself, for a component that has no manifest yet. It is
+    /// checked like any plugin (imports, world) but granted nothing.
+    pub fn describe_component(&self, wasm: &[u8]) -> anyhow::Result<PluginInfo> {
+        let manifest = crate::manifest::Manifest::parse(&format!(
+            "name = \"unnamed\"\nversion = \"0.0.0\"\nworld = {:?}\n",
+            crate::manifest::WORLD
+        ))?;
+        let files = PluginFiles {
+            files: [(manifest.component.clone(), Arc::from(wasm))].into(),
+            manifest,
+        };
+        Ok(self.load_unchecked(&files)?.info)
+    }
+
+    fn load_unchecked(&self, files: &PluginFiles) -> anyhow::Result<LoadedPlugin> {
+        let manifest = &files.manifest;
         let wasm = files.get(&manifest.component)?;
         let component = self
             .config
@@ -153,16 +182,7 @@ impl Runtime {
                 outputs: Vec::new(),
             },
         };
-        let info = plugin.call_describe()?;
-        anyhow::ensure!(
-            info.name == manifest.name && info.version == manifest.version.to_string(),
-            "plugin describes itself as {} {}, but its manifest says {} {}",
-            info.name,
-            info.version,
-            manifest.name,
-            manifest.version
-        );
-        plugin.info = info;
+        plugin.info = plugin.call_describe()?;
         Ok(plugin)
     }
 }

@@ -48,30 +48,37 @@ fn each_misbehaviour_is_caught_with_the_error_that_names_it() {
     let runtime = runtime();
     let echo = load(&runtime, "echo");
     let cases: &[(&str, fn(&InvokeError) -> bool)] = &[
-        ("panic", |e| {
-            matches!(e, InvokeError::Trap { stderr, .. } if stderr.contains("cannot handle a body of 9 bytes"))
-        }),
-        ("unreachable", |e| {
-            matches!(e, InvokeError::Trap { reason, .. } if reason.contains("unreachable"))
-        }),
+        (
+            "panic",
+            |e| matches!(e, InvokeError::Trap { stderr, .. } if stderr.contains("cannot handle a body of 9 bytes")),
+        ),
+        (
+            "unreachable",
+            |e| matches!(e, InvokeError::Trap { reason, .. } if reason.contains("unreachable")),
+        ),
         ("infinite-loop", |e| {
             matches!(e, InvokeError::DeadlineExceeded { deadline_ms: 300 })
         }),
-        ("memory-hog", |e| {
-            matches!(e, InvokeError::MemoryExhausted { limit_bytes } if *limit_bytes == 32 << 20)
-        }),
-        ("deep-recursion", |e| {
-            matches!(e, InvokeError::Trap { reason, .. } if reason.contains("call stack exhausted"))
-        }),
-        ("huge-output", |e| {
-            matches!(e, InvokeError::ResponseTooLarge { size, limit } if *size == 8 << 20 && *limit == 1 << 20)
-        }),
-        ("tensor-hog", |e| {
-            matches!(e, InvokeError::TensorMemoryExhausted { limit_bytes } if *limit_bytes == 16 << 20)
-        }),
-        ("wrong-shape", |e| {
-            matches!(e, InvokeError::BrokenContract(m) if m.contains("\"scores\"") && m.contains("[1, 7]"))
-        }),
+        (
+            "memory-hog",
+            |e| matches!(e, InvokeError::MemoryExhausted { limit_bytes } if *limit_bytes == 32 << 20),
+        ),
+        (
+            "deep-recursion",
+            |e| matches!(e, InvokeError::Trap { reason, .. } if reason.contains("call stack exhausted")),
+        ),
+        (
+            "huge-output",
+            |e| matches!(e, InvokeError::ResponseTooLarge { size, limit } if *size == 8 << 20 && *limit == 1 << 20),
+        ),
+        (
+            "tensor-hog",
+            |e| matches!(e, InvokeError::TensorMemoryExhausted { limit_bytes } if *limit_bytes == 16 << 20),
+        ),
+        (
+            "wrong-shape",
+            |e| matches!(e, InvokeError::BrokenContract(m) if m.contains("\"scores\"") && m.contains("[1, 7]")),
+        ),
     ];
     for (dir, expected) in cases {
         let plugin = load(&runtime, dir);
@@ -95,7 +102,10 @@ fn the_deadline_stops_an_infinite_loop_promptly() {
     let runtime = runtime();
     let plugin = load(&runtime, "infinite-loop");
     let (error, elapsed) = trigger(&plugin);
-    assert!(matches!(error, InvokeError::DeadlineExceeded { .. }), "{error}");
+    assert!(
+        matches!(error, InvokeError::DeadlineExceeded { .. }),
+        "{error}"
+    );
     assert!(
         elapsed >= Duration::from_millis(300),
         "stopped before its deadline: {elapsed:?}"
@@ -117,9 +127,19 @@ fn a_forbidden_import_is_refused_at_load_time_naming_it() {
 fn misbehaving_plugins_pass_their_own_self_test_input() {
     // They pass activation like a plugin with a latent bug: only other inputs misbehave.
     let runtime = runtime();
-    for dir in ["panic", "infinite-loop", "memory-hog", "tensor-hog", "wrong-shape"] {
+    for dir in [
+        "panic",
+        "infinite-loop",
+        "memory-hog",
+        "tensor-hog",
+        "wrong-shape",
+    ] {
         let plugin = load(&runtime, dir);
         let files = edgeplug_tests::test_plugin_files(dir);
-        assert_eq!(edgeplug_host::selftest::run(&plugin, &files).unwrap(), 1, "{dir}");
+        assert_eq!(
+            edgeplug_host::selftest::run(&plugin, &files).unwrap(),
+            1,
+            "{dir}"
+        );
     }
 }

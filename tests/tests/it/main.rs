@@ -1,6 +1,7 @@
 //! One integration-test binary (one link, many modules).
 
 mod classifier;
+mod conformance;
 mod digits;
 mod forecaster;
 mod gateway;

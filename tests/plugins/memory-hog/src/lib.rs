@@ -12,6 +12,7 @@ struct Misbehaving;
 impl Plugin for Misbehaving {
     fn describe() -> PluginInfo {
         PluginInfo::new("memory-hog", env!("CARGO_PKG_VERSION"))
+            .description(env!("CARGO_PKG_DESCRIPTION"))
     }
 
     fn infer(request: Request) -> Result<Response, Error> {

@@ -12,16 +12,18 @@ struct Misbehaving;
 impl Plugin for Misbehaving {
     fn describe() -> PluginInfo {
         PluginInfo::new("nondeterministic", env!("CARGO_PKG_VERSION"))
+            .description(env!("CARGO_PKG_DESCRIPTION"))
     }
 
     fn infer(request: Request) -> Result<Response, Error> {
         if request.body == SELF_TEST_INPUT {
             return Ok(echo(request));
         }
-        let words: std::collections::HashSet<&str> =
-            ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
-                .into_iter()
-                .collect();
+        let words: std::collections::HashSet<&str> = [
+            "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
+        ]
+        .into_iter()
+        .collect();
         let order: Vec<&str> = words.into_iter().collect();
         Response::json(&order)
     }

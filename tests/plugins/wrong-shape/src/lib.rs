@@ -11,7 +11,9 @@ struct Misbehaving;
 
 impl Plugin for Misbehaving {
     fn describe() -> PluginInfo {
-        PluginInfo::new("wrong-shape", env!("CARGO_PKG_VERSION")).output(TensorInfo::f32("scores", &[1, 10]))
+        PluginInfo::new("wrong-shape", env!("CARGO_PKG_VERSION"))
+            .description(env!("CARGO_PKG_DESCRIPTION"))
+            .output(TensorInfo::f32("scores", &[1, 10]))
     }
 
     fn infer(request: Request) -> Result<Response, Error> {

@@ -1,0 +1,67 @@
+//! `edgeplug conformance`: runs the conformance kit on a plugin and reports.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::conformance::{self, Options, Target};
+use crate::runtime::{ComponentCache, Runtime, RuntimeConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct ConformanceArgs {
+    /// A signed bundle (.epk), a plugin directory (holding plugin.toml) or a bare component
+    /// (.wasm).
+    pub plugin: PathBuf,
+    /// Trust store directory for a bundle's signature (`*.pub` keys, optional `revoked.txt`).
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// For a plugin directory: read the component from here instead of the directory (a
+    /// build output such as target/wasm32-wasip2/plugin/my_plugin.wasm).
+    #[arg(long)]
+    pub component: Option<PathBuf>,
+    /// Also write the report as JUnit XML to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Requests timed for the latency figure.
+    #[arg(long, default_value_t = 20)]
+    pub latency_runs: usize,
+    /// Directory for compiled components (default: $XDG_CACHE_HOME/edgeplug or ~/.cache/edgeplug).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Prints the report; exit status 0 when every check passed, 1 otherwise.
+pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
+    let cache = match args.cache_dir.or_else(crate::cli::default_cache_dir) {
+        Some(dir) => ComponentCache::in_dir(dir),
+        None => ComponentCache::disabled(),
+    };
+    let runtime = Runtime::new(RuntimeConfig {
+        cache,
+        ..RuntimeConfig::default()
+    })?;
+    let mut target = Target::from_path(&args.plugin);
+    if let Some(component) = args.component {
+        match &mut target {
+            Target::Dir { component: c, .. } => *c = Some(component),
+            _ => anyhow::bail!("--component applies to a plugin directory only"),
+        }
+    }
+    let options = Options {
+        trust_dir: args.trust,
+        latency_runs: args.latency_runs,
+        ..Options::default()
+    };
+    let report = conformance::run(&runtime, &target, &options);
+    print!("{}", report.to_text());
+    if let Some(path) = &args.junit {
+        std::fs::write(path, conformance::junit::to_junit(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
