@@ -1,6 +1,9 @@
 //! Shared helpers of the integration tests: where the built plugins and fixtures are, and
 //! how to load a plugin into a runtime.
 
+pub mod gateway;
+pub mod load;
+
 use std::path::{Path, PathBuf};
 
 use edgeplug_host::runtime::{LoadedPlugin, PluginFiles, Runtime, RuntimeConfig};

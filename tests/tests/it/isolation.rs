@@ -143,3 +143,116 @@ fn misbehaving_plugins_pass_their_own_self_test_input() {
         );
     }
 }
+
+/// (plugin, HTTP status, error code) a client sees when the plugin misbehaves.
+const HTTP_FINDINGS: &[(&str, u16, &str)] = &[
+    ("panic", 500, "trap"),
+    ("unreachable", 500, "trap"),
+    ("infinite-loop", 504, "deadline-exceeded"),
+    ("memory-hog", 507, "memory-exhausted"),
+    ("deep-recursion", 500, "trap"),
+    ("huge-output", 500, "response-too-large"),
+    ("tensor-hog", 507, "tensor-memory-exhausted"),
+    ("wrong-shape", 500, "broken-contract"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_answers_each_misbehaviour_and_the_neighbour_never_fails() {
+    use edgeplug_tests::gateway::{
+        TestGateway, assert_status, error_code, json_of, test_plugin_bundle,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let gw = TestGateway::start("").await;
+    let key = gw.key.clone();
+    let bundles = tokio::task::spawn_blocking(move || {
+        let mut names: Vec<&str> = HTTP_FINDINGS.iter().map(|f| f.0).collect();
+        names.extend(["echo", "forbidden-import"]);
+        names
+            .into_iter()
+            .map(|name| (name, test_plugin_bundle(&key, name)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (name, bundle) in bundles {
+        let response = gw.push(name, bundle).await;
+        if name == "forbidden-import" {
+            assert_status(&response, 422);
+            let body = json_of(&response);
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("wasi:sockets/"), "{body}");
+        } else {
+            assert_status(&response, 200);
+        }
+    }
+
+    // The neighbour answers throughout, exactly and only with 200s.
+    let running = Arc::new(AtomicBool::new(true));
+    let neighbour = {
+        let (running, url) = (running.clone(), gw.url());
+        tokio::spawn(async move {
+            use edgeplug_host::gateway::client::{ChunkedBody, Connection};
+            let mut connection = Connection::open(&url, None).await.unwrap();
+            let mut answered = 0;
+            while running.load(Ordering::Relaxed) {
+                let body = format!("{{\"n\": {answered}}}");
+                let response = connection
+                    .send(
+                        edgeplug_tests::gateway::req("POST", "/v1/plugins/echo/infer")
+                            .header("content-type", "application/json")
+                            .body(ChunkedBody::new(body.clone()))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_status(&response, 200);
+                assert_eq!(response.body().as_ref(), body.as_bytes());
+                answered += 1;
+            }
+            answered
+        })
+    };
+
+    for &(name, status, code) in HTTP_FINDINGS {
+        let started = Instant::now();
+        let response = gw
+            .post(
+                &format!("/v1/plugins/{name}/infer"),
+                "application/json",
+                "[1, 2, 3]",
+            )
+            .await;
+        println!(
+            "{name}: HTTP {} {} after {:?}",
+            response.status(),
+            error_code(&response),
+            started.elapsed()
+        );
+        assert_status(&response, status);
+        assert_eq!(error_code(&response), code, "{name}");
+    }
+    // The gateway is up and the misbehaving versions still serve their well-formed input.
+    let self_test_input =
+        std::fs::read(edgeplug_tests::repo().join("tests/plugins/panic/selftest/input.json"))
+            .unwrap();
+    let response = gw
+        .post(
+            "/v1/plugins/panic/infer",
+            "application/json",
+            self_test_input.clone(),
+        )
+        .await;
+    assert_status(&response, 200);
+    assert_eq!(response.body().as_ref(), self_test_input.as_slice());
+
+    running.store(false, Ordering::Relaxed);
+    let answered = neighbour.await.unwrap();
+    assert!(answered > 0, "the neighbour never got a turn");
+    let metrics = String::from_utf8(gw.get("/metrics").await.body().to_vec()).unwrap();
+    assert!(
+        metrics.contains("deadline-exceeded"),
+        "errors are counted by code"
+    );
+}

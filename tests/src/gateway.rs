@@ -1,0 +1,370 @@
+//! A gateway on 127.0.0.1 for tests and benchmarks, with the fixtures they push: signed
+//! digits bundles of any version and signed bundles of the test plugins.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use edgeplug_host::bundle::{self, BundleLimits, SecretKey};
+use edgeplug_host::gateway::client::{ChunkedBody, Connection};
+use edgeplug_host::gateway::{self, Config, Gateway};
+use edgeplug_host::runtime::{InferRequest, PluginFiles};
+use hyper::body::Bytes;
+use hyper::{Request, Response, Uri};
+use serde_json::Value;
+
+use crate::{DIGITS_WASM, fixture, repo, runtime, test_plugin_wasm};
+
+pub const TOKEN: &str = "test-admin-token";
+
+// ---- fixtures: signed digits bundles of any version ----
+
+/// The digits weights, extracted once from the ONNX model.
+pub fn weights() -> &'static [u8] {
+    static WEIGHTS: OnceLock<Vec<u8>> = OnceLock::new();
+    WEIGHTS.get_or_init(|| {
+        let onnx = std::fs::read(repo().join("plugins/digits/digits_cnn.onnx")).unwrap();
+        edgeplug_host::weights::extract_onnx_weights(&onnx)
+            .unwrap()
+            .0
+    })
+}
+
+/// The digits component, its `describe()` version rewritten to `version`.
+///
+/// `describe()` reports the crate's version (`0.1.0`), and the runtime refuses a component
+/// whose description disagrees with its manifest, so each test version needs its own
+/// component: the version string in the data segment is replaced by another of the same
+/// length (`a.b.c`, single digits). Occurrences after `@` (the WIT package version), `-`
+/// or `/` (dependency paths in debug info) stay.
+pub fn wasm_for_version(version: &str) -> Vec<u8> {
+    assert_eq!(
+        version.len(),
+        5,
+        "test versions are a.b.c with single digits"
+    );
+    let mut wasm = std::fs::read(DIGITS_WASM).unwrap();
+    if version == "0.1.0" {
+        return wasm;
+    }
+    let needle = b"0.1.0";
+    let mut patched = 0;
+    let mut i = 0;
+    while i + needle.len() <= wasm.len() {
+        let standalone = &wasm[i..i + needle.len()] == needle
+            && (i == 0 || !matches!(wasm[i - 1], b'@' | b'-' | b'/'))
+            && wasm
+                .get(i + needle.len())
+                .is_none_or(|b| !b.is_ascii_digit() && *b != b'.');
+        if standalone {
+            wasm[i..i + needle.len()].copy_from_slice(version.as_bytes());
+            patched += 1;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(
+        patched >= 1,
+        "the digits component has no version string to rewrite"
+    );
+    wasm
+}
+
+/// What the digits plugin answers for `seven.json`, for the self-test vector.
+pub fn seven_expected() -> &'static [u8] {
+    static EXPECTED: OnceLock<Vec<u8>> = OnceLock::new();
+    EXPECTED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        write_plugin_dir(dir.path(), "0.1.0", "", false);
+        let runtime = runtime();
+        let plugin = runtime
+            .load(&PluginFiles::from_dir(dir.path(), None).unwrap())
+            .unwrap();
+        let response = plugin
+            .infer(InferRequest {
+                content_type: "application/json".into(),
+                body: std::fs::read(fixture("digits/seven.json")).unwrap(),
+                tensors: Vec::new(),
+            })
+            .unwrap();
+        let value: Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(value["label"], 7);
+        response.body
+    })
+}
+
+/// A digits plugin directory of `version`; `extra` is appended to plugin.toml; with
+/// `self_test`, a `[[self-test]]` vector on seven.json expecting `seven_expected()`.
+pub fn write_plugin_dir(dir: &Path, version: &str, extra: &str, self_test: bool) {
+    let manifest = std::fs::read_to_string(repo().join("plugins/digits/plugin.toml")).unwrap();
+    let manifest = manifest.replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
+    assert!(manifest.contains(&format!("version = \"{version}\"")));
+    // The example's own self-tests name files this directory does not have; each test
+    // chooses its vectors.
+    let manifest = match manifest.find("\n# Self-test vectors") {
+        Some(cut) => manifest[..cut].to_string(),
+        None => manifest,
+    };
+    assert!(!manifest.contains("[[self-test]]"));
+    let mut manifest = manifest.replace("max_request_mib = 8", "max_request_mib = 1");
+    if self_test {
+        std::fs::create_dir_all(dir.join("selftest")).unwrap();
+        std::fs::copy(
+            fixture("digits/seven.json"),
+            dir.join("selftest/seven.json"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("selftest/seven.expected.json"), seven_expected()).unwrap();
+        manifest.push_str(
+            "\n[[self-test]]\nname = \"a seven\"\ninput = \"selftest/seven.json\"\n\
+             expect = \"selftest/seven.expected.json\"\n",
+        );
+    }
+    manifest.push_str(extra);
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    std::fs::write(dir.join("plugin.wasm"), wasm_for_version(version)).unwrap();
+    std::fs::write(dir.join("weights.safetensors"), weights()).unwrap();
+}
+
+/// A signed digits bundle of `version` with a passing self-test.
+pub fn digits_bundle(key: &SecretKey, version: &str) -> Vec<u8> {
+    bundle_with(key, version, |_| {})
+}
+
+/// A signed digits bundle whose plugin directory `tweak` may change before packing.
+pub fn bundle_with(key: &SecretKey, version: &str, tweak: impl FnOnce(&Path)) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    write_plugin_dir(dir.path(), version, "", true);
+    tweak(dir.path());
+    let limits = BundleLimits::default();
+    let packed = bundle::pack_dir(dir.path(), &limits).unwrap();
+    bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
+}
+
+// ---- a gateway on 127.0.0.1:0 ----
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    /// The key the gateway trusts.
+    pub key: Arc<SecretKey>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The state and trust directories.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// A gateway with a fresh state directory trusting one fresh key, admin token [`TOKEN`]
+    /// and `default_plugin = "digits"`; `config_extra` is appended to its configuration.
+    pub async fn start(config_extra: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SecretKey::generate());
+        std::fs::create_dir_all(dir.path().join("trust")).unwrap();
+        std::fs::write(dir.path().join("trust/test.pub"), key.public_key().to_pem()).unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntrust_dir = \"trust\"\n\
+                 admin_token = \"{TOKEN}\"\ndefault_plugin = \"digits\"\n{config_extra}"
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let gateway = tokio::task::spawn_blocking(move || Gateway::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(gateway::serve(listener, gateway.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            addr,
+            gateway,
+            key,
+            shutdown: Some(tx),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> Uri {
+        let scheme = if self.gateway.is_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/", self.addr).parse().unwrap()
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::open(&self.url(), None).await.unwrap()
+    }
+
+    /// One request on a fresh connection.
+    pub async fn send(&self, request: Request<ChunkedBody>) -> Response<Bytes> {
+        self.connect().await.send(request).await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response<Bytes> {
+        self.send(req("GET", path).body(ChunkedBody::new(Vec::new())).unwrap())
+            .await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Response<Bytes> {
+        self.send(
+            req("POST", path)
+                .header("content-type", content_type)
+                .body(ChunkedBody::new(body))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn push(&self, name: &str, bundle: Vec<u8>) -> Response<Bytes> {
+        self.send(
+            req("PUT", &format!("/v1/admin/plugins/{name}"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(ChunkedBody::new(bundle))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn rollback(&self, name: &str) -> Response<Bytes> {
+        self.send(
+            req("POST", &format!("/v1/admin/plugins/{name}/rollback"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(ChunkedBody::new(Vec::new()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn active_version(&self, name: &str) -> Option<String> {
+        let listing = json_of(&self.get("/v1/plugins").await);
+        listing["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["active"]["version"].as_str().map(String::from))
+    }
+
+    /// Stops the server (graceful shutdown) and waits for `serve` to return.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub fn req(method: &str, path: &str) -> hyper::http::request::Builder {
+    Request::builder().method(method).uri(path)
+}
+
+pub fn json_of(response: &Response<Bytes>) -> Value {
+    serde_json::from_slice(response.body()).unwrap_or_else(|e| {
+        panic!(
+            "{} is not JSON ({e}): {}",
+            response.status(),
+            String::from_utf8_lossy(response.body())
+        )
+    })
+}
+
+pub fn header<'a>(response: &'a Response<Bytes>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[track_caller]
+pub fn assert_status(response: &Response<Bytes>, status: u16) {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "body: {}",
+        String::from_utf8_lossy(response.body())
+    );
+}
+
+pub fn error_code(response: &Response<Bytes>) -> String {
+    json_of(response)["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn multipart(
+    field: &str,
+    filename: &str,
+    content_type: &str,
+    data: &[u8],
+) -> (String, Vec<u8>) {
+    let boundary = "----edgeplugTestBoundary7MA4YWxkTrZu0gW";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n\
+         Content-Type: {content_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A [1, 1, 16, 16] input of the digits test set, and its label.
+pub fn digits_tensor_input() -> (Vec<f32>, i64) {
+    use edgeplug_sdk::npy::NpyData;
+    let inputs = crate::npy("digits/digits_test.npy");
+    let NpyData::F32(values) = inputs.data else {
+        panic!("digits_test.npy is float32")
+    };
+    let NpyData::I64(labels) = crate::npy("digits/digits_test_labels.npy").data else {
+        panic!("labels are int64")
+    };
+    (values[..256].to_vec(), labels[0])
+}
+
+pub fn argmax(values: &[Value]) -> usize {
+    values
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap()
+        .0
+}
+
+/// The test plugin in `tests/plugins/<name>`, with its freshly built component, packed and
+/// signed with `key`.
+pub fn test_plugin_bundle(key: &SecretKey, name: &str) -> Vec<u8> {
+    let source = repo().join("tests/plugins").join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let files = PluginFiles::from_dir(&source, Some(Path::new(test_plugin_wasm(name)))).unwrap();
+    for (path, bytes) in &files.files {
+        let target = dir.path().join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, bytes).unwrap();
+    }
+    std::fs::copy(source.join("plugin.toml"), dir.path().join("plugin.toml")).unwrap();
+    let limits = BundleLimits::default();
+    let packed = bundle::pack_dir(dir.path(), &limits).unwrap();
+    bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
+}
