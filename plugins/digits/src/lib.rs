@@ -3,11 +3,18 @@
 //! Preprocessing runs here in the sandbox (decode, grayscale, polarity, resize to the model's
 //! 16×16 input); the network, a MobileNet-style CNN, runs layer by layer on the host's native
 //! kernels with weights extracted from `digits_cnn.onnx` into `weights.safetensors`.
+//!
+//! When the manifest grants a model named [`INT8_MODEL`] (the shipped
+//! `digits_cnn_int8_qdq.onnx`), the plugin runs that int8 network through the host's `model`
+//! interface instead of the float layers.
 
 use edgeplug_sdk::{
-    Activation, Conv2d, Error, Gemm, Plugin, PluginInfo, Request, Response, Tensor, TensorInfo,
-    export,
+    Activation, Conv2d, Error, ErrorCode, Gemm, Model, Plugin, PluginInfo, Request, Response,
+    Tensor, TensorInfo, export,
 };
+
+/// The grant name of the int8 network; when granted, it replaces the float layers.
+pub const INT8_MODEL: &str = "digits-int8";
 
 pub mod preprocess;
 
@@ -40,8 +47,22 @@ fn conv(x: &Tensor, weight: &str, stride: u32, pad: u32, depthwise: bool) -> Res
         .run(x)
 }
 
-/// The network: [1, 1, 16, 16] pixels in 0..1 to [1, 10] probabilities.
+/// [1, 1, 16, 16] pixels in 0..1 to [1, 10] probabilities, on the int8 model if it is
+/// granted, else on the float layers.
 fn classify(input: &Tensor) -> Result<Tensor, Error> {
+    match Model::open(INT8_MODEL) {
+        Ok(model) => model
+            .run(&[input])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("the int8 model gave no output")),
+        Err(e) if e.code == ErrorCode::NotPermitted => float_layers(input),
+        Err(e) => Err(e),
+    }
+}
+
+/// The float network, layer by layer on native ops.
+fn float_layers(input: &Tensor) -> Result<Tensor, Error> {
     let mut x = conv(input, "onnx::Conv_107", 1, 1, false)?;
     for (depthwise, pointwise, stride) in BLOCKS {
         x = conv(&x, depthwise, stride, 1, true)?;

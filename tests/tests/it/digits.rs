@@ -223,3 +223,80 @@ fn adversarial_images_never_trap() {
         dir.display()
     );
 }
+
+/// Granted the int8 QDQ model, the plugin runs it (through the host's `model` interface)
+/// instead of its float layers, and keeps the reference accuracy: 534/540, the same argmax as
+/// onnxruntime's int8 run on every sample, probabilities within 1e-3 of it.
+#[test]
+fn granted_the_int8_model_the_plugin_runs_it_at_reference_accuracy() {
+    use edgeplug_host::runtime::PluginFiles;
+    use edgeplug_host::tensor::Tensor;
+
+    let source = edgeplug_tests::repo().join("plugins/digits");
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["weights.safetensors", "digits_cnn_int8_qdq.onnx"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(source.join("plugin.toml")).unwrap();
+    let granted = manifest.replace(
+        "# models = { digits-int8 = \"digits_cnn_int8_qdq.onnx\" }",
+        "models = { digits-int8 = \"digits_cnn_int8_qdq.onnx\" }",
+    );
+    assert_ne!(granted, manifest, "plugin.toml documents the int8 grant");
+    let granted = granted[..granted.find("\n# Self-test vectors").unwrap()].to_string();
+    std::fs::write(dir.path().join("plugin.toml"), granted).unwrap();
+    let files = PluginFiles::from_dir(dir.path(), Some(std::path::Path::new(DIGITS_WASM))).unwrap();
+    let runtime = runtime();
+    let plugin = runtime.load(&files).unwrap();
+
+    let NpyData::F32(inputs) = npy("digits/digits_test.npy").data else {
+        panic!("float32")
+    };
+    let NpyData::F32(reference) = npy("models/digits_cnn_int8_qdq_ref_out.npy").data else {
+        panic!("float32")
+    };
+    let NpyData::F32(float_reference) = npy("digits/digits_cnn_ref_out.npy").data else {
+        panic!("float32")
+    };
+    let labels = labels();
+    let argmax = |p: &[f64]| (0..10).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+    let (mut correct, mut same_argmax, mut max_diff, mut differs_from_float) = (0, 0, 0f64, 0f64);
+    for (i, x) in inputs.chunks(256).enumerate() {
+        let tensor = Tensor::from_f32(vec![1, 1, 16, 16], x.to_vec()).unwrap();
+        let response = plugin
+            .infer(InferRequest {
+                tensors: vec![("input".into(), tensor)],
+                ..InferRequest::default()
+            })
+            .unwrap();
+        let json: Value = serde_json::from_slice(&response.body).unwrap();
+        let probs: Vec<f64> = json["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap())
+            .collect();
+        let want: Vec<f64> = reference[i * 10..i * 10 + 10]
+            .iter()
+            .map(|&p| f64::from(p))
+            .collect();
+        correct += usize::from(argmax(&probs) as i64 == labels[i]);
+        same_argmax += usize::from(argmax(&probs) == argmax(&want));
+        for (k, (a, b)) in probs.iter().zip(&want).enumerate() {
+            max_diff = max_diff.max((a - b).abs());
+            differs_from_float =
+                differs_from_float.max((a - f64::from(float_reference[i * 10 + k])).abs());
+        }
+    }
+    println!(
+        "digits plugin on int8: {correct}/540 correct, argmax = onnxruntime int8 on {same_argmax}/540, max |dp| {max_diff:e}"
+    );
+    assert_eq!(correct, 534);
+    assert_eq!(same_argmax, 540);
+    assert!(max_diff <= 1e-3, "max |p - p_ort_int8| = {max_diff}");
+    // It really ran the int8 network: its probabilities are not the float layers'.
+    assert!(
+        differs_from_float > 1e-4,
+        "the answers equal the float model's"
+    );
+}
