@@ -65,6 +65,9 @@ struct RunArgs {
     /// Directory for compiled components (default: $XDG_CACHE_HOME/edgeplug or ~/.cache/edgeplug).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// The model store directory for models the manifest grants with `store_models`.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +146,7 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = Runtime::new(RuntimeConfig {
         cache,
+        models: std::sync::Arc::new(crate::model_store::ModelStore::new(args.model_dir)),
         ..RuntimeConfig::default()
     })?;
     let files = if args.plugin.is_dir() {

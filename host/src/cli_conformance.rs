@@ -26,6 +26,9 @@ pub struct ConformanceArgs {
     /// Requests timed for the latency figure.
     #[arg(long, default_value_t = 20)]
     pub latency_runs: usize,
+    /// The model store directory for models the manifest grants with `store_models`.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
     /// Directory for compiled components (default: $XDG_CACHE_HOME/edgeplug or ~/.cache/edgeplug).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -39,6 +42,7 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = Runtime::new(RuntimeConfig {
         cache,
+        models: std::sync::Arc::new(crate::model_store::ModelStore::new(args.model_dir)),
         ..RuntimeConfig::default()
     })?;
     let mut target = Target::from_path(&args.plugin);

@@ -24,6 +24,7 @@ pub mod conformance;
 pub mod gateway;
 pub mod manifest;
 pub mod model;
+pub mod model_store;
 pub mod native;
 pub mod runtime;
 pub mod selftest;

@@ -122,6 +122,11 @@ pub struct Grants {
     /// Tensor names must be unique across the files. Default: none.
     #[serde(default)]
     pub weights: Vec<String>,
+    /// Models from the gateway's model store (`NAME.onnx` in its `model_dir`), by the name the
+    /// plugin opens them under, mapped to the store's name. They are not in the bundle.
+    /// Default: none.
+    #[serde(default)]
+    pub store_models: BTreeMap<String, String>,
 }
 
 /// Per-plugin limits. The gateway's configuration caps each of them.
@@ -194,6 +199,10 @@ pub enum ManifestError {
         "path {0:?} in plugin.toml must be a plain relative path (no '..', no absolute path, no backslash)"
     )]
     BadPath(String),
+    #[error("model {name:?} is granted twice, from the bundle and from the model store")]
+    DuplicateModelGrant { name: String },
+    #[error("model store name {0:?} must be letters, digits, '-', '_' or '.' (a name, not a path)")]
+    BadStoreName(String),
     #[error("limit {name} must be at least 1")]
     ZeroLimit { name: &'static str },
     #[error("cannot read {path}: {source}")]
@@ -241,6 +250,14 @@ impl Manifest {
             .chain(self.members.keys().map(String::as_str))
         {
             check_member_path(path)?;
+        }
+        for (name, store_name) in &self.grants.store_models {
+            if self.grants.models.contains_key(name) {
+                return Err(ManifestError::DuplicateModelGrant { name: name.clone() });
+            }
+            if !crate::model_store::is_store_name(store_name) {
+                return Err(ManifestError::BadStoreName(store_name.clone()));
+            }
         }
         let limits = [
             ("memory_mib", self.limits.memory_mib),
@@ -302,6 +319,34 @@ name = "digits"
 version = "1.2.3"
 world = "edgeplug:plugin/plugin@0.1.0"
 "#;
+
+    #[test]
+    fn store_model_grants_are_names_and_unique() {
+        let ok = Manifest::parse(&format!(
+            "{MINIMAL}[grants]\nstore_models = {{ classifier = \"mobilenetv2\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.grants.store_models["classifier"], "mobilenetv2");
+        assert_eq!(
+            ok.referenced_files().count(),
+            1,
+            "a store model is not a bundle file"
+        );
+        let path = Manifest::parse(&format!(
+            "{MINIMAL}[grants]\nstore_models = {{ classifier = \"../models/x\" }}\n"
+        ));
+        assert!(
+            matches!(path, Err(ManifestError::BadStoreName(_))),
+            "{path:?}"
+        );
+        let twice = Manifest::parse(&format!(
+            "{MINIMAL}[grants]\nmodels = {{ classifier = \"m.onnx\" }}\nstore_models = {{ classifier = \"m\" }}\n"
+        ));
+        assert!(
+            matches!(twice, Err(ManifestError::DuplicateModelGrant { .. })),
+            "{twice:?}"
+        );
+    }
 
     #[test]
     fn minimal_manifest_gets_documented_defaults() {

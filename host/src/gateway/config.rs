@@ -6,6 +6,7 @@
 //! listen = "127.0.0.1:8080"          # address to listen on
 //! state_dir = "edgeplug-state"       # the plugin store: bundles, active versions, compile cache
 //! trust_dir = "edgeplug-state/trust" # trusted signing keys (*.pub) and revoked.txt
+//! model_dir = "edgeplug-state/models" # the model store: NAME.onnx files plugins may be granted
 //! admin_token = "change-me"          # bearer token of /v1/admin/*; unset: admin API disabled
 //! # admin_token_file = "/etc/edgeplug/token"  # or read it from a file (first line)
 //! default_plugin = "digits"          # the plugin answering POST /predict; unset: 404
@@ -46,6 +47,9 @@ pub struct Config {
     /// push and rollback, so adding or revoking a key needs no restart. Created empty if
     /// missing (then nothing can be installed). Default: `edgeplug-state/trust`.
     pub trust_dir: PathBuf,
+    /// The model store: `NAME.onnx` files a manifest grants with `[grants] store_models`.
+    /// Created empty if missing. Default: `edgeplug-state/models`.
+    pub model_dir: PathBuf,
     /// Bearer token for `/v1/admin/*`. Default: none, which disables the admin API (403).
     pub admin_token: Option<String>,
     /// A file whose first line is the admin token (instead of `admin_token`). Default: none.
@@ -99,6 +103,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             state_dir: PathBuf::from("edgeplug-state"),
             trust_dir: PathBuf::from("edgeplug-state/trust"),
+            model_dir: PathBuf::from("edgeplug-state/models"),
             admin_token: None,
             admin_token_file: None,
             default_plugin: None,
@@ -145,6 +150,7 @@ impl Config {
         };
         resolve(&mut config.state_dir);
         resolve(&mut config.trust_dir);
+        resolve(&mut config.model_dir);
         if let Some(p) = config.admin_token_file.as_mut() {
             resolve(p);
         }

@@ -59,6 +59,8 @@ impl Gateway {
     pub fn open(config: Config) -> anyhow::Result<Arc<Gateway>> {
         std::fs::create_dir_all(&config.trust_dir)
             .with_context(|| format!("cannot create trust_dir {}", config.trust_dir.display()))?;
+        std::fs::create_dir_all(&config.model_dir)
+            .with_context(|| format!("cannot create model_dir {}", config.model_dir.display()))?;
         let store = PluginStore::open(
             &config.state_dir,
             StoreConfig {
@@ -71,6 +73,9 @@ impl Gateway {
             limit_caps: config.limit_caps(),
             max_instances: config.limits.max_instances,
             cache: ComponentCache::in_dir(config.state_dir.join("cache")),
+            models: Arc::new(crate::model_store::ModelStore::new(Some(
+                config.model_dir.clone(),
+            ))),
         })?;
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let admin_token_sha256 = config

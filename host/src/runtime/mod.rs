@@ -54,6 +54,8 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Where compiled components are cached; `None` keeps them in memory only.
     pub cache: ComponentCache,
+    /// Loaded models shared across versions and plugins, and the operator's model directory.
+    pub models: Arc<crate::model_store::ModelStore>,
 }
 
 impl Default for RuntimeConfig {
@@ -69,6 +71,7 @@ impl Default for RuntimeConfig {
             },
             max_instances: 128,
             cache: ComponentCache::disabled(),
+            models: Arc::default(),
         }
     }
 }
@@ -169,7 +172,11 @@ impl Runtime {
                 format!("plugin {:?} does not fit the edgeplug world", manifest.name)
             })?;
         let pre = PluginPre::new(pre).map_err(anyhow_of)?;
-        let shared = Arc::new(PluginShared::load(files, &self.config.limit_caps)?);
+        let shared = Arc::new(PluginShared::load(
+            files,
+            &self.config.limit_caps,
+            &self.config.models,
+        )?);
         let mut plugin = LoadedPlugin {
             engine: self.engine.clone(),
             pre,

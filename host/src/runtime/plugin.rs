@@ -108,17 +108,29 @@ pub struct PluginShared {
 }
 
 impl PluginShared {
-    /// Loads and optimizes every granted model and weights file once.
+    /// Gets every granted model from `store` (loading each distinct file once) and loads the
+    /// weights files.
     pub fn load(
         files: &PluginFiles,
         cap: &crate::manifest::Limits,
+        store: &crate::model_store::ModelStore,
     ) -> anyhow::Result<PluginShared> {
         let manifest = files.manifest.clone();
         let mut models = BTreeMap::new();
         for (name, path) in &manifest.grants.models {
-            let model = Model::load(name, files.get(path)?)?;
-            tracing::info!(plugin = %manifest.name, model = %name, backend = model.backend(), "model loaded");
-            models.insert(name.clone(), Arc::new(model));
+            let model = store.load_bytes(name, files.get(path)?)?;
+            tracing::info!(plugin = %manifest.name, model = %name, backend = model.backend(), "model ready");
+            models.insert(name.clone(), model);
+        }
+        for (name, store_name) in &manifest.grants.store_models {
+            let model = store.load_stored(store_name).with_context(|| {
+                format!(
+                    "plugin {:?} grants model {name:?} from the model store",
+                    manifest.name
+                )
+            })?;
+            tracing::info!(plugin = %manifest.name, model = %name, store = %store_name, backend = model.backend(), "model ready");
+            models.insert(name.clone(), model);
         }
         let mut weights = Weights::default();
         for path in &manifest.grants.weights {

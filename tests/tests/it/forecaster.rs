@@ -339,3 +339,73 @@ fn measure_stage_latency_and_model_memory() {
         total - parse - model
     );
 }
+
+/// The forecaster granted its model from the gateway's model store instead of its bundle:
+/// the same forecasts, and one loaded model shared by both versions.
+#[test]
+fn a_model_granted_from_the_model_store_is_shared_with_the_bundled_one() {
+    use std::sync::Arc;
+
+    use edgeplug_host::model_store::ModelStore;
+    use edgeplug_host::runtime::{PluginFiles, Runtime, RuntimeConfig};
+
+    let source = edgeplug_tests::repo().join("plugins/forecaster");
+    let model_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        source.join("sunspots_lstm.onnx"),
+        model_dir.path().join("sunspots.onnx"),
+    )
+    .unwrap();
+    let store = Arc::new(ModelStore::new(Some(model_dir.path().to_path_buf())));
+    let runtime = Runtime::new(RuntimeConfig {
+        models: store.clone(),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+
+    let bundled = edgeplug_tests::load_example(&runtime, "forecaster", FORECASTER_WASM);
+    assert_eq!(store.loaded_count(), 1);
+
+    // The same plugin, its model granted from the store: nothing but the manifest changes.
+    let mut files =
+        PluginFiles::from_dir(&source, Some(std::path::Path::new(FORECASTER_WASM))).unwrap();
+    let model_file = files
+        .manifest
+        .grants
+        .models
+        .remove("sunspots-lstm")
+        .unwrap();
+    files.files.remove(&model_file);
+    files
+        .manifest
+        .grants
+        .store_models
+        .insert("sunspots-lstm".into(), "sunspots".into());
+    let from_store = runtime.load(&files).unwrap();
+    assert_eq!(store.loaded_count(), 1, "one file, one loaded model");
+
+    let (windows, _, _) = fixtures();
+    for window in windows.iter().take(5) {
+        let body = serde_json::to_vec(window).unwrap();
+        let a = forecast(&bundled, request("application/json", body.clone()));
+        let b = forecast(&from_store, request("application/json", body));
+        assert_eq!(a, b);
+    }
+    drop((bundled, from_store));
+    assert_eq!(store.loaded_count(), 0, "a model no version uses is freed");
+
+    // A store model that is not there fails the load and says what the store has.
+    files
+        .manifest
+        .grants
+        .store_models
+        .insert("sunspots-lstm".into(), "sunspots-v2".into());
+    let error = match runtime.load(&files) {
+        Ok(_) => panic!("a missing store model loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("\"sunspots-v2\"") && error.contains("[\"sunspots\"]"),
+        "{error}"
+    );
+}
