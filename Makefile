@@ -67,6 +67,16 @@ smoke: plugins
 		> target/smoke-error.json; test $$? -eq 2 || { cat target/smoke-error.json; exit 1; }; \
 		grep -q '"error"' target/smoke-error.json
 	./target/debug/edgeplug --help | grep -q 'run'
+	rm -rf target/smoke && mkdir -p target/smoke/trust
+	./target/debug/edgeplug keygen --out target/smoke --name smoke > /dev/null
+	cp target/smoke/smoke.pub target/smoke/trust/
+	./target/debug/edgeplug pack plugins/digits --key target/smoke/smoke.key --out target/smoke/digits.epk > /dev/null
+	./target/debug/edgeplug conformance target/smoke/digits.epk --trust target/smoke/trust \
+		--junit target/smoke/digits.xml > target/smoke/digits.txt || { cat target/smoke/digits.txt; exit 1; }
+	grep -q 'failures="0"' target/smoke/digits.xml
+	! ./target/debug/edgeplug conformance $(WASM_TARGET)/wasm32-wasip2/plugin/edgeplug_test_panic.wasm \
+		> target/smoke/panic.txt
+	grep -q 'FAIL  robustness' target/smoke/panic.txt
 
 lint:
 	$(CARGO) fmt --all -- --check
