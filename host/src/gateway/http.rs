@@ -245,35 +245,63 @@ fn lookup(gw: &Gateway, name: &str) -> Result<Arc<ActivePlugin>, Failure> {
 }
 
 /// Runs a request on `plugin` off the reactor, bounded by its permits (503 when all are
-/// taken: no queue). Records metrics.
+/// taken: no queue), at low CPU priority while the version is demoted. Records metrics.
 async fn run(
+    gw: &Gateway,
     plugin: Arc<ActivePlugin>,
     request: InferRequest,
     started: Instant,
 ) -> Result<InferResponse, Failure> {
+    let saturated = |plugin: &ActivePlugin, what: &str| Failure {
+        retry_after: true,
+        ..fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "saturated",
+            format!(
+                "plugin {} {} is serving {what}; retry later",
+                plugin.name(),
+                plugin.version,
+            ),
+        )
+    };
     let Ok(permit) = plugin.permits.clone().try_acquire_owned() else {
-        return Err(Failure {
-            retry_after: true,
-            ..fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "saturated",
-                format!(
-                    "plugin {} {} is serving its limit of {} requests; retry later",
-                    plugin.name(),
-                    plugin.version,
-                    plugin.plugin.shared().limits().concurrency
-                ),
-            )
-        });
+        let what = format!(
+            "its limit of {} requests",
+            plugin.plugin.shared().limits().concurrency
+        );
+        return Err(saturated(&plugin, &what));
     };
     let task_plugin = plugin.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let job = move || {
         let result = task_plugin.plugin.infer(request);
         drop(permit);
         result
-    })
-    .await
-    .unwrap_or_else(|e| Err(InvokeError::trap(format!("the request's task failed: {e}"))));
+    };
+    let result = if plugin.demotion.is_demoted() {
+        match gw.demoted.run(job).await {
+            Some(result) => result,
+            None => {
+                return Err(saturated(
+                    &plugin,
+                    "at low priority after exhausting its limits, and its queue is full",
+                ));
+            }
+        }
+    } else {
+        tokio::task::spawn_blocking(job)
+            .await
+            .unwrap_or_else(|e| Err(InvokeError::trap(format!("the request's task failed: {e}"))))
+    };
+    if let Err(e) = &result
+        && super::lanes::exhausts_a_limit(e)
+    {
+        if !plugin.demotion.is_demoted() {
+            tracing::warn!(plugin = plugin.name(), version = %plugin.version, error = %e, "demoted to low CPU priority");
+            gw.metrics
+                .event("demotion", plugin.name(), &plugin.version.to_string());
+        }
+        plugin.demotion.demote();
+    }
     let code = result.as_ref().err().map(error_code);
     plugin.metrics.observe(started.elapsed(), code.as_deref());
     result.map_err(|e| invoke_failure(&e))
@@ -340,7 +368,7 @@ async fn invoke(
         body: body.to_vec(),
         tensors: Vec::new(),
     };
-    let answer = run(plugin.clone(), request, started).await?;
+    let answer = run(gw, plugin.clone(), request, started).await?;
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     if let Ok(v) = HeaderValue::from_str(&answer.content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
@@ -395,7 +423,7 @@ async fn predict(
         body: image.data.to_vec(),
         tensors: Vec::new(),
     };
-    let answer = run(plugin.clone(), request, started).await?;
+    let answer = run(gw, plugin.clone(), request, started).await?;
     let value: Value = serde_json::from_slice(&answer.body).map_err(|_| {
         fail(
             StatusCode::BAD_GATEWAY,
@@ -519,7 +547,7 @@ async fn v2_infer(
             format!("the inputs take {size} bytes, over the limit of {limit} bytes"),
         ));
     }
-    let answer = run(plugin.clone(), decoded.request, started)
+    let answer = run(gw, plugin.clone(), decoded.request, started)
         .await
         .map_err(|f| Failure {
             body: json!({"error": f.body["error"]["message"].as_str().unwrap_or("failed")}),

@@ -189,6 +189,11 @@ impl Metrics {
                 "Rollbacks, by the version rolled back to.",
             ),
             ("remove", "edgeplug_removals_total", "Plugins removed."),
+            (
+                "demotion",
+                "edgeplug_demotions_total",
+                "Times a version was demoted to low CPU priority after exhausting a limit.",
+            ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}");
             let _ = writeln!(out, "# TYPE {metric} counter");

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod lanes;
 pub mod metrics;
 pub mod multipart;
 pub mod oip;
@@ -41,6 +42,8 @@ pub struct Gateway {
     /// sha-256 of the admin token (compared in constant time); `None` disables admin.
     admin_token_sha256: Option<[u8; 32]>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Where demoted versions' requests run.
+    pub demoted: lanes::LowPriorityPool,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -99,6 +102,9 @@ impl Gateway {
             metrics,
             admin_token_sha256,
             tls,
+            // One low-priority thread: demoted versions share it, and four more of their
+            // requests may wait; beyond that they are refused with 503.
+            demoted: lanes::LowPriorityPool::new(1, 4)?,
         }))
     }
 

@@ -47,6 +47,8 @@ pub struct ActivePlugin {
     /// Requests running on this version at once (`limits.concurrency` permits).
     pub permits: Arc<Semaphore>,
     pub metrics: Arc<VersionMetrics>,
+    /// Whether its requests run at low CPU priority after exhausting a limit.
+    pub demotion: super::lanes::Demotion,
 }
 
 impl ActivePlugin {
@@ -282,6 +284,7 @@ impl Registry {
             load_time: started.elapsed(),
             self_tests,
             permits: Arc::new(Semaphore::new(limits.concurrency)),
+            demotion: super::lanes::Demotion::default(),
         })
     }
 

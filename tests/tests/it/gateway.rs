@@ -3,7 +3,7 @@
 //! back-pressure, body limits, TLS, graceful shutdown, and the web page in a headless browser.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -13,7 +13,7 @@ use edgeplug_host::gateway::{self, Config, Gateway};
 use edgeplug_tests::fixture;
 use edgeplug_tests::gateway::*;
 use hyper::body::Bytes;
-use hyper::{Response, Uri};
+use hyper::Uri;
 use serde_json::{Value, json};
 
 // ---- tests ----
@@ -895,145 +895,6 @@ fn find_chromium() -> Option<PathBuf> {
 /// to a bare hyper hello-world in the same run (each server on one worker thread), and p99
 /// during pushes against steady state. A benchmark, not a test: run it with
 /// `cargo test --release -p edgeplug-tests --test it gateway::bench -- --ignored --nocapture`.
-#[test]
-#[ignore = "a benchmark: run with --ignored --nocapture"]
-fn bench_gateway_against_hello_world() {
-    let Some(wrk) = find_on_path("wrk") else {
-        eprintln!("SKIPPED: wrk is not installed (apt-get install -y wrk)");
-        return;
-    };
-    let one_worker = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    // A bare hyper hello-world.
-    let hello_rt = one_worker();
-    let hello_addr = hello_rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"hello"),
-                        )))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        addr
-    });
-    let gw_rt = one_worker();
-    let gw = gw_rt.block_on(async {
-        let gw = TestGateway::start("[limits]\nconcurrency = 64\n").await;
-        let key = gw.key.clone();
-        let bundle = tokio::task::spawn_blocking(move || {
-            bundle_with(&key, "1.0.0", |dir| {
-                let path = dir.join("plugin.toml");
-                let text = std::fs::read_to_string(&path).unwrap();
-                std::fs::write(&path, text.replace("concurrency = 8", "concurrency = 32")).unwrap();
-            })
-        })
-        .await
-        .unwrap();
-        assert_status(&gw.push("digits", bundle).await, 200);
-        gw
-    });
-    let scripts = tempfile::tempdir().unwrap();
-    let seven = std::fs::read_to_string(fixture("digits/seven.json")).unwrap();
-    let post = scripts.path().join("post.lua");
-    std::fs::write(
-        &post,
-        format!(
-            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = {:?}\n",
-            seven.trim()
-        ),
-    )
-    .unwrap();
-    let run = |url: String, script: Option<&Path>, seconds: u32| {
-        let mut cmd = std::process::Command::new(&wrk);
-        cmd.args(["-t1", "-c8", &format!("-d{seconds}s"), "--latency"]);
-        if let Some(script) = script {
-            cmd.arg("-s").arg(script);
-        }
-        let out = cmd.arg(&url).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let field = |prefix: &str| {
-            text.lines()
-                .find(|l| l.trim_start().starts_with(prefix))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
-                .unwrap_or_else(|| "?".into())
-        };
-        let non_2xx = text
-            .lines()
-            .find(|l| l.contains("Non-2xx"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        (field("Requests/sec:"), field("50%"), field("99%"), non_2xx)
-    };
-    let report = |what: &str, r: &(String, String, String, String)| {
-        println!(
-            "{what:<42} {:>10} req/s  p50 {:>9}  p99 {:>9}  {}",
-            r.0, r.1, r.2, r.3
-        );
-    };
-    let hello = run(format!("http://{hello_addr}/"), None, 5);
-    report("bare hyper hello-world", &hello);
-    let live = run(format!("http://{}/v2/health/live", gw.addr), None, 5);
-    report("gateway GET /v2/health/live (no plugin)", &live);
-    let digits_url = format!("http://{}/v1/plugins/digits/infer", gw.addr);
-    let steady = run(digits_url.clone(), Some(&post), 5);
-    report("gateway digits infer (JSON 8x8), steady", &steady);
-    // p99 while versions are pushed back to back.
-    let pushing = Arc::new(AtomicBool::new(true));
-    let pusher = {
-        let (pushing, key) = (pushing.clone(), gw.key.clone());
-        let url = gw.url();
-        gw_rt.spawn(async move {
-            let mut n = 101;
-            let mut pushes = 0;
-            while pushing.load(Ordering::Relaxed) && n < 999 {
-                let version = format!("{}.{}.{}", n / 100, (n / 10) % 10, n % 10);
-                let key = key.clone();
-                let bundle = tokio::task::spawn_blocking(move || digits_bundle(&key, &version))
-                    .await
-                    .unwrap();
-                let mut c = Connection::open(&url, None).await.unwrap();
-                let r = c
-                    .send(
-                        req("PUT", "/v1/admin/plugins/digits")
-                            .header("authorization", format!("Bearer {TOKEN}"))
-                            .body(ChunkedBody::new(bundle))
-                            .unwrap(),
-                    )
-                    .await
-                    .unwrap();
-                assert_status(&r, 200);
-                n += 1;
-                pushes += 1;
-            }
-            pushes
-        })
-    };
-    let swapping = run(digits_url, Some(&post), 20);
-    pushing.store(false, Ordering::Relaxed);
-    let pushes = gw_rt.block_on(pusher).unwrap();
-    report(
-        &format!("gateway digits infer during {pushes} pushes"),
-        &swapping,
-    );
-}
-
 fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

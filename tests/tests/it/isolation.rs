@@ -255,4 +255,22 @@ async fn the_gateway_answers_each_misbehaviour_and_the_neighbour_never_fails() {
         metrics.contains("deadline-exceeded"),
         "errors are counted by code"
     );
+    // The plugins that exhausted a CPU or memory limit now run at low priority.
+    for name in ["infinite-loop", "memory-hog", "tensor-hog"] {
+        assert!(
+            metrics.contains(&format!(
+                "edgeplug_demotions_total{{plugin=\"{name}\",version=\"0.1.0\"}} 1"
+            )),
+            "{name} not demoted:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("edgeplug_demotions_total{plugin=\"panic\""),
+        "a trap is not a demotion"
+    );
+    // A demoted plugin is still served (at low priority) and still stopped by its deadline.
+    let response = gw
+        .post("/v1/plugins/infinite-loop/infer", "application/json", "[4]")
+        .await;
+    assert_status(&response, 504);
 }

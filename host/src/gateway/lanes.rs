@@ -1,0 +1,174 @@
+//! Where a request's wasm runs.
+//!
+//! Requests run on tokio's blocking pool. A plugin version whose request just exhausted its
+//! deadline or a memory limit is *demoted* for [`DEMOTION`]: its requests run on a few threads
+//! at the lowest CPU priority (nice 19) instead. The limits already end each such request; the
+//! demotion bounds what the next ones cost everybody else, so on a 2-core edge box a plugin
+//! that loops or thrashes memory gets only the CPU the well-behaved plugins leave idle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::runtime::InvokeError;
+
+/// How long a version stays demoted after its last exhausted limit.
+pub const DEMOTION: Duration = Duration::from_secs(30);
+
+/// Whether an error is a plugin exhausting a CPU or memory limit.
+pub fn exhausts_a_limit(e: &InvokeError) -> bool {
+    matches!(
+        e,
+        InvokeError::DeadlineExceeded { .. }
+            | InvokeError::MemoryExhausted { .. }
+            | InvokeError::TensorMemoryExhausted { .. }
+    )
+}
+
+/// A version's demotion state.
+#[derive(Debug, Default)]
+pub struct Demotion {
+    /// Milliseconds after [`epoch`] until which the version is demoted; 0 when never.
+    until_ms: AtomicU64,
+    /// Times it was demoted, for metrics.
+    count: AtomicU64,
+}
+
+impl Demotion {
+    pub fn is_demoted(&self) -> bool {
+        now_ms() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Demotes (again) for [`DEMOTION`] from now.
+    pub fn demote(&self) {
+        let was = self.is_demoted();
+        self.until_ms
+            .store(now_ms() + DEMOTION.as_millis() as u64, Ordering::Relaxed);
+        if !was {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads at the lowest CPU priority, fed by a bounded queue (a full queue refuses, it never
+/// grows).
+#[derive(Debug)]
+pub struct LowPriorityPool {
+    queue: SyncSender<Job>,
+}
+
+impl LowPriorityPool {
+    pub fn new(threads: usize, queue: usize) -> std::io::Result<LowPriorityPool> {
+        let (sender, receiver) = mpsc::sync_channel::<Job>(queue);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for i in 0..threads.max(1) {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("edgeplug-demoted-{i}"))
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    loop {
+                        let job = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(LowPriorityPool { queue: sender })
+    }
+
+    /// Runs `job` on the pool; `None` when the queue is full.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        match self.queue.try_send(job) {
+            Ok(()) => rx.await.ok(),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => None,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_this_threads_priority() {
+    // Linux nice values are per thread: PRIO_PROCESS with a thread id changes only that thread.
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if result != 0 {
+        tracing::warn!(
+            "cannot lower the priority of the demoted-plugin thread: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_threads_priority() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_demotion_lasts_and_is_counted_once_per_episode() {
+        let demotion = Demotion::default();
+        assert!(!demotion.is_demoted());
+        demotion.demote();
+        demotion.demote();
+        assert!(demotion.is_demoted());
+        assert_eq!(demotion.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_pool_runs_jobs_at_low_priority_and_refuses_when_full() {
+        let pool = LowPriorityPool::new(1, 1).unwrap();
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: as above; getpriority reads the calling thread's nice value.
+            let nice = pool
+                .run(|| unsafe {
+                    libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+                })
+                .await
+                .unwrap();
+            assert_eq!(nice, 19);
+        }
+        // One job running, one queued: a third is refused.
+        let pool = Arc::new(pool);
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let blocked = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || wait.recv().ok()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            pool.queue.try_send(Box::new(|| {})).is_ok(),
+            "one queue slot free"
+        );
+        assert!(pool.run(|| ()).await.is_none(), "a full queue refuses");
+        release.send(()).unwrap();
+        assert_eq!(blocked.await.unwrap(), Some(Some(())));
+    }
+}
