@@ -123,7 +123,7 @@ fn main() {
             pushes
         })
     };
-    let swapping = load::run(&digits, CONNECTIONS, duration);
+    let swapping = load::run(&digits, CONNECTIONS, 3 * duration);
     pushing.store(false, Ordering::Relaxed);
     let pushes = pusher.join().unwrap();
     table.add(&format!("gateway digits during {pushes} pushes"), swapping);
