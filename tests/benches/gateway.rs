@@ -128,9 +128,10 @@ fn main() {
     let pushes = pusher.join().unwrap();
     table.add(&format!("gateway digits during {pushes} pushes"), swapping);
 
-    // The neighbour alone, then beside each misbehaving plugin under load.
+    // The neighbour alone, beside a well-behaved load of the same shape (the control: what
+    // sharing two cores costs anyway), then beside each misbehaving plugin under load.
     table.add("echo alone", load::run(&echo, CONNECTIONS, duration));
-    for name in ["infinite-loop", "memory-hog", "panic"] {
+    for name in ["echo", "infinite-loop", "memory-hog", "panic"] {
         let bad = Target::post(
             gw.addr,
             &format!("/v1/plugins/{name}/infer"),
@@ -162,7 +163,7 @@ fn main() {
         "digits p99 during swaps / steady: {:.2} (target <= 2)",
         ratio(&swap_name, "gateway digits (JSON 8x8)", p99)
     );
-    for name in ["infinite-loop", "memory-hog", "panic"] {
+    for name in ["echo", "infinite-loop", "memory-hog", "panic"] {
         println!(
             "echo p99 beside {name} / alone: {:.2}",
             ratio(&format!("echo beside {name} under load"), "echo alone", p99)

@@ -651,13 +651,22 @@ async fn admin(
     let task_gw = gw.clone();
     let task_name = name.clone();
     let is_push = matches!(action, AdminAction::Push(_));
-    let result = tokio::task::spawn_blocking(move || match action {
-        AdminAction::Push(bytes) => task_gw.registry.install(bytes, Some(&task_name)),
-        AdminAction::Rollback => task_gw.registry.rollback(&task_name),
-        AdminAction::Remove => task_gw.registry.remove(&task_name),
-    })
-    .await
-    .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let result = gw
+        .admin
+        .run(move || match action {
+            AdminAction::Push(bytes) => task_gw.registry.install(bytes, Some(&task_name)),
+            AdminAction::Rollback => task_gw.registry.rollback(&task_name),
+            AdminAction::Remove => task_gw.registry.remove(&task_name),
+        })
+        .await
+        .ok_or_else(|| Failure {
+            retry_after: true,
+            ..fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admin-busy",
+                "too many admin operations are waiting; retry later",
+            )
+        })?;
     match result {
         Ok(outcome) => Ok(json_response(StatusCode::OK, &json!(outcome))),
         Err(e) => {

@@ -5,6 +5,9 @@
 //! at the lowest CPU priority (nice 19) instead. The limits already end each such request; the
 //! demotion bounds what the next ones cost everybody else, so on a 2-core edge box a plugin
 //! that loops or thrashes memory gets only the CPU the well-behaved plugins leave idle.
+//!
+//! Admin work (verify, compile, self-test of a pushed version) also runs on its own
+//! lower-priority thread, so a hot swap under load does not take the serving threads' CPU.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -66,7 +69,7 @@ fn now_ms() -> u64 {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Threads at the lowest CPU priority, fed by a bounded queue (a full queue refuses, it never
+/// Threads at a lower CPU priority, fed by a bounded queue (a full queue refuses, it never
 /// grows).
 #[derive(Debug)]
 pub struct LowPriorityPool {
@@ -74,15 +77,21 @@ pub struct LowPriorityPool {
 }
 
 impl LowPriorityPool {
-    pub fn new(threads: usize, queue: usize) -> std::io::Result<LowPriorityPool> {
+    /// `threads` threads named `name-N` at `nice` (1 to 19: higher is lower priority).
+    pub fn new(
+        name: &str,
+        threads: usize,
+        queue: usize,
+        nice: i32,
+    ) -> std::io::Result<LowPriorityPool> {
         let (sender, receiver) = mpsc::sync_channel::<Job>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
         for i in 0..threads.max(1) {
             let receiver = receiver.clone();
             std::thread::Builder::new()
-                .name(format!("edgeplug-demoted-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
-                    lower_this_threads_priority();
+                    lower_this_threads_priority(nice);
                     loop {
                         let job = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         match job {
@@ -112,20 +121,21 @@ impl LowPriorityPool {
 }
 
 #[cfg(target_os = "linux")]
-fn lower_this_threads_priority() {
+fn lower_this_threads_priority(nice: i32) {
     // Linux nice values are per thread: PRIO_PROCESS with a thread id changes only that thread.
     // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    let result =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
     if result != 0 {
         tracing::warn!(
-            "cannot lower the priority of the demoted-plugin thread: {}",
+            "cannot lower the priority of a low-priority thread: {}",
             std::io::Error::last_os_error()
         );
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_this_threads_priority() {}
+fn lower_this_threads_priority(_nice: i32) {}
 
 #[cfg(test)]
 mod tests {
@@ -143,7 +153,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_pool_runs_jobs_at_low_priority_and_refuses_when_full() {
-        let pool = LowPriorityPool::new(1, 1).unwrap();
+        let pool = LowPriorityPool::new("test-low", 1, 1, 19).unwrap();
         #[cfg(target_os = "linux")]
         {
             // SAFETY: as above; getpriority reads the calling thread's nice value.

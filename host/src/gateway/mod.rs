@@ -44,6 +44,8 @@ pub struct Gateway {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where demoted versions' requests run.
     pub demoted: lanes::LowPriorityPool,
+    /// Where pushes, rollbacks and removals run.
+    pub admin: lanes::LowPriorityPool,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -76,6 +78,9 @@ impl Gateway {
             limit_caps: config.limit_caps(),
             max_instances: config.limits.max_instances,
             cache: ComponentCache::in_dir(config.state_dir.join("cache")),
+            // Compile on the admin thread only: parallel compilation would take every core
+            // from the requests being served during a hot swap.
+            parallel_compilation: false,
             models: Arc::new(crate::model_store::ModelStore::new(Some(
                 config.model_dir.clone(),
             ))),
@@ -104,7 +109,9 @@ impl Gateway {
             tls,
             // One low-priority thread: demoted versions share it, and four more of their
             // requests may wait; beyond that they are refused with 503.
-            demoted: lanes::LowPriorityPool::new(1, 4)?,
+            demoted: lanes::LowPriorityPool::new("edgeplug-demoted", 1, 4, 19)?,
+            // Nice 10 still gets ~10% of a busy core, so a push under full load finishes.
+            admin: lanes::LowPriorityPool::new("edgeplug-admin", 1, 16, 10)?,
         }))
     }
 

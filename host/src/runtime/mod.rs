@@ -56,6 +56,9 @@ pub struct RuntimeConfig {
     pub cache: ComponentCache,
     /// Loaded models shared across versions and plugins, and the operator's model directory.
     pub models: Arc<crate::model_store::ModelStore>,
+    /// Compile a component's functions on every core (faster loads) or only on the calling
+    /// thread (a gateway swapping versions under load).
+    pub parallel_compilation: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -72,6 +75,7 @@ impl Default for RuntimeConfig {
             max_instances: 128,
             cache: ComponentCache::disabled(),
             models: Arc::default(),
+            parallel_compilation: true,
         }
     }
 }
@@ -203,6 +207,7 @@ impl Drop for Runtime {
 fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
     let mut c = Config::new();
     c.epoch_interruption(true);
+    c.parallel_compilation(config.parallel_compilation);
     c.wasm_component_model(true);
     if pooling {
         let mut pool = PoolingAllocationConfig::default();

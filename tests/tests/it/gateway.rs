@@ -12,8 +12,8 @@ use edgeplug_host::gateway::client::{ChunkedBody, Connection};
 use edgeplug_host::gateway::{self, Config, Gateway};
 use edgeplug_tests::fixture;
 use edgeplug_tests::gateway::*;
-use hyper::body::Bytes;
 use hyper::Uri;
+use hyper::body::Bytes;
 use serde_json::{Value, json};
 
 // ---- tests ----
