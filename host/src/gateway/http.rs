@@ -293,14 +293,12 @@ async fn run(
             .unwrap_or_else(|e| Err(InvokeError::trap(format!("the request's task failed: {e}"))))
     };
     if let Err(e) = &result
-        && super::lanes::exhausts_a_limit(e)
+        && let Some(misconduct) = super::lanes::Misconduct::of(e)
+        && plugin.demotion.record(misconduct)
     {
-        if !plugin.demotion.is_demoted() {
-            tracing::warn!(plugin = plugin.name(), version = %plugin.version, error = %e, "demoted to low CPU priority");
-            gw.metrics
-                .event("demotion", plugin.name(), &plugin.version.to_string());
-        }
-        plugin.demotion.demote();
+        tracing::warn!(plugin = plugin.name(), version = %plugin.version, error = %e, "demoted to low CPU priority");
+        gw.metrics
+            .event("demotion", plugin.name(), &plugin.version.to_string());
     }
     let code = result.as_ref().err().map(error_code);
     plugin.metrics.observe(started.elapsed(), code.as_deref());

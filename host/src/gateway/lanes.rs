@@ -1,8 +1,9 @@
 //! Where a request's wasm runs.
 //!
 //! Requests run on tokio's blocking pool. A plugin version whose request just exhausted its
-//! deadline or a memory limit is *demoted* for [`DEMOTION`]: its requests run on a few threads
-//! at the lowest CPU priority (nice 19) instead. The limits already end each such request; the
+//! deadline or a memory limit, or that trapped [`TRAP_STORM`] times within a second, is
+//! *demoted* for [`DEMOTION`]: its requests run on a few threads at the lowest CPU priority
+//! (nice 19) instead. A single trap does not demote: a plugin with a rare bug keeps its lane. The limits already end each such request; the
 //! demotion bounds what the next ones cost everybody else, so on a 2-core edge box a plugin
 //! that loops or thrashes memory gets only the CPU the well-behaved plugins leave idle.
 //!
@@ -19,14 +20,32 @@ use crate::runtime::InvokeError;
 /// How long a version stays demoted after its last exhausted limit.
 pub const DEMOTION: Duration = Duration::from_secs(30);
 
-/// Whether an error is a plugin exhausting a CPU or memory limit.
-pub fn exhausts_a_limit(e: &InvokeError) -> bool {
-    matches!(
-        e,
-        InvokeError::DeadlineExceeded { .. }
+/// Traps within one second that demote a version.
+pub const TRAP_STORM: u64 = 3;
+
+/// What a failed request says about its plugin version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misconduct {
+    /// It exhausted a CPU or memory limit: demote now.
+    ExhaustedLimit,
+    /// It trapped, or broke its output contract or response limit: demote on a storm.
+    Failed,
+}
+
+impl Misconduct {
+    pub fn of(e: &InvokeError) -> Option<Misconduct> {
+        match e {
+            InvokeError::DeadlineExceeded { .. }
             | InvokeError::MemoryExhausted { .. }
-            | InvokeError::TensorMemoryExhausted { .. }
-    )
+            | InvokeError::TensorMemoryExhausted { .. } => Some(Misconduct::ExhaustedLimit),
+            InvokeError::Trap { .. }
+            | InvokeError::BrokenContract(_)
+            | InvokeError::ResponseTooLarge { .. } => Some(Misconduct::Failed),
+            // The plugin's own error result, or a client's oversized body: not the plugin's
+            // misconduct.
+            InvokeError::Plugin { .. } | InvokeError::RequestTooLarge { .. } => None,
+        }
+    }
 }
 
 /// A version's demotion state.
@@ -36,11 +55,38 @@ pub struct Demotion {
     until_ms: AtomicU64,
     /// Times it was demoted, for metrics.
     count: AtomicU64,
+    /// Start (ms after [`epoch`]) and count of the current one-second window of failures.
+    window_start_ms: AtomicU64,
+    failures_in_window: AtomicU64,
 }
 
 impl Demotion {
     pub fn is_demoted(&self) -> bool {
         now_ms() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records a failed request; returns whether the version is demoted because of it (and
+    /// was not already).
+    pub fn record(&self, misconduct: Misconduct) -> bool {
+        let was = self.is_demoted();
+        let demote = match misconduct {
+            Misconduct::ExhaustedLimit => true,
+            Misconduct::Failed => {
+                let now = now_ms();
+                let start = self.window_start_ms.load(Ordering::Relaxed);
+                if now.saturating_sub(start) > 1000 {
+                    self.window_start_ms.store(now, Ordering::Relaxed);
+                    self.failures_in_window.store(1, Ordering::Relaxed);
+                    false
+                } else {
+                    self.failures_in_window.fetch_add(1, Ordering::Relaxed) + 1 >= TRAP_STORM
+                }
+            }
+        };
+        if demote {
+            self.demote();
+        }
+        demote && !was
     }
 
     /// Demotes (again) for [`DEMOTION`] from now.
@@ -149,6 +195,27 @@ mod tests {
         demotion.demote();
         assert!(demotion.is_demoted());
         assert_eq!(demotion.count(), 1);
+    }
+
+    #[test]
+    fn one_trap_does_not_demote_a_storm_does() {
+        let demotion = Demotion::default();
+        assert!(!demotion.record(Misconduct::Failed));
+        assert!(!demotion.record(Misconduct::Failed));
+        assert!(!demotion.is_demoted());
+        assert!(
+            demotion.record(Misconduct::Failed),
+            "the third trap within a second"
+        );
+        assert!(demotion.is_demoted());
+        assert!(!demotion.record(Misconduct::Failed), "already demoted");
+        let limit = Demotion::default();
+        assert!(limit.record(Misconduct::ExhaustedLimit));
+        let clean = InvokeError::Plugin {
+            code: crate::runtime::PluginErrorCode::InvalidArgument,
+            message: String::new(),
+        };
+        assert_eq!(Misconduct::of(&clean), None);
     }
 
     #[tokio::test]
