@@ -146,6 +146,26 @@ fn main() {
     }
 
     table.print();
+    // The runtime alone, without HTTP: one echo request on a fresh instance, in this thread.
+    let echo_plugin = gw.gateway.registry.get("echo").expect("echo is active");
+    let request = edgeplug_host::runtime::InferRequest {
+        content_type: "application/json".into(),
+        body: br#"{"hello": "edge"}"#.to_vec(),
+        tensors: Vec::new(),
+    };
+    let mut times: Vec<Duration> = (0..20_000)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            echo_plugin.plugin.infer(request.clone()).unwrap();
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    println!(
+        "echo through the runtime alone (instantiate + call + drop, no HTTP): median {:.1} us, p99 {:.1} us",
+        times[times.len() / 2].as_secs_f64() * 1e6,
+        times[times.len() * 99 / 100].as_secs_f64() * 1e6
+    );
     let ratio = |a: &str, b: &str, f: fn(&LoadResult) -> f64| f(table.get(a)) / f(table.get(b));
     let rps = |r: &LoadResult| r.per_second();
     let p99 = |r: &LoadResult| r.quantile(0.99).as_secs_f64();
