@@ -43,11 +43,14 @@ fn load(runtime: &Runtime, dir: &str) -> LoadedPlugin {
     load_test_plugin(runtime, dir).unwrap_or_else(|e| panic!("{dir} loads: {e:#}"))
 }
 
+/// Whether an error is the one a misbehaviour must end in.
+type Expectation = fn(&InvokeError) -> bool;
+
 #[test]
 fn each_misbehaviour_is_caught_with_the_error_that_names_it() {
     let runtime = runtime();
     let echo = load(&runtime, "echo");
-    let cases: &[(&str, fn(&InvokeError) -> bool)] = &[
+    let cases: &[(&str, Expectation)] = &[
         (
             "panic",
             |e| matches!(e, InvokeError::Trap { stderr, .. } if stderr.contains("cannot handle a body of 9 bytes")),
