@@ -3,13 +3,13 @@
 //! back-pressure, body limits, TLS, graceful shutdown, and the web page in a headless browser.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use edgeplug_host::bundle::{self, BundleLimits, SecretKey};
 use edgeplug_host::gateway::client::{ChunkedBody, Connection};
 use edgeplug_host::gateway::{self, Config, Gateway};
+use edgeplug_tests::browser::{Browser, find_chromium};
 use edgeplug_tests::fixture;
 use edgeplug_tests::gateway::*;
 use hyper::Uri;
@@ -885,20 +885,70 @@ async fn web_page_lists_plugins_in_a_headless_browser() {
     gw.stop().await;
 }
 
-fn find_chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| find_on_path(name))
-}
-
-/// Throughput and latency over HTTP with keep-alive on loopback, measured with `wrk`, next
-/// to a bare hyper hello-world in the same run (each server on one worker thread), and p99
-/// during pushes against steady state. A benchmark, not a test: run it with
-/// `cargo test --release -p edgeplug-tests --test it gateway::bench -- --ignored --nocapture`.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
+/// A person's path through the page: the plugin list fills in, they choose the digits plugin
+/// and a photo, send it, and see the label, the top five with probabilities and the latency;
+/// a broken image shows the plugin's error. In a real headless chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_page_classifies_an_uploaded_photo_in_a_headless_browser() {
+    let Some(chromium) = find_chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is not installed, and CI is set: install it (apt-get install -y chromium)"
+        );
+        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+        return;
+    };
+    let mut gw = TestGateway::start("").await;
+    assert_status(
+        &gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await,
+        200,
+    );
+    let url = format!("http://{}/", gw.addr);
+    let photo = fixture("images/adversarial/digit1-gray8.png");
+    let broken = fixture("images/adversarial/truncated.png");
+    let seen = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
+        let mut browser = Browser::launch(&chromium).map_err(|e| e.to_string())?;
+        let page = browser.open(&url)?;
+        browser.wait_for(
+            &page,
+            "document.querySelector('#plugin option[value=\"digits\"]') !== null",
+        )?;
+        browser.eval(&page, "document.querySelector('#plugin').value = 'digits'")?;
+        browser.set_file(&page, "#file", &photo)?;
+        browser.eval(&page, "document.querySelector('#form').requestSubmit()")?;
+        let label = browser.wait_for(&page, "document.querySelector('#label')?.textContent")?;
+        let rows = browser.eval(&page, "document.querySelectorAll('#top5 tr').length")?;
+        let first_row = browser.eval(&page, "document.querySelector('#top5 tr').innerText")?;
+        let latency = browser.eval(&page, "document.querySelector('#latency').textContent")?;
+        let preview = browser.eval(
+            &page,
+            "document.querySelector('#preview').src.startsWith('blob:')",
+        )?;
+        browser.set_file(&page, "#file", &broken)?;
+        browser.eval(&page, "document.querySelector('#form').requestSubmit()")?;
+        let error = browser.wait_for(
+            &page,
+            "document.querySelector('#result .error')?.textContent",
+        )?;
+        Ok(vec![label, rows, first_row, latency, preview, error])
     })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("the browser session failed: {e}"));
+    assert_eq!(seen[0], json!("1"), "label");
+    assert_eq!(seen[1], json!(5), "top-5 rows");
+    let first_row = seen[2].as_str().unwrap();
+    assert!(
+        first_row.starts_with('1') && first_row.contains("99.9"),
+        "{first_row:?}"
+    );
+    let latency = seen[3].as_str().unwrap();
+    assert!(latency.ends_with("ms (1.0.0)"), "{latency:?}");
+    assert_eq!(seen[4], json!(true), "the photo is previewed");
+    let error = seen[5].as_str().unwrap();
+    assert!(
+        error.starts_with("400 invalid-argument") && error.contains("truncated"),
+        "{error:?}"
+    );
+    gw.stop().await;
 }
