@@ -24,6 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::Gateway;
+use super::lanes;
 use super::registry::{ActivePlugin, AdminError};
 use crate::bundle::{BundleError, StoreError};
 use crate::runtime::{InferRequest, InferResponse, InvokeError, PluginErrorCode};
@@ -271,13 +272,35 @@ async fn run(
         );
         return Err(saturated(&plugin, &what));
     };
+    let demoted = plugin.demotion.is_demoted();
+    if !demoted
+        && plugin.fast_path.allows()
+        && request.body.len() <= lanes::FAST_PATH_MAX_BODY
+        && request.tensors.is_empty()
+    {
+        match plugin
+            .plugin
+            .infer_within(request.clone(), lanes::FAST_PATH_BUDGET)
+        {
+            Err(InvokeError::DeadlineExceeded { .. }) => {
+                tracing::info!(plugin = plugin.name(), version = %plugin.version, "fast path overran its budget; running on the pool from now on");
+                plugin.fast_path.ban();
+            }
+            result => {
+                drop(permit);
+                return finish(gw, &plugin, result, started);
+            }
+        }
+    }
     let task_plugin = plugin.clone();
     let job = move || {
+        let ran = Instant::now();
         let result = task_plugin.plugin.infer(request);
+        task_plugin.fast_path.observe(ran.elapsed());
         drop(permit);
         result
     };
-    let result = if plugin.demotion.is_demoted() {
+    let result = if demoted {
         match gw.demoted.run(job).await {
             Some(result) => result,
             None => {
@@ -292,8 +315,18 @@ async fn run(
             .await
             .unwrap_or_else(|e| Err(InvokeError::trap(format!("the request's task failed: {e}"))))
     };
+    finish(gw, &plugin, result, started)
+}
+
+/// Records a finished request (demotion, metrics) and turns an error into its HTTP failure.
+fn finish(
+    gw: &Gateway,
+    plugin: &ActivePlugin,
+    result: Result<InferResponse, InvokeError>,
+    started: Instant,
+) -> Result<InferResponse, Failure> {
     if let Err(e) = &result
-        && let Some(misconduct) = super::lanes::Misconduct::of(e)
+        && let Some(misconduct) = lanes::Misconduct::of(e)
         && plugin.demotion.record(misconduct)
     {
         tracing::warn!(plugin = plugin.name(), version = %plugin.version, error = %e, "demoted to low CPU priority");

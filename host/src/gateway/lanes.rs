@@ -9,6 +9,14 @@
 //!
 //! Admin work (verify, compile, self-test of a pushed version) also runs on its own
 //! lower-priority thread, so a hot swap under load does not take the serving threads' CPU.
+//!
+//! A version whose requests all finish in microseconds earns the [`FastPath`]: its small
+//! requests run on the reactor thread itself, which saves the two thread wake-ups of the
+//! blocking pool (most of a trivial plugin's cost). The reactor is protected by a short
+//! deadline: a fast-path run that exceeds [`FAST_PATH_BUDGET`] is stopped, the version loses
+//! the fast path for good, and the request runs again on the pool with its full deadline
+//! (a request is a pure function of its input on a fresh instance, so running it again is
+//! safe).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -19,6 +27,49 @@ use crate::runtime::InvokeError;
 
 /// How long a version stays demoted after its last exhausted limit.
 pub const DEMOTION: Duration = Duration::from_secs(30);
+
+/// The longest a fast-path request may hold the reactor thread (rounded up to the epoch tick).
+pub const FAST_PATH_BUDGET: Duration = Duration::from_millis(10);
+/// Consecutive pool runs under [`FAST_PATH_QUICK`] that earn the fast path.
+pub const FAST_PATH_QUALIFY: u32 = 64;
+/// What counts as a quick run: about the cost of the two thread wake-ups the fast path saves.
+/// Longer runs gain more from running in parallel on the pool than from skipping the hop.
+pub const FAST_PATH_QUICK: Duration = Duration::from_micros(50);
+/// Largest body sent down the fast path.
+pub const FAST_PATH_MAX_BODY: usize = 64 << 10;
+
+/// Whether a version's requests may run on the reactor thread.
+#[derive(Debug, Default)]
+pub struct FastPath {
+    /// Quick runs in a row, or [`QUALIFIED`], or [`BANNED`].
+    state: std::sync::atomic::AtomicU32,
+}
+
+const QUALIFIED: u32 = u32::MAX - 1;
+const BANNED: u32 = u32::MAX;
+
+impl FastPath {
+    pub fn allows(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == QUALIFIED
+    }
+
+    /// Records how long a run on the pool took.
+    pub fn observe(&self, elapsed: Duration) {
+        let _ =
+            self.state
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| match state {
+                    QUALIFIED | BANNED => None,
+                    _ if elapsed >= FAST_PATH_QUICK => Some(0),
+                    n if n + 1 >= FAST_PATH_QUALIFY => Some(QUALIFIED),
+                    n => Some(n + 1),
+                });
+    }
+
+    /// A fast-path run overran its budget: never again for this version.
+    pub fn ban(&self) {
+        self.state.store(BANNED, Ordering::Relaxed);
+    }
+}
 
 /// Traps within one second that demote a version.
 pub const TRAP_STORM: u64 = 3;
@@ -195,6 +246,25 @@ mod tests {
         demotion.demote();
         assert!(demotion.is_demoted());
         assert_eq!(demotion.count(), 1);
+    }
+
+    #[test]
+    fn the_fast_path_is_earned_by_quick_runs_and_lost_for_good() {
+        let fast = FastPath::default();
+        for _ in 0..FAST_PATH_QUALIFY - 1 {
+            fast.observe(Duration::from_micros(20));
+        }
+        fast.observe(FAST_PATH_QUICK);
+        assert!(!fast.allows(), "a slow run resets the count");
+        for _ in 0..FAST_PATH_QUALIFY {
+            fast.observe(Duration::from_micros(20));
+        }
+        assert!(fast.allows());
+        fast.ban();
+        for _ in 0..2 * FAST_PATH_QUALIFY {
+            fast.observe(Duration::from_micros(20));
+        }
+        assert!(!fast.allows());
     }
 
     #[test]

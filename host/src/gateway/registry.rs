@@ -49,6 +49,8 @@ pub struct ActivePlugin {
     pub metrics: Arc<VersionMetrics>,
     /// Whether its requests run at low CPU priority after exhausting a limit.
     pub demotion: super::lanes::Demotion,
+    /// Whether its small requests may run on the reactor thread.
+    pub fast_path: super::lanes::FastPath,
 }
 
 impl ActivePlugin {
@@ -285,6 +287,7 @@ impl Registry {
             self_tests,
             permits: Arc::new(Semaphore::new(limits.concurrency)),
             demotion: super::lanes::Demotion::default(),
+            fast_path: super::lanes::FastPath::default(),
         })
     }
 

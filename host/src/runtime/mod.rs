@@ -345,14 +345,13 @@ impl LoadedPlugin {
     }
 
     fn new_store(&self) -> Store<StoreState> {
+        self.new_store_with_deadline(self.shared.limits().deadline_ms)
+    }
+
+    fn new_store_with_deadline(&self, deadline_ms: u64) -> Store<StoreState> {
         let mut store = Store::new(&self.engine, StoreState::new(self.shared.clone()));
         store.limiter(|s| &mut s.limiter);
-        let ticks = self
-            .shared
-            .limits()
-            .deadline_ms
-            .div_ceil(EPOCH_TICK.as_millis() as u64)
-            .max(1);
+        let ticks = deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         store
@@ -384,6 +383,22 @@ impl LoadedPlugin {
     /// reactor.
     pub fn infer(&self, request: InferRequest) -> Result<InferResponse, InvokeError> {
         self.infer_with_stats(request).0
+    }
+
+    /// [`LoadedPlugin::infer`] with a deadline shorter than the plugin's own (it is never
+    /// longer), rounded up to the epoch tick: for callers that try a fast path first and fall
+    /// back to a full run when it expires. An expired short deadline reports the short one.
+    pub fn infer_within(
+        &self,
+        request: InferRequest,
+        deadline: Duration,
+    ) -> Result<InferResponse, InvokeError> {
+        let deadline_ms = (deadline.as_millis() as u64).min(self.shared.limits().deadline_ms);
+        let mut store = self.new_store_with_deadline(deadline_ms);
+        self.infer_in(&mut store, request).map_err(|e| match e {
+            InvokeError::DeadlineExceeded { .. } => InvokeError::DeadlineExceeded { deadline_ms },
+            other => other,
+        })
     }
 
     /// [`LoadedPlugin::infer`], also reporting what the request took from the host.
