@@ -11,6 +11,7 @@
 //! # admin_token_file = "/etc/edgeplug/token"  # or read it from a file (first line)
 //! default_plugin = "digits"          # the plugin answering POST /predict; unset: 404
 //! keep_versions = 3                  # versions kept per plugin, the active one included
+//! fast_path_us = 50                  # plugins answering within this run on the reactor; 0: never
 //!
 //! [tls]                              # optional; without it the gateway speaks plain HTTP
 //! cert = "cert.pem"                  # PEM certificate chain
@@ -58,6 +59,11 @@ pub struct Config {
     pub default_plugin: Option<String>,
     /// Versions kept on disk per plugin, the active one included (at least 1). Default: 3.
     pub keep_versions: usize,
+    /// A plugin version whose last 64 requests each ran within this many microseconds runs
+    /// its small requests on the reactor thread (under a 10 ms budget), saving two thread
+    /// wake-ups each. About the cost of those wake-ups: longer runs gain more from running in
+    /// parallel on the pool. 0 disables the fast path. Default: 50.
+    pub fast_path_us: u64,
     /// TLS; without this table the gateway serves plain HTTP. Default: none.
     pub tls: Option<TlsConfig>,
     /// Caps on plugin limits and gateway-wide bounds. Defaults: see [`LimitsConfig`].
@@ -108,6 +114,7 @@ impl Default for Config {
             admin_token_file: None,
             default_plugin: None,
             keep_versions: 3,
+            fast_path_us: 50,
             tls: None,
             limits: LimitsConfig::default(),
         }

@@ -293,10 +293,11 @@ async fn run(
         }
     }
     let task_plugin = plugin.clone();
+    let quick = Duration::from_micros(gw.config.fast_path_us);
     let job = move || {
         let ran = Instant::now();
         let result = task_plugin.plugin.infer(request);
-        task_plugin.fast_path.observe(ran.elapsed());
+        task_plugin.fast_path.observe(ran.elapsed(), quick);
         drop(permit);
         result
     };

@@ -32,9 +32,6 @@ pub const DEMOTION: Duration = Duration::from_secs(30);
 pub const FAST_PATH_BUDGET: Duration = Duration::from_millis(10);
 /// Consecutive pool runs under [`FAST_PATH_QUICK`] that earn the fast path.
 pub const FAST_PATH_QUALIFY: u32 = 64;
-/// What counts as a quick run: about the cost of the two thread wake-ups the fast path saves.
-/// Longer runs gain more from running in parallel on the pool than from skipping the hop.
-pub const FAST_PATH_QUICK: Duration = Duration::from_micros(50);
 /// Largest body sent down the fast path.
 pub const FAST_PATH_MAX_BODY: usize = 64 << 10;
 
@@ -53,13 +50,14 @@ impl FastPath {
         self.state.load(Ordering::Relaxed) == QUALIFIED
     }
 
-    /// Records how long a run on the pool took.
-    pub fn observe(&self, elapsed: Duration) {
+    /// Records how long a run on the pool took; runs under `quick` count towards the fast
+    /// path (a zero `quick` never grants it).
+    pub fn observe(&self, elapsed: Duration, quick: Duration) {
         let _ =
             self.state
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| match state {
                     QUALIFIED | BANNED => None,
-                    _ if elapsed >= FAST_PATH_QUICK => Some(0),
+                    _ if elapsed >= quick => Some(0),
                     n if n + 1 >= FAST_PATH_QUALIFY => Some(QUALIFIED),
                     n => Some(n + 1),
                 });
@@ -250,21 +248,27 @@ mod tests {
 
     #[test]
     fn the_fast_path_is_earned_by_quick_runs_and_lost_for_good() {
+        let quick = Duration::from_micros(50);
         let fast = FastPath::default();
         for _ in 0..FAST_PATH_QUALIFY - 1 {
-            fast.observe(Duration::from_micros(20));
+            fast.observe(Duration::from_micros(20), quick);
         }
-        fast.observe(FAST_PATH_QUICK);
+        fast.observe(quick, quick);
         assert!(!fast.allows(), "a slow run resets the count");
         for _ in 0..FAST_PATH_QUALIFY {
-            fast.observe(Duration::from_micros(20));
+            fast.observe(Duration::from_micros(20), quick);
         }
         assert!(fast.allows());
         fast.ban();
         for _ in 0..2 * FAST_PATH_QUALIFY {
-            fast.observe(Duration::from_micros(20));
+            fast.observe(Duration::from_micros(20), quick);
         }
         assert!(!fast.allows());
+        let disabled = FastPath::default();
+        for _ in 0..2 * FAST_PATH_QUALIFY {
+            disabled.observe(Duration::ZERO, Duration::ZERO);
+        }
+        assert!(!disabled.allows(), "fast_path_us = 0 disables it");
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub struct PluginListing {
 #[derive(Debug, Clone, Serialize)]
 pub struct ActiveListing {
     pub version: String,
+    /// Where its requests run: `fast` (on the reactor), `pool`, or `demoted` (low priority
+    /// after exhausting a limit or a trap storm).
+    pub lane: &'static str,
     pub description: String,
     pub signer: String,
     pub bundle_sha256: String,
@@ -508,6 +511,13 @@ impl Registry {
                 let limits = a.plugin.shared().limits();
                 ActiveListing {
                     version: a.version.to_string(),
+                    lane: if a.demotion.is_demoted() {
+                        "demoted"
+                    } else if a.fast_path.allows() {
+                        "fast"
+                    } else {
+                        "pool"
+                    },
                     description: info.description.clone(),
                     signer: a.signer.to_string(),
                     bundle_sha256: a.bundle_sha256.to_string(),

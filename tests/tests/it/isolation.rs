@@ -277,3 +277,76 @@ async fn the_gateway_answers_each_misbehaviour_and_the_neighbour_never_fails() {
         .await;
     assert_status(&response, 504);
 }
+
+/// A plugin that earned the fast path with quick answers and then loops: the fast-path run is
+/// cut at its budget, the request runs again on the pool and ends at the plugin's deadline,
+/// and the version serves from the pool (then, demoted, at low priority) from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_plugin_that_turns_slow_loses_the_fast_path() {
+    use edgeplug_tests::gateway::{
+        TestGateway, assert_status, error_code, json_of, test_plugin_bundle,
+    };
+
+    // An unoptimized test build runs the plugin in ~50-100 us; grant the fast path up to 5 ms.
+    let gw = TestGateway::start("fast_path_us = 5000\n").await;
+    let key = gw.key.clone();
+    let bundle = tokio::task::spawn_blocking(move || test_plugin_bundle(&key, "infinite-loop"))
+        .await
+        .unwrap();
+    assert_status(&gw.push("infinite-loop", bundle).await, 200);
+    let lane = |listing: serde_json::Value| {
+        listing["plugins"][0]["active"]["lane"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(lane(json_of(&gw.get("/v1/plugins").await)), "pool");
+
+    let quick = std::fs::read(
+        edgeplug_tests::repo().join("tests/plugins/infinite-loop/selftest/input.json"),
+    )
+    .unwrap();
+    let mut connection = gw.connect().await;
+    for _ in 0..100 {
+        let response = connection
+            .send(
+                edgeplug_tests::gateway::req("POST", "/v1/plugins/infinite-loop/infer")
+                    .header("content-type", "application/json")
+                    .body(edgeplug_host::gateway::client::ChunkedBody::new(
+                        quick.clone(),
+                    ))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_status(&response, 200);
+    }
+    assert_eq!(
+        lane(json_of(&gw.get("/v1/plugins").await)),
+        "fast",
+        "quick answers earn the fast path"
+    );
+
+    let started = Instant::now();
+    let response = gw
+        .post("/v1/plugins/infinite-loop/infer", "application/json", "[1]")
+        .await;
+    assert_status(&response, 504);
+    assert_eq!(error_code(&response), "deadline-exceeded");
+    let message = json_of(&response)["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("300 ms"),
+        "the plugin's own deadline, not the fast-path budget: {message}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(lane(json_of(&gw.get("/v1/plugins").await)), "demoted");
+    // Its quick inputs are still answered.
+    assert_status(
+        &gw.post("/v1/plugins/infinite-loop/infer", "application/json", quick)
+            .await,
+        200,
+    );
+}
