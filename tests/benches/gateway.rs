@@ -24,6 +24,18 @@ use serde_json::json;
 
 const CONNECTIONS: usize = 8;
 
+/// The test plugins that misbehave at run time (`forbidden-import` never loads).
+const MISBEHAVING: [&str; 8] = [
+    "panic",
+    "unreachable",
+    "infinite-loop",
+    "memory-hog",
+    "deep-recursion",
+    "huge-output",
+    "tensor-hog",
+    "wrong-shape",
+];
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         // `cargo test --benches` asks for a listing; there is nothing to list.
@@ -50,8 +62,8 @@ fn main() {
                 std::fs::write(&path, text.replace("concurrency = 8", "concurrency = 32")).unwrap();
             });
             let mut bundles = vec![("digits", digits)];
-            for name in ["echo", "infinite-loop", "memory-hog", "panic"] {
-                bundles.push((name, test_plugin_bundle(&key, name)));
+            for name in MISBEHAVING.iter().chain(&["echo"]) {
+                bundles.push((*name, test_plugin_bundle(&key, name)));
             }
             bundles
         })
@@ -62,6 +74,29 @@ fn main() {
         }
         gw
     });
+
+    // What a client of each misbehaving plugin sees, and after how long (one request each,
+    // before any load, so none is demoted yet).
+    println!(
+        "{:<16} {:>6} {:<26} {:>12}",
+        "misbehaviour", "status", "error code", "time ms"
+    );
+    for name in MISBEHAVING {
+        let started = std::time::Instant::now();
+        let response = server.block_on(gw.post(
+            &format!("/v1/plugins/{name}/infer"),
+            "application/json",
+            "[1, 2, 3]",
+        ));
+        let elapsed = started.elapsed();
+        println!(
+            "{name:<16} {:>6} {:<26} {:>12.2}",
+            response.status().as_u16(),
+            edgeplug_tests::gateway::error_code(&response),
+            elapsed.as_secs_f64() * 1e3
+        );
+    }
+    println!();
 
     let seven = Bytes::from(std::fs::read(edgeplug_tests::fixture("digits/seven.json")).unwrap());
     let echo_body = Bytes::from_static(br#"{"hello": "edge"}"#);
