@@ -147,6 +147,15 @@ pub struct Response {
 }
 
 impl Response {
+    /// A body of any content type, such as an image the plugin made.
+    pub fn new(content_type: impl Into<String>, body: Vec<u8>) -> Response {
+        Response {
+            content_type: content_type.into(),
+            body,
+            tensors: Vec::new(),
+        }
+    }
+
     /// A JSON body.
     pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Response, Error> {
         let body = serde_json::to_vec(value)

@@ -139,16 +139,25 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(|d| d.join("edgeplug"))
 }
 
-fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let cache = match args.cache_dir.or_else(default_cache_dir) {
+/// The runtime of a command that runs plugins in this process: compiled components cached in
+/// `cache_dir` (default [`default_cache_dir`]), store models from `model_dir`.
+pub fn local_runtime(
+    cache_dir: Option<PathBuf>,
+    model_dir: Option<PathBuf>,
+) -> anyhow::Result<Runtime> {
+    let cache = match cache_dir.or_else(default_cache_dir) {
         Some(dir) => ComponentCache::in_dir(dir),
         None => ComponentCache::disabled(),
     };
-    let runtime = Runtime::new(RuntimeConfig {
+    Runtime::new(RuntimeConfig {
         cache,
-        models: std::sync::Arc::new(crate::model_store::ModelStore::new(args.model_dir)),
+        models: std::sync::Arc::new(crate::model_store::ModelStore::new(model_dir)),
         ..RuntimeConfig::default()
-    })?;
+    })
+}
+
+fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let runtime = local_runtime(args.cache_dir, args.model_dir)?;
     let files = if args.plugin.is_dir() {
         PluginFiles::from_dir(&args.plugin, args.component.as_deref())?
     } else {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::conformance::{self, Options, Target};
-use crate::runtime::{ComponentCache, Runtime, RuntimeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ConformanceArgs {
@@ -36,15 +35,7 @@ pub struct ConformanceArgs {
 
 /// Prints the report; exit status 0 when every check passed, 1 otherwise.
 pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
-    let cache = match args.cache_dir.or_else(crate::cli::default_cache_dir) {
-        Some(dir) => ComponentCache::in_dir(dir),
-        None => ComponentCache::disabled(),
-    };
-    let runtime = Runtime::new(RuntimeConfig {
-        cache,
-        models: std::sync::Arc::new(crate::model_store::ModelStore::new(args.model_dir)),
-        ..RuntimeConfig::default()
-    })?;
+    let runtime = crate::cli::local_runtime(args.cache_dir, args.model_dir)?;
     let mut target = Target::from_path(&args.plugin);
     if let Some(component) = args.component {
         match &mut target {

@@ -48,6 +48,13 @@ pub fn run(plugin: &LoadedPlugin, files: &PluginFiles) -> Result<usize, SelfTest
     Ok(tests.len())
 }
 
+/// The content type a vector's input is sent with: its own, else from the file extension.
+pub fn input_content_type(test: &SelfTest) -> String {
+    test.content_type
+        .clone()
+        .unwrap_or_else(|| crate::cli::content_type_for(Path::new(&test.input)).to_string())
+}
+
 /// Runs one self-test vector on `plugin`.
 pub fn run_one(
     plugin: &LoadedPlugin,
@@ -70,10 +77,7 @@ pub fn run_one(
             path: test.expect.clone(),
             message: e.to_string(),
         })?;
-    let content_type = test
-        .content_type
-        .clone()
-        .unwrap_or_else(|| crate::cli::content_type_for(Path::new(&test.input)).to_string());
+    let content_type = input_content_type(test);
     let response = plugin
         .infer(InferRequest {
             content_type,

@@ -173,6 +173,12 @@ impl TestGateway {
         )
         .unwrap();
         let config = Config::load(&config_path).unwrap();
+        TestGateway::serve(config, key, dir).await
+    }
+
+    /// A gateway on 127.0.0.1:0 with `config` (its `listen` is ignored); `dir` is kept alive
+    /// with it, `key` is what its trust store trusts (if anything).
+    pub async fn serve(config: Config, key: Arc<SecretKey>, dir: tempfile::TempDir) -> TestGateway {
         let gateway = tokio::task::spawn_blocking(move || Gateway::open(config))
             .await
             .unwrap()

@@ -489,11 +489,11 @@ impl Kit<'_> {
     }
 
     fn primary_content_type(&self) -> Option<String> {
-        self.files.manifest.self_tests.first().map(|t| {
-            t.content_type
-                .clone()
-                .unwrap_or_else(|| crate::cli::content_type_for(Path::new(&t.input)).to_string())
-        })
+        self.files
+            .manifest
+            .self_tests
+            .first()
+            .map(crate::selftest::input_content_type)
     }
 
     /// Runs the self-test vectors; returns their inputs for the later checks.
@@ -529,13 +529,10 @@ impl Kit<'_> {
                 ),
             }
             if let Some(body) = self.files.files.get(&test.input) {
-                let content_type = test.content_type.clone().unwrap_or_else(|| {
-                    crate::cli::content_type_for(Path::new(&test.input)).to_string()
-                });
                 inputs.push((
                     test.name.clone(),
                     InferRequest {
-                        content_type,
+                        content_type: crate::selftest::input_content_type(test),
                         body: body.to_vec(),
                         tensors: Vec::new(),
                     },

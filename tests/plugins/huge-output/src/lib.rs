@@ -19,20 +19,15 @@ impl Plugin for Misbehaving {
         if request.body == SELF_TEST_INPUT {
             return Ok(echo(request));
         }
-        Ok(Response {
-            content_type: "application/octet-stream".to_string(),
-            body: vec![b'x'; 8 << 20],
-            tensors: Vec::new(),
-        })
+        Ok(Response::new(
+            "application/octet-stream",
+            vec![b'x'; 8 << 20],
+        ))
     }
 }
 
 fn echo(request: Request) -> Response {
-    Response {
-        content_type: request.content_type,
-        body: request.body,
-        tensors: Vec::new(),
-    }
+    Response::new(request.content_type, request.body)
 }
 
 export!(Misbehaving);

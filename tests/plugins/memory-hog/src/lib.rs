@@ -29,11 +29,7 @@ impl Plugin for Misbehaving {
 }
 
 fn echo(request: Request) -> Response {
-    Response {
-        content_type: request.content_type,
-        body: request.body,
-        tensors: Vec::new(),
-    }
+    Response::new(request.content_type, request.body)
 }
 
 export!(Misbehaving);
