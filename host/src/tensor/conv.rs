@@ -176,7 +176,7 @@ pub fn conv2d(
         if unit_window(&plan.h) && unit_window(&plan.w) {
             pointwise(&plan, out);
         } else if plan.groups == plan.c && plan.groups == plan.o {
-            depthwise(&plan, out);
+            depthwise_simd(&plan, out);
         } else {
             im2col_gemm(&plan, out, IM2COL_BUDGET);
         }
@@ -257,6 +257,65 @@ fn fused_row3(dst: &mut [f32], row: &[f32], first: usize, dilation: usize, taps:
     let (t0, t1, t2) = (taps[0], taps[1], taps[2]);
     for (((d, &x0), &x1), &x2) in dst.iter_mut().zip(a).zip(b).zip(c) {
         *d += t0 * x0 + t1 * x1 + t2 * x2;
+    }
+}
+
+/// Depthwise on the SIMD kernel of [`super::fast`] (the one the native model backend uses),
+/// image by image, with ReLU/ReLU6 fused into its stores. Falls back to [`depthwise`] only if
+/// the kernel's geometry disagrees with the plan's, which a valid plan never does.
+fn depthwise_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
+    use super::fast::{DwGeometry, Epilogue, Isa};
+    let (h, w) = (&plan.h, &plan.w);
+    let geometry = DwGeometry::new(
+        plan.c,
+        h.input,
+        w.input,
+        [h.kernel, w.kernel],
+        [h.stride, w.stride],
+        [h.dilation, w.dilation],
+        Padding {
+            top: h.pad_begin,
+            left: w.pad_begin,
+            bottom: h.pad_end,
+            right: w.pad_end,
+        },
+    )
+    .filter(|g| g.oh == h.output && g.ow == w.output);
+    let Some(geometry) = geometry else {
+        return depthwise(plan, out);
+    };
+    let (lo, hi, after) = match plan.activation {
+        Activation::None => (f32::NEG_INFINITY, f32::INFINITY, None),
+        Activation::Relu => (0.0, f32::INFINITY, None),
+        Activation::Relu6 => (0.0, 6.0, None),
+        other => (f32::NEG_INFINITY, f32::INFINITY, Some(other)),
+    };
+    let epilogue = Epilogue {
+        bias: plan.bias,
+        residual: None,
+        lo,
+        hi,
+    };
+    let isa = Isa::detect();
+    let mut scratch = Vec::new();
+    let (in_image, out_image) = (plan.c * h.input * w.input, plan.c * h.output * w.output);
+    for (input, output) in plan
+        .input
+        .chunks_exact(in_image)
+        .zip(out.chunks_exact_mut(out_image))
+    {
+        super::fast::depthwise(
+            isa,
+            &geometry,
+            input,
+            plan.weight,
+            &epilogue,
+            output,
+            &mut scratch,
+        );
+        if let Some(activation) = after {
+            activation.apply_slice(output);
+        }
     }
 }
 
