@@ -302,7 +302,16 @@ async fn run(
         result
     };
     let result = if demoted {
-        match gw.demoted.run(job).await {
+        let resting = move || {
+            let ran = Instant::now();
+            let result = job();
+            // The lane rests as long as the request ran, so a demoted version uses at most half
+            // of one core, and also causes at most half the page faults and TLB shootdowns
+            // (which reach every core whatever its priority) that it could.
+            std::thread::sleep(ran.elapsed().min(lanes::DEMOTED_REST_MAX));
+            result
+        };
+        match gw.demoted.run(resting).await {
             Some(result) => result,
             None => {
                 return Err(saturated(

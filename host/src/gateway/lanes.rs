@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::InvokeError;
 
+/// The longest the demoted lane rests after a request (it rests as long as the request ran).
+pub const DEMOTED_REST_MAX: Duration = Duration::from_secs(1);
+
 /// How long a version stays demoted after its last exhausted limit.
 pub const DEMOTION: Duration = Duration::from_secs(30);
 
