@@ -361,16 +361,13 @@ pub fn argmax(values: &[Value]) -> usize {
 /// The test plugin in `tests/plugins/<name>`, with its freshly built component, packed and
 /// signed with `key`.
 pub fn test_plugin_bundle(key: &SecretKey, name: &str) -> Vec<u8> {
-    let source = repo().join("tests/plugins").join(name);
-    let dir = tempfile::tempdir().unwrap();
-    let files = PluginFiles::from_dir(&source, Some(Path::new(test_plugin_wasm(name)))).unwrap();
-    for (path, bytes) in &files.files {
-        let target = dir.path().join(path);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::write(target, bytes).unwrap();
-    }
-    std::fs::copy(source.join("plugin.toml"), dir.path().join("plugin.toml")).unwrap();
     let limits = BundleLimits::default();
-    let packed = bundle::pack_dir(dir.path(), &limits).unwrap();
+    let component = [("plugin.wasm".to_string(), test_plugin_wasm(name).into())].into();
+    let packed = bundle::pack_dir_with(
+        &repo().join("tests/plugins").join(name),
+        &component,
+        &limits,
+    )
+    .unwrap();
     bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
 }

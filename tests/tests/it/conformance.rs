@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use edgeplug_host::bundle::{self, BundleLimits, SecretKey};
+use edgeplug_host::bundle::SecretKey;
 use edgeplug_host::conformance::{self, Options, Outcome, Report, Target};
 use edgeplug_tests::{
     DIGITS_WASM, FORECASTER_WASM, IMAGE_CLASSIFIER_WASM, repo, runtime, test_plugin_wasm,
@@ -136,17 +136,8 @@ fn every_misbehaving_plugin_fails_with_the_expected_finding() {
 
 #[test]
 fn a_bundle_needs_a_trusted_signature() {
-    let source = repo().join("tests/plugins/echo");
-    let dir = tempfile::tempdir().unwrap();
-    for file in ["plugin.toml", "selftest/input.json", "selftest/expect.json"] {
-        std::fs::create_dir_all(dir.path().join(file).parent().unwrap()).unwrap();
-        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
-    }
-    std::fs::copy(test_plugin_wasm("echo"), dir.path().join("plugin.wasm")).unwrap();
-    let limits = BundleLimits::default();
     let key = SecretKey::generate();
-    let packed = bundle::pack_dir(dir.path(), &limits).unwrap();
-    let signed = bundle::sign_bundle(&packed.bytes, &key, &limits).unwrap();
+    let signed = edgeplug_tests::gateway::test_plugin_bundle(&key, "echo");
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("echo.epk");
     std::fs::write(&file, &signed).unwrap();
