@@ -335,14 +335,9 @@ fn read_target(
                     return None;
                 }
             };
-            let manifest = crate::manifest::Manifest::parse(&format!(
-                "name = {:?}\nversion = {:?}\nworld = {:?}\n",
-                info.name,
-                info.version,
-                crate::manifest::WORLD
-            ));
-            match manifest {
-                Ok(manifest) => {
+            let files = PluginFiles::bare_component(&info.name, &info.version, &wasm);
+            match files {
+                Ok(files) => {
                     report.push("manifest", "", Outcome::Skip, "a bare component: manifest derived from describe(), default limits, no grants or self-tests", started.elapsed());
                     report.push(
                         "signature",
@@ -351,10 +346,7 @@ fn read_target(
                         "a bare component is not signed",
                         Duration::ZERO,
                     );
-                    Some(PluginFiles {
-                        files: [(manifest.component.clone(), std::sync::Arc::from(wasm))].into(),
-                        manifest,
-                    })
+                    Some(files)
                 }
                 Err(e) => {
                     report.push(

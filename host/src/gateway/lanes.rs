@@ -105,8 +105,6 @@ impl Misconduct {
 pub struct Demotion {
     /// Milliseconds after [`epoch`] until which the version is demoted; 0 when never.
     until_ms: AtomicU64,
-    /// Times it was demoted, for metrics.
-    count: AtomicU64,
     /// Start (ms after [`epoch`]) and count of the current one-second window of failures.
     window_start_ms: AtomicU64,
     failures_in_window: AtomicU64,
@@ -142,17 +140,9 @@ impl Demotion {
     }
 
     /// Demotes (again) for [`DEMOTION`] from now.
-    pub fn demote(&self) {
-        let was = self.is_demoted();
+    fn demote(&self) {
         self.until_ms
             .store(now_ms() + DEMOTION.as_millis() as u64, Ordering::Relaxed);
-        if !was {
-            self.count.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -240,13 +230,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_demotion_lasts_and_is_counted_once_per_episode() {
+    fn a_demotion_lasts_and_is_reported_once_per_episode() {
         let demotion = Demotion::default();
         assert!(!demotion.is_demoted());
-        demotion.demote();
-        demotion.demote();
+        assert!(demotion.record(Misconduct::ExhaustedLimit));
+        assert!(
+            !demotion.record(Misconduct::ExhaustedLimit),
+            "already demoted"
+        );
         assert!(demotion.is_demoted());
-        assert_eq!(demotion.count(), 1);
     }
 
     #[test]

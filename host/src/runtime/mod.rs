@@ -18,7 +18,6 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use cache::ComponentCache;
 pub use plugin::{EffectiveLimits, PluginFiles, PluginInfo, PluginShared};
 pub use state::LimitHit;
-pub use stderr::CAPACITY as STDERR_CAPACITY;
 
 use glue::{Plugin, PluginPre, handler};
 use state::{LimitExceeded, StoreState};
@@ -146,14 +145,7 @@ impl Runtime {
     /// What a bare component says of itself, for a component that has no manifest yet. It is
     /// checked like any plugin (imports, world) but granted nothing.
     pub fn describe_component(&self, wasm: &[u8]) -> anyhow::Result<PluginInfo> {
-        let manifest = crate::manifest::Manifest::parse(&format!(
-            "name = \"unnamed\"\nversion = \"0.0.0\"\nworld = {:?}\n",
-            crate::manifest::WORLD
-        ))?;
-        let files = PluginFiles {
-            files: [(manifest.component.clone(), Arc::from(wasm))].into(),
-            manifest,
-        };
+        let files = PluginFiles::bare_component("unnamed", "0.0.0", wasm)?;
         Ok(self.load_unchecked(&files)?.info)
     }
 

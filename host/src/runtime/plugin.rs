@@ -40,6 +40,23 @@ impl PluginFiles {
         Ok(PluginFiles { manifest, files })
     }
 
+    /// A component alone, under a manifest with only `name` and `version` (no grants, default
+    /// limits, no self-tests): what a bare `.wasm` is checked as.
+    pub fn bare_component(
+        name: &str,
+        version: &str,
+        wasm: &[u8],
+    ) -> Result<PluginFiles, crate::manifest::ManifestError> {
+        let manifest = Manifest::parse(&format!(
+            "name = {name:?}\nversion = {version:?}\nworld = {:?}\n",
+            crate::manifest::WORLD
+        ))?;
+        Ok(PluginFiles {
+            files: [(manifest.component.clone(), Arc::from(wasm))].into(),
+            manifest,
+        })
+    }
+
     /// The files of a verified bundle.
     pub fn from_bundle(bundle: &crate::bundle::VerifiedBundle) -> PluginFiles {
         let files = bundle
