@@ -7,7 +7,9 @@ pub mod load;
 
 use std::path::{Path, PathBuf};
 
-use edgeplug_host::runtime::{LoadedPlugin, PluginFiles, Runtime, RuntimeConfig};
+use edgeplug_host::runtime::{
+    InferRequest, InvokeError, LoadedPlugin, PluginErrorCode, PluginFiles, Runtime, RuntimeConfig,
+};
 
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
@@ -61,4 +63,16 @@ pub fn test_plugin_files(dir: &str) -> PluginFiles {
 /// Loads the test plugin in `tests/plugins/<dir>`.
 pub fn load_test_plugin(runtime: &Runtime, dir: &str) -> anyhow::Result<LoadedPlugin> {
     runtime.load(&test_plugin_files(dir))
+}
+
+/// The plugin's own error result for `request`; panics on an answer or on a trap or limit.
+pub fn error_of(plugin: &LoadedPlugin, request: InferRequest) -> (PluginErrorCode, String) {
+    match plugin.infer(request) {
+        Err(InvokeError::Plugin { code, message }) => (code, message),
+        Err(other) => panic!("expected the plugin's own error, got {other}"),
+        Ok(r) => panic!(
+            "expected an error, got {}",
+            String::from_utf8_lossy(&r.body)
+        ),
+    }
 }

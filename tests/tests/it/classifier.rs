@@ -3,12 +3,10 @@
 
 use std::time::Instant;
 
-use edgeplug_host::runtime::{
-    InferRequest, InferResponse, InvokeError, LoadedPlugin, PluginErrorCode,
-};
+use edgeplug_host::runtime::{InferRequest, InferResponse, PluginErrorCode};
 use edgeplug_host::tensor::Tensor;
 use edgeplug_sdk::npy::NpyData;
-use edgeplug_tests::{IMAGE_CLASSIFIER_WASM, fixture, load_example, npy, runtime};
+use edgeplug_tests::{IMAGE_CLASSIFIER_WASM, error_of, fixture, load_example, npy, runtime};
 use serde_json::Value;
 
 use crate::models::load_with_grants;
@@ -323,17 +321,6 @@ fn other_encodings_of_the_coffee_photo_are_espresso() {
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         let json: Value = serde_json::from_slice(&response.body).unwrap();
         assert_eq!(json[0]["index"], 967, "{file}: {json}");
-    }
-}
-
-fn error_of(plugin: &LoadedPlugin, request: InferRequest) -> (PluginErrorCode, String) {
-    match plugin.infer(request) {
-        Err(InvokeError::Plugin { code, message }) => (code, message),
-        Err(other) => panic!("expected the plugin's own error, got {other}"),
-        Ok(r) => panic!(
-            "expected an error, got {}",
-            String::from_utf8_lossy(&r.body)
-        ),
     }
 }
 

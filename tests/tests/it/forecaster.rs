@@ -2,10 +2,10 @@
 
 use std::time::Instant;
 
-use edgeplug_host::runtime::{InferRequest, InvokeError, LoadedPlugin, PluginErrorCode};
+use edgeplug_host::runtime::{InferRequest, LoadedPlugin, PluginErrorCode};
 use edgeplug_host::tensor::Tensor;
 use edgeplug_sdk::npy::NpyData;
-use edgeplug_tests::{FORECASTER_WASM, load_example, npy, runtime};
+use edgeplug_tests::{FORECASTER_WASM, error_of, load_example, npy, runtime};
 use serde_json::Value;
 
 fn f32s(path: &str) -> Vec<f32> {
@@ -127,17 +127,6 @@ fn json_csv_and_tensor_inputs_agree() {
         );
         assert_eq!([csv_column, csv_row, tensor], [json; 3], "window {i}");
         assert!((json - reference[i]).abs() <= 1e-3);
-    }
-}
-
-fn error_of(plugin: &LoadedPlugin, request: InferRequest) -> (PluginErrorCode, String) {
-    match plugin.infer(request) {
-        Err(InvokeError::Plugin { code, message }) => (code, message),
-        Err(other) => panic!("expected the plugin's own error, got {other}"),
-        Ok(r) => panic!(
-            "expected an error, got {}",
-            String::from_utf8_lossy(&r.body)
-        ),
     }
 }
 
