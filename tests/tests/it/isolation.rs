@@ -101,7 +101,7 @@ fn each_misbehaviour_is_caught_with_the_error_that_names_it() {
 }
 
 #[test]
-fn the_deadline_stops_an_infinite_loop_promptly() {
+fn an_infinite_loop_ends_with_its_deadline_not_before() {
     let runtime = runtime();
     let plugin = load(&runtime, "infinite-loop");
     let (error, elapsed) = trigger(&plugin);
