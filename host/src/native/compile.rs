@@ -26,7 +26,7 @@ use tract_onnx::tract_core::ops::source::TypedSource;
 use super::NativeError;
 use super::exec::{BinOp, Ep, Operand, OutputSrc, Program, RedOp, Slot, Step, UnOp};
 use crate::model::TensorSpec;
-use crate::tensor::fast::{DwGeometry, PackedLhs};
+use crate::tensor::fast::{self, DwGeometry, PackedLhs};
 use crate::tensor::{ElementType, Padding, Pool2dParams, Tensor};
 
 pub(super) struct Compiled {
@@ -53,6 +53,12 @@ struct Builder<'m> {
     output_outlets: Vec<OutletId>,
     /// Nodes already compiled.
     done: std::collections::HashSet<usize>,
+    /// Whether each slot holds its (logically NCHW) value channels-last,
+    /// `[n, h, w, c]`: convolutions read and write that layout.
+    channels_last: Vec<bool>,
+    /// A channels-last slot's NCHW copy, made once for every reader that
+    /// needs it (and the other way round).
+    converted: HashMap<Slot, Slot>,
 }
 
 fn load_err(e: impl std::fmt::Display) -> NativeError {
@@ -81,6 +87,8 @@ pub(super) fn compile(onnx: &[u8]) -> Result<Compiled, NativeError> {
         producer: Vec::new(),
         output_outlets,
         done: Default::default(),
+        channels_last: Vec::new(),
+        converted: HashMap::new(),
     };
     let mut input_slots = Vec::new();
     let mut inputs = Vec::new();
@@ -114,7 +122,7 @@ pub(super) fn compile(onnx: &[u8]) -> Result<Compiled, NativeError> {
     }
     let mut outputs = Vec::new();
     let mut srcs = Vec::new();
-    for &outlet in &b.output_outlets {
+    for &outlet in &b.output_outlets.clone() {
         let node = model.node(outlet.node);
         let val = b
             .vals
@@ -122,7 +130,10 @@ pub(super) fn compile(onnx: &[u8]) -> Result<Compiled, NativeError> {
             .cloned()
             .ok_or_else(|| unsupported(node, "missing output"))?;
         let (src, shape) = match val {
-            Val::Dyn { slot, shape } => (OutputSrc::Slot(slot, shape.clone()), shape),
+            Val::Dyn { slot, shape } => {
+                let slot = b.nchw(slot, &shape);
+                (OutputSrc::Slot(slot, shape.clone()), shape)
+            }
             Val::Const(t) => {
                 let shape = t.shape().to_vec();
                 let data =
@@ -151,6 +162,12 @@ fn f32_data(t: &TractTensor) -> Option<Arc<[f32]>> {
     let t = t.cast_to::<f32>().ok()?;
     let view = t.to_plain_array_view::<f32>().ok()?;
     Some(view.iter().copied().collect())
+}
+
+/// Whether a 4-D value has one channel or one pixel: then NCHW and
+/// channels-last order its values the same way.
+fn same_in_both_layouts(shape: &[usize]) -> bool {
+    shape.len() == 4 && (shape[1] == 1 || shape[2] * shape[3] == 1)
 }
 
 fn strides_of(shape: &[usize]) -> Vec<usize> {
@@ -190,7 +207,52 @@ impl Builder<'_> {
     fn new_slot(&mut self, shape: &[usize], producer: Option<usize>) -> Slot {
         self.slot_len.push(shape.iter().product());
         self.producer.push(producer);
+        self.channels_last.push(false);
         self.slot_len.len() - 1
+    }
+
+    /// `slot` in NCHW: itself, or its converted copy (a layout step emitted
+    /// on first use).
+    fn nchw(&mut self, slot: Slot, shape: &[usize]) -> Slot {
+        if !self.channels_last[slot] || same_in_both_layouts(shape) {
+            return slot;
+        }
+        self.relayout(slot, shape, false)
+    }
+
+    /// `slot` (a 4-D value) channels-last: itself, or its converted copy.
+    fn nhwc(&mut self, slot: Slot, shape: &[usize]) -> Slot {
+        if self.channels_last[slot] || same_in_both_layouts(shape) {
+            return slot;
+        }
+        self.relayout(slot, shape, true)
+    }
+
+    fn relayout(&mut self, slot: Slot, shape: &[usize], to_channels_last: bool) -> Slot {
+        if let Some(&s) = self.converted.get(&slot) {
+            return s;
+        }
+        let (n, c, hw) = (shape[0], shape[1], shape[2..].iter().product());
+        let out = self.new_slot(shape, Some(self.steps.len()));
+        self.channels_last[out] = to_channels_last;
+        self.steps.push(Step::Layout {
+            x: slot,
+            out,
+            n,
+            c,
+            hw,
+            to_channels_last,
+        });
+        self.converted.insert(slot, out);
+        self.converted.insert(out, slot);
+        out
+    }
+
+    /// Marks the value the node just bound as channels-last when `like` is.
+    fn keep_layout(&mut self, node: &TypedNode, like: Slot) {
+        if let Some(Val::Dyn { slot, .. }) = self.vals.get(&OutletId::new(node.id, 0)) {
+            self.channels_last[*slot] = self.channels_last[like];
+        }
     }
 
     /// Appends `step` writing a fresh slot of `shape`; binds it to the node's output 0.
@@ -467,9 +529,10 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn dyn_input(&self, node: &TypedNode, v: &Val) -> Result<(Slot, Vec<usize>), NativeError> {
+    /// A dynamic input in NCHW (converted if it is channels-last).
+    fn dyn_input(&mut self, node: &TypedNode, v: &Val) -> Result<(Slot, Vec<usize>), NativeError> {
         match v {
-            Val::Dyn { slot, shape } => Ok((*slot, shape.clone())),
+            Val::Dyn { slot, shape } => Ok((self.nchw(*slot, shape), shape.clone())),
             Val::Const(_) => Err(unsupported(
                 node,
                 format!("{} with a constant data input", node.op.name()),
@@ -477,9 +540,10 @@ impl Builder<'_> {
         }
     }
 
-    fn operand(&self, node: &TypedNode, v: &Val) -> Result<(Operand, Vec<usize>), NativeError> {
+    /// An operand in NCHW (converted if it is channels-last).
+    fn operand(&mut self, node: &TypedNode, v: &Val) -> Result<(Operand, Vec<usize>), NativeError> {
         match v {
-            Val::Dyn { slot, shape } => Ok((Operand::Slot(*slot), shape.clone())),
+            Val::Dyn { slot, shape } => Ok((Operand::Slot(self.nchw(*slot, shape)), shape.clone())),
             Val::Const(t) => {
                 let data = f32_data(t).ok_or_else(|| unsupported(node, "non-numeric constant"))?;
                 Ok((Operand::Const(data), t.shape().to_vec()))
@@ -498,7 +562,14 @@ impl Builder<'_> {
         {
             return Err(unsupported(node, "Conv other than 2-D NCHW/OIHW"));
         }
-        let (x, in_shape) = self.dyn_input(node, &inputs[0])?;
+        // Not `dyn_input`: the layout is chosen below.
+        let Some(Val::Dyn {
+            slot: x,
+            shape: in_shape,
+        }) = inputs.first().cloned()
+        else {
+            return Err(unsupported(node, "Conv with a constant input"));
+        };
         let (Some(Val::Const(kernel)), Some(Val::Const(bias_t))) = (inputs.get(1), inputs.get(2))
         else {
             return Err(unsupported(node, "Conv with computed weights"));
@@ -538,30 +609,9 @@ impl Builder<'_> {
             ));
         }
         let ep = Ep::default();
-        if kh == 1 && kw == 1 && stride == [1, 1] && pad == Padding::default() && groups == 1 {
-            let wp = PackedLhs::pack(&kernel_data, o, c);
-            self.emit(node, shape, |out| Step::Pointwise {
-                x,
-                out,
-                batch: n,
-                hw: h * w,
-                w: wp,
-                bias,
-                ep,
-            });
-        } else if groups == c && o == c {
-            let geom = DwGeometry { c, ..geom };
-            let wv = kernel_data.to_vec();
-            self.emit(node, shape, |out| Step::Depthwise {
-                x,
-                out,
-                batch: n,
-                geom,
-                w: wv,
-                bias,
-                ep,
-            });
-        } else {
+        let depthwise = groups == c && o == c;
+        if groups != 1 && !depthwise {
+            let x = self.nchw(x, &in_shape);
             let opg = o / groups;
             let k = cpg * kh * kw;
             let wp = (0..groups)
@@ -576,6 +626,66 @@ impl Builder<'_> {
                 bias,
                 ep,
             });
+            return Ok(());
+        }
+        let x = self.nhwc(x, &in_shape);
+        if kh == 1 && kw == 1 && stride == [1, 1] && pad == Padding::default() && groups == 1 {
+            // ONNX [o, c] → [c, o].
+            let mut wt = vec![0f32; c * o];
+            for oc in 0..o {
+                for ic in 0..c {
+                    wt[ic * o + oc] = kernel_data[oc * c + ic];
+                }
+            }
+            self.emit(node, shape, |out| Step::Pointwise {
+                x,
+                out,
+                pixels: n * h * w,
+                k: c,
+                n: o,
+                w: wt.as_slice().into(),
+                bias,
+                ep,
+            });
+        } else if depthwise {
+            let geom = DwGeometry { c, ..geom };
+            let wv = fast::depthwise_nhwc_weights(&kernel_data, c, kh * kw);
+            self.emit(node, shape, |out| Step::Depthwise {
+                x,
+                out,
+                batch: n,
+                geom,
+                w: wv.as_slice().into(),
+                bias,
+                ep,
+            });
+        } else {
+            // ONNX [o, c, kh, kw] → [(ky, kx, c), o], the patch rows' order.
+            let k = c * kh * kw;
+            let mut wt = vec![0f32; k * o];
+            for oc in 0..o {
+                for ic in 0..c {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            wt[((ky * kw + kx) * c + ic) * o + oc] =
+                                kernel_data[((oc * c + ic) * kh + ky) * kw + kx];
+                        }
+                    }
+                }
+            }
+            self.emit(node, shape, |out| Step::ConvRows {
+                x,
+                out,
+                batch: n,
+                geom,
+                n: o,
+                w: wt.as_slice().into(),
+                bias,
+                ep,
+            });
+        }
+        if let Some(Val::Dyn { slot, .. }) = self.vals.get(&OutletId::new(node.id, 0)) {
+            self.channels_last[*slot] = true;
         }
         Ok(())
     }
@@ -632,6 +742,7 @@ impl Builder<'_> {
                         out,
                         len,
                     });
+                    self.keep_layout(node, slot);
                     return Ok(());
                 }
             }
@@ -644,6 +755,9 @@ impl Builder<'_> {
                 && *sb == shape
             {
                 for (fused, other) in [(*a, *b), (*b, *a)] {
+                    if self.channels_last[fused] != self.channels_last[other] {
+                        continue;
+                    }
                     if let Some(step) = self.fusable(node, fused)
                         && let Some(ep) = self.steps[step].ep_mut()
                         && ep.residual.is_none()
@@ -691,6 +805,29 @@ impl Builder<'_> {
                 }
             }
         }
+        // Two channels-last values of the output's shape: element-wise in place.
+        if let (Val::Dyn { slot: a, shape: sa }, Val::Dyn { slot: b, shape: sb }) =
+            (&inputs[0], &inputs[1])
+            && *sa == shape
+            && *sb == shape
+            && self.channels_last[*a]
+            && self.channels_last[*b]
+        {
+            let (a, b) = (*a, *b);
+            let strides = strides_of(&shape);
+            let sh = shape.clone();
+            self.emit(node, shape, |out| Step::Binary {
+                op: bop,
+                a: Operand::Slot(a),
+                b: Operand::Slot(b),
+                out,
+                shape: sh,
+                a_strides: strides.clone(),
+                b_strides: strides,
+            });
+            self.keep_layout(node, a);
+            return Ok(());
+        }
         let (a, ash) = self.operand(node, &inputs[0])?;
         let (b, bsh) = self.operand(node, &inputs[1])?;
         let (Some(a_strides), Some(b_strides)) = (
@@ -715,10 +852,15 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Element-wise, so in whatever layout the input has.
     fn unary(&mut self, node: &TypedNode, op: UnOp, v: &Val) -> Result<(), NativeError> {
-        let (x, shape) = self.dyn_input(node, v)?;
+        let Val::Dyn { slot: x, shape } = v else {
+            return Err(unsupported(node, "unary op on a constant"));
+        };
+        let (x, shape) = (*x, shape.clone());
         let len = shape.iter().product();
         self.emit(node, shape, |out| Step::Unary { op, x, out, len });
+        self.keep_layout(node, x);
         Ok(())
     }
 
@@ -831,9 +973,34 @@ impl Builder<'_> {
             Reducer::Min => RedOp::Min,
             other => return Err(unsupported(node, format!("Reduce {other:?}"))),
         };
-        let (x, in_shape) = self.dyn_input(node, v)?;
         let mut axes: Vec<usize> = op.axes.to_vec();
         axes.sort_unstable();
+        // Global pooling of a channels-last image: reduce over the pixels
+        // with the channels innermost; the result, one value per channel,
+        // is the same in both layouts.
+        if let Val::Dyn {
+            slot,
+            shape: in_shape,
+        } = v
+            && self.channels_last[*slot]
+            && in_shape.len() == 4
+            && axes == [2, 3]
+        {
+            let (x, outer, len, inner) =
+                (*slot, in_shape[0], in_shape[2] * in_shape[3], in_shape[1]);
+            let shape = self.out_shape(node)?;
+            self.emit(node, shape, |out| Step::Reduce {
+                op: red,
+                x,
+                out,
+                outer,
+                len,
+                inner,
+                scale: 1.0,
+            });
+            return Ok(());
+        }
+        let (x, in_shape) = self.dyn_input(node, v)?;
         if axes.is_empty() || axes.windows(2).any(|w| w[1] != w[0] + 1) {
             return Err(unsupported(node, "Reduce over non-contiguous axes"));
         }
@@ -937,6 +1104,7 @@ fn fusable_bias<'s>(
         }
         Step::Pointwise { bias, ep, .. }
         | Step::Depthwise { bias, ep, .. }
+        | Step::ConvRows { bias, ep, .. }
         | Step::Im2col { bias, ep, .. }
             if ep.residual.is_none()
                 && ep.lo == f32::NEG_INFINITY

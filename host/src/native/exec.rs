@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::tensor::fast::{self, ColGeometry, DwGeometry, Epilogue, Isa, PackedLhs};
+use crate::tensor::fast::{self, AlignedBuf, ColGeometry, DwGeometry, Epilogue, Isa, PackedLhs};
 use crate::tensor::{Pool2dParams, Tensor};
 
 /// Index of a logical buffer (one value, or several aliases of it).
@@ -73,26 +73,56 @@ pub(super) enum RedOp {
 /// One kernel call. Shapes are fixed at compile time.
 #[derive(Debug)]
 pub(super) enum Step {
-    /// 1×1 stride-1 unpadded convolution: a packed GEMM per image.
+    /// 1×1 stride-1 unpadded convolution on channels-last slots: one GEMM,
+    /// `[pixels, k] · [k, n]`, the batch folded into the pixels.
     Pointwise {
         x: Slot,
         out: Slot,
-        batch: usize,
-        hw: usize,
-        w: PackedLhs,
+        pixels: usize,
+        k: usize,
+        n: usize,
+        /// Row-major `[k, n]`.
+        w: AlignedBuf,
         bias: Vec<f32>,
         ep: Ep,
     },
+    /// Depthwise convolution on channels-last slots.
     Depthwise {
         x: Slot,
         out: Slot,
         batch: usize,
         geom: DwGeometry,
-        w: Vec<f32>,
+        /// Tap-major `[kh·kw, c]`.
+        w: AlignedBuf,
         bias: Vec<f32>,
         ep: Ep,
     },
-    /// Any other convolution: im2col per group, then a packed GEMM.
+    /// Any other ungrouped convolution on channels-last slots: patch rows of
+    /// [`CONV_ROWS`] pixels at a time, each batch then a GEMM.
+    ConvRows {
+        x: Slot,
+        out: Slot,
+        batch: usize,
+        /// `geom.c` is the input channels.
+        geom: ColGeometry,
+        n: usize,
+        /// Row-major `[(ky, kx, c), n]`.
+        w: AlignedBuf,
+        bias: Vec<f32>,
+        ep: Ep,
+    },
+    /// `[n, c, hw]` ↔ `[n, hw, c]`: into or out of the channels-last layout
+    /// the convolutions work in.
+    Layout {
+        x: Slot,
+        out: Slot,
+        n: usize,
+        c: usize,
+        hw: usize,
+        to_channels_last: bool,
+    },
+    /// A grouped (not depthwise) convolution on NCHW slots: im2col per
+    /// group, then a packed GEMM.
     Im2col {
         x: Slot,
         out: Slot,
@@ -190,9 +220,34 @@ impl Step {
     /// operations of one run (2 per multiply-add; 0 for data movement).
     pub fn describe(&self) -> (String, u64) {
         match self {
-            Step::Pointwise { batch, hw, w, .. } => (
-                format!("conv1x1 {}->{} @{}", w.k(), w.m(), hw),
-                2 * (batch * hw * w.k() * w.m()) as u64,
+            Step::Pointwise { pixels, k, n, .. } => (
+                format!("conv1x1 {k}->{n} @{pixels}"),
+                2 * (pixels * k * n) as u64,
+            ),
+            Step::ConvRows {
+                batch, geom: g, n, ..
+            } => (
+                format!(
+                    "conv{}x{} s{} {}->{} {}x{}->{}x{}",
+                    g.kh, g.kw, g.stride[0], g.c, n, g.h, g.w, g.oh, g.ow
+                ),
+                2 * (batch * n * g.oh * g.ow * g.c * g.kh * g.kw) as u64,
+            ),
+            Step::Layout {
+                c,
+                hw,
+                to_channels_last,
+                ..
+            } => (
+                format!(
+                    "layout {} c{c} @{hw}",
+                    if *to_channels_last {
+                        "nchw->nhwc"
+                    } else {
+                        "nhwc->nchw"
+                    }
+                ),
+                0,
             ),
             Step::Depthwise { batch, geom: g, .. } => (
                 format!(
@@ -254,6 +309,8 @@ impl Step {
         match self {
             Step::Pointwise { out, .. }
             | Step::Depthwise { out, .. }
+            | Step::ConvRows { out, .. }
+            | Step::Layout { out, .. }
             | Step::Im2col { out, .. }
             | Step::Dense { out, .. }
             | Step::Binary { out, .. }
@@ -274,6 +331,7 @@ impl Step {
         match self {
             Step::Pointwise { x, ep, .. }
             | Step::Depthwise { x, ep, .. }
+            | Step::ConvRows { x, ep, .. }
             | Step::Im2col { x, ep, .. }
             | Step::Dense { x, ep, .. } => {
                 r.push(*x);
@@ -294,6 +352,7 @@ impl Step {
                 }
             }
             Step::Unary { x, .. }
+            | Step::Layout { x, .. }
             | Step::Reduce { x, .. }
             | Step::Softmax { x, .. }
             | Step::Transpose { x, .. }
@@ -309,9 +368,29 @@ impl Step {
         match self {
             Step::Pointwise { ep, .. }
             | Step::Depthwise { ep, .. }
+            | Step::ConvRows { ep, .. }
             | Step::Im2col { ep, .. }
             | Step::Dense { ep, .. } => Some(ep),
             _ => None,
+        }
+    }
+}
+
+/// Output pixels per patch-row batch of [`Step::ConvRows`]: the patch rows
+/// stay in cache between im2col and the GEMM.
+pub(super) const CONV_ROWS: usize = 256;
+
+/// `dst[j][i] = src[i][j]` for a row-major `[rows, cols]` `src`, in square
+/// tiles so both sides stay in cache.
+fn transpose2d(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const T: usize = 16;
+    for i0 in (0..rows).step_by(T) {
+        for j0 in (0..cols).step_by(T) {
+            for i in i0..(i0 + T).min(rows) {
+                for j in j0..(j0 + T).min(cols) {
+                    dst[j * rows + i] = src[i * cols + j];
+                }
+            }
         }
     }
 }
@@ -334,7 +413,6 @@ pub(super) struct Program {
     phys: Vec<usize>,
     /// Length of each physical buffer.
     phys_len: Vec<usize>,
-    scratch_len: usize,
     col_len: usize,
 }
 
@@ -342,9 +420,8 @@ pub(super) struct Program {
 /// once and reused by every run that borrows this arena.
 #[derive(Debug)]
 pub(super) struct Arena {
-    bufs: Vec<Vec<f32>>,
-    scratch: Vec<f32>,
-    col: Vec<f32>,
+    bufs: Vec<AlignedBuf>,
+    col: AlignedBuf,
 }
 
 impl Program {
@@ -389,7 +466,6 @@ impl Program {
                 by_last[last[s].min(steps.len().saturating_sub(1))].push(s);
             }
         }
-        let mut scratch_len = 0;
         let mut col_len = 0;
         let mut released = vec![false; slots];
         for (i, step) in steps.iter().enumerate() {
@@ -399,7 +475,10 @@ impl Program {
                 debug_assert!(step.reads().iter().all(|&r| phys[r] != b));
             }
             match step {
-                Step::Depthwise { geom, .. } => scratch_len = scratch_len.max(geom.scratch_len()),
+                Step::ConvRows { geom, .. } => {
+                    let rows = CONV_ROWS.min(geom.oh * geom.ow);
+                    col_len = col_len.max(rows * geom.c * geom.kh * geom.kw);
+                }
                 Step::Im2col { geom, .. } => {
                     col_len = col_len.max(geom.c * geom.kh * geom.kw * geom.oh * geom.ow);
                 }
@@ -422,20 +501,22 @@ impl Program {
             outputs,
             phys,
             phys_len,
-            scratch_len,
             col_len,
         }
     }
 
     pub fn new_arena(&self) -> Arena {
         Arena {
-            bufs: self.phys_len.iter().map(|&n| vec![0f32; n]).collect(),
-            scratch: vec![0f32; self.scratch_len],
-            col: vec![0f32; self.col_len],
+            bufs: self
+                .phys_len
+                .iter()
+                .map(|&n| AlignedBuf::zeroed(n))
+                .collect(),
+            col: AlignedBuf::zeroed(self.col_len),
         }
     }
 
-    fn slot<'a>(&self, bufs: &'a [Vec<f32>], s: Slot) -> &'a [f32] {
+    fn slot<'a>(&self, bufs: &'a [AlignedBuf], s: Slot) -> &'a [f32] {
         &bufs[self.phys[s]][..self.slot_len[s]]
     }
 
@@ -455,20 +536,18 @@ impl Program {
         for (&slot, data) in self.inputs.iter().zip(inputs) {
             arena.bufs[self.phys[slot]][..data.len()].copy_from_slice(data);
         }
-        let mut scratch = std::mem::take(&mut arena.scratch);
         let mut col = std::mem::take(&mut arena.col);
         for (i, step) in self.steps.iter().enumerate() {
             let o = step.out();
             let mut out = std::mem::take(&mut arena.bufs[self.phys[o]]);
             let dst = &mut out[..self.slot_len[o]];
             let start = times.is_some().then(std::time::Instant::now);
-            exec(self, isa, step, &arena.bufs, dst, &mut scratch, &mut col);
+            exec(self, isa, step, &arena.bufs, dst, &mut col);
             if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                 t[i] += start.elapsed().as_secs_f64();
             }
             arena.bufs[self.phys[o]] = out;
         }
-        arena.scratch = scratch;
         arena.col = col;
         self.outputs
             .iter()
@@ -482,7 +561,7 @@ impl Program {
             .collect()
     }
 
-    fn ep<'a>(&self, bufs: &'a [Vec<f32>], ep: &Ep, bias: &'a [f32]) -> Epilogue<'a> {
+    fn ep<'a>(&self, bufs: &'a [AlignedBuf], ep: &Ep, bias: &'a [f32]) -> Epilogue<'a> {
         Epilogue {
             bias: Some(bias),
             residual: ep.residual.map(|r| self.slot(bufs, r)),
@@ -526,37 +605,24 @@ fn exec(
     p: &Program,
     isa: Isa,
     step: &Step,
-    bufs: &[Vec<f32>],
+    bufs: &[AlignedBuf],
     out: &mut [f32],
-    scratch: &mut Vec<f32>,
-    col: &mut Vec<f32>,
+    col: &mut AlignedBuf,
 ) {
     match step {
         Step::Pointwise {
             x,
-            batch,
-            hw,
+            pixels,
+            k,
+            n,
             w,
             bias,
             ep,
             ..
         } => {
             let x = p.slot(bufs, *x);
-            let (c, o) = (w.k(), w.m());
-            for b in 0..*batch {
-                let mut e = p.ep(bufs, ep, bias);
-                e.residual = e.residual.map(|r| &r[b * o * hw..][..o * hw]);
-                fast::gemm_packed(
-                    isa,
-                    w,
-                    &x[b * c * hw..][..c * hw],
-                    *hw,
-                    *hw,
-                    &mut out[b * o * hw..][..o * hw],
-                    *hw,
-                    &e,
-                );
-            }
+            let e = p.ep(bufs, ep, bias);
+            fast::gemm_rows(isa, *pixels, *k, *n, x, *k, w, *n, out, *n, &e);
         }
         Step::Depthwise {
             x,
@@ -569,19 +635,75 @@ fn exec(
         } => {
             let x = p.slot(bufs, *x);
             let (ilen, olen) = (geom.c * geom.h * geom.w, geom.c * geom.oh * geom.ow);
-            {
-                for b in 0..*batch {
+            for b in 0..*batch {
+                let mut e = p.ep(bufs, ep, bias);
+                e.residual = e.residual.map(|r| &r[b * olen..][..olen]);
+                fast::depthwise_nhwc(
+                    isa,
+                    geom,
+                    &x[b * ilen..][..ilen],
+                    w,
+                    &e,
+                    &mut out[b * olen..][..olen],
+                );
+            }
+        }
+        Step::ConvRows {
+            x,
+            batch,
+            geom,
+            n,
+            w,
+            bias,
+            ep,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            let positions = geom.oh * geom.ow;
+            let k = geom.c * geom.kh * geom.kw;
+            let (ilen, olen) = (geom.c * geom.h * geom.w, n * positions);
+            let rows = CONV_ROWS.min(positions);
+            col.ensure_len(rows * k);
+            for b in 0..*batch {
+                let xin = &x[b * ilen..][..ilen];
+                for first in (0..positions).step_by(rows) {
+                    let count = rows.min(positions - first);
+                    fast::im2col_rows(geom, xin, first, count, col);
+                    let base = b * olen + first * n;
                     let mut e = p.ep(bufs, ep, bias);
-                    e.residual = e.residual.map(|r| &r[b * olen..][..olen]);
-                    fast::depthwise(
+                    e.residual = e.residual.map(|r| &r[base..][..count * n]);
+                    fast::gemm_rows(
                         isa,
-                        geom,
-                        &x[b * ilen..][..ilen],
+                        count,
+                        k,
+                        *n,
+                        col,
+                        k,
                         w,
+                        *n,
+                        &mut out[base..][..count * n],
+                        *n,
                         &e,
-                        &mut out[b * olen..][..olen],
-                        scratch,
                     );
+                }
+            }
+        }
+        Step::Layout {
+            x,
+            n,
+            c,
+            hw,
+            to_channels_last,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            let plane = c * hw;
+            for b in 0..*n {
+                let (src, dst) = (&x[b * plane..][..plane], &mut out[b * plane..][..plane]);
+                if *to_channels_last {
+                    transpose2d(src, *c, *hw, dst);
+                } else {
+                    transpose2d(src, *hw, *c, dst);
                 }
             }
         }
@@ -602,9 +724,7 @@ fn exec(
             let k = cpg * geom.kh * geom.kw;
             let (ilen, olen) = (groups * cpg * geom.h * geom.w, groups * opg * positions);
             {
-                if col.len() < k * positions {
-                    col.resize(k * positions, 0.0);
-                }
+                col.ensure_len(k * positions);
                 for b in 0..*batch {
                     for (g, wg) in w.iter().enumerate() {
                         let xin =
@@ -863,7 +983,7 @@ fn exec(
     }
 }
 
-fn operand<'a>(p: &Program, bufs: &'a [Vec<f32>], o: &'a Operand) -> &'a [f32] {
+fn operand<'a>(p: &Program, bufs: &'a [AlignedBuf], o: &'a Operand) -> &'a [f32] {
     match o {
         Operand::Slot(s) => p.slot(bufs, *s),
         Operand::Const(c) => c,

@@ -62,3 +62,43 @@ pub fn im2col(g: &ColGeometry, input: &[f32], col: &mut [f32]) {
         }
     }
 }
+
+/// Writes patch rows `first..first + count` of a channels-last `input`
+/// (`[h, w, c]`) into `col`: one row of `kh·kw·c` values per output pixel
+/// (row-major over `oh, ow`), in `(ky, kx, c)` order, zeros where a tap falls
+/// in the padding. The rows feed [`gemm_rows`](super::gemm_rows).
+///
+/// # Panics
+///
+/// If `input` or `col` is shorter than the geometry needs, or the rows run
+/// past the output.
+pub fn im2col_rows(g: &ColGeometry, input: &[f32], first: usize, count: usize, col: &mut [f32]) {
+    let c = g.c;
+    let k = g.kh * g.kw * c;
+    assert!(input.len() >= g.h * g.w * c, "im2col_rows: input too short");
+    assert!(
+        first + count <= g.oh * g.ow,
+        "im2col_rows: rows past the output"
+    );
+    assert!(col.len() >= count * k, "im2col_rows: col too short");
+    for (p, row) in (first..first + count).zip(col.chunks_exact_mut(k.max(1))) {
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        for ky in 0..g.kh {
+            let iy = (oy * g.stride[0] + ky * g.dilation[0])
+                .checked_sub(g.pad.top)
+                .filter(|&iy| iy < g.h);
+            for kx in 0..g.kw {
+                let dst = &mut row[(ky * g.kw + kx) * c..][..c];
+                let ix = (ox * g.stride[1] + kx * g.dilation[1])
+                    .checked_sub(g.pad.left)
+                    .filter(|&ix| ix < g.w);
+                match (iy, ix) {
+                    (Some(iy), Some(ix)) => {
+                        dst.copy_from_slice(&input[(iy * g.w + ix) * c..][..c]);
+                    }
+                    _ => dst.fill(0.0),
+                }
+            }
+        }
+    }
+}

@@ -9,12 +9,14 @@
 //! path, so no input can reach an unsupported instruction.
 
 mod depthwise;
+mod depthwise_nhwc;
 mod im2col;
 mod pointwise;
 
 pub use depthwise::{DwGeometry, depthwise};
-pub use im2col::{ColGeometry, im2col};
-pub use pointwise::{MR, PackedLhs, gemm_packed, matvec};
+pub use depthwise_nhwc::{depthwise_nhwc, depthwise_nhwc_weights};
+pub use im2col::{ColGeometry, im2col, im2col_rows};
+pub use pointwise::{MR, PackedLhs, gemm_packed, gemm_rows, matvec};
 
 use std::sync::OnceLock;
 
@@ -68,6 +70,62 @@ impl Isa {
             .into_iter()
             .filter(|i| i.available())
             .collect()
+    }
+}
+
+/// A zero-initialized `f32` buffer aligned to 64 bytes. The allocator only
+/// promises 16, and then every 16-lane load or store straddles two cache
+/// lines; with this alignment, one at an index that is a multiple of 16 never
+/// does.
+#[derive(Clone, Debug, Default)]
+pub struct AlignedBuf {
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Chunk([f32; 16]);
+
+impl AlignedBuf {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        AlignedBuf {
+            chunks: vec![Chunk([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+
+    /// Grows to at least `len` values (new ones zero).
+    pub fn ensure_len(&mut self, len: usize) {
+        if len > self.len {
+            self.chunks.resize(len.div_ceil(16), Chunk([0.0; 16]));
+            self.len = len;
+        }
+    }
+}
+
+impl From<&[f32]> for AlignedBuf {
+    fn from(v: &[f32]) -> AlignedBuf {
+        let mut b = AlignedBuf::zeroed(v.len());
+        b.copy_from_slice(v);
+        b
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `Chunk` is `repr(C)` over `[f32; 16]` (size 64, no padding),
+        // so the chunks are `16 * chunks.len() >= len` contiguous, initialized f32s.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr().cast(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr().cast(), self.len) }
     }
 }
 

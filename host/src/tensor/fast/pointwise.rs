@@ -1,6 +1,8 @@
-//! `out = epilogue(A · B)` with A packed once (weights) and B a strided
-//! row-major matrix: a 1×1 convolution on NCHW planes (B = the input planes,
-//! N = H·W), and the GEMM behind im2col convolutions.
+//! `out = epilogue(A · B)` for B a strided row-major matrix, with A either
+//! packed once ([`gemm_packed`]: weights times NCHW planes, B = the input
+//! planes, N = H·W) or row-major ([`gemm_rows`]: NHWC activations, one row per
+//! pixel, times row-major weights `[K, Cout]`). Both 1×1 convolutions and the
+//! GEMM behind im2col convolutions run here.
 //!
 //! Blocking: columns in panels of up to 48 (three 16-lane vectors), rows in
 //! blocks of [`MR`] = 8; the panel of B stays in cache while every row block
@@ -106,6 +108,106 @@ pub fn gemm_packed(
         // bound every index the kernel forms (see `avx512::gemm`).
         Isa::Avx512 => unsafe { avx512::gemm(a, b, ldb, n, out, ldo, ep) },
         _ => portable_gemm(a, b, ldb, n, out, ldo, ep),
+    }
+}
+
+/// `out[i*ldo + j] = epilogue(Σ_c a[i*lda + c] · b[c*ldb + j])` for `i < m`,
+/// `j < n`: row-major activations (one row per pixel, channels-last) times
+/// row-major weights `[k, n]`. The epilogue's bias has one value per column
+/// `j` (the output channel) and its residual is indexed like `out`.
+///
+/// # Panics
+///
+/// If a slice is too short for the shapes given.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    out: &mut [f32],
+    ldo: usize,
+    ep: &Epilogue<'_>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let span = |rows: usize, ld: usize, cols: usize| (rows - 1) * ld + cols;
+    assert!(
+        ldo >= n && out.len() >= span(m, ldo, n),
+        "gemm_rows: out too short"
+    );
+    assert!(
+        k == 0 || (lda >= k && a.len() >= span(m, lda, k)),
+        "gemm_rows: a too short"
+    );
+    assert!(
+        k == 0 || (ldb >= n && b.len() >= span(k, ldb, n)),
+        "gemm_rows: b too short"
+    );
+    if let Some(bias) = ep.bias {
+        assert!(bias.len() >= n, "gemm_rows: bias too short");
+    }
+    if let Some(res) = ep.residual {
+        assert!(
+            res.len() >= span(m, ldo, n),
+            "gemm_rows: residual too short"
+        );
+    }
+    match isa.usable() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `usable` checked that the CPU has AVX-512F; the asserts above
+        // bound every index the kernel forms (see `avx512::gemm_rows`).
+        Isa::Avx512 => unsafe { avx512::gemm_rows(m, k, n, a, lda, b, ldb, out, ldo, ep) },
+        _ => portable_gemm_rows(m, k, n, a, lda, b, ldb, out, ldo, ep),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn portable_gemm_rows(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    out: &mut [f32],
+    ldo: usize,
+    ep: &Epilogue<'_>,
+) {
+    let mut j0 = 0;
+    while j0 < n {
+        let cols = (n - j0).min(NR);
+        for i0 in (0..m).step_by(MR) {
+            let rows = (m - i0).min(MR);
+            let mut acc = [[0f32; NR]; MR];
+            for c in 0..k {
+                let brow = &b[c * ldb + j0..][..cols];
+                for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
+                    let av = a[(i0 + r) * lda + c];
+                    for (x, &bv) in acc_r.iter_mut().zip(brow) {
+                        *x += av * bv;
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate().take(rows) {
+                let i = i0 + r;
+                let dst = &mut out[i * ldo + j0..][..cols];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    let mut v = acc_r[j] + ep.bias.map_or(0.0, |bb| bb[j0 + j]);
+                    if let Some(res) = ep.residual {
+                        v += res[i * ldo + j0 + j];
+                    }
+                    *d = ep.clamp(v);
+                }
+            }
+        }
+        j0 += cols;
     }
 }
 
@@ -240,14 +342,17 @@ mod avx512 {
                 let rows = (m - blk * MR).min(MR);
                 let t = Tile {
                     k: a.k,
-                    panel: a.block(blk).as_ptr(),
+                    a: a.block(blk).as_ptr(),
+                    a_rs: 1,
+                    a_cs: MR,
                     b: b.as_ptr().wrapping_add(j0),
                     ldb,
                     out: out.as_mut_ptr().wrapping_add(blk * MR * ldo + j0),
                     ldo,
                     rows,
                     mask,
-                    bias: ep.bias.map(|bb| bb.as_ptr().wrapping_add(blk * MR)),
+                    row_bias: ep.bias.map(|bb| bb.as_ptr().wrapping_add(blk * MR)),
+                    col_bias: None,
                     residual: ep
                         .residual
                         .map(|r| r.as_ptr().wrapping_add(blk * MR * ldo + j0)),
@@ -256,12 +361,90 @@ mod avx512 {
                 };
                 // SAFETY: rows `blk*MR..blk*MR+rows` < m and columns
                 // `j0..j0+cols` <= n are inside the asserted spans; masked
+                // lanes are neither read nor written; the packed block holds
+                // all MR rows (zero-padded).
+                unsafe {
+                    match nv {
+                        3 => tile::<MR, 3>(&t),
+                        2 => tile::<MR, 2>(&t),
+                        _ => tile::<MR, 1>(&t),
+                    }
+                }
+            }
+            j0 += cols;
+        }
+    }
+
+    /// Rows (for a tail block) as a const: the tile then computes exactly the
+    /// rows it may read.
+    macro_rules! tile_for_rows {
+        ($rows:expr, $nv:literal, $t:expr) => {
+            match $rows {
+                8 => tile::<8, $nv>($t),
+                7 => tile::<7, $nv>($t),
+                6 => tile::<6, $nv>($t),
+                5 => tile::<5, $nv>($t),
+                4 => tile::<4, $nv>($t),
+                3 => tile::<3, $nv>($t),
+                2 => tile::<2, $nv>($t),
+                _ => tile::<1, $nv>($t),
+            }
+        };
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F, and the slices must cover the spans
+    /// `gemm_rows` asserts.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gemm_rows(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        out: &mut [f32],
+        ldo: usize,
+        ep: &Epilogue<'_>,
+    ) {
+        const { assert!(MR == 8) };
+        let mut j0 = 0;
+        while j0 < n {
+            let cols = (n - j0).min(NR);
+            let nv = cols.div_ceil(16);
+            let rem = cols - (nv - 1) * 16;
+            let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+            for i0 in (0..m).step_by(MR) {
+                let rows = (m - i0).min(MR);
+                let t = Tile {
+                    k,
+                    a: a.as_ptr().wrapping_add(i0 * lda),
+                    a_rs: lda,
+                    a_cs: 1,
+                    b: b.as_ptr().wrapping_add(j0),
+                    ldb,
+                    out: out.as_mut_ptr().wrapping_add(i0 * ldo + j0),
+                    ldo,
+                    rows,
+                    mask,
+                    row_bias: None,
+                    col_bias: ep.bias.map(|bb| bb.as_ptr().wrapping_add(j0)),
+                    residual: ep.residual.map(|r| r.as_ptr().wrapping_add(i0 * ldo + j0)),
+                    lo: ep.lo,
+                    hi: ep.hi,
+                };
+                // SAFETY: the tile reads rows `i0..i0+rows` < m of `a`
+                // (columns < k) and writes rows `i0..i0+rows` of `out`, columns
+                // `j0..j0+cols` <= n, all inside the asserted spans; masked
                 // lanes are neither read nor written.
                 unsafe {
                     match nv {
-                        3 => tile::<3>(&t),
-                        2 => tile::<2>(&t),
-                        _ => tile::<1>(&t),
+                        3 => tile_for_rows!(rows, 3, &t),
+                        2 => tile_for_rows!(rows, 2, &t),
+                        _ => tile_for_rows!(rows, 1, &t),
                     }
                 }
             }
@@ -271,7 +454,10 @@ mod avx512 {
 
     struct Tile {
         k: usize,
-        panel: *const f32,
+        /// Row 0, column 0 of A; element `(r, c)` is at `r * a_rs + c * a_cs`.
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
         b: *const f32,
         ldb: usize,
         out: *mut f32,
@@ -279,25 +465,29 @@ mod avx512 {
         rows: usize,
         /// Lanes of the last vector that are inside the matrix.
         mask: __mmask16,
-        bias: Option<*const f32>,
+        /// One value per row, or one per column (at most one is set).
+        row_bias: Option<*const f32>,
+        col_bias: Option<*const f32>,
         residual: Option<*const f32>,
         lo: f32,
         hi: f32,
     }
 
-    /// One MR × 16·NV register tile over the whole reduction.
+    /// One R × 16·NV register tile over the whole reduction; rows `0..rows`
+    /// (≤ R) are stored.
     ///
     /// # Safety
     ///
-    /// AVX-512F; `panel` holds `k * MR` floats; `b` rows `0..k` (stride
-    /// `ldb`) and `out`/`residual` rows `0..rows` (stride `ldo`) are valid for
-    /// `16 * (NV - 1)` full lanes plus the masked lanes of the last vector;
-    /// `bias` holds `rows` values.
+    /// AVX-512F; A's rows `0..R`, columns `0..k` are readable; `b` rows
+    /// `0..k` (stride `ldb`) and `out`/`residual` rows `0..rows` (stride
+    /// `ldo`) are valid for `16 * (NV - 1)` full lanes plus the masked lanes
+    /// of the last vector; a row bias holds `rows` values, a column bias the
+    /// tile's columns.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const NV: usize>(t: &Tile) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    unsafe fn tile<const R: usize, const NV: usize>(t: &Tile) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
         let mut bp = t.b;
-        let mut ap = t.panel;
+        let mut ap = t.a;
         for _ in 0..t.k {
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, slot) in bv.iter_mut().enumerate() {
@@ -311,25 +501,33 @@ mod avx512 {
                 };
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                // SAFETY: `ap` points at MR packed values of column c.
-                let av = _mm512_set1_ps(unsafe { *ap.add(r) });
+                // SAFETY: element (r, c) of A, r < R (see the function contract).
+                let av = _mm512_set1_ps(unsafe { *ap.add(r * t.a_rs) });
                 for (x, &bb) in acc_r.iter_mut().zip(&bv) {
                     *x = _mm512_fmadd_ps(av, bb, *x);
                 }
             }
             bp = bp.wrapping_add(t.ldb);
-            ap = ap.wrapping_add(MR);
+            ap = ap.wrapping_add(t.a_cs);
         }
         let lo = _mm512_set1_ps(t.lo);
         let hi = _mm512_set1_ps(t.hi);
+        let mut col_bias = [_mm512_setzero_ps(); NV];
+        if let Some(cb) = t.col_bias {
+            for (v, slot) in col_bias.iter_mut().enumerate() {
+                let mask = if v + 1 == NV { t.mask } else { 0xffff };
+                // SAFETY: the tile's columns of the bias (masked tail).
+                *slot = unsafe { _mm512_maskz_loadu_ps(mask, cb.add(16 * v)) };
+            }
+        }
         for (r, acc_r) in acc.iter().enumerate().take(t.rows) {
             // SAFETY: row r < rows of the output, residual and bias.
             unsafe {
-                let bias = _mm512_set1_ps(t.bias.map_or(0.0, |b| *b.add(r)));
+                let row_bias = _mm512_set1_ps(t.row_bias.map_or(0.0, |b| *b.add(r)));
                 let orow = t.out.add(r * t.ldo);
                 for (v, &x) in acc_r.iter().enumerate() {
                     let mask = if v + 1 == NV { t.mask } else { 0xffff };
-                    let mut y = _mm512_add_ps(x, bias);
+                    let mut y = _mm512_add_ps(x, _mm512_add_ps(row_bias, col_bias[v]));
                     if let Some(res) = t.residual {
                         let rv = _mm512_maskz_loadu_ps(mask, res.add(r * t.ldo + 16 * v));
                         y = _mm512_add_ps(y, rv);

@@ -166,6 +166,141 @@ proptest! {
     }
 }
 
+/// `[1, c, h, w]` → `[h, w, c]`.
+fn to_nhwc(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0f32; c * h * w];
+    for ch in 0..c {
+        for p in 0..h * w {
+            out[p * c + ch] = x[ch * h * w + p];
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn gemm_rows_matches_naive(
+        m in 1usize..40, k in 0usize..70, n in 1usize..130, extra_ld in 0usize..5,
+        with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
+    ) {
+        let (lda, ldb, ldo) = (k + extra_ld, n + extra_ld, n + 2 * extra_ld);
+        let a = testutil::data(seed, m * lda, 1.0);
+        let b = testutil::data(seed ^ 1, k.max(1) * ldb, 1.0);
+        let bias = testutil::data(seed ^ 2, n, 1.0);
+        let res = testutil::data(seed ^ 3, m * ldo, 1.0);
+        let (lo, hi) = clamp_of(act);
+        let ep = Epilogue {
+            bias: with_bias.then_some(&bias[..]),
+            residual: with_res.then_some(&res[..]),
+            lo,
+            hi,
+        };
+        let dense_a: Vec<f32> = (0..m).flat_map(|i| a[i * lda..][..k].to_vec()).collect();
+        let want = naive_gemm(&dense_a, &b, m, k, n, ldb);
+        for isa in Isa::all_available() {
+            let mut out = vec![f32::NAN; m * ldo];
+            gemm_rows(isa, m, k, n, &a, lda, &b, ldb, &mut out, ldo, &ep);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut v = want[i * n + j];
+                    if with_bias { v += f64::from(bias[j]); }
+                    if with_res { v += f64::from(res[i * ldo + j]); }
+                    let v = v.clamp(f64::from(lo), f64::from(hi));
+                    prop_assert!(close(out[i * ldo + j], v), "{isa:?} ({i},{j}): {} vs {v}", out[i * ldo + j]);
+                }
+                for j in n..ldo {
+                    prop_assert!(out[i * ldo + j].is_nan(), "{isa:?} wrote outside the matrix");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_nhwc_matches_reference(
+        c in prop_oneof![1usize..6, 14usize..40], h in 1usize..20, w in 1usize..24,
+        kernel in [prop_oneof![Just(3usize), Just(5usize), 1usize..6], prop_oneof![Just(3usize), Just(5usize), 1usize..6]],
+        stride in [1usize..4, 1usize..4], dilation in [prop_oneof![Just(1usize), 1usize..3], prop_oneof![Just(1usize), 1usize..3]],
+        pads in [0usize..4, 0usize..4, 0usize..4, 0usize..4],
+        with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
+    ) {
+        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
+        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
+        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
+        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
+        let g = DwGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
+        let wt = testutil::tensor(seed ^ 1, &[c, 1, kh, kw], 1.0);
+        let b = testutil::tensor(seed ^ 2, &[c], 1.0);
+        let res = testutil::data(seed ^ 3, c * g.oh * g.ow, 1.0);
+        let p = Conv2dParams { stride, dilation, padding: pad, groups: c, ..Conv2dParams::default() };
+        let want = reference::conv2d(&x, &wt, with_bias.then_some(&b), &p).unwrap();
+        let (lo, hi) = clamp_of(act);
+        // The residual is given channels-last, like the output.
+        let res_nhwc = to_nhwc(&res, c, g.oh, g.ow);
+        let want: Vec<f32> = want.as_f32().unwrap().iter().zip(&res)
+            .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi)).collect();
+        let want = Tensor::from_f32(vec![1, g.oh, g.ow, c], to_nhwc(&want, c, g.oh, g.ow)).unwrap();
+        let ep = Epilogue {
+            bias: with_bias.then(|| b.as_f32().unwrap()),
+            residual: with_res.then_some(&res_nhwc[..]),
+            lo,
+            hi,
+        };
+        let x_nhwc = to_nhwc(x.as_f32().unwrap(), c, h, w);
+        let w_taps = depthwise_nhwc_weights(wt.as_f32().unwrap(), c, kh * kw);
+        for isa in Isa::all_available() {
+            let mut out = vec![f32::NAN; c * g.oh * g.ow];
+            depthwise_nhwc(isa, &g, &x_nhwc, &w_taps, &ep, &mut out);
+            let got = Tensor::from_f32(vec![1, g.oh, g.ow, c], out).unwrap();
+            assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
+        }
+    }
+
+    /// Channels-last im2col rows, in chunks, + `gemm_rows` is a dense convolution.
+    #[test]
+    fn im2col_rows_gemm_matches_reference(
+        c in 1usize..6, o in 1usize..40, h in 1usize..16, w in 1usize..20,
+        kernel in [1usize..5, 1usize..5], stride in [1usize..3, 1usize..3],
+        dilation in [1usize..3, 1usize..3], pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        chunk in 1usize..40, seed in any::<u64>(),
+    ) {
+        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
+        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
+        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
+        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
+        let g = ColGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
+        let wt = testutil::tensor(seed ^ 1, &[o, c, kh, kw], 1.0);
+        let b = testutil::tensor(seed ^ 2, &[o], 1.0);
+        let p = Conv2dParams { stride, dilation, padding: pad, ..Conv2dParams::default() };
+        let want = reference::conv2d(&x, &wt, Some(&b), &p).unwrap();
+        let want = Tensor::from_f32(vec![1, g.oh, g.ow, o], to_nhwc(want.as_f32().unwrap(), o, g.oh, g.ow)).unwrap();
+        // Weights as [(ky, kx, c), o].
+        let k = kh * kw * c;
+        let wsrc = wt.as_f32().unwrap();
+        let mut wk = vec![0f32; k * o];
+        for oc in 0..o { for ch in 0..c { for ky in 0..kh { for kx in 0..kw {
+            wk[((ky * kw + kx) * c + ch) * o + oc] = wsrc[((oc * c + ch) * kh + ky) * kw + kx];
+        }}}}
+        let x_nhwc = to_nhwc(x.as_f32().unwrap(), c, h, w);
+        let ep = Epilogue { bias: Some(b.as_f32().unwrap()), ..Epilogue::default() };
+        let positions = g.oh * g.ow;
+        for isa in Isa::all_available() {
+            let mut out = vec![f32::NAN; positions * o];
+            let mut col = vec![f32::NAN; chunk * k];
+            for first in (0..positions).step_by(chunk) {
+                let count = chunk.min(positions - first);
+                im2col_rows(&g, &x_nhwc, first, count, &mut col);
+                gemm_rows(isa, count, k, o, &col, k, &wk, o, &mut out[first * o..], o, &ep);
+            }
+            let got = Tensor::from_f32(vec![1, g.oh, g.ow, o], out).unwrap();
+            assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
+        }
+    }
+}
+
 #[test]
 fn forcing_an_unavailable_isa_falls_back() {
     // Whatever the CPU, asking for AVX-512 must be safe and give the same result.
