@@ -26,7 +26,7 @@ use tract_onnx::tract_core::ops::source::TypedSource;
 use super::NativeError;
 use super::exec::{BinOp, Ep, Operand, OutputSrc, Program, RedOp, Slot, Step, UnOp};
 use crate::model::TensorSpec;
-use crate::tensor::fast::{self, DwGeometry, PackedLhs};
+use crate::tensor::fast::{self, DwGeometry, PackedLhs, PackedRhs};
 use crate::tensor::{ElementType, Padding, Pool2dParams, Tensor};
 
 pub(super) struct Compiled {
@@ -641,9 +641,7 @@ impl Builder<'_> {
                 x,
                 out,
                 pixels: n * h * w,
-                k: c,
-                n: o,
-                w: wt.as_slice().into(),
+                w: PackedRhs::pack(&wt, c, o),
                 bias,
                 ep,
             });
@@ -678,8 +676,7 @@ impl Builder<'_> {
                 out,
                 batch: n,
                 geom,
-                n: o,
-                w: wt.as_slice().into(),
+                w: PackedRhs::pack(&wt, k, o),
                 bias,
                 ep,
             });

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::tensor::fast::{self, AlignedBuf, ColGeometry, DwGeometry, Epilogue, Isa, PackedLhs};
+use crate::tensor::fast::{
+    self, AlignedBuf, ColGeometry, DwGeometry, Epilogue, Isa, PackedLhs, PackedRhs,
+};
 use crate::tensor::{Pool2dParams, Tensor};
 
 /// Index of a logical buffer (one value, or several aliases of it).
@@ -79,10 +81,8 @@ pub(super) enum Step {
         x: Slot,
         out: Slot,
         pixels: usize,
-        k: usize,
-        n: usize,
-        /// Row-major `[k, n]`.
-        w: AlignedBuf,
+        /// `[k, n]`.
+        w: PackedRhs,
         bias: Vec<f32>,
         ep: Ep,
     },
@@ -105,9 +105,8 @@ pub(super) enum Step {
         batch: usize,
         /// `geom.c` is the input channels.
         geom: ColGeometry,
-        n: usize,
-        /// Row-major `[(ky, kx, c), n]`.
-        w: AlignedBuf,
+        /// `[(ky, kx, c), n]`.
+        w: PackedRhs,
         bias: Vec<f32>,
         ep: Ep,
     },
@@ -220,19 +219,22 @@ impl Step {
     /// operations of one run (2 per multiply-add; 0 for data movement).
     pub fn describe(&self) -> (String, u64) {
         match self {
-            Step::Pointwise { pixels, k, n, .. } => (
-                format!("conv1x1 {k}->{n} @{pixels}"),
-                2 * (pixels * k * n) as u64,
+            Step::Pointwise { pixels, w, .. } => (
+                format!("conv1x1 {}->{} @{pixels}", w.k(), w.n()),
+                2 * (pixels * w.k() * w.n()) as u64,
             ),
             Step::ConvRows {
-                batch, geom: g, n, ..
-            } => (
-                format!(
-                    "conv{}x{} s{} {}->{} {}x{}->{}x{}",
-                    g.kh, g.kw, g.stride[0], g.c, n, g.h, g.w, g.oh, g.ow
-                ),
-                2 * (batch * n * g.oh * g.ow * g.c * g.kh * g.kw) as u64,
-            ),
+                batch, geom: g, w, ..
+            } => {
+                let n = w.n();
+                (
+                    format!(
+                        "conv{}x{} s{} {}->{} {}x{}->{}x{}",
+                        g.kh, g.kw, g.stride[0], g.c, n, g.h, g.w, g.oh, g.ow
+                    ),
+                    2 * (batch * n * g.oh * g.ow * g.c * g.kh * g.kw) as u64,
+                )
+            }
             Step::Layout {
                 c,
                 hw,
@@ -613,8 +615,6 @@ fn exec(
         Step::Pointwise {
             x,
             pixels,
-            k,
-            n,
             w,
             bias,
             ep,
@@ -622,7 +622,7 @@ fn exec(
         } => {
             let x = p.slot(bufs, *x);
             let e = p.ep(bufs, ep, bias);
-            fast::gemm_rows(isa, *pixels, *k, *n, x, *k, w, *n, out, *n, &e);
+            fast::gemm_rows(isa, *pixels, x, w.k(), w, out, w.n(), &e);
         }
         Step::Depthwise {
             x,
@@ -652,7 +652,6 @@ fn exec(
             x,
             batch,
             geom,
-            n,
             w,
             bias,
             ep,
@@ -660,7 +659,7 @@ fn exec(
         } => {
             let x = p.slot(bufs, *x);
             let positions = geom.oh * geom.ow;
-            let k = geom.c * geom.kh * geom.kw;
+            let (k, n) = (w.k(), w.n());
             let (ilen, olen) = (geom.c * geom.h * geom.w, n * positions);
             let rows = CONV_ROWS.min(positions);
             col.ensure_len(rows * k);
@@ -672,19 +671,7 @@ fn exec(
                     let base = b * olen + first * n;
                     let mut e = p.ep(bufs, ep, bias);
                     e.residual = e.residual.map(|r| &r[base..][..count * n]);
-                    fast::gemm_rows(
-                        isa,
-                        count,
-                        k,
-                        *n,
-                        col,
-                        k,
-                        w,
-                        *n,
-                        &mut out[base..][..count * n],
-                        *n,
-                        &e,
-                    );
+                    fast::gemm_rows(isa, count, col, k, w, &mut out[base..][..count * n], n, &e);
                 }
             }
         }

@@ -16,7 +16,7 @@ mod pointwise;
 pub use depthwise::{DwGeometry, depthwise};
 pub use depthwise_nhwc::{depthwise_nhwc, depthwise_nhwc_weights};
 pub use im2col::{ColGeometry, im2col, im2col_rows};
-pub use pointwise::{MR, PackedLhs, gemm_packed, gemm_rows, matvec};
+pub use pointwise::{MR, PackedLhs, PackedRhs, gemm_packed, gemm_rows, matvec};
 
 use std::sync::OnceLock;
 

@@ -8,7 +8,7 @@
 //! blocks of [`MR`] = 8; the panel of B stays in cache while every row block
 //! of A streams past it, and 8×3 accumulators live in registers.
 
-use super::{Epilogue, Isa};
+use super::{AlignedBuf, Epilogue, Isa};
 
 /// Rows of A per packed block (and per register tile).
 pub const MR: usize = 8;
@@ -64,6 +64,52 @@ impl PackedLhs {
     }
 }
 
+/// A row-major `[k, n]` matrix (weights `[in, out]`) packed into panels of
+/// 48 columns, each stored row by row (`[k][48]`), the last panel
+/// zero-padded: a tile then streams its weights contiguously instead of
+/// striding across rows up to several KiB apart.
+#[derive(Clone, Debug)]
+pub struct PackedRhs {
+    k: usize,
+    n: usize,
+    data: AlignedBuf,
+}
+
+impl PackedRhs {
+    /// Packs row-major `w` (`k × n`).
+    ///
+    /// # Panics
+    ///
+    /// If `w.len() != k * n`.
+    pub fn pack(w: &[f32], k: usize, n: usize) -> PackedRhs {
+        assert_eq!(w.len(), k * n, "PackedRhs::pack: {} != {k}·{n}", w.len());
+        let panels = n.div_ceil(NR);
+        let mut data = AlignedBuf::zeroed(panels * k * NR);
+        for c in 0..k {
+            for j in 0..n {
+                let (p, jj) = (j / NR, j % NR);
+                data[(p * k + c) * NR + jj] = w[c * n + j];
+            }
+        }
+        PackedRhs { k, n, data }
+    }
+
+    /// Rows (the reduction length).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns (output channels).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Panel `p`: `[k][NR]`.
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.data[p * self.k * NR..][..self.k * NR]
+    }
+}
+
 /// `out[i*ldo + j] = epilogue(Σ_c A[i][c] · b[c*ldb + j])` for `i < m`,
 /// `j < n`; the epilogue's bias has one value per row `i` and its residual
 /// is indexed like `out`.
@@ -111,9 +157,9 @@ pub fn gemm_packed(
     }
 }
 
-/// `out[i*ldo + j] = epilogue(Σ_c a[i*lda + c] · b[c*ldb + j])` for `i < m`,
+/// `out[i*ldo + j] = epilogue(Σ_c a[i*lda + c] · b[c][j])` for `i < m`,
 /// `j < n`: row-major activations (one row per pixel, channels-last) times
-/// row-major weights `[k, n]`. The epilogue's bias has one value per column
+/// packed weights `[k, n]`. The epilogue's bias has one value per column
 /// `j` (the output channel) and its residual is indexed like `out`.
 ///
 /// # Panics
@@ -123,16 +169,14 @@ pub fn gemm_packed(
 pub fn gemm_rows(
     isa: Isa,
     m: usize,
-    k: usize,
-    n: usize,
     a: &[f32],
     lda: usize,
-    b: &[f32],
-    ldb: usize,
+    b: &PackedRhs,
     out: &mut [f32],
     ldo: usize,
     ep: &Epilogue<'_>,
 ) {
+    let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
     }
@@ -144,10 +188,6 @@ pub fn gemm_rows(
     assert!(
         k == 0 || (lda >= k && a.len() >= span(m, lda, k)),
         "gemm_rows: a too short"
-    );
-    assert!(
-        k == 0 || (ldb >= n && b.len() >= span(k, ldb, n)),
-        "gemm_rows: b too short"
     );
     if let Some(bias) = ep.bias {
         assert!(bias.len() >= n, "gemm_rows: bias too short");
@@ -162,32 +202,30 @@ pub fn gemm_rows(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `usable` checked that the CPU has AVX-512F; the asserts above
         // bound every index the kernel forms (see `avx512::gemm_rows`).
-        Isa::Avx512 => unsafe { avx512::gemm_rows(m, k, n, a, lda, b, ldb, out, ldo, ep) },
-        _ => portable_gemm_rows(m, k, n, a, lda, b, ldb, out, ldo, ep),
+        Isa::Avx512 => unsafe { avx512::gemm_rows(m, a, lda, b, out, ldo, ep) },
+        _ => portable_gemm_rows(m, a, lda, b, out, ldo, ep),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn portable_gemm_rows(
     m: usize,
-    k: usize,
-    n: usize,
     a: &[f32],
     lda: usize,
-    b: &[f32],
-    ldb: usize,
+    b: &PackedRhs,
     out: &mut [f32],
     ldo: usize,
     ep: &Epilogue<'_>,
 ) {
+    let (k, n) = (b.k, b.n);
     let mut j0 = 0;
     while j0 < n {
         let cols = (n - j0).min(NR);
+        let panel = b.panel(j0 / NR);
         for i0 in (0..m).step_by(MR) {
             let rows = (m - i0).min(MR);
             let mut acc = [[0f32; NR]; MR];
             for c in 0..k {
-                let brow = &b[c * ldb + j0..][..cols];
+                let brow = &panel[c * NR..][..cols];
                 for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
                     let av = a[(i0 + r) * lda + c];
                     for (x, &bv) in acc_r.iter_mut().zip(brow) {
@@ -314,7 +352,7 @@ pub fn matvec(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Epilogue, MR, NR, PackedLhs};
+    use super::{Epilogue, MR, NR, PackedLhs, PackedRhs};
 
     /// # Safety
     ///
@@ -396,21 +434,18 @@ mod avx512 {
     ///
     /// The CPU must support AVX-512F, and the slices must cover the spans
     /// `gemm_rows` asserts.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn gemm_rows(
         m: usize,
-        k: usize,
-        n: usize,
         a: &[f32],
         lda: usize,
-        b: &[f32],
-        ldb: usize,
+        b: &PackedRhs,
         out: &mut [f32],
         ldo: usize,
         ep: &Epilogue<'_>,
     ) {
         const { assert!(MR == 8) };
+        let (k, n) = (b.k, b.n);
         let mut j0 = 0;
         while j0 < n {
             let cols = (n - j0).min(NR);
@@ -424,8 +459,8 @@ mod avx512 {
                     a: a.as_ptr().wrapping_add(i0 * lda),
                     a_rs: lda,
                     a_cs: 1,
-                    b: b.as_ptr().wrapping_add(j0),
-                    ldb,
+                    b: b.panel(j0 / NR).as_ptr(),
+                    ldb: NR,
                     out: out.as_mut_ptr().wrapping_add(i0 * ldo + j0),
                     ldo,
                     rows,

@@ -199,9 +199,11 @@ proptest! {
         };
         let dense_a: Vec<f32> = (0..m).flat_map(|i| a[i * lda..][..k].to_vec()).collect();
         let want = naive_gemm(&dense_a, &b, m, k, n, ldb);
+        let dense_b: Vec<f32> = (0..k).flat_map(|c| b[c * ldb..][..n].to_vec()).collect();
+        let packed = PackedRhs::pack(&dense_b, k, n);
         for isa in Isa::all_available() {
             let mut out = vec![f32::NAN; m * ldo];
-            gemm_rows(isa, m, k, n, &a, lda, &b, ldb, &mut out, ldo, &ep);
+            gemm_rows(isa, m, &a, lda, &packed, &mut out, ldo, &ep);
             for i in 0..m {
                 for j in 0..n {
                     let mut v = want[i * n + j];
@@ -287,13 +289,14 @@ proptest! {
         let x_nhwc = to_nhwc(x.as_f32().unwrap(), c, h, w);
         let ep = Epilogue { bias: Some(b.as_f32().unwrap()), ..Epilogue::default() };
         let positions = g.oh * g.ow;
+        let wk = PackedRhs::pack(&wk, k, o);
         for isa in Isa::all_available() {
             let mut out = vec![f32::NAN; positions * o];
             let mut col = vec![f32::NAN; chunk * k];
             for first in (0..positions).step_by(chunk) {
                 let count = chunk.min(positions - first);
                 im2col_rows(&g, &x_nhwc, first, count, &mut col);
-                gemm_rows(isa, count, k, o, &col, k, &wk, o, &mut out[first * o..], o, &ep);
+                gemm_rows(isa, count, &col, k, &wk, &mut out[first * o..], o, &ep);
             }
             let got = Tensor::from_f32(vec![1, g.oh, g.ow, o], out).unwrap();
             assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
