@@ -87,8 +87,18 @@ pub fn im2col_rows(g: &ColGeometry, input: &[f32], first: usize, count: usize, c
             let iy = (oy * g.stride[0] + ky * g.dilation[0])
                 .checked_sub(g.pad.top)
                 .filter(|&iy| iy < g.h);
+            let run = &mut row[ky * g.kw * c..][..g.kw * c];
+            // With unit dilation a row of taps inside the image is one
+            // contiguous run of `kw` pixels.
+            let x0 = (ox * g.stride[1]).checked_sub(g.pad.left);
+            if let (Some(iy), Some(x0), 1) = (iy, x0, g.dilation[1])
+                && x0 + g.kw <= g.w
+            {
+                run.copy_from_slice(&input[(iy * g.w + x0) * c..][..g.kw * c]);
+                continue;
+            }
             for kx in 0..g.kw {
-                let dst = &mut row[(ky * g.kw + kx) * c..][..c];
+                let dst = &mut run[kx * c..][..c];
                 let ix = (ox * g.stride[1] + kx * g.dilation[1])
                     .checked_sub(g.pad.left)
                     .filter(|&ix| ix < g.w);
