@@ -149,12 +149,73 @@ pub(super) fn compile(onnx: &[u8]) -> Result<Compiled, NativeError> {
             shape: shape.iter().map(|&d| d as i64).collect(),
         });
     }
-    let program = Program::new(b.steps, b.slot_len, input_slots, srcs);
+    let steps = fuse_expand_depthwise(b.steps, &srcs);
+    let program = Program::new(steps, b.slot_len, input_slots, srcs);
     Ok(Compiled {
         program,
         inputs,
         outputs,
     })
+}
+
+/// Merges each pointwise step into the depthwise step right after it when
+/// that is the expansion's only reader (see [`Step::ExpandDepthwise`]).
+fn fuse_expand_depthwise(steps: Vec<Step>, outputs: &[OutputSrc]) -> Vec<Step> {
+    let mut readers: HashMap<Slot, usize> = HashMap::new();
+    for r in steps.iter().flat_map(Step::reads) {
+        *readers.entry(r).or_default() += 1;
+    }
+    for o in outputs {
+        if let OutputSrc::Slot(s, _) = o {
+            *readers.entry(*s).or_default() += 1;
+        }
+    }
+    let mut fused = Vec::with_capacity(steps.len());
+    let mut it = steps.into_iter().peekable();
+    while let Some(step) = it.next() {
+        let only_reader = match (&step, it.peek()) {
+            (Step::Pointwise { out: mid, ep, .. }, Some(Step::Depthwise { x, .. })) => {
+                ep.residual.is_none() && x == mid && readers.get(mid) == Some(&1)
+            }
+            _ => false,
+        };
+        if !only_reader {
+            fused.push(step);
+            continue;
+        }
+        if let Step::Pointwise {
+            x,
+            w: pw,
+            bias: pw_bias,
+            ep: pw_ep,
+            ..
+        } = step
+            && let Some(Step::Depthwise {
+                out,
+                batch,
+                geom,
+                w,
+                bias,
+                ep,
+                ..
+            }) = it.next()
+        {
+            fused.push(Step::ExpandDepthwise {
+                x,
+                out,
+                batch,
+                pw,
+                pw_bias,
+                pw_lo: pw_ep.lo,
+                pw_hi: pw_ep.hi,
+                geom,
+                w,
+                bias,
+                ep,
+            });
+        }
+    }
+    fused
 }
 
 /// The f32 values of a constant (cast if it is another numeric type).

@@ -109,8 +109,16 @@ fn digits_matches_onnxruntime_on_every_isa() {
 #[test]
 fn digits_graph_is_fused() {
     let model = NativeModel::load(&fixture_or_abs("digits_cnn.onnx")).unwrap();
-    // 9 convs (clips fused), mean, dense (+bias fused), softmax.
-    assert_eq!(model.step_count(), 12, "{:#?}", model.program.steps);
+    // 9 convs (clips fused; three pointwise + depthwise pairs merged into
+    // one step each), mean, dense (+bias fused), softmax.
+    assert_eq!(model.step_count(), 9, "{:#?}", model.program.steps);
+    let merged = model
+        .program
+        .steps
+        .iter()
+        .filter(|s| matches!(s, super::exec::Step::ExpandDepthwise { .. }))
+        .count();
+    assert_eq!(merged, 3, "{:#?}", model.program.steps);
 }
 
 #[test]
@@ -198,4 +206,44 @@ fn bad_bytes_and_bad_inputs_are_errors() {
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<NativeModel>();
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Band by band (any band height, shared rows kept) equals the expansion
+    /// of the whole image followed by the depthwise convolution.
+    #[test]
+    fn expand_depthwise_in_bands_matches_whole_image(
+        c_in in 1usize..5, c in 1usize..20, h in 1usize..14, w in 1usize..9,
+        k in proptest::prop_oneof![proptest::strategy::Just(3usize), proptest::strategy::Just(5usize), 1usize..4],
+        stride in 1usize..3, dil in 1usize..3, pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        per_band in 1usize..5, with_res in proptest::prelude::any::<bool>(), seed in proptest::prelude::any::<u64>(),
+    ) {
+        use crate::tensor::fast::{DwGeometry, Epilogue, PackedRhs, depthwise_nhwc, gemm_rows};
+        use crate::tensor::{Padding, testutil};
+        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
+        let span = |n: usize, a: usize, b: usize| (n + a + b).saturating_sub(1) / dil + 1;
+        let k = k.min(span(h, pad.top, pad.bottom)).min(span(w, pad.left, pad.right));
+        let g = DwGeometry::new(c, h, w, [k, k], [stride, stride], [dil, dil], pad).expect("fits");
+        let x = testutil::data(seed, h * w * c_in, 1.0);
+        let pw = PackedRhs::pack(&testutil::data(seed ^ 1, c_in * c, 1.0), c_in, c);
+        let pw_bias = testutil::data(seed ^ 2, c, 1.0);
+        let dw = testutil::data(seed ^ 3, k * k * c, 1.0);
+        let bias = testutil::data(seed ^ 4, c, 1.0);
+        let res = testutil::data(seed ^ 5, g.oh * g.ow * c, 1.0);
+        let pw_ep = Epilogue { bias: Some(&pw_bias), residual: None, lo: 0.0, hi: 6.0 };
+        let ep = Epilogue { bias: Some(&bias), residual: with_res.then_some(&res[..]), lo: f32::NEG_INFINITY, hi: f32::INFINITY };
+        let isa = crate::tensor::fast::Isa::detect();
+        let mut mid = vec![0f32; h * w * c];
+        gemm_rows(isa, h * w, &x, c_in, &pw, &mut mid, c, &pw_ep);
+        let mut want = vec![0f32; g.oh * g.ow * c];
+        depthwise_nhwc(isa, &g, &mid, &dw, &ep, &mut want);
+        let mut got = vec![f32::NAN; g.oh * g.ow * c];
+        let mut band = vec![f32::NAN; h * w * c];
+        super::exec::expand_depthwise(isa, &x, &pw, &pw_ep, &g, &dw, &ep, &mut got, &mut band, per_band);
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            proptest::prop_assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{i}: {a} vs {b}");
+        }
+    }
 }

@@ -20,7 +20,7 @@ mod pool;
 pub mod reference;
 mod shape;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod window;
 
 use std::sync::Arc;
