@@ -160,6 +160,9 @@ mod avx512 {
         residual: Option<*const f32>,
         /// `(ky, iy)` of the input rows inside the image.
         rows: &'a [(usize, usize)],
+        oy: usize,
+        /// At least `w · c` zeros.
+        zeros: *const f32,
         /// Offset of this output row's first pixel, this block's first channel.
         obase: usize,
         c0: usize,
@@ -182,6 +185,9 @@ mod avx512 {
         out: &mut [f32],
     ) {
         let c = g.c;
+        // Taps on rows above or below the image read zeros from here, so
+        // that every row of a fixed-size kernel has the same code.
+        let zeros = vec![0f32; g.w * c];
         let mut rows: Vec<(usize, usize)> = Vec::with_capacity(g.kh);
         for oy in 0..g.oh {
             rows.clear();
@@ -196,6 +202,8 @@ mod avx512 {
                     out: out.as_mut_ptr(),
                     residual: ep.residual.map(|r| r.as_ptr()),
                     rows: &rows,
+                    oy,
+                    zeros: zeros.as_ptr(),
                     obase: oy * g.ow * c + c0,
                     c0,
                     mask,
@@ -211,23 +219,36 @@ mod avx512 {
                 // is inside the image (`rows_of`, `col_of`, `Columns`); only
                 // the block's `n` channel lanes are touched.
                 unsafe {
-                    for ox in 0..cols.lo {
-                        border(&b, ox);
-                    }
-                    let full = rows.len() == g.kh;
-                    let mut ox = match (g.kh, g.kw) {
-                        (3, 3) if full => interior_fixed::<3, 3>(&b, cols.lo, cols.hi),
-                        (5, 5) if full => interior_fixed::<5, 5>(&b, cols.lo, cols.hi),
-                        _ => cols.lo,
-                    };
-                    while ox + PX <= cols.hi {
-                        interior(&b, ox);
-                        ox += PX;
-                    }
-                    for ox in ox..g.ow {
-                        border(&b, ox);
+                    match (g.kh, g.kw) {
+                        (3, 3) => row_fixed::<3, 3>(&b, cols),
+                        (5, 5) => row_fixed::<5, 5>(&b, cols),
+                        _ => row_any(&b, cols),
                     }
                 }
+            }
+        }
+    }
+
+    /// One output row's block, any kernel size.
+    ///
+    /// # Safety
+    ///
+    /// As `run`'s.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_any(b: &Block<'_>, cols: &Columns) {
+        let g = b.g;
+        // SAFETY: as the caller's.
+        unsafe {
+            for ox in 0..cols.lo {
+                border(&b, ox);
+            }
+            let mut ox = cols.lo;
+            while ox + PX <= cols.hi {
+                interior(&b, ox);
+                ox += PX;
+            }
+            for ox in ox..g.ow {
+                border(&b, ox);
             }
         }
     }
@@ -273,32 +294,55 @@ mod avx512 {
         unsafe { finish(b, acc, ox) };
     }
 
-    /// Interior pixels `lo..` in groups of `PX`, for a `KH × KW` kernel whose
-    /// rows are all inside the image: the taps' weights stay in registers
-    /// for the whole row. Returns the first pixel not done.
+    /// One output row's block for a `KH × KW` kernel: the taps' weights stay
+    /// in registers for the whole row, rows outside the image read zeros,
+    /// interior pixels go `PX` at a time and border pixels test each column.
+    ///
+    /// # Safety
+    ///
+    /// As `run`'s.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn interior_fixed<const KH: usize, const KW: usize>(
-        b: &Block<'_>,
-        lo: usize,
-        hi: usize,
-    ) -> usize {
+    unsafe fn row_fixed<const KH: usize, const KW: usize>(b: &Block<'_>, cols: &Columns) {
         let g = b.g;
         let c = g.c;
         let xs = g.stride[1] * c;
         let xd = g.dilation[1] * c;
         let mut w = [[_mm512_setzero_ps(); KW]; KH];
-        let mut xrow = [b.input; KH];
+        let mut xrow = [b.zeros; KH];
         for (ky, (wr, xr)) in w.iter_mut().zip(xrow.iter_mut()).enumerate() {
-            let (_, iy) = b.rows[ky];
-            *xr = b.input.wrapping_add(iy * g.w * c + b.c0);
+            let iy = (b.oy * g.stride[0] + ky * g.dilation[0])
+                .checked_sub(g.pad.top)
+                .filter(|&iy| iy < g.h);
+            // Row base at channel c0 (the zeros need no channel offset).
+            *xr = match iy {
+                Some(iy) => b.input.wrapping_add(iy * g.w * c + b.c0),
+                None => b.zeros,
+            };
             for (kx, wv) in wr.iter_mut().enumerate() {
                 // SAFETY: tap (ky, kx) of the block's channels (masked tail).
                 *wv = unsafe { _mm512_maskz_loadu_ps(b.mask, b.w.add((ky * KW + kx) * c)) };
             }
         }
-        let mut ox = lo;
-        while ox + PX <= hi {
+        let pixel = |ox: usize| {
+            let mut acc = b.bias;
+            for (wr, &xr) in w.iter().zip(&xrow) {
+                for (kx, &wv) in wr.iter().enumerate() {
+                    if let Some(ix) = col_of(g, ox, kx) {
+                        // SAFETY: column ix of a row inside the image, or of the zeros.
+                        let x = unsafe { _mm512_maskz_loadu_ps(b.mask, xr.add(ix * c)) };
+                        acc = _mm512_fmadd_ps(x, wv, acc);
+                    }
+                }
+            }
+            acc
+        };
+        for ox in 0..cols.lo {
+            // SAFETY: as the caller's.
+            unsafe { finish(b, pixel(ox), ox) };
+        }
+        let mut ox = cols.lo;
+        while ox + PX <= cols.hi {
             let x0 = (ox * g.stride[1] - g.pad.left) * c;
             let mut acc = [b.bias; PX];
             for (wr, &xr) in w.iter().zip(&xrow) {
@@ -306,7 +350,7 @@ mod avx512 {
                     let xp = xr.wrapping_add(x0 + kx * xd);
                     for (p, a) in acc.iter_mut().enumerate() {
                         // SAFETY: every tap of pixels `ox..ox+PX` is inside
-                        // the image (`Columns`, and all rows valid).
+                        // the image horizontally (`Columns`).
                         let x = unsafe { _mm512_maskz_loadu_ps(b.mask, xp.add(p * xs)) };
                         *a = _mm512_fmadd_ps(x, wv, *a);
                     }
@@ -318,7 +362,10 @@ mod avx512 {
             }
             ox += PX;
         }
-        ox
+        for ox in ox..g.ow {
+            // SAFETY: as the caller's.
+            unsafe { finish(b, pixel(ox), ox) };
+        }
     }
 
     /// `PX` output pixels from `ox` whose taps are all inside the image
