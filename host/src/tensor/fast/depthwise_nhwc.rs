@@ -240,15 +240,15 @@ mod avx512 {
         // SAFETY: as the caller's.
         unsafe {
             for ox in 0..cols.lo {
-                border(&b, ox);
+                border(b, ox);
             }
             let mut ox = cols.lo;
             while ox + PX <= cols.hi {
-                interior(&b, ox);
+                interior(b, ox);
                 ox += PX;
             }
             for ox in ox..g.ow {
-                border(&b, ox);
+                border(b, ox);
             }
         }
     }
