@@ -81,34 +81,54 @@ pub fn im2col_rows(g: &ColGeometry, input: &[f32], first: usize, count: usize, c
         "im2col_rows: rows past the output"
     );
     assert!(col.len() >= count * k, "im2col_rows: col too short");
-    for (p, row) in (first..first + count).zip(col.chunks_exact_mut(k.max(1))) {
-        let (oy, ox) = (p / g.ow, p % g.ow);
-        for ky in 0..g.kh {
+    let run_len = g.kw * c;
+    let (mut oy, mut ox) = (first / g.ow, first % g.ow);
+    for row in col.chunks_exact_mut(k.max(1)).take(count) {
+        // With unit dilation, a row of taps inside the image is one
+        // contiguous run of `kw` pixels.
+        let x0 = (ox * g.stride[1])
+            .checked_sub(g.pad.left)
+            .filter(|&x0| g.dilation[1] == 1 && x0 + g.kw <= g.w);
+        for (ky, run) in row.chunks_exact_mut(run_len.max(1)).enumerate() {
             let iy = (oy * g.stride[0] + ky * g.dilation[0])
                 .checked_sub(g.pad.top)
                 .filter(|&iy| iy < g.h);
-            let run = &mut row[ky * g.kw * c..][..g.kw * c];
-            // With unit dilation a row of taps inside the image is one
-            // contiguous run of `kw` pixels.
-            let x0 = (ox * g.stride[1]).checked_sub(g.pad.left);
-            if let (Some(iy), Some(x0), 1) = (iy, x0, g.dilation[1])
-                && x0 + g.kw <= g.w
-            {
-                run.copy_from_slice(&input[(iy * g.w + x0) * c..][..g.kw * c]);
+            let Some(iy) = iy else {
+                run.fill(0.0);
+                continue;
+            };
+            if let Some(x0) = x0 {
+                copy_short(run, &input[(iy * g.w + x0) * c..][..run_len]);
                 continue;
             }
-            for kx in 0..g.kw {
-                let dst = &mut run[kx * c..][..c];
+            for (kx, dst) in run.chunks_exact_mut(c).enumerate() {
                 let ix = (ox * g.stride[1] + kx * g.dilation[1])
                     .checked_sub(g.pad.left)
                     .filter(|&ix| ix < g.w);
-                match (iy, ix) {
-                    (Some(iy), Some(ix)) => {
-                        dst.copy_from_slice(&input[(iy * g.w + ix) * c..][..c]);
-                    }
-                    _ => dst.fill(0.0),
+                match ix {
+                    Some(ix) => dst.copy_from_slice(&input[(iy * g.w + ix) * c..][..c]),
+                    None => dst.fill(0.0),
                 }
             }
         }
+        ox += 1;
+        if ox == g.ow {
+            ox = 0;
+            oy += 1;
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of a patch row (a stem
+/// convolution's are 9 floats): an inlined loop instead of a `memcpy` call
+/// per run, which cost as much as the GEMM.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    if dst.len() > 64 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s;
     }
 }
