@@ -474,3 +474,70 @@ fn measure_stage_latency_and_model_memory() {
         }
     }
 }
+
+/// The float models called through the classifier plugin (a preprocessed tensor in, logits
+/// out: instantiate, the `model` interface, the copies) against the same model run directly
+/// on the native backend, interleaved in one process so both see the same machine. Writes
+/// `target/bench/plugin.json` for `host/benches/report.py --plugin-json`. Run alone, in release:
+/// `cargo test --release -p edgeplug-tests --test it -- --ignored --nocapture classifier::measure_models_through_the_plugin`.
+#[test]
+#[ignore = "measurement; prints figures"]
+fn measure_models_through_the_plugin() {
+    const RUNS: usize = 60;
+    let runtime = runtime();
+    let dir = edgeplug_tests::repo().join("plugins/image-classifier");
+    let mut rows = Vec::new();
+    for case in MODELS.iter().filter(|c| c.float) {
+        let plugin = load_with_grants(
+            &runtime,
+            "image-classifier",
+            IMAGE_CLASSIFIER_WASM,
+            &[(case.grant, case.file)],
+        );
+        let onnx = std::fs::read(dir.join(case.file)).unwrap();
+        let direct = edgeplug_host::model::Model::load(case.grant, &onnx).unwrap();
+        assert_eq!(direct.backend(), "native");
+        let batch = npy(case.input);
+        let NpyData::F32(all) = batch.data else {
+            panic!("float32 input")
+        };
+        let one = Tensor::from_f32(vec![1, 3, 224, 224], all[..3 * 224 * 224].to_vec()).unwrap();
+        let request = || InferRequest {
+            tensors: vec![("input".into(), one.clone())],
+            ..InferRequest::default()
+        };
+        let (mut via, mut alone) = (Vec::new(), Vec::new());
+        for i in 0..RUNS + 5 {
+            let start = Instant::now();
+            let response = plugin.infer(request()).unwrap();
+            let t_plugin = start.elapsed().as_secs_f64() * 1e3;
+            let start = Instant::now();
+            let out = direct.run(&[&one]).unwrap();
+            let t_direct = start.elapsed().as_secs_f64() * 1e3;
+            assert_eq!(response.tensors[0].1.as_f32(), out[0].as_f32());
+            if i >= 5 {
+                via.push(t_plugin);
+                alone.push(t_direct);
+            }
+        }
+        let (via, alone) = (median(via), median(alone));
+        println!(
+            "{:<20} native direct {alone:.3} ms, through the plugin {via:.3} ms: {:.3}x [median of {RUNS}, interleaved]",
+            case.file,
+            via / alone
+        );
+        rows.push(serde_json::json!({
+            "model": case.file.trim_end_matches(".onnx"),
+            "median_ms": via,
+            "native_direct_ms": alone,
+            "runs": RUNS,
+        }));
+    }
+    let out = edgeplug_tests::repo().join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("plugin.json"),
+        serde_json::to_string_pretty(&rows).unwrap(),
+    )
+    .unwrap();
+}
