@@ -77,6 +77,9 @@ smoke: plugins
 	! ./target/debug/edgeplug conformance $(WASM_TARGET)/wasm32-wasip2/plugin/edgeplug_test_panic.wasm \
 		> target/smoke/panic.txt
 	grep -q 'FAIL  robustness' target/smoke/panic.txt
+	# `edgeplug bench` on each backend: the tract column must really be tract.
+	for b in native tract; do ./target/debug/edgeplug bench tests/fixtures/models/digits_cnn.onnx \
+		--backend $$b --runs 3 --warmup 1 --json | grep -q "\"backend\":\"$$b\"" || exit 1; done
 
 lint:
 	$(CARGO) fmt --all -- --check

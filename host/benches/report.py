@@ -96,11 +96,15 @@ def main():
     ap.add_argument("--models", default=os.path.join(ROOT, "tests/fixtures/models"))
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench"))
-    ap.add_argument("--peak", type=float, default=117.0, help="FP32 GFLOP/s of one core")
+    ap.add_argument("--peak", type=float, help="FP32 GFLOP/s of one core (default: measured by `bench --peak` in this run)")
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--plugin-json", help="JSON list of {model, median_ms} measured through a plugin")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.peak is None:
+        p = subprocess.run(shlex.split(a.bench) + ["--peak", "--json"], capture_output=True, text=True, check=True)
+        a.peak = round(json.loads(p.stdout.strip().splitlines()[-1])["peak_gflops"], 1)
+        print(f"measured FP32 peak of one core: {a.peak} GFLOP/s", file=sys.stderr)
 
     ort = {}
     if not a.no_ort:
@@ -151,7 +155,7 @@ def main():
         for b in ("native", "tract"):
             if "error" in r.get(b, {}):
                 lines.append(f"    {b}: {r[b]['error']}")
-    lines += ["", f"MobileNetV2 conv layers on the native backend (peak {a.peak:g} GFLOP/s per core):",
+    lines += ["", f"MobileNetV2 conv layers on the native backend (FP32 peak {a.peak:g} GFLOP/s per core, measured in this run):",
               "   ms      GFLOP/s  % peak  layer"]
     for l in layers:
         lines.append(f"{l['median_ms']:7.3f} {l['gflops']:9.1f} {l['pct_peak']:6.1f}%  {l['step']}")

@@ -29,7 +29,12 @@ pub enum BenchBackend {
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// The ONNX model file.
-    pub model: PathBuf,
+    #[arg(required_unless_present = "peak")]
+    pub model: Option<PathBuf>,
+    /// Instead of a model, measure this core's FP32 peak (independent
+    /// fused multiply-adds of the widest vectors) in GFLOP/s.
+    #[arg(long, conflicts_with_all = ["profile", "input"])]
+    pub peak: bool,
     /// Engine to time.
     #[arg(long, value_enum, default_value_t = BenchBackend::Native)]
     pub backend: BenchBackend,
@@ -98,10 +103,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 || args.threads == 0 {
         bail!("--runs and --threads must be at least 1");
     }
-    let bytes =
-        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
-    let name = args
-        .model
+    let model = match (&args.model, args.peak) {
+        (_, true) => {
+            let isa = crate::tensor::fast::Isa::detect();
+            // Median of five half-second bursts: the machine is shared.
+            let mut runs: Vec<f64> = (0..5)
+                .map(|_| crate::tensor::fast::fma_peak_gflops(isa, 0.5))
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            let isa = format!("{isa:?}").to_lowercase();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "peak_gflops": runs[2], "isa": isa })
+                );
+            } else {
+                println!("FP32 peak of one core ({isa} FMAs): {:.1} GFLOP/s", runs[2]);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        (Some(model), false) => model,
+        (None, false) => bail!("give a model, or --peak"),
+    };
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let name = model
         .file_stem()
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let start = Instant::now();
@@ -124,7 +149,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => return Err(e.into()),
         },
-        BenchBackend::Tract => Engine::Tract(Model::load(&name, &bytes)?),
+        BenchBackend::Tract => {
+            // `Model::load` prefers the native backend; this column must be tract's.
+            let m = Model::load_with(&name, &bytes, false)?;
+            if m.backend() != "tract" {
+                bail!("asked for tract, got the {} backend", m.backend());
+            }
+            Engine::Tract(m)
+        }
     };
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let (isa, spec) = match &engine {

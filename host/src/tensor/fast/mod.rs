@@ -73,6 +73,65 @@ impl Isa {
     }
 }
 
+/// The FP32 GFLOP/s one core sustains here on independent fused multiply-adds
+/// of the ISA's widest vectors, measured for about `secs` seconds: the peak
+/// the benchmark compares kernels against, taken on the same machine in the
+/// same run (clock speeds differ between machines and over time).
+pub fn fma_peak_gflops(isa: Isa, secs: f64) -> f64 {
+    let start = std::time::Instant::now();
+    let mut flops = 0u64;
+    let mut sink = 0f32;
+    while start.elapsed().as_secs_f64() < secs {
+        let (f, s) = match isa.usable() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `usable` checked that the CPU has AVX-512F.
+            Isa::Avx512 => unsafe { avx512_fma_burst() },
+            _ => portable_fma_burst(),
+        };
+        flops += f;
+        sink += s;
+    }
+    std::hint::black_box(sink);
+    flops as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Twelve independent accumulators: enough to cover the FMA latency.
+const PEAK_CHAINS: usize = 12;
+const PEAK_ITERS: usize = 100_000;
+
+fn portable_fma_burst() -> (u64, f32) {
+    let mut acc = [[1f32; 8]; PEAK_CHAINS];
+    let (a, b) = (
+        std::hint::black_box(0.999_99f32),
+        std::hint::black_box(1e-6f32),
+    );
+    for _ in 0..PEAK_ITERS {
+        for chain in acc.iter_mut() {
+            for v in chain.iter_mut() {
+                *v = v.mul_add(a, b);
+            }
+        }
+    }
+    let flops = (PEAK_ITERS * PEAK_CHAINS * 8 * 2) as u64;
+    (flops, acc.iter().flatten().sum())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_fma_burst() -> (u64, f32) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(1.0); PEAK_CHAINS];
+    let a = _mm512_set1_ps(std::hint::black_box(0.999_99));
+    let b = _mm512_set1_ps(std::hint::black_box(1e-6));
+    for _ in 0..PEAK_ITERS {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    let flops = (PEAK_ITERS * PEAK_CHAINS * 16 * 2) as u64;
+    (flops, acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum())
+}
+
 /// A zero-initialized `f32` buffer aligned to 64 bytes. The allocator only
 /// promises 16, and then every 16-lane load or store straddles two cache
 /// lines; with this alignment, one at an index that is a multiple of 16 never
