@@ -18,6 +18,8 @@
 mod compile;
 mod exec;
 #[cfg(test)]
+mod graph_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Mutex;
