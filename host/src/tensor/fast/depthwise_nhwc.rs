@@ -324,15 +324,22 @@ mod avx512 {
                 *wv = unsafe { _mm512_maskz_loadu_ps(b.mask, b.w.add((ky * KW + kx) * c)) };
             }
         }
+        // One pixel, any column: a tap outside the image loads nothing (its
+        // mask is empty; masked-off lanes are never accessed), so there is no
+        // branch per tap.
         let pixel = |ox: usize| {
             let mut acc = b.bias;
+            let base = (ox * g.stride[1]) as isize - g.pad.left as isize;
             for (wr, &xr) in w.iter().zip(&xrow) {
                 for (kx, &wv) in wr.iter().enumerate() {
-                    if let Some(ix) = col_of(g, ox, kx) {
-                        // SAFETY: column ix of a row inside the image, or of the zeros.
-                        let x = unsafe { _mm512_maskz_loadu_ps(b.mask, xr.add(ix * c)) };
-                        acc = _mm512_fmadd_ps(x, wv, acc);
-                    }
+                    let ix = base + (kx * g.dilation[1]) as isize;
+                    let inside = ix >= 0 && (ix as usize) < g.w;
+                    let mask = if inside { b.mask } else { 0 };
+                    // SAFETY: with a non-empty mask, column ix of a row inside
+                    // the image (or of the zeros); with an empty one, no access.
+                    let x =
+                        unsafe { _mm512_maskz_loadu_ps(mask, xr.wrapping_offset(ix * c as isize)) };
+                    acc = _mm512_fmadd_ps(x, wv, acc);
                 }
             }
             acc
