@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use super::block::DwBlock;
+
 use crate::tensor::fast::{
     self, AlignedBuf, ColGeometry, DwGeometry, Epilogue, Isa, PackedLhs, PackedRhs,
 };
@@ -110,24 +112,13 @@ pub(super) enum Step {
         bias: Vec<f32>,
         ep: Ep,
     },
-    /// A pointwise expansion whose only reader is the depthwise convolution
-    /// after it, run a band of output rows at a time: the expanded image, often
-    /// the largest value in the network, only ever exists a few rows at a
-    /// time, in cache. Rows shared by consecutive bands are kept, not
-    /// recomputed.
-    ExpandDepthwise {
+    /// An inverted-residual block (see [`DwBlock`]), made by merging a
+    /// depthwise step with the pointwise steps around it that only it feeds
+    /// or reads. `ep` finishes the last stage.
+    DwBlock {
         x: Slot,
         out: Slot,
-        batch: usize,
-        /// The expansion: `[c_in, c]`, its bias and clamp.
-        pw: PackedRhs,
-        pw_bias: Vec<f32>,
-        pw_lo: f32,
-        pw_hi: f32,
-        /// The depthwise convolution (`geom.c == c`), as in [`Step::Depthwise`].
-        geom: DwGeometry,
-        w: AlignedBuf,
-        bias: Vec<f32>,
+        block: Box<DwBlock>,
         ep: Ep,
     },
     /// `[n, c, hw]` ↔ `[n, hw, c]`: into or out of the channels-last layout
@@ -255,24 +246,7 @@ impl Step {
                     2 * (batch * n * g.oh * g.ow * g.c * g.kh * g.kw) as u64,
                 )
             }
-            Step::ExpandDepthwise {
-                batch, pw, geom: g, ..
-            } => (
-                format!(
-                    "conv1x1 {}->{} + dw{}x{} s{} {}x{}->{}x{}",
-                    pw.k(),
-                    pw.n(),
-                    g.kh,
-                    g.kw,
-                    g.stride[0],
-                    g.h,
-                    g.w,
-                    g.oh,
-                    g.ow
-                ),
-                2 * (batch * g.h * g.w * pw.k() * pw.n() + batch * g.c * g.oh * g.ow * g.kh * g.kw)
-                    as u64,
-            ),
+            Step::DwBlock { block, .. } => block.describe(),
             Step::Layout {
                 c,
                 hw,
@@ -350,7 +324,7 @@ impl Step {
             Step::Pointwise { out, .. }
             | Step::Depthwise { out, .. }
             | Step::ConvRows { out, .. }
-            | Step::ExpandDepthwise { out, .. }
+            | Step::DwBlock { out, .. }
             | Step::Layout { out, .. }
             | Step::Im2col { out, .. }
             | Step::Dense { out, .. }
@@ -373,7 +347,7 @@ impl Step {
             Step::Pointwise { x, ep, .. }
             | Step::Depthwise { x, ep, .. }
             | Step::ConvRows { x, ep, .. }
-            | Step::ExpandDepthwise { x, ep, .. }
+            | Step::DwBlock { x, ep, .. }
             | Step::Im2col { x, ep, .. }
             | Step::Dense { x, ep, .. } => {
                 r.push(*x);
@@ -411,7 +385,7 @@ impl Step {
             Step::Pointwise { ep, .. }
             | Step::Depthwise { ep, .. }
             | Step::ConvRows { ep, .. }
-            | Step::ExpandDepthwise { ep, .. }
+            | Step::DwBlock { ep, .. }
             | Step::Im2col { ep, .. }
             | Step::Dense { ep, .. } => Some(ep),
             _ => None,
@@ -422,105 +396,6 @@ impl Step {
 /// Output pixels per patch-row batch of [`Step::ConvRows`]: the patch rows
 /// stay in cache between im2col and the GEMM.
 pub(super) const CONV_ROWS: usize = 256;
-
-/// Floats of expanded image one band of [`Step::ExpandDepthwise`] may hold.
-const BAND_FLOATS: usize = 96 * 1024;
-
-/// Output rows per band: as many as fit [`BAND_FLOATS`] of input rows.
-fn band_rows(g: &DwGeometry) -> usize {
-    let row = (g.w * g.c).max(1);
-    let reach = (g.kh - 1) * g.dilation[0] + 1;
-    let fit = (BAND_FLOATS / row).saturating_sub(reach) / g.stride[0] + 1;
-    fit.clamp(1, g.oh)
-}
-
-/// Input rows a band of `per_band` output rows reads, at most.
-fn band_input_rows(g: &DwGeometry, per_band: usize) -> usize {
-    ((per_band - 1) * g.stride[0] + (g.kh - 1) * g.dilation[0] + 1).min(g.h)
-}
-
-/// One image of [`Step::ExpandDepthwise`], `per_band` output rows at a time:
-/// `x` is `[h, w, c_in]`, `out` `[oh, ow, c]`, `residual` (if any) like
-/// `out`; `band` holds the expanded rows of the current band (at least
-/// [`band_input_rows`] of them).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn expand_depthwise(
-    isa: Isa,
-    x: &[f32],
-    pw: &PackedRhs,
-    pw_ep: &Epilogue<'_>,
-    g: &DwGeometry,
-    w: &[f32],
-    ep: &Epilogue<'_>,
-    out: &mut [f32],
-    band: &mut [f32],
-    per_band: usize,
-) {
-    let (c_in, c) = (pw.k(), pw.n());
-    let row_in = g.w * c_in;
-    let row = g.w * c;
-    let [s, d] = [g.stride[0], g.dilation[0]];
-    let span = (g.kh - 1) * d + 1;
-    let per_band = per_band.max(1);
-    // Rows `have.0..have.1` of the expanded image are in `band`, from row 0.
-    let mut have = (0usize, 0usize);
-    for oy0 in (0..g.oh).step_by(per_band) {
-        let oy1 = (oy0 + per_band).min(g.oh);
-        let lo = (oy0 * s).saturating_sub(g.pad.top).min(g.h);
-        let hi = ((oy1 - 1) * s + span)
-            .saturating_sub(g.pad.top)
-            .min(g.h)
-            .max(lo);
-        // Keep the rows this band shares with the last one.
-        let keep_from = lo.max(have.0);
-        let kept = if keep_from < have.1 && lo >= have.0 {
-            let n = have.1 - keep_from;
-            band.copy_within((keep_from - have.0) * row..(have.1 - have.0) * row, 0);
-            n
-        } else {
-            0
-        };
-        let first_new = lo + kept;
-        if hi > first_new {
-            let rows = hi - first_new;
-            fast::gemm_rows(
-                isa,
-                rows * g.w,
-                &x[first_new * row_in..][..rows * row_in],
-                c_in,
-                pw,
-                &mut band[kept * row..][..rows * row],
-                c,
-                pw_ep,
-            );
-        }
-        have = (lo, hi);
-        let bg = DwGeometry {
-            h: hi - lo,
-            pad: crate::tensor::Padding {
-                // Zero once the band starts inside the image.
-                top: (g.pad.top + lo).saturating_sub(oy0 * s),
-                ..g.pad
-            },
-            oh: oy1 - oy0,
-            ..*g
-        };
-        let o = oy0 * g.ow * c;
-        let len = (oy1 - oy0) * g.ow * c;
-        let e = Epilogue {
-            residual: ep.residual.map(|r| &r[o..][..len]),
-            ..*ep
-        };
-        fast::depthwise_nhwc(
-            isa,
-            &bg,
-            &band[..(hi - lo) * row],
-            w,
-            &e,
-            &mut out[o..][..len],
-        );
-    }
-}
 
 /// `dst[j][i] = src[i][j]` for a row-major `[rows, cols]` `src`, in square
 /// tiles so both sides stay in cache.
@@ -556,6 +431,7 @@ pub(super) struct Program {
     /// Length of each physical buffer.
     phys_len: Vec<usize>,
     col_len: usize,
+    band_len: usize,
 }
 
 /// Per-run memory: every physical buffer and the kernels' scratch, allocated
@@ -564,6 +440,8 @@ pub(super) struct Program {
 pub(super) struct Arena {
     bufs: Vec<AlignedBuf>,
     col: AlignedBuf,
+    /// The depthwise output rows of a [`Step::DwBlock`] band.
+    band: AlignedBuf,
 }
 
 impl Program {
@@ -609,6 +487,7 @@ impl Program {
             }
         }
         let mut col_len = 0;
+        let mut band_len = 0;
         let mut released = vec![false; slots];
         for (i, step) in steps.iter().enumerate() {
             let o = step.out();
@@ -624,8 +503,10 @@ impl Program {
                 Step::Im2col { geom, .. } => {
                     col_len = col_len.max(geom.c * geom.kh * geom.kw * geom.oh * geom.ow);
                 }
-                Step::ExpandDepthwise { geom, .. } => {
-                    col_len = col_len.max(band_input_rows(geom, band_rows(geom)) * geom.w * geom.c);
+                Step::DwBlock { block, .. } => {
+                    let (input, output) = block.scratch_len(block.per_band());
+                    col_len = col_len.max(input);
+                    band_len = band_len.max(output);
                 }
                 _ => {}
             }
@@ -647,6 +528,7 @@ impl Program {
             phys,
             phys_len,
             col_len,
+            band_len,
         }
     }
 
@@ -658,6 +540,7 @@ impl Program {
                 .map(|&n| AlignedBuf::zeroed(n))
                 .collect(),
             col: AlignedBuf::zeroed(self.col_len),
+            band: AlignedBuf::zeroed(self.band_len),
         }
     }
 
@@ -682,18 +565,20 @@ impl Program {
             arena.bufs[self.phys[slot]][..data.len()].copy_from_slice(data);
         }
         let mut col = std::mem::take(&mut arena.col);
+        let mut band = std::mem::take(&mut arena.band);
         for (i, step) in self.steps.iter().enumerate() {
             let o = step.out();
             let mut out = std::mem::take(&mut arena.bufs[self.phys[o]]);
             let dst = &mut out[..self.slot_len[o]];
             let start = times.is_some().then(std::time::Instant::now);
-            exec(self, isa, step, &arena.bufs, dst, &mut col);
+            exec(self, isa, step, &arena.bufs, dst, &mut col, &mut band);
             if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                 t[i] += start.elapsed().as_secs_f64();
             }
             arena.bufs[self.phys[o]] = out;
         }
         arena.col = col;
+        arena.band = band;
         self.outputs
             .iter()
             .map(|o| match o {
@@ -753,6 +638,7 @@ fn exec(
     bufs: &[AlignedBuf],
     out: &mut [f32],
     col: &mut AlignedBuf,
+    band: &mut AlignedBuf,
 ) {
     match step {
         Step::Pointwise {
@@ -818,42 +704,26 @@ fn exec(
                 }
             }
         }
-        Step::ExpandDepthwise {
-            x,
-            batch,
-            pw,
-            pw_bias,
-            pw_lo,
-            pw_hi,
-            geom,
-            w,
-            bias,
-            ep,
-            ..
-        } => {
+        Step::DwBlock { x, block, ep, .. } => {
             let x = p.slot(bufs, *x);
-            let (ilen, olen) = (geom.h * geom.w * pw.k(), geom.oh * geom.ow * geom.c);
-            let pw_ep = Epilogue {
-                bias: Some(pw_bias),
-                residual: None,
-                lo: *pw_lo,
-                hi: *pw_hi,
-            };
-            let per_band = band_rows(geom);
-            col.ensure_len(band_input_rows(geom, per_band) * geom.w * geom.c);
-            for b in 0..*batch {
-                let mut e = p.ep(bufs, ep, bias);
-                e.residual = e.residual.map(|r| &r[b * olen..][..olen]);
-                expand_depthwise(
+            let g = &block.geom;
+            let ilen = g.h * g.w * block.in_channels();
+            let olen = g.oh * g.ow * block.out_channels();
+            let per_band = block.per_band();
+            let (input, output) = block.scratch_len(per_band);
+            col.ensure_len(input);
+            band.ensure_len(output);
+            let residual = ep.residual.map(|r| p.slot(bufs, r));
+            for b in 0..block.batch {
+                block.run(
                     isa,
                     &x[b * ilen..][..ilen],
-                    pw,
-                    &pw_ep,
-                    geom,
-                    w,
-                    &e,
+                    residual.map(|r| &r[b * olen..][..olen]),
+                    ep.lo,
+                    ep.hi,
                     &mut out[b * olen..][..olen],
                     col,
+                    band,
                     per_band,
                 );
             }

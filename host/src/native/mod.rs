@@ -15,6 +15,7 @@
 //! of every slot plus kernel scratch) from a pool, so steady-state runs do not
 //! allocate or page-fault, and concurrent runs do not contend.
 
+mod block;
 mod compile;
 mod exec;
 #[cfg(test)]

@@ -109,16 +109,16 @@ fn digits_matches_onnxruntime_on_every_isa() {
 #[test]
 fn digits_graph_is_fused() {
     let model = NativeModel::load(&fixture_or_abs("digits_cnn.onnx")).unwrap();
-    // 9 convs (clips fused; three pointwise + depthwise pairs merged into
-    // one step each), mean, dense (+bias fused), softmax.
-    assert_eq!(model.step_count(), 9, "{:#?}", model.program.steps);
+    // 9 convs (clips fused): the stem, then four depthwise convs each merged
+    // with the pointwise projection after it; mean, dense (+bias fused), softmax.
+    assert_eq!(model.step_count(), 8, "{:#?}", model.program.steps);
     let merged = model
         .program
         .steps
         .iter()
-        .filter(|s| matches!(s, super::exec::Step::ExpandDepthwise { .. }))
+        .filter(|s| matches!(s, super::exec::Step::DwBlock { .. }))
         .count();
-    assert_eq!(merged, 3, "{:#?}", model.program.steps);
+    assert_eq!(merged, 4, "{:#?}", model.program.steps);
 }
 
 #[test]
@@ -209,39 +209,82 @@ fn _assert_send_sync() {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
 
-    /// Band by band (any band height, shared rows kept) equals the expansion
-    /// of the whole image followed by the depthwise convolution.
+    /// A block run band by band (any band height, shared rows kept; with and
+    /// without its expansion and projection) equals its stages run one after
+    /// the other on whole images.
     #[test]
-    fn expand_depthwise_in_bands_matches_whole_image(
-        c_in in 1usize..5, c in 1usize..20, h in 1usize..14, w in 1usize..9,
+    fn a_block_in_bands_matches_its_stages_on_whole_images(
+        c_in in 1usize..5, c in 1usize..20, c_out in 1usize..7, h in 1usize..14, w in 1usize..9,
         k in proptest::prop_oneof![proptest::strategy::Just(3usize), proptest::strategy::Just(5usize), 1usize..4],
         stride in 1usize..3, dil in 1usize..3, pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
-        per_band in 1usize..5, with_res in proptest::prelude::any::<bool>(), seed in proptest::prelude::any::<u64>(),
+        per_band in 1usize..5, expand in proptest::prelude::any::<bool>(), project in proptest::prelude::any::<bool>(),
+        with_res in proptest::prelude::any::<bool>(), seed in proptest::prelude::any::<u64>(),
     ) {
-        use crate::tensor::fast::{DwGeometry, Epilogue, PackedRhs, depthwise_nhwc, gemm_rows};
+        use super::block::{DwBlock, Pointwise};
+        use crate::tensor::fast::{AlignedBuf, DwGeometry, Epilogue, PackedRhs, depthwise_nhwc, gemm_rows};
         use crate::tensor::{Padding, testutil};
         let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
         let span = |n: usize, a: usize, b: usize| (n + a + b).saturating_sub(1) / dil + 1;
         let k = k.min(span(h, pad.top, pad.bottom)).min(span(w, pad.left, pad.right));
         let g = DwGeometry::new(c, h, w, [k, k], [stride, stride], [dil, dil], pad).expect("fits");
+        let c_in = if expand { c_in } else { c };
+        let c_out = if project { c_out } else { c };
         let x = testutil::data(seed, h * w * c_in, 1.0);
-        let pw = PackedRhs::pack(&testutil::data(seed ^ 1, c_in * c, 1.0), c_in, c);
-        let pw_bias = testutil::data(seed ^ 2, c, 1.0);
-        let dw = testutil::data(seed ^ 3, k * k * c, 1.0);
-        let bias = testutil::data(seed ^ 4, c, 1.0);
-        let res = testutil::data(seed ^ 5, g.oh * g.ow * c, 1.0);
-        let pw_ep = Epilogue { bias: Some(&pw_bias), residual: None, lo: 0.0, hi: 6.0 };
-        let ep = Epilogue { bias: Some(&bias), residual: with_res.then_some(&res[..]), lo: f32::NEG_INFINITY, hi: f32::INFINITY };
+        let block = DwBlock {
+            batch: 1,
+            expand: expand.then(|| Pointwise {
+                w: PackedRhs::pack(&testutil::data(seed ^ 1, c_in * c, 1.0), c_in, c),
+                bias: testutil::data(seed ^ 2, c, 1.0),
+                lo: 0.0,
+                hi: 6.0,
+            }),
+            geom: g,
+            w: AlignedBuf::from(&testutil::data(seed ^ 3, k * k * c, 1.0)[..]),
+            bias: testutil::data(seed ^ 4, c, 1.0),
+            dw_lo: 0.0,
+            dw_hi: 6.0,
+            project: project.then(|| (
+                PackedRhs::pack(&testutil::data(seed ^ 5, c * c_out, 1.0), c, c_out),
+                testutil::data(seed ^ 6, c_out, 1.0),
+            )),
+        };
+        let res = testutil::data(seed ^ 7, g.oh * g.ow * c_out, 1.0);
+        let residual = with_res.then_some(&res[..]);
+        let (lo, hi) = (f32::NEG_INFINITY, f32::INFINITY);
         let isa = crate::tensor::fast::Isa::detect();
-        let mut mid = vec![0f32; h * w * c];
-        gemm_rows(isa, h * w, &x, c_in, &pw, &mut mid, c, &pw_ep);
-        let mut want = vec![0f32; g.oh * g.ow * c];
-        depthwise_nhwc(isa, &g, &mid, &dw, &ep, &mut want);
-        let mut got = vec![f32::NAN; g.oh * g.ow * c];
-        let mut band = vec![f32::NAN; h * w * c];
-        super::exec::expand_depthwise(isa, &x, &pw, &pw_ep, &g, &dw, &ep, &mut got, &mut band, per_band);
+        // The stages one after the other.
+        let mid = match &block.expand {
+            Some(e) => {
+                let mut mid = vec![0f32; h * w * c];
+                let ep = Epilogue { bias: Some(&e.bias), residual: None, lo: e.lo, hi: e.hi };
+                gemm_rows(isa, h * w, &x, c_in, &e.w, &mut mid, c, &ep);
+                mid
+            }
+            None => x.clone(),
+        };
+        let mut dw = vec![0f32; g.oh * g.ow * c];
+        let want = match &block.project {
+            Some((pw, pb)) => {
+                let ep = Epilogue { bias: Some(&block.bias), residual: None, lo: 0.0, hi: 6.0 };
+                depthwise_nhwc(isa, &g, &mid, &block.w, &ep, &mut dw);
+                let mut out = vec![0f32; g.oh * g.ow * c_out];
+                let ep = Epilogue { bias: Some(pb), residual, lo, hi };
+                gemm_rows(isa, g.oh * g.ow, &dw, c, pw, &mut out, c_out, &ep);
+                out
+            }
+            None => {
+                let ep = Epilogue { bias: Some(&block.bias), residual, lo, hi };
+                depthwise_nhwc(isa, &g, &mid, &block.w, &ep, &mut dw);
+                dw
+            }
+        };
+        let (need_in, need_out) = block.scratch_len(per_band.min(g.oh));
+        let mut band_in = vec![f32::NAN; need_in];
+        let mut band_out = vec![f32::NAN; need_out];
+        let mut got = vec![f32::NAN; g.oh * g.ow * c_out];
+        block.run(isa, &x, residual, lo, hi, &mut got, &mut band_in, &mut band_out, per_band.min(g.oh));
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             proptest::prop_assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{i}: {a} vs {b}");
         }

@@ -1,0 +1,218 @@
+//! An inverted-residual block, `[pointwise expansion →] depthwise →
+//! [pointwise projection]`, run a band of output rows at a time
+//! ([`Step::DwBlock`](super::exec::Step::DwBlock)). The expanded image and the
+//! depthwise output, the largest values in a MobileNet-class network, then
+//! only ever exist a few rows at a time, in cache. Input rows shared by
+//! consecutive bands are kept, not recomputed.
+
+use crate::tensor::Padding;
+use crate::tensor::fast::{self, AlignedBuf, DwGeometry, Epilogue, Isa, PackedRhs};
+
+/// Floats of expanded input rows one band may hold.
+const BAND_FLOATS: usize = 96 * 1024;
+
+/// A pointwise stage: `[c_in, c_out]` weights, bias and clamp.
+#[derive(Debug)]
+pub(super) struct Pointwise {
+    pub w: PackedRhs,
+    pub bias: Vec<f32>,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Pointwise {
+    fn epilogue(&self) -> Epilogue<'_> {
+        Epilogue {
+            bias: Some(&self.bias),
+            residual: None,
+            lo: self.lo,
+            hi: self.hi,
+        }
+    }
+}
+
+/// The stages of one block. The step that holds it carries the last stage's
+/// residual and clamp (the projection's, else the depthwise's).
+#[derive(Debug)]
+pub(super) struct DwBlock {
+    pub batch: usize,
+    pub expand: Option<Pointwise>,
+    /// `geom.c` is the expanded channels.
+    pub geom: DwGeometry,
+    /// Tap-major `[kh·kw, c]`.
+    pub w: AlignedBuf,
+    pub bias: Vec<f32>,
+    /// The depthwise clamp, when a projection follows (its own is the step's).
+    pub dw_lo: f32,
+    pub dw_hi: f32,
+    /// Weights `[c, c_out]` and bias; its clamp and residual are the step's.
+    pub project: Option<(PackedRhs, Vec<f32>)>,
+}
+
+impl DwBlock {
+    pub fn in_channels(&self) -> usize {
+        self.expand.as_ref().map_or(self.geom.c, |e| e.w.k())
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.project.as_ref().map_or(self.geom.c, |(w, _)| w.n())
+    }
+
+    /// Output rows per band: as many as fit [`BAND_FLOATS`] of input rows.
+    pub fn per_band(&self) -> usize {
+        let g = &self.geom;
+        let row = (g.w * g.c).max(1);
+        let reach = (g.kh - 1) * g.dilation[0] + 1;
+        let fit = (BAND_FLOATS / row).saturating_sub(reach) / g.stride[0] + 1;
+        fit.clamp(1, g.oh)
+    }
+
+    /// Scratch floats a run with `per_band` rows needs: expanded input rows
+    /// (when expanding) and depthwise output rows (when projecting).
+    pub fn scratch_len(&self, per_band: usize) -> (usize, usize) {
+        let g = &self.geom;
+        let rows = ((per_band - 1) * g.stride[0] + (g.kh - 1) * g.dilation[0] + 1).min(g.h);
+        let input = if self.expand.is_some() {
+            rows * g.w * g.c
+        } else {
+            0
+        };
+        let output = if self.project.is_some() {
+            per_band * g.ow * g.c
+        } else {
+            0
+        };
+        (input, output)
+    }
+
+    /// Kind, shape and floating-point operations per run.
+    pub fn describe(&self) -> (String, u64) {
+        let g = &self.geom;
+        let mut name = String::new();
+        let mut flops = 2 * (self.batch * g.c * g.oh * g.ow * g.kh * g.kw) as u64;
+        if let Some(e) = &self.expand {
+            name += &format!("conv1x1 {}->{} + ", e.w.k(), e.w.n());
+            flops += 2 * (self.batch * g.h * g.w * e.w.k() * e.w.n()) as u64;
+        }
+        name += &format!(
+            "dw{}x{} s{} c{} {}x{}->{}x{}",
+            g.kh, g.kw, g.stride[0], g.c, g.h, g.w, g.oh, g.ow
+        );
+        if let Some((w, _)) = &self.project {
+            name += &format!(" + conv1x1 {}->{}", w.k(), w.n());
+            flops += 2 * (self.batch * g.oh * g.ow * w.k() * w.n()) as u64;
+        }
+        (name, flops)
+    }
+
+    /// One image: `x` is `[h, w, c_in]`, `out` `[oh, ow, c_out]`; `residual`
+    /// (laid out like `out`), `lo` and `hi` finish the last stage. `band_in`
+    /// and `band_out` hold at least [`DwBlock::scratch_len`] floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        lo: f32,
+        hi: f32,
+        out: &mut [f32],
+        band_in: &mut [f32],
+        band_out: &mut [f32],
+        per_band: usize,
+    ) {
+        let g = &self.geom;
+        let (c_in, c, c_out) = (self.in_channels(), g.c, self.out_channels());
+        let (row_in, row) = (g.w * c_in, g.w * c);
+        let [s, d] = [g.stride[0], g.dilation[0]];
+        let span = (g.kh - 1) * d + 1;
+        let per_band = per_band.max(1);
+        // Rows `have.0..have.1` of the expanded image are in `band_in`, from row 0.
+        let mut have = (0usize, 0usize);
+        for oy0 in (0..g.oh).step_by(per_band) {
+            let oy1 = (oy0 + per_band).min(g.oh);
+            let first = (oy0 * s).saturating_sub(g.pad.top).min(g.h);
+            let last = ((oy1 - 1) * s + span)
+                .saturating_sub(g.pad.top)
+                .min(g.h)
+                .max(first);
+            let rows: &[f32] = match &self.expand {
+                None => &x[first * row..last * row],
+                Some(e) => {
+                    // Keep the rows this band shares with the last one.
+                    let kept = if first >= have.0 && first < have.1 {
+                        band_in.copy_within((first - have.0) * row..(have.1 - have.0) * row, 0);
+                        have.1 - first
+                    } else {
+                        0
+                    };
+                    let new = first + kept;
+                    if last > new {
+                        let n = last - new;
+                        fast::gemm_rows(
+                            isa,
+                            n * g.w,
+                            &x[new * row_in..][..n * row_in],
+                            c_in,
+                            &e.w,
+                            &mut band_in[kept * row..][..n * row],
+                            c,
+                            &e.epilogue(),
+                        );
+                    }
+                    have = (first, last);
+                    &band_in[..(last - first) * row]
+                }
+            };
+            let band = DwGeometry {
+                h: last - first,
+                pad: Padding {
+                    // Zero once the band starts inside the image.
+                    top: (g.pad.top + first).saturating_sub(oy0 * s),
+                    ..g.pad
+                },
+                oh: oy1 - oy0,
+                ..*g
+            };
+            let pixels = (oy1 - oy0) * g.ow;
+            let base = oy0 * g.ow * c_out;
+            let residual = residual.map(|r| &r[base..][..pixels * c_out]);
+            match &self.project {
+                None => {
+                    let ep = Epilogue {
+                        bias: Some(&self.bias),
+                        residual,
+                        lo,
+                        hi,
+                    };
+                    fast::depthwise_nhwc(
+                        isa,
+                        &band,
+                        rows,
+                        &self.w,
+                        &ep,
+                        &mut out[base..][..pixels * c],
+                    );
+                }
+                Some((pw, pw_bias)) => {
+                    let ep = Epilogue {
+                        bias: Some(&self.bias),
+                        residual: None,
+                        lo: self.dw_lo,
+                        hi: self.dw_hi,
+                    };
+                    let mid = &mut band_out[..pixels * c];
+                    fast::depthwise_nhwc(isa, &band, rows, &self.w, &ep, mid);
+                    let ep = Epilogue {
+                        bias: Some(pw_bias),
+                        residual,
+                        lo,
+                        hi,
+                    };
+                    let dst = &mut out[base..][..pixels * c_out];
+                    fast::gemm_rows(isa, pixels, mid, c, pw, dst, c_out, &ep);
+                }
+            }
+        }
+    }
+}
