@@ -130,6 +130,21 @@ fn main() {
         "gateway echo (trivial plugin)",
         load::run(&echo, CONNECTIONS, duration),
     );
+    if std::env::var_os("EDGEPLUG_BENCH_RUNTIME_LOOP").is_some() {
+        // Only the runtime, no HTTP: for counting what one request costs (strace, perf).
+        let echo_plugin = gw.gateway.registry.get("echo").expect("echo is active");
+        let request = edgeplug_host::runtime::InferRequest {
+            content_type: "application/json".into(),
+            body: br#"{"hello": "edge"}"#.to_vec(),
+            tensors: Vec::new(),
+        };
+        let started = std::time::Instant::now();
+        for _ in 0..10_000 {
+            echo_plugin.plugin.infer(request.clone()).unwrap();
+        }
+        println!("10000 echo requests through the runtime: {:?}", started.elapsed());
+        return;
+    }
     if std::env::var_os("EDGEPLUG_BENCH_ECHO_ONLY").is_some() {
         // For profiling the trivial plugin's path: the two figures its target compares.
         table.print();
