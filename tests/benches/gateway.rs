@@ -142,7 +142,10 @@ fn main() {
         for _ in 0..10_000 {
             echo_plugin.plugin.infer(request.clone()).unwrap();
         }
-        println!("10000 echo requests through the runtime: {:?}", started.elapsed());
+        println!(
+            "10000 echo requests through the runtime: {:?}",
+            started.elapsed()
+        );
         return;
     }
     if std::env::var_os("EDGEPLUG_BENCH_ECHO_ONLY").is_some() {

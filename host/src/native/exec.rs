@@ -696,7 +696,7 @@ fn exec(
                 let xin = &x[b * ilen..][..ilen];
                 for first in (0..positions).step_by(rows) {
                     let count = rows.min(positions - first);
-                    fast::im2col_rows(geom, xin, first, count, col);
+                    fast::im2col_rows(isa, geom, xin, first, count, col);
                     let base = b * olen + first * n;
                     let mut e = p.ep(bufs, ep, bias);
                     e.residual = e.residual.map(|r| &r[base..][..count * n]);

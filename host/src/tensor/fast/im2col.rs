@@ -1,6 +1,6 @@
 //! The patch matrix of a dense (or grouped) convolution, for [`gemm_packed`](super::gemm_packed).
 
-use super::DwGeometry;
+use super::{DwGeometry, Isa};
 
 /// Geometry of one group's im2col: the same fields as a depthwise
 /// convolution, `c` being the group's input channels.
@@ -72,7 +72,63 @@ pub fn im2col(g: &ColGeometry, input: &[f32], col: &mut [f32]) {
 ///
 /// If `input` or `col` is shorter than the geometry needs, or the rows run
 /// past the output.
-pub fn im2col_rows(g: &ColGeometry, input: &[f32], first: usize, count: usize, col: &mut [f32]) {
+pub fn im2col_rows(
+    isa: Isa,
+    g: &ColGeometry,
+    input: &[f32],
+    first: usize,
+    count: usize,
+    col: &mut [f32],
+) {
+    match isa.usable() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `usable` checked that the CPU has AVX-512F.
+        Isa::Avx512 if g.kw * g.c <= 16 => unsafe {
+            im2col_rows_avx512(g, input, first, count, col)
+        },
+        _ => im2col_rows_with(g, input, first, count, col, copy_short),
+    }
+}
+
+/// [`im2col_rows`] for runs of at most 16 floats (a stem convolution's are
+/// 9): one masked load and store per run.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn im2col_rows_avx512(
+    g: &ColGeometry,
+    input: &[f32],
+    first: usize,
+    count: usize,
+    col: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    im2col_rows_with(
+        g,
+        input,
+        first,
+        count,
+        col,
+        |dst: &mut [f32], src: &[f32]| {
+            let n = dst.len().min(src.len()).min(16);
+            let mask: __mmask16 = ((1u32 << n) - 1) as u16;
+            // SAFETY: the mask covers the first `n` floats of both slices.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(mask, src.as_ptr());
+                _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, v);
+            }
+        },
+    )
+}
+
+#[inline(always)]
+fn im2col_rows_with(
+    g: &ColGeometry,
+    input: &[f32],
+    first: usize,
+    count: usize,
+    col: &mut [f32],
+    copy_run: impl Fn(&mut [f32], &[f32]),
+) {
     let c = g.c;
     let k = g.kh * g.kw * c;
     assert!(input.len() >= g.h * g.w * c, "im2col_rows: input too short");
@@ -98,7 +154,7 @@ pub fn im2col_rows(g: &ColGeometry, input: &[f32], first: usize, count: usize, c
                 continue;
             };
             if let Some(x0) = x0 {
-                copy_short(run, &input[(iy * g.w + x0) * c..][..run_len]);
+                copy_run(run, &input[(iy * g.w + x0) * c..][..run_len]);
                 continue;
             }
             for (kx, dst) in run.chunks_exact_mut(c).enumerate() {

@@ -295,7 +295,7 @@ proptest! {
             let mut col = vec![f32::NAN; chunk * k];
             for first in (0..positions).step_by(chunk) {
                 let count = chunk.min(positions - first);
-                im2col_rows(&g, &x_nhwc, first, count, &mut col);
+                im2col_rows(isa, &g, &x_nhwc, first, count, &mut col);
                 gemm_rows(isa, count, &col, k, &wk, &mut out[first * o..], o, &ep);
             }
             let got = Tensor::from_f32(vec![1, g.oh, g.ow, o], out).unwrap();
