@@ -1074,36 +1074,27 @@ impl Builder<'_> {
         // Global pooling of a channels-last image: reduce over the pixels
         // with the channels innermost; the result, one value per channel,
         // is the same in both layouts.
-        if let Val::Dyn {
-            slot,
-            shape: in_shape,
-        } = v
-            && self.channels_last[*slot]
-            && in_shape.len() == 4
-            && axes == [2, 3]
-        {
-            let (x, outer, len, inner) =
-                (*slot, in_shape[0], in_shape[2] * in_shape[3], in_shape[1]);
-            let shape = self.out_shape(node)?;
-            self.emit(node, shape, |out| Step::Reduce {
-                op: red,
-                x,
-                out,
-                outer,
-                len,
-                inner,
-                scale: 1.0,
-            });
-            return Ok(());
-        }
-        let (x, in_shape) = self.dyn_input(node, v)?;
-        if axes.is_empty() || axes.windows(2).any(|w| w[1] != w[0] + 1) {
-            return Err(unsupported(node, "Reduce over non-contiguous axes"));
-        }
-        let (first, last) = (axes[0], axes[axes.len() - 1]);
-        let outer = in_shape[..first].iter().product();
-        let len = in_shape[first..=last].iter().product();
-        let inner = in_shape[last + 1..].iter().product();
+        let (x, outer, len, inner) = match v {
+            Val::Dyn {
+                slot,
+                shape: in_shape,
+            } if self.channels_last[*slot] && in_shape.len() == 4 && axes == [2, 3] => {
+                (*slot, in_shape[0], in_shape[2] * in_shape[3], in_shape[1])
+            }
+            _ => {
+                let (x, in_shape) = self.dyn_input(node, v)?;
+                if axes.is_empty() || axes.windows(2).any(|w| w[1] != w[0] + 1) {
+                    return Err(unsupported(node, "Reduce over non-contiguous axes"));
+                }
+                let (first, last) = (axes[0], axes[axes.len() - 1]);
+                (
+                    x,
+                    in_shape[..first].iter().product(),
+                    in_shape[first..=last].iter().product(),
+                    in_shape[last + 1..].iter().product(),
+                )
+            }
+        };
         let shape = self.out_shape(node)?;
         self.emit(node, shape, |out| Step::Reduce {
             op: red,

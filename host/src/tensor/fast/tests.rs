@@ -31,6 +31,37 @@ fn close(got: f32, want: f64) -> bool {
     (f64::from(got) - want).abs() <= 1e-4 * want.abs().max(1.0)
 }
 
+/// `out` (`m` rows at stride `ldo`) against the naive product `want` (`m × n`)
+/// plus the epilogue, whose bias index for `(i, j)` is `bias_at(i, j)`; the
+/// columns between `n` and `ldo` must be untouched (NaN).
+fn check_gemm(
+    out: &[f32],
+    want: &[f64],
+    (m, n, ldo): (usize, usize, usize),
+    ep: &Epilogue<'_>,
+    bias_at: impl Fn(usize, usize) -> usize,
+) -> Result<(), String> {
+    for i in 0..m {
+        for j in 0..n {
+            let mut v = want[i * n + j];
+            if let Some(b) = ep.bias {
+                v += f64::from(b[bias_at(i, j)]);
+            }
+            if let Some(r) = ep.residual {
+                v += f64::from(r[i * ldo + j]);
+            }
+            let v = v.clamp(f64::from(ep.lo), f64::from(ep.hi));
+            if !close(out[i * ldo + j], v) {
+                return Err(format!("({i},{j}): {} vs {v}", out[i * ldo + j]));
+            }
+        }
+        if let Some(j) = (n..ldo).find(|&j| !out[i * ldo + j].is_nan()) {
+            return Err(format!("wrote outside the matrix at ({i},{j})"));
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -56,19 +87,7 @@ proptest! {
         for isa in Isa::all_available() {
             let mut out = vec![f32::NAN; m * ldo];
             gemm_packed(isa, &packed, &b, ldb, n, &mut out, ldo, &ep);
-            for i in 0..m {
-                for j in 0..n {
-                    let mut v = want[i * n + j];
-                    if with_bias { v += f64::from(bias[i]); }
-                    if with_res { v += f64::from(res[i * ldo + j]); }
-                    let v = v.clamp(f64::from(lo), f64::from(hi));
-                    prop_assert!(close(out[i * ldo + j], v), "{isa:?} ({i},{j}): {} vs {v}", out[i * ldo + j]);
-                }
-                // Padding columns between rows are untouched.
-                for j in n..ldo {
-                    prop_assert!(out[i * ldo + j].is_nan(), "{isa:?} wrote outside the matrix");
-                }
-            }
+            check_gemm(&out, &want, (m, n, ldo), &ep, |i, _| i).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
         }
     }
 
@@ -204,18 +223,7 @@ proptest! {
         for isa in Isa::all_available() {
             let mut out = vec![f32::NAN; m * ldo];
             gemm_rows(isa, m, &a, lda, &packed, &mut out, ldo, &ep);
-            for i in 0..m {
-                for j in 0..n {
-                    let mut v = want[i * n + j];
-                    if with_bias { v += f64::from(bias[j]); }
-                    if with_res { v += f64::from(res[i * ldo + j]); }
-                    let v = v.clamp(f64::from(lo), f64::from(hi));
-                    prop_assert!(close(out[i * ldo + j], v), "{isa:?} ({i},{j}): {} vs {v}", out[i * ldo + j]);
-                }
-                for j in n..ldo {
-                    prop_assert!(out[i * ldo + j].is_nan(), "{isa:?} wrote outside the matrix");
-                }
-            }
+            check_gemm(&out, &want, (m, n, ldo), &ep, |_, j| j).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
         }
     }
 
