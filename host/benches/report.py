@@ -146,6 +146,10 @@ def main():
 
     def ratio(r, num, den):
         n, d = r.get(num, {}).get("median_ms"), r.get(den, {}).get("median_ms")
+        if num == "plugin" and r.get("plugin", {}).get("native_direct_ms"):
+            # The plugin measurement times the direct run too, interleaved in its own
+            # process: compare within that run, not across processes.
+            d = r["plugin"]["native_direct_ms"]
         return f"{n / d:6.2f}x" if n and d else "      -"
 
     lines = ["model                  native ms  tract ms  plugin ms   ORT ms  native/ORT tract/ORT plugin/native"]
@@ -155,6 +159,8 @@ def main():
         for b in ("native", "tract"):
             if "error" in r.get(b, {}):
                 lines.append(f"    {b}: {r[b]['error']}")
+    if plugin:
+        lines.append("plugin/native: against the direct runs interleaved with the plugin's (--plugin-json)")
     lines += ["", f"MobileNetV2 conv layers on the native backend (FP32 peak {a.peak:g} GFLOP/s per core, measured in this run):",
               "   ms      GFLOP/s  % peak  layer"]
     for l in layers:
