@@ -24,7 +24,7 @@ use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, Soft
 use tract_onnx::tract_core::ops::source::TypedSource;
 
 use super::NativeError;
-use super::block::{DwBlock, Pointwise};
+use super::block;
 use super::exec::{BinOp, Ep, Operand, OutputSrc, Program, RedOp, Slot, Step, UnOp};
 use crate::model::TensorSpec;
 use crate::tensor::fast::{self, DwGeometry, PackedLhs, PackedRhs};
@@ -150,110 +150,13 @@ pub(super) fn compile(onnx: &[u8]) -> Result<Compiled, NativeError> {
             shape: shape.iter().map(|&d| d as i64).collect(),
         });
     }
-    let steps = fuse_blocks(b.steps, &srcs);
+    let steps = block::fuse(b.steps, &srcs);
     let program = Program::new(steps, b.slot_len, input_slots, srcs);
     Ok(Compiled {
         program,
         inputs,
         outputs,
     })
-}
-
-/// Merges each depthwise step with the pointwise step before it when that
-/// only feeds it (the expansion), and with the one after it when that alone
-/// reads its output (the projection): see [`DwBlock`].
-fn fuse_blocks(steps: Vec<Step>, outputs: &[OutputSrc]) -> Vec<Step> {
-    let mut readers: HashMap<Slot, usize> = HashMap::new();
-    for r in steps.iter().flat_map(Step::reads) {
-        *readers.entry(r).or_default() += 1;
-    }
-    for o in outputs {
-        if let OutputSrc::Slot(s, _) = o {
-            *readers.entry(*s).or_default() += 1;
-        }
-    }
-    let only_reader = |slot: &Slot| readers.get(slot) == Some(&1);
-    let mut fused = Vec::with_capacity(steps.len());
-    let mut it = steps.into_iter().peekable();
-    while let Some(step) = it.next() {
-        let expands = match (&step, it.peek()) {
-            (Step::Pointwise { out, ep, .. }, Some(Step::Depthwise { x, .. })) => {
-                ep.residual.is_none() && x == out && only_reader(out)
-            }
-            _ => false,
-        };
-        let (x, expand, dw) = match step {
-            Step::Pointwise { x, w, bias, ep, .. } if expands => {
-                let expand = Pointwise {
-                    w,
-                    bias,
-                    lo: ep.lo,
-                    hi: ep.hi,
-                };
-                (x, Some(expand), it.next().expect("peeked"))
-            }
-            Step::Depthwise { x, .. } => (x, None, step),
-            other => {
-                fused.push(other);
-                continue;
-            }
-        };
-        let Step::Depthwise {
-            out: dw_out,
-            batch,
-            geom,
-            w,
-            bias,
-            ep: dw_ep,
-            ..
-        } = dw
-        else {
-            unreachable!("a depthwise step")
-        };
-        let projects = dw_ep.residual.is_none()
-            && only_reader(&dw_out)
-            && matches!(it.peek(), Some(Step::Pointwise { x, .. }) if *x == dw_out);
-        let (out, project, ep) = if projects {
-            let Some(Step::Pointwise {
-                out, w, bias, ep, ..
-            }) = it.next()
-            else {
-                unreachable!("peeked")
-            };
-            (out, Some((w, bias)), ep)
-        } else {
-            (dw_out, None, dw_ep)
-        };
-        if expand.is_none() && project.is_none() {
-            fused.push(Step::Depthwise {
-                x,
-                out,
-                batch,
-                geom,
-                w,
-                bias,
-                ep,
-            });
-            continue;
-        }
-        let block = DwBlock {
-            batch,
-            expand,
-            geom,
-            w,
-            bias,
-            dw_lo: dw_ep.lo,
-            dw_hi: dw_ep.hi,
-            project,
-        };
-        fused.push(Step::DwBlock {
-            x,
-            out,
-            block: Box::new(block),
-            ep,
-        });
-    }
-    fused
 }
 
 /// The f32 values of a constant (cast if it is another numeric type).

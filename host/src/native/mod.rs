@@ -20,6 +20,7 @@ mod compile;
 mod exec;
 #[cfg(test)]
 mod graph_tests;
+mod step;
 #[cfg(test)]
 mod tests;
 

@@ -52,22 +52,23 @@ pub fn depthwise_nhwc(
             "depthwise: residual too short"
         );
     }
-    let cols = Columns::new(g);
     match isa.usable() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F is present (`usable`); the asserts above cover every
         // pixel and channel the kernel touches (see `avx512::run`).
-        Isa::Avx512 => unsafe { avx512::run(g, &cols, input, weight, ep, out) },
-        _ => portable(g, &cols, input, weight, ep, out),
+        Isa::Avx512 => unsafe { avx512::run(g, &Columns::new(g), input, weight, ep, out) },
+        _ => portable(g, input, weight, ep, out),
     }
 }
 
 /// Output columns `lo..hi` have every tap inside the image horizontally.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Columns {
     lo: usize,
     hi: usize,
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Columns {
     fn new(g: &DwGeometry) -> Columns {
         let [_, sx] = g.stride;
@@ -100,14 +101,7 @@ fn col_of(g: &DwGeometry, ox: usize, kx: usize) -> Option<usize> {
         .filter(|&ix| ix < g.w)
 }
 
-fn portable(
-    g: &DwGeometry,
-    _cols: &Columns,
-    input: &[f32],
-    weight: &[f32],
-    ep: &Epilogue<'_>,
-    out: &mut [f32],
-) {
+fn portable(g: &DwGeometry, input: &[f32], weight: &[f32], ep: &Epilogue<'_>, out: &mut [f32]) {
     let c = g.c;
     let mut acc = vec![0f32; c];
     for oy in 0..g.oh {
