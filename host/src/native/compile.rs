@@ -250,6 +250,13 @@ impl Builder<'_> {
         out
     }
 
+    /// Marks the value the node just bound (a convolution's output) as channels-last.
+    fn mark_channels_last(&mut self, node: &TypedNode) {
+        if let Some(Val::Dyn { slot, .. }) = self.vals.get(&OutletId::new(node.id, 0)) {
+            self.channels_last[*slot] = true;
+        }
+    }
+
     /// Marks the value the node just bound as channels-last when `like` is.
     fn keep_layout(&mut self, node: &TypedNode, like: Slot) {
         if let Some(Val::Dyn { slot, .. }) = self.vals.get(&OutletId::new(node.id, 0)) {
@@ -630,8 +637,25 @@ impl Builder<'_> {
             });
             return Ok(());
         }
+        let pointwise =
+            kh == 1 && kw == 1 && stride == [1, 1] && pad == Padding::default() && groups == 1;
+        if groups == 1 && !pointwise && !self.channels_last[x] {
+            // An NCHW input (the model's, typically): read in place.
+            let w = fast::conv_nchw_weights(&kernel_data, o, c * kh * kw);
+            self.emit(node, shape, |out| Step::ConvNchw {
+                x,
+                out,
+                batch: n,
+                geom,
+                w,
+                bias,
+                ep,
+            });
+            self.mark_channels_last(node);
+            return Ok(());
+        }
         let x = self.nhwc(x, &in_shape);
-        if kh == 1 && kw == 1 && stride == [1, 1] && pad == Padding::default() && groups == 1 {
+        if pointwise {
             // ONNX [o, c] → [c, o].
             let mut wt = vec![0f32; c * o];
             for oc in 0..o {
@@ -683,9 +707,7 @@ impl Builder<'_> {
                 ep,
             });
         }
-        if let Some(Val::Dyn { slot, .. }) = self.vals.get(&OutletId::new(node.id, 0)) {
-            self.channels_last[*slot] = true;
-        }
+        self.mark_channels_last(node);
         Ok(())
     }
 

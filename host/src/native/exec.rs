@@ -317,6 +317,31 @@ fn exec(
                 }
             }
         }
+        Step::ConvNchw {
+            x,
+            batch,
+            geom,
+            w,
+            bias,
+            ep,
+            ..
+        } => {
+            let x = p.slot(bufs, *x);
+            let (ilen, olen) = (geom.c * geom.h * geom.w, w.n() * geom.oh * geom.ow);
+            for b in 0..*batch {
+                let mut e = p.ep(bufs, ep, bias);
+                e.residual = e.residual.map(|r| &r[b * olen..][..olen]);
+                fast::conv_nchw(
+                    isa,
+                    geom,
+                    &x[b * ilen..][..ilen],
+                    w,
+                    &e,
+                    &mut out[b * olen..][..olen],
+                    col,
+                );
+            }
+        }
         Step::DwBlock { x, block, ep, .. } => {
             let x = p.slot(bufs, *x);
             let g = &block.geom;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use super::block::DwBlock;
 use crate::tensor::Pool2dParams;
+#[cfg(doc)]
+use crate::tensor::fast;
 use crate::tensor::fast::{AlignedBuf, ColGeometry, DwGeometry, PackedLhs, PackedRhs};
 
 /// Index of a logical buffer (one value, or several aliases of it).
@@ -116,6 +118,20 @@ pub(super) enum Step {
         x: Slot,
         out: Slot,
         block: Box<DwBlock>,
+        ep: Ep,
+    },
+    /// An ungrouped convolution reading an NCHW value (typically the model
+    /// input) and writing channels-last: patches read in place, no layout
+    /// step and no patch matrix (see [`fast::conv_nchw`]).
+    ConvNchw {
+        x: Slot,
+        out: Slot,
+        batch: usize,
+        /// `geom.c` is the input channels.
+        geom: ColGeometry,
+        /// `[(c, ky, kx), n]`.
+        w: PackedRhs,
+        bias: Vec<f32>,
         ep: Ep,
     },
     /// `[n, c, hw]` ↔ `[n, hw, c]`: into or out of the channels-last layout
@@ -233,6 +249,9 @@ impl Step {
             ),
             Step::ConvRows {
                 batch, geom: g, w, ..
+            }
+            | Step::ConvNchw {
+                batch, geom: g, w, ..
             } => {
                 let n = w.n();
                 (
@@ -321,6 +340,7 @@ impl Step {
             Step::Pointwise { out, .. }
             | Step::Depthwise { out, .. }
             | Step::ConvRows { out, .. }
+            | Step::ConvNchw { out, .. }
             | Step::DwBlock { out, .. }
             | Step::Layout { out, .. }
             | Step::Im2col { out, .. }
@@ -344,6 +364,7 @@ impl Step {
             Step::Pointwise { x, ep, .. }
             | Step::Depthwise { x, ep, .. }
             | Step::ConvRows { x, ep, .. }
+            | Step::ConvNchw { x, ep, .. }
             | Step::DwBlock { x, ep, .. }
             | Step::Im2col { x, ep, .. }
             | Step::Dense { x, ep, .. } => {
@@ -382,6 +403,7 @@ impl Step {
             Step::Pointwise { ep, .. }
             | Step::Depthwise { ep, .. }
             | Step::ConvRows { ep, .. }
+            | Step::ConvNchw { ep, .. }
             | Step::DwBlock { ep, .. }
             | Step::Im2col { ep, .. }
             | Step::Dense { ep, .. } => Some(ep),

@@ -8,15 +8,17 @@
 //! references. A caller that asks for an ISA the CPU lacks gets the portable
 //! path, so no input can reach an unsupported instruction.
 
+mod conv_nchw;
 mod depthwise;
 mod depthwise_nhwc;
 mod im2col;
 mod pointwise;
 
+pub use conv_nchw::{conv_nchw, conv_nchw_weights};
 pub use depthwise::{DwGeometry, depthwise};
 pub use depthwise_nhwc::{depthwise_nhwc, depthwise_nhwc_weights};
 pub use im2col::{ColGeometry, im2col, im2col_rows};
-pub use pointwise::{MR, PackedLhs, PackedRhs, gemm_packed, gemm_rows, matvec};
+pub use pointwise::{MR, PackedLhs, PackedRhs, gemm_gather, gemm_packed, gemm_rows, matvec};
 
 use std::sync::OnceLock;
 

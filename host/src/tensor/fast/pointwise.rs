@@ -176,7 +176,96 @@ pub fn gemm_rows(
     ldo: usize,
     ep: &Epilogue<'_>,
 ) {
-    let (k, n) = (b.k, b.n);
+    let k = b.k;
+    if m > 0 {
+        assert!(
+            k == 0 || (lda >= k && a.len() >= (m - 1) * lda + k),
+            "gemm_rows: a too short"
+        );
+    }
+    gemm_a_rows(isa, m, ARows::Strided { a, lda }, b, out, ldo, ep);
+}
+
+/// [`gemm_rows`] with A read in place: element `(i, c)` is
+/// `a[i * row_step + offsets[c]]`. A dense convolution of an NCHW image
+/// reads its patches this way, without a patch matrix: `row_step` is the
+/// horizontal stride and `offsets` the taps' positions.
+///
+/// # Panics
+///
+/// If `offsets.len() != b.k()` or a slice is too short for the shapes given.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_gather(
+    isa: Isa,
+    m: usize,
+    a: &[f32],
+    row_step: usize,
+    offsets: &[usize],
+    b: &PackedRhs,
+    out: &mut [f32],
+    ldo: usize,
+    ep: &Epilogue<'_>,
+) {
+    assert_eq!(
+        offsets.len(),
+        b.k,
+        "gemm_gather: one offset per reduction step"
+    );
+    if m > 0
+        && let Some(&max) = offsets.iter().max()
+    {
+        assert!(
+            a.len() > (m - 1) * row_step + max,
+            "gemm_gather: a too short"
+        );
+    }
+    let a = ARows::Gather {
+        a,
+        row_step,
+        offsets,
+    };
+    gemm_a_rows(isa, m, a, b, out, ldo, ep);
+}
+
+/// Where the row-major GEMM finds A's element `(i, c)`.
+#[derive(Clone, Copy)]
+enum ARows<'a> {
+    /// `a[i * lda + c]`.
+    Strided { a: &'a [f32], lda: usize },
+    /// `a[i * row_step + offsets[c]]`.
+    Gather {
+        a: &'a [f32],
+        row_step: usize,
+        offsets: &'a [usize],
+    },
+}
+
+impl ARows<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize, c: usize) -> f32 {
+        match *self {
+            ARows::Strided { a, lda } => a[i * lda + c],
+            ARows::Gather {
+                a,
+                row_step,
+                offsets,
+            } => a[i * row_step + offsets[c]],
+        }
+    }
+}
+
+/// The checks and dispatch shared by [`gemm_rows`] and [`gemm_gather`]
+/// (which check A themselves).
+fn gemm_a_rows(
+    isa: Isa,
+    m: usize,
+    a: ARows<'_>,
+    b: &PackedRhs,
+    out: &mut [f32],
+    ldo: usize,
+    ep: &Epilogue<'_>,
+) {
+    let n = b.n;
     if m == 0 || n == 0 {
         return;
     }
@@ -184,10 +273,6 @@ pub fn gemm_rows(
     assert!(
         ldo >= n && out.len() >= span(m, ldo, n),
         "gemm_rows: out too short"
-    );
-    assert!(
-        k == 0 || (lda >= k && a.len() >= span(m, lda, k)),
-        "gemm_rows: a too short"
     );
     if let Some(bias) = ep.bias {
         assert!(bias.len() >= n, "gemm_rows: bias too short");
@@ -202,15 +287,14 @@ pub fn gemm_rows(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `usable` checked that the CPU has AVX-512F; the asserts above
         // bound every index the kernel forms (see `avx512::gemm_rows`).
-        Isa::Avx512 => unsafe { avx512::gemm_rows(m, a, lda, b, out, ldo, ep) },
-        _ => portable_gemm_rows(m, a, lda, b, out, ldo, ep),
+        Isa::Avx512 => unsafe { avx512::gemm_rows(m, a, b, out, ldo, ep) },
+        _ => portable_gemm_rows(m, a, b, out, ldo, ep),
     }
 }
 
 fn portable_gemm_rows(
     m: usize,
-    a: &[f32],
-    lda: usize,
+    a: ARows<'_>,
     b: &PackedRhs,
     out: &mut [f32],
     ldo: usize,
@@ -227,7 +311,7 @@ fn portable_gemm_rows(
             for c in 0..k {
                 let brow = &panel[c * NR..][..cols];
                 for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
-                    let av = a[(i0 + r) * lda + c];
+                    let av = a.at(i0 + r, c);
                     for (x, &bv) in acc_r.iter_mut().zip(brow) {
                         *x += av * bv;
                     }
@@ -352,7 +436,7 @@ pub fn matvec(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Epilogue, MR, NR, PackedLhs, PackedRhs};
+    use super::{ARows, Epilogue, MR, NR, PackedLhs, PackedRhs};
 
     /// # Safety
     ///
@@ -383,6 +467,7 @@ mod avx512 {
                     a: a.block(blk).as_ptr(),
                     a_rs: 1,
                     a_cs: MR,
+                    a_offsets: std::ptr::null(),
                     b: b.as_ptr().wrapping_add(j0),
                     ldb,
                     out: out.as_mut_ptr().wrapping_add(blk * MR * ldo + j0),
@@ -403,9 +488,9 @@ mod avx512 {
                 // all MR rows (zero-padded).
                 unsafe {
                     match nv {
-                        3 => tile::<MR, 3>(&t),
-                        2 => tile::<MR, 2>(&t),
-                        _ => tile::<MR, 1>(&t),
+                        3 => tile::<MR, 3, false>(&t),
+                        2 => tile::<MR, 2, false>(&t),
+                        _ => tile::<MR, 1, false>(&t),
                     }
                 }
             }
@@ -416,16 +501,16 @@ mod avx512 {
     /// Rows (for a tail block) as a const: the tile then computes exactly the
     /// rows it may read.
     macro_rules! tile_for_rows {
-        ($rows:expr, $nv:literal, $t:expr) => {
+        ($rows:expr, $nv:literal, $g:literal, $t:expr) => {
             match $rows {
-                8 => tile::<8, $nv>($t),
-                7 => tile::<7, $nv>($t),
-                6 => tile::<6, $nv>($t),
-                5 => tile::<5, $nv>($t),
-                4 => tile::<4, $nv>($t),
-                3 => tile::<3, $nv>($t),
-                2 => tile::<2, $nv>($t),
-                _ => tile::<1, $nv>($t),
+                8 => tile::<8, $nv, $g>($t),
+                7 => tile::<7, $nv, $g>($t),
+                6 => tile::<6, $nv, $g>($t),
+                5 => tile::<5, $nv, $g>($t),
+                4 => tile::<4, $nv, $g>($t),
+                3 => tile::<3, $nv, $g>($t),
+                2 => tile::<2, $nv, $g>($t),
+                _ => tile::<1, $nv, $g>($t),
             }
         };
     }
@@ -437,8 +522,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn gemm_rows(
         m: usize,
-        a: &[f32],
-        lda: usize,
+        a: ARows<'_>,
         b: &PackedRhs,
         out: &mut [f32],
         ldo: usize,
@@ -446,6 +530,15 @@ mod avx512 {
     ) {
         const { assert!(MR == 8) };
         let (k, n) = (b.k, b.n);
+        let (base, step, offsets) = match a {
+            ARows::Strided { a, lda } => (a.as_ptr(), lda, std::ptr::null()),
+            ARows::Gather {
+                a,
+                row_step,
+                offsets,
+            } => (a.as_ptr(), row_step, offsets.as_ptr()),
+        };
+        let gather = !offsets.is_null();
         let mut j0 = 0;
         while j0 < n {
             let cols = (n - j0).min(NR);
@@ -456,9 +549,10 @@ mod avx512 {
                 let rows = (m - i0).min(MR);
                 let t = Tile {
                     k,
-                    a: a.as_ptr().wrapping_add(i0 * lda),
-                    a_rs: lda,
+                    a: base.wrapping_add(i0 * step),
+                    a_rs: step,
                     a_cs: 1,
+                    a_offsets: offsets,
                     b: b.panel(j0 / NR).as_ptr(),
                     ldb: NR,
                     out: out.as_mut_ptr().wrapping_add(i0 * ldo + j0),
@@ -476,10 +570,13 @@ mod avx512 {
                 // `j0..j0+cols` <= n, all inside the asserted spans; masked
                 // lanes are neither read nor written.
                 unsafe {
-                    match nv {
-                        3 => tile_for_rows!(rows, 3, &t),
-                        2 => tile_for_rows!(rows, 2, &t),
-                        _ => tile_for_rows!(rows, 1, &t),
+                    match (nv, gather) {
+                        (3, false) => tile_for_rows!(rows, 3, false, &t),
+                        (2, false) => tile_for_rows!(rows, 2, false, &t),
+                        (_, false) => tile_for_rows!(rows, 1, false, &t),
+                        (3, true) => tile_for_rows!(rows, 3, true, &t),
+                        (2, true) => tile_for_rows!(rows, 2, true, &t),
+                        (_, true) => tile_for_rows!(rows, 1, true, &t),
                     }
                 }
             }
@@ -493,6 +590,8 @@ mod avx512 {
         a: *const f32,
         a_rs: usize,
         a_cs: usize,
+        /// With `GATHER`, element `(r, c)` is at `a + r * a_rs + a_offsets[c]`.
+        a_offsets: *const usize,
         b: *const f32,
         ldb: usize,
         out: *mut f32,
@@ -519,11 +618,17 @@ mod avx512 {
     /// of the last vector; a row bias holds `rows` values, a column bias the
     /// tile's columns.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const R: usize, const NV: usize>(t: &Tile) {
+    unsafe fn tile<const R: usize, const NV: usize, const GATHER: bool>(t: &Tile) {
         let mut acc = [[_mm512_setzero_ps(); NV]; R];
         let mut bp = t.b;
         let mut ap = t.a;
-        for _ in 0..t.k {
+        for c in 0..t.k {
+            // SAFETY: `a_offsets` holds `k` offsets when gathering.
+            let ak = if GATHER {
+                t.a.wrapping_add(unsafe { *t.a_offsets.add(c) })
+            } else {
+                ap
+            };
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, slot) in bv.iter_mut().enumerate() {
                 // SAFETY: inside row c of b (see the function contract).
@@ -537,7 +642,7 @@ mod avx512 {
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 // SAFETY: element (r, c) of A, r < R (see the function contract).
-                let av = _mm512_set1_ps(unsafe { *ap.add(r * t.a_rs) });
+                let av = _mm512_set1_ps(unsafe { *ak.add(r * t.a_rs) });
                 for (x, &bb) in acc_r.iter_mut().zip(&bv) {
                     *x = _mm512_fmadd_ps(av, bb, *x);
                 }

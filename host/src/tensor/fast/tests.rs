@@ -312,6 +312,45 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Patches read in place from an NCHW image (border pixels through patch
+    /// rows) is a dense convolution with channels-last output.
+    #[test]
+    fn conv_nchw_matches_reference(
+        c in 1usize..5, o in 1usize..40, h in 1usize..16, w in 1usize..24,
+        kernel in [1usize..5, 1usize..5], stride in [1usize..3, 1usize..3],
+        dilation in [1usize..3, 1usize..3], pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
+    ) {
+        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
+        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
+        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
+        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
+        let g = ColGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
+        let wt = testutil::tensor(seed ^ 1, &[o, c, kh, kw], 1.0);
+        let b = testutil::tensor(seed ^ 2, &[o], 1.0);
+        let res = testutil::data(seed ^ 3, g.oh * g.ow * o, 1.0);
+        let p = Conv2dParams { stride, dilation, padding: pad, ..Conv2dParams::default() };
+        let want = reference::conv2d(&x, &wt, Some(&b), &p).unwrap();
+        let (lo, hi) = clamp_of(act);
+        let want: Vec<f32> = to_nhwc(want.as_f32().unwrap(), o, g.oh, g.ow).iter().zip(&res)
+            .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi)).collect();
+        let want = Tensor::from_f32(vec![1, g.oh, g.ow, o], want).unwrap();
+        let packed = conv_nchw_weights(wt.as_f32().unwrap(), o, c * kh * kw);
+        let ep = Epilogue { bias: Some(b.as_f32().unwrap()), residual: with_res.then_some(&res[..]), lo, hi };
+        for isa in Isa::all_available() {
+            let mut out = vec![f32::NAN; g.oh * g.ow * o];
+            let mut col = AlignedBuf::default();
+            conv_nchw(isa, &g, x.as_f32().unwrap(), &packed, &ep, &mut out, &mut col);
+            let got = Tensor::from_f32(vec![1, g.oh, g.ow, o], out).unwrap();
+            assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
+        }
+    }
+}
+
 #[test]
 fn forcing_an_unavailable_isa_falls_back() {
     // Whatever the CPU, asking for AVX-512 must be safe and give the same result.
