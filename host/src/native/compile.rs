@@ -641,7 +641,7 @@ impl Builder<'_> {
             kh == 1 && kw == 1 && stride == [1, 1] && pad == Padding::default() && groups == 1;
         if groups == 1 && !pointwise && !self.channels_last[x] {
             // An NCHW input (the model's, typically): read in place.
-            let w = fast::conv_nchw_weights(&kernel_data, o, c * kh * kw);
+            let w = PackedRhs::pack_transposed(&kernel_data, o, c * kh * kw);
             self.emit(node, shape, |out| Step::ConvNchw {
                 x,
                 out,
@@ -656,18 +656,11 @@ impl Builder<'_> {
         }
         let x = self.nhwc(x, &in_shape);
         if pointwise {
-            // ONNX [o, c] → [c, o].
-            let mut wt = vec![0f32; c * o];
-            for oc in 0..o {
-                for ic in 0..c {
-                    wt[ic * o + oc] = kernel_data[oc * c + ic];
-                }
-            }
             self.emit(node, shape, |out| Step::Pointwise {
                 x,
                 out,
                 pixels: n * h * w,
-                w: PackedRhs::pack(&wt, c, o),
+                w: PackedRhs::pack_transposed(&kernel_data, o, c),
                 bias,
                 ep,
             });

@@ -10,21 +10,6 @@ use crate::tensor::fast::{self, AlignedBuf, Epilogue, Isa};
 /// stay in cache between im2col and the GEMM.
 pub(super) const CONV_ROWS: usize = 256;
 
-/// `dst[j][i] = src[i][j]` for a row-major `[rows, cols]` `src`, in square
-/// tiles so both sides stay in cache.
-fn transpose2d(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const T: usize = 16;
-    for i0 in (0..rows).step_by(T) {
-        for j0 in (0..cols).step_by(T) {
-            for i in i0..(i0 + T).min(rows) {
-                for j in j0..(j0 + T).min(cols) {
-                    dst[j * rows + i] = src[i * cols + j];
-                }
-            }
-        }
-    }
-}
-
 /// Where a model output comes from.
 #[derive(Debug)]
 pub(super) enum OutputSrc {
@@ -379,9 +364,9 @@ fn exec(
             for b in 0..*n {
                 let (src, dst) = (&x[b * plane..][..plane], &mut out[b * plane..][..plane]);
                 if *to_channels_last {
-                    transpose2d(src, *c, *hw, dst);
+                    fast::transpose(src, *c, *hw, dst);
                 } else {
-                    transpose2d(src, *hw, *c, dst);
+                    fast::transpose(src, *hw, *c, dst);
                 }
             }
         }

@@ -6,25 +6,9 @@
 
 use super::{AlignedBuf, ColGeometry, Epilogue, Isa, PackedRhs, gemm_gather, gemm_rows};
 
-/// Weights `[o, c, kh, kw]` (ONNX order) as the `[(c, ky, kx), o]` matrix
-/// [`conv_nchw`] multiplies by.
-///
-/// # Panics
-///
-/// If `w.len() != o * k`.
-pub fn conv_nchw_weights(w: &[f32], o: usize, k: usize) -> PackedRhs {
-    assert_eq!(w.len(), o * k, "conv_nchw_weights: {} != {o}·{k}", w.len());
-    let mut t = vec![0f32; k * o];
-    for oc in 0..o {
-        for kk in 0..k {
-            t[kk * o + oc] = w[oc * k + kk];
-        }
-    }
-    PackedRhs::pack(&t, k, o)
-}
-
-/// Convolves one image: `input` is `[c, h, w]` (`g.c` channels), `out`
-/// `[oh·ow, n]` (channels-last), the epilogue's bias per output channel and
+/// Convolves one image: `input` is `[c, h, w]` (`g.c` channels), `w` the
+/// `[(c, ky, kx), n]` weights (ONNX's `[n, c, kh, kw]` through
+/// [`PackedRhs::pack_transposed`]), `out` `[oh·ow, n]` (channels-last), the epilogue's bias per output channel and
 /// its residual laid out like `out`. `col` is scratch for the border
 /// pixels' patch rows (grown as needed).
 ///

@@ -14,13 +14,8 @@ const LANES: usize = 16;
 /// Weights `[c, kh·kw]` (ONNX order) rearranged tap-major, `[kh·kw, c]`, the
 /// layout [`depthwise_nhwc`] reads.
 pub fn depthwise_nhwc_weights(weight: &[f32], c: usize, taps: usize) -> Vec<f32> {
-    assert!(weight.len() >= c * taps, "depthwise weights too short");
     let mut out = vec![0f32; c * taps];
-    for ch in 0..c {
-        for t in 0..taps {
-            out[t * c + ch] = weight[ch * taps + t];
-        }
-    }
+    super::transpose(weight, c, taps, &mut out);
     out
 }
 

@@ -14,7 +14,7 @@ mod depthwise_nhwc;
 mod im2col;
 mod pointwise;
 
-pub use conv_nchw::{conv_nchw, conv_nchw_weights};
+pub use conv_nchw::conv_nchw;
 pub use depthwise::{DwGeometry, depthwise};
 pub use depthwise_nhwc::{depthwise_nhwc, depthwise_nhwc_weights};
 pub use im2col::{ColGeometry, im2col, im2col_rows};
@@ -132,6 +132,30 @@ unsafe fn avx512_fma_burst() -> (u64, f32) {
     }
     let flops = (PEAK_ITERS * PEAK_CHAINS * 16 * 2) as u64;
     (flops, acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum())
+}
+
+/// `dst[j][i] = src[i][j]` for a row-major `[rows, cols]` `src`, in square
+/// tiles so both sides stay in cache: layout changes, and weights from
+/// ONNX's out-channel-major order into the orders the kernels read.
+///
+/// # Panics
+///
+/// If `src` or `dst` is shorter than `rows * cols`.
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(
+        src.len() >= rows * cols && dst.len() >= rows * cols,
+        "transpose: slices too short"
+    );
+    const T: usize = 16;
+    for i0 in (0..rows).step_by(T) {
+        for j0 in (0..cols).step_by(T) {
+            for i in i0..(i0 + T).min(rows) {
+                for j in j0..(j0 + T).min(cols) {
+                    dst[j * rows + i] = src[i * cols + j];
+                }
+            }
+        }
+    }
 }
 
 /// A zero-initialized `f32` buffer aligned to 64 bytes. The allocator only

@@ -94,6 +94,25 @@ impl PackedRhs {
         PackedRhs { k, n, data }
     }
 
+    /// Packs `w` given transposed, row-major `n × k`: ONNX's out-channel-major
+    /// weights (`[o, c]` of a 1×1 convolution, `[o, c, kh, kw]` of a dense one,
+    /// read as `(c, ky, kx)` rows).
+    ///
+    /// # Panics
+    ///
+    /// If `w.len() != n * k`.
+    pub fn pack_transposed(w: &[f32], n: usize, k: usize) -> PackedRhs {
+        assert_eq!(
+            w.len(),
+            n * k,
+            "PackedRhs::pack_transposed: {} != {n}·{k}",
+            w.len()
+        );
+        let mut t = vec![0f32; k * n];
+        super::transpose(w, n, k, &mut t);
+        PackedRhs::pack(&t, k, n)
+    }
+
     /// Rows (the reduction length).
     pub fn k(&self) -> usize {
         self.k

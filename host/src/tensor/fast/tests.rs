@@ -339,7 +339,7 @@ proptest! {
         let want: Vec<f32> = to_nhwc(want.as_f32().unwrap(), o, g.oh, g.ow).iter().zip(&res)
             .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi)).collect();
         let want = Tensor::from_f32(vec![1, g.oh, g.ow, o], want).unwrap();
-        let packed = conv_nchw_weights(wt.as_f32().unwrap(), o, c * kh * kw);
+        let packed = PackedRhs::pack_transposed(wt.as_f32().unwrap(), o, c * kh * kw);
         let ep = Epilogue { bias: Some(b.as_f32().unwrap()), residual: with_res.then_some(&res[..]), lo, hi };
         for isa in Isa::all_available() {
             let mut out = vec![f32::NAN; g.oh * g.ow * o];
