@@ -10,6 +10,27 @@ use crate::tensor::fast::{self, AlignedBuf, Epilogue, Isa};
 /// stay in cache between im2col and the GEMM.
 pub(super) const CONV_ROWS: usize = 256;
 
+/// Calls `f` on each image of a batch: its input (`ilen` values), its part
+/// of the residual and its output (`olen` values each).
+fn per_image<'a>(
+    x: &'a [f32],
+    residual: Option<&'a [f32]>,
+    out: &mut [f32],
+    batch: usize,
+    ilen: usize,
+    olen: usize,
+    mut f: impl FnMut(&'a [f32], Option<&'a [f32]>, &mut [f32]),
+) {
+    for b in 0..batch {
+        let residual = residual.map(|r| &r[b * olen..][..olen]);
+        f(
+            &x[b * ilen..][..ilen],
+            residual,
+            &mut out[b * olen..][..olen],
+        );
+    }
+}
+
 /// Where a model output comes from.
 #[derive(Debug)]
 pub(super) enum OutputSrc {
@@ -260,20 +281,19 @@ fn exec(
             ep,
             ..
         } => {
-            let x = p.slot(bufs, *x);
             let (ilen, olen) = (geom.c * geom.h * geom.w, geom.c * geom.oh * geom.ow);
-            for b in 0..*batch {
-                let mut e = p.ep(bufs, ep, bias);
-                e.residual = e.residual.map(|r| &r[b * olen..][..olen]);
-                fast::depthwise_nhwc(
-                    isa,
-                    geom,
-                    &x[b * ilen..][..ilen],
-                    w,
-                    &e,
-                    &mut out[b * olen..][..olen],
-                );
-            }
+            let e = p.ep(bufs, ep, bias);
+            per_image(
+                p.slot(bufs, *x),
+                e.residual,
+                out,
+                *batch,
+                ilen,
+                olen,
+                |x, residual, out| {
+                    fast::depthwise_nhwc(isa, geom, x, w, &Epilogue { residual, ..e }, out);
+                },
+            );
         }
         Step::ConvRows {
             x,
@@ -284,23 +304,32 @@ fn exec(
             ep,
             ..
         } => {
-            let x = p.slot(bufs, *x);
             let positions = geom.oh * geom.ow;
             let (k, n) = (w.k(), w.n());
             let (ilen, olen) = (geom.c * geom.h * geom.w, n * positions);
             let rows = CONV_ROWS.min(positions);
             col.ensure_len(rows * k);
-            for b in 0..*batch {
-                let xin = &x[b * ilen..][..ilen];
-                for first in (0..positions).step_by(rows) {
-                    let count = rows.min(positions - first);
-                    fast::im2col_rows(isa, geom, xin, first, count, col);
-                    let base = b * olen + first * n;
-                    let mut e = p.ep(bufs, ep, bias);
-                    e.residual = e.residual.map(|r| &r[base..][..count * n]);
-                    fast::gemm_rows(isa, count, col, k, w, &mut out[base..][..count * n], n, &e);
-                }
-            }
+            let e = p.ep(bufs, ep, bias);
+            per_image(
+                p.slot(bufs, *x),
+                e.residual,
+                out,
+                *batch,
+                ilen,
+                olen,
+                |x, residual, out| {
+                    for first in (0..positions).step_by(rows) {
+                        let count = rows.min(positions - first);
+                        fast::im2col_rows(isa, geom, x, first, count, col);
+                        let part = first * n..(first + count) * n;
+                        let e = Epilogue {
+                            residual: residual.map(|r| &r[part.clone()]),
+                            ..e
+                        };
+                        fast::gemm_rows(isa, count, col, k, w, &mut out[part], n, &e);
+                    }
+                },
+            );
         }
         Step::ConvNchw {
             x,
@@ -311,24 +340,21 @@ fn exec(
             ep,
             ..
         } => {
-            let x = p.slot(bufs, *x);
             let (ilen, olen) = (geom.c * geom.h * geom.w, w.n() * geom.oh * geom.ow);
-            for b in 0..*batch {
-                let mut e = p.ep(bufs, ep, bias);
-                e.residual = e.residual.map(|r| &r[b * olen..][..olen]);
-                fast::conv_nchw(
-                    isa,
-                    geom,
-                    &x[b * ilen..][..ilen],
-                    w,
-                    &e,
-                    &mut out[b * olen..][..olen],
-                    col,
-                );
-            }
+            let e = p.ep(bufs, ep, bias);
+            per_image(
+                p.slot(bufs, *x),
+                e.residual,
+                out,
+                *batch,
+                ilen,
+                olen,
+                |x, residual, out| {
+                    fast::conv_nchw(isa, geom, x, w, &Epilogue { residual, ..e }, out, col);
+                },
+            );
         }
         Step::DwBlock { x, block, ep, .. } => {
-            let x = p.slot(bufs, *x);
             let g = &block.geom;
             let ilen = g.h * g.w * block.in_channels();
             let olen = g.oh * g.ow * block.out_channels();
@@ -337,19 +363,18 @@ fn exec(
             col.ensure_len(input);
             band.ensure_len(output);
             let residual = ep.residual.map(|r| p.slot(bufs, r));
-            for b in 0..block.batch {
-                block.run(
-                    isa,
-                    &x[b * ilen..][..ilen],
-                    residual.map(|r| &r[b * olen..][..olen]),
-                    ep.lo,
-                    ep.hi,
-                    &mut out[b * olen..][..olen],
-                    col,
-                    band,
-                    per_band,
-                );
-            }
+            let x = p.slot(bufs, *x);
+            per_image(
+                x,
+                residual,
+                out,
+                block.batch,
+                ilen,
+                olen,
+                |x, residual, out| {
+                    block.run(isa, x, residual, ep.lo, ep.hi, out, col, band, per_band);
+                },
+            );
         }
         Step::Layout {
             x,
