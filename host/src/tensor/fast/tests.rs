@@ -15,6 +15,30 @@ fn clamp_of(kind: u8) -> (f32, f32) {
     }
 }
 
+/// The geometry of a random convolution case, the kernel shrunk so that at
+/// least one window fits the padded input. `pads` is `[top, left, bottom, right]`.
+fn fitted_geometry(
+    c: usize,
+    [h, w]: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pads: [usize; 4],
+) -> DwGeometry {
+    let pad = Padding {
+        top: pads[0],
+        left: pads[1],
+        bottom: pads[2],
+        right: pads[3],
+    };
+    let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| {
+        k.min((input + pa + pb - 1) / d + 1)
+    };
+    let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
+    let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
+    DwGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits")
+}
+
 fn naive_gemm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ldb: usize) -> Vec<f64> {
     let mut out = vec![0f64; m * n];
     for i in 0..m {
@@ -122,11 +146,8 @@ proptest! {
         pads in [0usize..4, 0usize..4, 0usize..4, 0usize..4],
         with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
     ) {
-        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
-        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
-        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
-        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
-        let g = DwGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
+        let (kh, kw, pad) = (g.kh, g.kw, g.pad);
         let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
         let wt = testutil::tensor(seed ^ 1, &[c, 1, kh, kw], 1.0);
         let b = testutil::tensor(seed ^ 2, &[c], 1.0);
@@ -161,11 +182,8 @@ proptest! {
         dilation in [1usize..3, 1usize..3], pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
         seed in any::<u64>(),
     ) {
-        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
-        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
-        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
-        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
-        let g = ColGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
+        let (kh, kw, pad) = (g.kh, g.kw, g.pad);
         let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
         let wt = testutil::tensor(seed ^ 1, &[o, c, kh, kw], 1.0);
         let b = testutil::tensor(seed ^ 2, &[o], 1.0);
@@ -235,11 +253,8 @@ proptest! {
         pads in [0usize..4, 0usize..4, 0usize..4, 0usize..4],
         with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
     ) {
-        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
-        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
-        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
-        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
-        let g = DwGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
+        let (kh, kw, pad) = (g.kh, g.kw, g.pad);
         let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
         let wt = testutil::tensor(seed ^ 1, &[c, 1, kh, kw], 1.0);
         let b = testutil::tensor(seed ^ 2, &[c], 1.0);
@@ -276,11 +291,8 @@ proptest! {
         dilation in [1usize..3, 1usize..3], pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
         chunk in 1usize..40, seed in any::<u64>(),
     ) {
-        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
-        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
-        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
-        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
-        let g = ColGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
+        let (kh, kw, pad) = (g.kh, g.kw, g.pad);
         let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
         let wt = testutil::tensor(seed ^ 1, &[o, c, kh, kw], 1.0);
         let b = testutil::tensor(seed ^ 2, &[o], 1.0);
@@ -324,11 +336,8 @@ proptest! {
         dilation in [1usize..3, 1usize..3], pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
         with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
     ) {
-        let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
-        let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| k.min((input + pa + pb - 1) / d + 1);
-        let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
-        let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
-        let g = ColGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits");
+        let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
+        let (kh, kw, pad) = (g.kh, g.kw, g.pad);
         let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
         let wt = testutil::tensor(seed ^ 1, &[o, c, kh, kw], 1.0);
         let b = testutil::tensor(seed ^ 2, &[o], 1.0);
