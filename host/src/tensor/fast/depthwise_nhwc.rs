@@ -150,8 +150,6 @@ mod avx512 {
         /// `(ky, iy)` of the input rows inside the image.
         rows: &'a [(usize, usize)],
         oy: usize,
-        /// At least `w · c` zeros.
-        zeros: *const f32,
         /// Offset of this output row's first pixel, this block's first channel.
         obase: usize,
         c0: usize,
@@ -174,9 +172,6 @@ mod avx512 {
         out: &mut [f32],
     ) {
         let c = g.c;
-        // Taps on rows above or below the image read zeros from here, so
-        // that every row of a fixed-size kernel has the same code.
-        let zeros = vec![0f32; g.w * c];
         let mut rows: Vec<(usize, usize)> = Vec::with_capacity(g.kh);
         for oy in 0..g.oh {
             rows.clear();
@@ -192,7 +187,6 @@ mod avx512 {
                     residual: ep.residual.map(|r| r.as_ptr()),
                     rows: &rows,
                     oy,
-                    zeros: zeros.as_ptr(),
                     obase: oy * g.ow * c + c0,
                     c0,
                     mask,
@@ -284,8 +278,9 @@ mod avx512 {
     }
 
     /// One output row's block for a `KH × KW` kernel: the taps' weights stay
-    /// in registers for the whole row, rows outside the image read zeros,
-    /// interior pixels go `PX` at a time and border pixels test each column.
+    /// in registers for the whole row, rows outside the image load nothing
+    /// (an empty mask), so every row has the same code; interior pixels go
+    /// `PX` at a time and border pixels mask each column.
     ///
     /// # Safety
     ///
@@ -298,16 +293,16 @@ mod avx512 {
         let xs = g.stride[1] * c;
         let xd = g.dilation[1] * c;
         let mut w = [[_mm512_setzero_ps(); KW]; KH];
-        let mut xrow = [b.zeros; KH];
+        // Each row's base at channel c0 and its load mask: empty for a row
+        // outside the image, whose base is then row 0 (in bounds, never read).
+        let mut xrow = [(b.input, 0 as __mmask16); KH];
         for (ky, (wr, xr)) in w.iter_mut().zip(xrow.iter_mut()).enumerate() {
             let iy = (b.oy * g.stride[0] + ky * g.dilation[0])
                 .checked_sub(g.pad.top)
                 .filter(|&iy| iy < g.h);
-            // Row base at channel c0 (the zeros need no channel offset).
-            *xr = match iy {
-                Some(iy) => b.input.wrapping_add(iy * g.w * c + b.c0),
-                None => b.zeros,
-            };
+            if let Some(iy) = iy {
+                *xr = (b.input.wrapping_add(iy * g.w * c + b.c0), b.mask);
+            }
             for (kx, wv) in wr.iter_mut().enumerate() {
                 // SAFETY: tap (ky, kx) of the block's channels (masked tail).
                 *wv = unsafe { _mm512_maskz_loadu_ps(b.mask, b.w.add((ky * KW + kx) * c)) };
@@ -319,13 +314,13 @@ mod avx512 {
         let pixel = |ox: usize| {
             let mut acc = b.bias;
             let base = (ox * g.stride[1]) as isize - g.pad.left as isize;
-            for (wr, &xr) in w.iter().zip(&xrow) {
+            for (wr, &(xr, row_mask)) in w.iter().zip(&xrow) {
                 for (kx, &wv) in wr.iter().enumerate() {
                     let ix = base + (kx * g.dilation[1]) as isize;
                     let inside = ix >= 0 && (ix as usize) < g.w;
-                    let mask = if inside { b.mask } else { 0 };
+                    let mask = if inside { row_mask } else { 0 };
                     // SAFETY: with a non-empty mask, column ix of a row inside
-                    // the image (or of the zeros); with an empty one, no access.
+                    // the image; with an empty one, no access.
                     let x =
                         unsafe { _mm512_maskz_loadu_ps(mask, xr.wrapping_offset(ix * c as isize)) };
                     acc = _mm512_fmadd_ps(x, wv, acc);
@@ -341,13 +336,14 @@ mod avx512 {
         while ox + PX <= cols.hi {
             let x0 = (ox * g.stride[1] - g.pad.left) * c;
             let mut acc = [b.bias; PX];
-            for (wr, &xr) in w.iter().zip(&xrow) {
+            for (wr, &(xr, row_mask)) in w.iter().zip(&xrow) {
                 for (kx, &wv) in wr.iter().enumerate() {
                     let xp = xr.wrapping_add(x0 + kx * xd);
                     for (p, a) in acc.iter_mut().enumerate() {
                         // SAFETY: every tap of pixels `ox..ox+PX` is inside
-                        // the image horizontally (`Columns`).
-                        let x = unsafe { _mm512_maskz_loadu_ps(b.mask, xp.add(p * xs)) };
+                        // the image horizontally (`Columns`); a row outside
+                        // it has an empty mask and is not accessed.
+                        let x = unsafe { _mm512_maskz_loadu_ps(row_mask, xp.wrapping_add(p * xs)) };
                         *a = _mm512_fmadd_ps(x, wv, *a);
                     }
                 }
