@@ -57,10 +57,11 @@ test: test-setup
 
 # The CLI end to end on a freshly built plugin: a drawn "1" must come out as 1, and a
 # truncated image must give an error line and exit status 2.
-# `--workspace` resolves the same dependency features as `cargo test --workspace`, so the
-# binary reuses the test build instead of recompiling wasmtime and tract.
+# `--all-targets` builds the tests too, so dependency features are resolved with the
+# dev-dependencies as in `cargo test --workspace`, and the binary reuses the test build
+# instead of compiling wasmtime and tract a second time.
 smoke: plugins
-	$(CARGO) build --workspace
+	$(CARGO) build --workspace --all-targets
 	./target/debug/edgeplug run plugins/digits tests/fixtures/images/adversarial/digit1-gray8.png \
 		| grep -q '"label":1'
 	./target/debug/edgeplug run plugins/digits tests/fixtures/images/adversarial/truncated.png \
