@@ -1,14 +1,21 @@
 //! `cargo bench -p edgeplug-host --bench native`: the fast conv kernels on
 //! every ISA this CPU has, and the fixture models on the native backend and
 //! on tract (batch 1, one thread, the first fixture input row).
+//!
+//! The `channels_last` group times the kernels the native backend runs on
+//! MobileNet-class models, at their layer shapes; its throughput ("elem/s")
+//! counts FLOPs (a multiply-add is two), so it reads as GFLOP/s, to set
+//! beside `edgeplug bench --peak`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use edgeplug_host::model::Model;
 use edgeplug_host::native::NativeModel;
-use edgeplug_host::tensor::fast::{self, DwGeometry, Epilogue, Isa, PackedLhs};
+use edgeplug_host::tensor::fast::{
+    self, AlignedBuf, DwGeometry, Epilogue, Isa, PackedLhs, PackedRhs,
+};
 use edgeplug_host::tensor::{Padding, Tensor};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -71,6 +78,71 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
+fn channels_last(c: &mut Criterion) {
+    let mut g = c.benchmark_group("channels_last");
+    let relu6 = Epilogue {
+        lo: 0.0,
+        hi: 6.0,
+        ..Epilogue::default()
+    };
+    // Dense 3x3 convolutions reading an NCHW image: MobileNetV2's and
+    // EfficientNet-Lite0's stem (3 -> 32, stride 2, 224x224).
+    for (name, cin, cout, hw, stride) in [
+        ("stem3x3_s2_3to32_224", 3, 32, 224, 2),
+        ("dense3x3_s1_3to32_224", 3, 32, 224, 1),
+    ] {
+        let geom = DwGeometry::new(
+            cin,
+            hw,
+            hw,
+            [3, 3],
+            [stride; 2],
+            [1, 1],
+            Padding::uniform(1),
+        )
+        .unwrap();
+        let x = data(cin * hw * hw, 7);
+        let w = PackedRhs::pack_transposed(&data(cout * cin * 9, 8), cout, cin * 9);
+        let bias = data(cout, 9);
+        let mut out = vec![0f32; geom.oh * geom.ow * cout];
+        let mut col = AlignedBuf::zeroed(0);
+        let ep = Epilogue {
+            bias: Some(&bias),
+            ..relu6
+        };
+        g.throughput(Throughput::Elements(
+            (2 * geom.oh * geom.ow * cout * cin * 9) as u64,
+        ));
+        for isa in Isa::all_available() {
+            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
+                b.iter(|| fast::conv_nchw(isa, &geom, black_box(&x), &w, &ep, &mut out, &mut col))
+            });
+        }
+    }
+    for (name, cin, cout, pixels) in [
+        ("pw_16to96_112", 16, 96, 112 * 112),
+        ("pw_32to16_112", 32, 16, 112 * 112),
+        ("pw_144to24_56", 144, 24, 56 * 56),
+        ("pw_96to576_14", 96, 576, 14 * 14),
+    ] {
+        let x = data(pixels * cin, 4);
+        let w = PackedRhs::pack(&data(cin * cout, 5), cin, cout);
+        let bias = data(cout, 6);
+        let mut out = vec![0f32; pixels * cout];
+        let ep = Epilogue {
+            bias: Some(&bias),
+            ..relu6
+        };
+        g.throughput(Throughput::Elements((2 * pixels * cin * cout) as u64));
+        for isa in Isa::all_available() {
+            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
+                b.iter(|| fast::gemm_rows(isa, pixels, black_box(&x), cin, &w, &mut out, cout, &ep))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/models")
@@ -112,5 +184,5 @@ fn models(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, models);
+criterion_group!(benches, channels_last, kernels, models);
 criterion_main!(benches);

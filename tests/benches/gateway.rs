@@ -8,8 +8,10 @@
 //!
 //! `cargo bench -p edgeplug-tests --bench gateway` (each figure runs `EDGEPLUG_BENCH_SECS`,
 //! default 5 s). Prints a table and writes `target/bench/gateway.json`. The server runs on
-//! one tokio worker (plus the blocking pool that runs wasm); the load generator on one
-//! thread per load, 8 connections each.
+//! one tokio worker (plus the blocking pool that runs wasm); the load generator in a child
+//! process per load (one thread, 8 connections), as an outside client would be
+//! (`EDGEPLUG_BENCH_IN_PROCESS_CLIENT=1` runs it on a thread of this process instead, where
+//! it shares the server's TLB flushes; see `load::run_in_child`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +39,7 @@ const MISBEHAVING: [&str; 8] = [
 ];
 
 fn main() {
+    load::serve_child_load();
     if std::env::args().any(|a| a == "--list") {
         // `cargo test --benches` asks for a listing; there is nothing to list.
         return;
@@ -116,11 +119,11 @@ fn main() {
 
     table.add(
         "bare hyper hello-world",
-        load::run(&Target::get(hello, "/"), CONNECTIONS, duration),
+        client_load(&Target::get(hello, "/"), CONNECTIONS, duration),
     );
     table.add(
         "gateway GET /v2/health/live (no plugin)",
-        load::run(
+        client_load(
             &Target::get(gw.addr, "/v2/health/live"),
             CONNECTIONS,
             duration,
@@ -128,7 +131,7 @@ fn main() {
     );
     table.add(
         "gateway echo (trivial plugin)",
-        load::run(&echo, CONNECTIONS, duration),
+        client_load(&echo, CONNECTIONS, duration),
     );
     if std::env::var_os("EDGEPLUG_BENCH_RUNTIME_LOOP").is_some() {
         // Only the runtime, no HTTP: for counting what one request costs (strace, perf).
@@ -158,7 +161,7 @@ fn main() {
     }
     table.add(
         "gateway digits (JSON 8x8)",
-        load::run(&digits, CONNECTIONS, duration),
+        client_load(&digits, CONNECTIONS, duration),
     );
 
     // Digits while versions are pushed back to back from another thread.
@@ -184,14 +187,14 @@ fn main() {
             pushes
         })
     };
-    let swapping = load::run(&digits, CONNECTIONS, 3 * duration);
+    let swapping = client_load(&digits, CONNECTIONS, 3 * duration);
     pushing.store(false, Ordering::Relaxed);
     let pushes = pusher.join().unwrap();
     table.add(&format!("gateway digits during {pushes} pushes"), swapping);
 
     // The neighbour alone, beside a well-behaved load of the same shape (the control: what
     // sharing two cores costs anyway), then beside each misbehaving plugin under load.
-    table.add("echo alone", load::run(&echo, CONNECTIONS, duration));
+    table.add("echo alone", client_load(&echo, CONNECTIONS, duration));
     for name in ["echo", "infinite-loop", "memory-hog", "panic"] {
         let bad = Target::post(
             gw.addr,
@@ -199,8 +202,8 @@ fn main() {
             "application/json",
             "[1, 2, 3]",
         );
-        let hammer = std::thread::spawn(move || load::run(&bad, 4, duration));
-        let neighbour = load::run(&echo, CONNECTIONS, duration);
+        let hammer = std::thread::spawn(move || client_load(&bad, 4, duration));
+        let neighbour = client_load(&echo, CONNECTIONS, duration);
         let bad_result = hammer.join().unwrap();
         table.add(&format!("echo beside {name} under load"), neighbour);
         table.add(&format!("  ({name} itself)"), bad_result);
@@ -251,6 +254,16 @@ fn main() {
         );
     }
     table.write_json("gateway.json");
+}
+
+/// One load against `target`, from a child process unless `EDGEPLUG_BENCH_IN_PROCESS_CLIENT`
+/// is set.
+fn client_load(target: &Target, connections: usize, duration: Duration) -> LoadResult {
+    if std::env::var_os("EDGEPLUG_BENCH_IN_PROCESS_CLIENT").is_some() {
+        load::run(target, connections, duration)
+    } else {
+        load::run_in_child(target, connections, duration)
+    }
 }
 
 async fn hello_world() -> std::net::SocketAddr {

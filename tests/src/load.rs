@@ -2,6 +2,11 @@
 //! keep-alive connections, each sending the next request as soon as the previous answer is
 //! read, on a runtime of its own. It records every request's latency and status, so a
 //! benchmark reports exact percentiles and counts every failure.
+//!
+//! [`run_in_child`] runs the load from a child process, as a real client would: a load
+//! generator inside the server's process shares its address space, so every page the server
+//! unmaps or write-protects (wasmtime resetting an instance's memory) also interrupts the
+//! client's core to flush its TLB, a cost no outside client causes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -85,6 +90,113 @@ impl LoadResult {
         }
         let index = ((self.latencies.len() - 1) as f64 * q).round() as usize;
         self.latencies[index]
+    }
+}
+
+/// The argument that makes a program that calls [`serve_child_load`] first a load generator.
+const CHILD_FLAG: &str = "--edgeplug-load-child";
+
+/// [`run`] in a child process: this program again, which must call [`serve_child_load`]
+/// first thing in `main`. Blocking.
+pub fn run_in_child(target: &Target, connections: usize, duration: Duration) -> LoadResult {
+    use std::io::Write;
+    let exe = std::env::current_exe().expect("the running program's path");
+    let mut child = std::process::Command::new(exe)
+        .arg(CHILD_FLAG)
+        .arg(target.addr.to_string())
+        .arg(target.method.as_str())
+        .arg(&target.path)
+        .arg(target.content_type.as_deref().unwrap_or(""))
+        .arg(connections.to_string())
+        .arg(duration.as_nanos().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the load child starts");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(&target.body)
+        .expect("the request body reaches the load child");
+    let output = child.wait_with_output().expect("the load child ends");
+    assert!(output.status.success(), "the load child failed");
+    decode(&output.stdout)
+}
+
+/// When this program was started by [`run_in_child`]: runs the load it describes, prints the
+/// result to stdout and exits. Otherwise returns.
+pub fn serve_child_load() {
+    use std::io::{Read, Write};
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [flag, addr, method, path, content_type, connections, nanos] = &args[..] else {
+        return;
+    };
+    if flag != CHILD_FLAG {
+        return;
+    }
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .expect("the request body");
+    let target = Target {
+        addr: addr.parse().expect("an address"),
+        method: method.parse().expect("a method"),
+        path: path.clone(),
+        content_type: (!content_type.is_empty()).then(|| content_type.clone()),
+        body: body.into(),
+    };
+    let result = run(
+        &target,
+        connections.parse().expect("a connection count"),
+        Duration::from_nanos(nanos.parse().expect("a duration")),
+    );
+    std::io::stdout()
+        .write_all(&encode(&result))
+        .expect("stdout");
+    std::process::exit(0);
+}
+
+/// The result as one JSON object, latencies in nanoseconds.
+fn encode(result: &LoadResult) -> Vec<u8> {
+    let latencies: Vec<u64> = result
+        .latencies
+        .iter()
+        .map(|d| d.as_nanos() as u64)
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "elapsed_ns": result.elapsed.as_nanos() as u64,
+        "statuses": result.statuses,
+        "transport_errors": result.transport_errors,
+        "latencies_ns": latencies,
+    }))
+    .expect("serializable")
+}
+
+fn decode(bytes: &[u8]) -> LoadResult {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).expect("the load child prints JSON");
+    let nanos = |v: &serde_json::Value| Duration::from_nanos(v.as_u64().expect("nanoseconds"));
+    LoadResult {
+        elapsed: nanos(&value["elapsed_ns"]),
+        statuses: value["statuses"]
+            .as_object()
+            .expect("statuses")
+            .iter()
+            .map(|(status, n)| {
+                (
+                    status.parse().expect("a status"),
+                    n.as_u64().expect("a count") as usize,
+                )
+            })
+            .collect(),
+        transport_errors: value["transport_errors"].as_u64().expect("a count") as usize,
+        latencies: value["latencies_ns"]
+            .as_array()
+            .expect("latencies")
+            .iter()
+            .map(nanos)
+            .collect(),
     }
 }
 
