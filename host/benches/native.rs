@@ -124,6 +124,8 @@ fn channels_last(c: &mut Criterion) {
         ("pw_32to16_112", 32, 16, 112 * 112),
         ("pw_144to24_56", 144, 24, 56 * 56),
         ("pw_96to576_14", 96, 576, 14 * 14),
+        ("pw_192to1152_7", 192, 1152, 7 * 7),
+        ("pw_1152to192_7", 1152, 192, 7 * 7),
     ] {
         let x = data(pixels * cin, 4);
         let w = PackedRhs::pack(&data(cin * cout, 5), cin, cout);
@@ -137,6 +139,33 @@ fn channels_last(c: &mut Criterion) {
         for isa in Isa::all_available() {
             g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
                 b.iter(|| fast::gemm_rows(isa, pixels, black_box(&x), cin, &w, &mut out, cout, &ep))
+            });
+        }
+    }
+    // Depthwise convolutions, channels-last, at EfficientNet-Lite0's 5x5 shapes and
+    // MobileNetV2's first 3x3.
+    for (name, ch, hw, k, stride) in [
+        ("dw3x3_s1_c32_112", 32, 112, 3, 1),
+        ("dw5x5_s1_c240_28", 240, 28, 5, 1),
+        ("dw5x5_s1_c672_14", 672, 14, 5, 1),
+        ("dw5x5_s1_c1152_7", 1152, 7, 5, 1),
+    ] {
+        let pad = Padding::uniform(k / 2);
+        let geom = DwGeometry::new(ch, hw, hw, [k, k], [stride; 2], [1, 1], pad).unwrap();
+        let x = data(hw * hw * ch, 10);
+        let w = fast::depthwise_nhwc_weights(&data(ch * k * k, 11), ch, k * k);
+        let bias = data(ch, 12);
+        let mut out = vec![0f32; geom.oh * geom.ow * ch];
+        let ep = Epilogue {
+            bias: Some(&bias),
+            ..relu6
+        };
+        g.throughput(Throughput::Elements(
+            (2 * geom.oh * geom.ow * ch * k * k) as u64,
+        ));
+        for isa in Isa::all_available() {
+            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
+                b.iter(|| fast::depthwise_nhwc(isa, &geom, black_box(&x), &w, &ep, &mut out))
             });
         }
     }

@@ -500,6 +500,7 @@ mod avx512 {
                         .map(|r| r.as_ptr().wrapping_add(blk * MR * ldo + j0)),
                     lo: ep.lo,
                     hi: ep.hi,
+                    prefetch: std::ptr::null(),
                 };
                 // SAFETY: rows `blk*MR..blk*MR+rows` < m and columns
                 // `j0..j0+cols` <= n are inside the asserted spans; masked
@@ -583,6 +584,15 @@ mod avx512 {
                     residual: ep.residual.map(|r| r.as_ptr().wrapping_add(i0 * ldo + j0)),
                     lo: ep.lo,
                     hi: ep.hi,
+                    // The first row tile of a panel pulls the next panel into L2,
+                    // so the other row tiles hide its latency: the weights of a
+                    // network's late layers are read once per inference and come
+                    // from L3.
+                    prefetch: if i0 == 0 && j0 + NR < n {
+                        b.panel(j0 / NR + 1).as_ptr()
+                    } else {
+                        std::ptr::null()
+                    },
                 };
                 // SAFETY: the tile reads rows `i0..i0+rows` < m of `a`
                 // (columns < k) and writes rows `i0..i0+rows` of `out`, columns
@@ -624,6 +634,9 @@ mod avx512 {
         residual: Option<*const f32>,
         lo: f32,
         hi: f32,
+        /// A packed panel (`k` rows of [`NR`] floats) to prefetch into L2 a row
+        /// per reduction step, or null.
+        prefetch: *const f32,
     }
 
     /// One R × 16·NV register tile over the whole reduction; rows `0..rows`
@@ -665,6 +678,15 @@ mod avx512 {
                 for (x, &bb) in acc_r.iter_mut().zip(&bv) {
                     *x = _mm512_fmadd_ps(av, bb, *x);
                 }
+            }
+            if !t.prefetch.is_null() {
+                const { assert!(NR * 4 == 3 * 64) };
+                let line = t.prefetch.wrapping_add(c * NR).cast::<i8>();
+                // A prefetch is a hint: it never faults, and `line` is inside
+                // the next panel anyway.
+                _mm_prefetch::<_MM_HINT_T1>(line);
+                _mm_prefetch::<_MM_HINT_T1>(line.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T1>(line.wrapping_add(128));
             }
             bp = bp.wrapping_add(t.ldb);
             ap = ap.wrapping_add(t.a_cs);
