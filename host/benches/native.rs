@@ -24,6 +24,14 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// `data` in a 64-byte aligned buffer, as the native backend's arenas hold
+/// activations (a plain `Vec` splits every 16-lane load across two lines).
+fn aligned(n: usize, seed: u32) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed(n);
+    buf.copy_from_slice(&data(n, seed));
+    buf
+}
+
 fn kernels(c: &mut Criterion) {
     let mut g = c.benchmark_group("kernels");
     let relu6 = Epilogue {
@@ -101,10 +109,10 @@ fn channels_last(c: &mut Criterion) {
             Padding::uniform(1),
         )
         .unwrap();
-        let x = data(cin * hw * hw, 7);
+        let x = aligned(cin * hw * hw, 7);
         let w = PackedRhs::pack_transposed(&data(cout * cin * 9, 8), cout, cin * 9);
         let bias = data(cout, 9);
-        let mut out = vec![0f32; geom.oh * geom.ow * cout];
+        let mut out = AlignedBuf::zeroed(geom.oh * geom.ow * cout);
         let mut col = AlignedBuf::zeroed(0);
         let ep = Epilogue {
             bias: Some(&bias),
@@ -127,10 +135,10 @@ fn channels_last(c: &mut Criterion) {
         ("pw_192to1152_7", 192, 1152, 7 * 7),
         ("pw_1152to192_7", 1152, 192, 7 * 7),
     ] {
-        let x = data(pixels * cin, 4);
+        let x = aligned(pixels * cin, 4);
         let w = PackedRhs::pack(&data(cin * cout, 5), cin, cout);
         let bias = data(cout, 6);
-        let mut out = vec![0f32; pixels * cout];
+        let mut out = AlignedBuf::zeroed(pixels * cout);
         let ep = Epilogue {
             bias: Some(&bias),
             ..relu6
@@ -144,18 +152,27 @@ fn channels_last(c: &mut Criterion) {
     }
     // Depthwise convolutions, channels-last, at EfficientNet-Lite0's 5x5 shapes and
     // MobileNetV2's first 3x3.
-    for (name, ch, hw, k, stride) in [
-        ("dw3x3_s1_c32_112", 32, 112, 3, 1),
-        ("dw5x5_s1_c240_28", 240, 28, 5, 1),
-        ("dw5x5_s1_c672_14", 672, 14, 5, 1),
-        ("dw5x5_s1_c1152_7", 1152, 7, 5, 1),
+    // The `_prepadded` cases read an input already padded with zeros: every
+    // window inside the image, the same output size and work.
+    for (name, ch, hw, k, stride, pad) in [
+        ("dw3x3_s1_c32_112", 32, 112, 3, 1, 1),
+        ("dw5x5_s1_c240_28", 240, 28, 5, 1, 2),
+        ("dw5x5_s1_c672_14", 672, 14, 5, 1, 2),
+        ("dw5x5_s1_c672_14_prepadded", 672, 18, 5, 1, 0),
+        ("dw5x5_s1_c1152_7", 1152, 7, 5, 1, 2),
+        ("dw5x5_s1_c1152_7_prepadded", 1152, 11, 5, 1, 0),
     ] {
-        let pad = Padding::uniform(k / 2);
+        let pad = Padding::uniform(pad);
         let geom = DwGeometry::new(ch, hw, hw, [k, k], [stride; 2], [1, 1], pad).unwrap();
-        let x = data(hw * hw * ch, 10);
-        let w = fast::depthwise_nhwc_weights(&data(ch * k * k, 11), ch, k * k);
+        let x = aligned(hw * hw * ch, 10);
+        let mut w = AlignedBuf::zeroed(ch * k * k);
+        w.copy_from_slice(&fast::depthwise_nhwc_weights(
+            &data(ch * k * k, 11),
+            ch,
+            k * k,
+        ));
         let bias = data(ch, 12);
-        let mut out = vec![0f32; geom.oh * geom.ow * ch];
+        let mut out = AlignedBuf::zeroed(geom.oh * geom.ow * ch);
         let ep = Epilogue {
             bias: Some(&bias),
             ..relu6
