@@ -26,6 +26,7 @@ const TEST_PLUGINS: &[&str] = &[
     "wrong-shape",
     "forbidden-import",
     "nondeterministic",
+    "counter",
 ];
 
 fn main() {

@@ -145,6 +145,12 @@ pub struct Limits {
     pub max_request_mib: u32,
     /// Largest response (body plus tensors), in MiB. Default: 16.
     pub max_response_mib: u32,
+    /// Requests one instance serves before it is dropped. Default: 1, a fresh instance for
+    /// every request, so nothing a request leaves in the plugin's memory reaches the next.
+    /// More keeps an instance that answered (with a response or the plugin's own error) for
+    /// later requests of this version, saving the instantiation; an instance that trapped or
+    /// exhausted a limit is never kept. Only for plugins that keep no per-client state.
+    pub requests_per_instance: u32,
 }
 
 impl Default for Limits {
@@ -156,6 +162,7 @@ impl Default for Limits {
             tensor_memory_mib: 256,
             max_request_mib: 16,
             max_response_mib: 16,
+            requests_per_instance: 1,
         }
     }
 }
@@ -266,6 +273,7 @@ impl Manifest {
             ("tensor_memory_mib", self.limits.tensor_memory_mib),
             ("max_request_mib", self.limits.max_request_mib),
             ("max_response_mib", self.limits.max_response_mib),
+            ("requests_per_instance", self.limits.requests_per_instance),
         ];
         for (name, value) in limits {
             if value == 0 {

@@ -1,7 +1,9 @@
 //! The gateway over HTTP/1.1 keep-alive on loopback, next to a bare hyper hello-world
 //! measured in the same run:
 //!
-//! * requests/s and p50/p99 of the trivial plugin (`echo`) and of the digits plugin;
+//! * requests/s and p50/p99 of the trivial plugin (`echo`, which keeps its instance for up to
+//!   1000 requests, and the same plugin on a gateway that caps that at one) and of the digits
+//!   plugin;
 //! * p99 of the digits plugin while new versions are pushed back to back, vs steady state;
 //! * p99 of `echo` while misbehaving plugins (an infinite loop, a memory hog, a panic) are
 //!   hammered at the same time, vs `echo` alone.
@@ -25,6 +27,9 @@ use hyper::body::Bytes;
 use serde_json::json;
 
 const CONNECTIONS: usize = 8;
+
+/// The echo plugin with the instance reuse its manifest asks for turned off by the gateway.
+const FRESH_ECHO: &str = "gateway echo, a fresh instance per request";
 
 /// The test plugins that misbehave at run time (`forbidden-import` never loads).
 const MISBEHAVING: [&str; 8] = [
@@ -101,10 +106,29 @@ fn main() {
     }
     println!();
 
+    // The same echo plugin on a gateway whose cap gives every request a fresh instance (echo's
+    // manifest asks to keep instances for up to 1000 requests).
+    let fresh = server.block_on(async {
+        let fresh =
+            TestGateway::start("[limits]\nconcurrency = 64\nrequests_per_instance = 1\n").await;
+        let key = fresh.key.clone();
+        let echo = tokio::task::spawn_blocking(move || test_plugin_bundle(&key, "echo"))
+            .await
+            .unwrap();
+        assert_status(&fresh.push("echo", echo).await, 200);
+        fresh
+    });
+
     let seven = Bytes::from(std::fs::read(edgeplug_tests::fixture("digits/seven.json")).unwrap());
     let echo_body = Bytes::from_static(br#"{"hello": "edge"}"#);
     let echo = Target::post(
         gw.addr,
+        "/v1/plugins/echo/infer",
+        "application/json",
+        echo_body.clone(),
+    );
+    let echo_fresh = Target::post(
+        fresh.addr,
         "/v1/plugins/echo/infer",
         "application/json",
         echo_body,
@@ -133,6 +157,7 @@ fn main() {
         "gateway echo (trivial plugin)",
         client_load(&echo, CONNECTIONS, duration),
     );
+    table.add(FRESH_ECHO, client_load(&echo_fresh, CONNECTIONS, duration));
     if std::env::var_os("EDGEPLUG_BENCH_RUNTIME_LOOP").is_some() {
         // Only the runtime, no HTTP: for counting what one request costs (strace, perf).
         let echo_plugin = gw.gateway.registry.get("echo").expect("echo is active");
@@ -154,9 +179,10 @@ fn main() {
     if std::env::var_os("EDGEPLUG_BENCH_ECHO_ONLY").is_some() {
         // For profiling the trivial plugin's path: the two figures its target compares.
         table.print();
-        let r = table.get("gateway echo (trivial plugin)").per_second()
-            / table.get("bare hyper hello-world").per_second();
-        println!("echo / hello-world requests/s: {r:.2} (target >= 0.5)");
+        for row in ["gateway echo (trivial plugin)", FRESH_ECHO] {
+            let r = table.get(row).per_second() / table.get("bare hyper hello-world").per_second();
+            println!("{row} / hello-world requests/s: {r:.2} (target >= 0.5)");
+        }
         return;
     }
     table.add(
@@ -210,26 +236,33 @@ fn main() {
     }
 
     table.print();
-    // The runtime alone, without HTTP: one echo request on a fresh instance, in this thread.
-    let echo_plugin = gw.gateway.registry.get("echo").expect("echo is active");
+    // The runtime alone, without HTTP, in this thread: echo on a kept instance, and on a
+    // fresh instance per request (instantiate + call + drop).
     let request = edgeplug_host::runtime::InferRequest {
         content_type: "application/json".into(),
         body: br#"{"hello": "edge"}"#.to_vec(),
         tensors: Vec::new(),
     };
-    let mut times: Vec<Duration> = (0..20_000)
-        .map(|_| {
-            let started = std::time::Instant::now();
-            echo_plugin.plugin.infer(request.clone()).unwrap();
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    println!(
-        "echo through the runtime alone (instantiate + call + drop, no HTTP): median {:.1} us, p99 {:.1} us",
-        times[times.len() / 2].as_secs_f64() * 1e6,
-        times[times.len() * 99 / 100].as_secs_f64() * 1e6
-    );
+    for (what, gateway) in [("kept instance", &gw), ("fresh instance", &fresh)] {
+        let echo_plugin = gateway
+            .gateway
+            .registry
+            .get("echo")
+            .expect("echo is active");
+        let mut times: Vec<Duration> = (0..20_000)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                echo_plugin.plugin.infer(request.clone()).unwrap();
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "echo through the runtime alone, {what} (no HTTP): median {:.1} us, p99 {:.1} us",
+            times[times.len() / 2].as_secs_f64() * 1e6,
+            times[times.len() * 99 / 100].as_secs_f64() * 1e6
+        );
+    }
     let ratio = |a: &str, b: &str, f: fn(&LoadResult) -> f64| f(table.get(a)) / f(table.get(b));
     let rps = |r: &LoadResult| r.per_second();
     let p99 = |r: &LoadResult| r.quantile(0.99).as_secs_f64();
@@ -242,6 +275,10 @@ fn main() {
             "bare hyper hello-world",
             rps
         )
+    );
+    println!(
+        "echo, fresh instance per request / hello-world requests/s: {:.2}",
+        ratio(FRESH_ECHO, "bare hyper hello-world", rps)
     );
     println!(
         "digits p99 during swaps / steady: {:.2} (target <= 2)",

@@ -24,6 +24,7 @@
 //! tensor_memory_mib = 1024
 //! max_request_mib = 64
 //! max_response_mib = 64
+//! requests_per_instance = 10000      # caps a plugin's instance reuse; 1: a fresh instance always
 //! max_bundle_mib = 512               # largest bundle a push may upload
 //! max_instances = 128                # wasm instances alive at once, all plugins together
 //! ```
@@ -96,6 +97,9 @@ pub struct LimitsConfig {
     pub max_request_mib: u32,
     /// Largest response, MiB. Default: 64.
     pub max_response_mib: u32,
+    /// Requests one instance may serve (a plugin asks for reuse in its manifest); 1 gives
+    /// every request a fresh instance whatever the manifests say. Default: 10000.
+    pub requests_per_instance: u32,
     /// Largest bundle a push may upload, MiB (more answers 413). Default: 512.
     pub max_bundle_mib: u32,
     /// Wasm instances alive at once across all plugins (the pooling allocator's slots).
@@ -130,6 +134,7 @@ impl Default for LimitsConfig {
             tensor_memory_mib: 1024,
             max_request_mib: 64,
             max_response_mib: 64,
+            requests_per_instance: 10_000,
             max_bundle_mib: 512,
             max_instances: 128,
         }
@@ -184,6 +189,7 @@ impl Config {
             ("tensor_memory_mib", l.tensor_memory_mib),
             ("max_request_mib", l.max_request_mib),
             ("max_response_mib", l.max_response_mib),
+            ("requests_per_instance", l.requests_per_instance),
             ("max_bundle_mib", l.max_bundle_mib),
             ("max_instances", l.max_instances),
         ] {
@@ -214,6 +220,7 @@ impl Config {
             tensor_memory_mib: l.tensor_memory_mib,
             max_request_mib: l.max_request_mib,
             max_response_mib: l.max_response_mib,
+            requests_per_instance: l.requests_per_instance,
         }
     }
 

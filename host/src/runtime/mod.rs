@@ -70,6 +70,7 @@ impl Default for RuntimeConfig {
                 tensor_memory_mib: 1024,
                 max_request_mib: 64,
                 max_response_mib: 64,
+                requests_per_instance: 10_000,
             },
             max_instances: 128,
             cache: ComponentCache::disabled(),
@@ -184,6 +185,7 @@ impl Runtime {
                 inputs: Vec::new(),
                 outputs: Vec::new(),
             },
+            warm: std::sync::Mutex::default(),
         };
         plugin.info = plugin.call_describe()?;
         Ok(plugin)
@@ -325,6 +327,16 @@ pub struct LoadedPlugin {
     pre: PluginPre<StoreState>,
     shared: Arc<PluginShared>,
     info: PluginInfo,
+    /// Instances kept for the next requests (`requests_per_instance` > 1), at most one per
+    /// request that can run at once.
+    warm: std::sync::Mutex<Vec<WarmInstance>>,
+}
+
+/// An instance that answered and may serve more requests.
+struct WarmInstance {
+    store: Store<StoreState>,
+    instance: glue::Plugin,
+    served: u32,
 }
 
 impl LoadedPlugin {
@@ -343,8 +355,7 @@ impl LoadedPlugin {
     fn new_store_with_deadline(&self, deadline_ms: u64) -> Store<StoreState> {
         let mut store = Store::new(&self.engine, StoreState::new(self.shared.clone()));
         store.limiter(|s| &mut s.limiter);
-        let ticks = deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(deadline_ticks(deadline_ms));
         store.epoch_deadline_trap();
         store
     }
@@ -371,8 +382,8 @@ impl LoadedPlugin {
         })
     }
 
-    /// Runs one request on a fresh instance. Blocking and CPU-bound: call it off any async
-    /// reactor.
+    /// Runs one request on a fresh instance (or a kept one, when the manifest's
+    /// `requests_per_instance` allows). Blocking and CPU-bound: call it off any async reactor.
     pub fn infer(&self, request: InferRequest) -> Result<InferResponse, InvokeError> {
         self.infer_with_stats(request).0
     }
@@ -386,11 +397,14 @@ impl LoadedPlugin {
         deadline: Duration,
     ) -> Result<InferResponse, InvokeError> {
         let deadline_ms = (deadline.as_millis() as u64).min(self.shared.limits().deadline_ms);
-        let mut store = self.new_store_with_deadline(deadline_ms);
-        self.infer_in(&mut store, request).map_err(|e| match e {
-            InvokeError::DeadlineExceeded { .. } => InvokeError::DeadlineExceeded { deadline_ms },
-            other => other,
-        })
+        self.run_request(request, deadline_ms)
+            .0
+            .map_err(|e| match e {
+                InvokeError::DeadlineExceeded { .. } => {
+                    InvokeError::DeadlineExceeded { deadline_ms }
+                }
+                other => other,
+            })
     }
 
     /// [`LoadedPlugin::infer`], also reporting what the request took from the host.
@@ -398,32 +412,79 @@ impl LoadedPlugin {
         &self,
         request: InferRequest,
     ) -> (Result<InferResponse, InvokeError>, RequestStats) {
-        let mut store = self.new_store();
-        let result = self.infer_in(&mut store, request);
-        let state = store.data();
-        let stats = RequestStats {
-            peak_memory_bytes: state.limiter.peak_bytes,
-            peak_tensor_bytes: state.peak_tensor_bytes,
+        self.run_request(request, self.shared.limits().deadline_ms)
+    }
+
+    /// One request within `deadline_ms`, on a kept instance if one is idle, else on a fresh
+    /// one; the instance is kept afterwards if it answered and may serve more.
+    fn run_request(
+        &self,
+        request: InferRequest,
+        deadline_ms: u64,
+    ) -> (Result<InferResponse, InvokeError>, RequestStats) {
+        let limits = self.shared.limits();
+        if request.body.len() > limits.request_bytes {
+            let e = InvokeError::RequestTooLarge {
+                size: request.body.len(),
+                limit: limits.request_bytes,
+            };
+            return (Err(e), RequestStats::default());
+        }
+        let kept = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (mut store, instance, served) = match kept {
+            Some(WarmInstance {
+                mut store,
+                instance,
+                served,
+            }) => {
+                store.data_mut().begin_request();
+                store.set_epoch_deadline(deadline_ticks(deadline_ms));
+                (store, instance, served)
+            }
+            None => {
+                let mut store = self.new_store_with_deadline(deadline_ms);
+                match self.pre.instantiate(&mut store) {
+                    Ok(instance) => (store, instance, 0),
+                    Err(e) => {
+                        let e = self.classify(&store, e);
+                        return (Err(e), self.stats(&store));
+                    }
+                }
+            }
         };
+        let result = self.infer_on(&mut store, &instance, request);
+        let stats = self.stats(&store);
+        // Only an instance that returned normally is kept: after a trap or an exhausted
+        // limit its memory may be anything.
+        let answered = matches!(result, Ok(_) | Err(InvokeError::Plugin { .. }));
+        if answered && served + 1 < limits.requests_per_instance {
+            let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+            if warm.len() < limits.concurrency {
+                warm.push(WarmInstance {
+                    store,
+                    instance,
+                    served: served + 1,
+                });
+            }
+        }
         (result, stats)
     }
 
-    fn infer_in(
+    fn stats(&self, store: &Store<StoreState>) -> RequestStats {
+        let state = store.data();
+        RequestStats {
+            peak_memory_bytes: state.limiter.peak_bytes,
+            peak_tensor_bytes: state.peak_tensor_bytes,
+        }
+    }
+
+    fn infer_on(
         &self,
         store: &mut Store<StoreState>,
+        instance: &glue::Plugin,
         request: InferRequest,
     ) -> Result<InferResponse, InvokeError> {
         let limits = self.shared.limits();
-        if request.body.len() > limits.request_bytes {
-            return Err(InvokeError::RequestTooLarge {
-                size: request.body.len(),
-                limit: limits.request_bytes,
-            });
-        }
-        let instance = self
-            .pre
-            .instantiate(&mut *store)
-            .map_err(|e| self.classify(store, e))?;
         let mut tensors = Vec::with_capacity(request.tensors.len());
         for (name, tensor) in request.tensors {
             let handle = store.data_mut().push_tensor(tensor).map_err(|e| match e {
@@ -528,6 +589,11 @@ impl LoadedPlugin {
             stderr: state.stderr.text(),
         }
     }
+}
+
+/// Epoch ticks from now that cover `deadline_ms` (at least one).
+fn deadline_ticks(deadline_ms: u64) -> u64 {
+    deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1)
 }
 
 fn limit_error(hit: LimitHit) -> InvokeError {

@@ -85,6 +85,7 @@ pub struct EffectiveLimits {
     pub tensor_bytes: usize,
     pub request_bytes: usize,
     pub response_bytes: usize,
+    pub requests_per_instance: u32,
 }
 
 const MIB: usize = 1 << 20;
@@ -102,6 +103,7 @@ impl EffectiveLimits {
             tensor_bytes: min(manifest.tensor_memory_mib, cap.tensor_memory_mib) as usize * MIB,
             request_bytes: min(manifest.max_request_mib, cap.max_request_mib) as usize * MIB,
             response_bytes: min(manifest.max_response_mib, cap.max_response_mib) as usize * MIB,
+            requests_per_instance: min(manifest.requests_per_instance, cap.requests_per_instance),
         }
     }
 }

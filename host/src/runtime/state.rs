@@ -64,6 +64,16 @@ impl StoreState {
         }
     }
 
+    /// Starts another request on a kept instance: what the last one hit or wrote is
+    /// forgotten, and its peaks restart from what the instance holds now (tensors the plugin
+    /// kept stay charged to its budget).
+    pub fn begin_request(&mut self) {
+        self.limit_hit = None;
+        self.limiter.exhausted = false;
+        self.peak_tensor_bytes = self.tensor_bytes;
+        self.stderr.clear();
+    }
+
     pub fn plugin(&self) -> &PluginShared {
         &self.plugin
     }

@@ -28,6 +28,11 @@ impl GuestStderr {
         kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
+    /// Forgets what was written (an instance kept for another request).
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// What the guest wrote, lossily decoded and trimmed; empty when it wrote nothing.
     pub fn text(&self) -> String {
         let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());

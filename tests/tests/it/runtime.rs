@@ -82,3 +82,56 @@ fn shipped_weights_are_exactly_what_the_extractor_gives() {
         "plugins/digits/weights.safetensors is stale: rerun `edgeplug weights`"
     );
 }
+
+/// What the `counter` test plugin answers: how many requests its instance has served.
+fn served(plugin: &edgeplug_host::runtime::LoadedPlugin) -> u32 {
+    let response = plugin
+        .infer(InferRequest {
+            content_type: "application/json".into(),
+            body: b"{}".to_vec(),
+            tensors: Vec::new(),
+        })
+        .expect("counter answers");
+    let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    value["served"].as_u64().expect("a count") as u32
+}
+
+#[test]
+fn an_instance_serves_as_many_requests_as_the_manifest_allows() {
+    let runtime = runtime();
+    let plugin = edgeplug_tests::load_test_plugin(&runtime, "counter").unwrap();
+    assert_eq!(plugin.shared().limits().requests_per_instance, 3);
+    // Three requests per instance, then a fresh one.
+    let seen: Vec<u32> = (0..7).map(|_| served(&plugin)).collect();
+    assert_eq!(seen, [1, 2, 3, 1, 2, 3, 1]);
+}
+
+#[test]
+fn an_instance_that_trapped_is_never_kept() {
+    let runtime = runtime();
+    let plugin = edgeplug_tests::load_test_plugin(&runtime, "counter").unwrap();
+    assert_eq!(served(&plugin), 1);
+    let trapped = plugin.infer(InferRequest {
+        content_type: "text/plain".into(),
+        body: b"trap".to_vec(),
+        tensors: Vec::new(),
+    });
+    match trapped {
+        Err(edgeplug_host::runtime::InvokeError::Trap { stderr, .. }) => {
+            assert!(stderr.contains("after 2 requests"), "{stderr}")
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(served(&plugin), 1, "a fresh instance after the trap");
+}
+
+#[test]
+fn the_host_cap_gives_every_request_a_fresh_instance() {
+    let mut config = edgeplug_host::runtime::RuntimeConfig::default();
+    config.limit_caps.requests_per_instance = 1;
+    let runtime = edgeplug_host::runtime::Runtime::new(config).unwrap();
+    let plugin = edgeplug_tests::load_test_plugin(&runtime, "counter").unwrap();
+    assert_eq!(plugin.shared().limits().requests_per_instance, 1);
+    let seen: Vec<u32> = (0..4).map(|_| served(&plugin)).collect();
+    assert_eq!(seen, [1, 1, 1, 1]);
+}
