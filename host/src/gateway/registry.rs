@@ -297,6 +297,9 @@ impl Registry {
     /// Publishes `new` on `slot`; the version it replaces stays loaded for rollbacks.
     fn publish(&self, slot: &Slot, new: Arc<ActivePlugin>) -> Option<Arc<ActivePlugin>> {
         let old = slot.active.swap(Some(new.clone()));
+        if let Some(old) = &old {
+            old.plugin.release_kept_instances();
+        }
         let mut kept = slot.kept.lock().unwrap_or_else(|p| p.into_inner());
         kept.retain(|k| k.version != new.version);
         if let Some(old) = &old
@@ -423,6 +426,9 @@ impl Registry {
         let _admin = slot.admin.lock().unwrap_or_else(|p| p.into_inner());
         self.store.remove(name)?;
         let old = slot.active.swap(None);
+        if let Some(old) = &old {
+            old.plugin.release_kept_instances();
+        }
         slot.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.slots
             .write()

@@ -332,6 +332,11 @@ pub struct LoadedPlugin {
     warm: std::sync::Mutex<Vec<WarmInstance>>,
 }
 
+/// Instances one plugin version keeps at most: each holds a slot of the pooling allocator,
+/// which every plugin shares, and on a 2-core edge box more than a few requests never run at
+/// once anyway.
+pub const MAX_KEPT_INSTANCES: usize = 4;
+
 /// An instance that answered and may serve more requests.
 struct WarmInstance {
     store: Store<StoreState>,
@@ -459,7 +464,7 @@ impl LoadedPlugin {
         let answered = matches!(result, Ok(_) | Err(InvokeError::Plugin { .. }));
         if answered && served + 1 < limits.requests_per_instance {
             let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
-            if warm.len() < limits.concurrency {
+            if warm.len() < limits.concurrency.min(MAX_KEPT_INSTANCES) {
                 warm.push(WarmInstance {
                     store,
                     instance,
@@ -468,6 +473,12 @@ impl LoadedPlugin {
             }
         }
         (result, stats)
+    }
+
+    /// Drops the instances kept for later requests, returning their allocator slots: for a
+    /// version that stops serving (replaced, rolled back or removed).
+    pub fn release_kept_instances(&self) {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     fn stats(&self, store: &Store<StoreState>) -> RequestStats {

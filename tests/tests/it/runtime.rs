@@ -104,6 +104,9 @@ fn an_instance_serves_as_many_requests_as_the_manifest_allows() {
     // Three requests per instance, then a fresh one.
     let seen: Vec<u32> = (0..7).map(|_| served(&plugin)).collect();
     assert_eq!(seen, [1, 2, 3, 1, 2, 3, 1]);
+    // A version that stops serving gives its kept instances back.
+    plugin.release_kept_instances();
+    assert_eq!(served(&plugin), 1);
 }
 
 #[test]
