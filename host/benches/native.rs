@@ -10,7 +10,10 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use edgeplug_host::model::Model;
 use edgeplug_host::native::NativeModel;
 use edgeplug_host::tensor::fast::{
@@ -30,6 +33,15 @@ fn aligned(n: usize, seed: u32) -> AlignedBuf {
     let mut buf = AlignedBuf::zeroed(n);
     buf.copy_from_slice(&data(n, seed));
     buf
+}
+
+/// Times `run` as `name/<ISA>` on every ISA this CPU has.
+fn per_isa(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut run: impl FnMut(Isa)) {
+    for isa in Isa::all_available() {
+        g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
+            b.iter(|| run(isa))
+        });
+    }
 }
 
 fn kernels(c: &mut Criterion) {
@@ -55,13 +67,9 @@ fn kernels(c: &mut Criterion) {
             bias: Some(&bias),
             ..relu6
         };
-        for isa in Isa::all_available() {
-            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
-                b.iter(|| {
-                    fast::depthwise(isa, &geom, black_box(&x), &w, &ep, &mut out, &mut scratch)
-                })
-            });
-        }
+        per_isa(&mut g, name, |isa| {
+            fast::depthwise(isa, &geom, black_box(&x), &w, &ep, &mut out, &mut scratch);
+        });
     }
     for (name, cin, cout, hw) in [
         ("pw_32to16_112", 32, 16, 112 * 112),
@@ -77,11 +85,9 @@ fn kernels(c: &mut Criterion) {
             bias: Some(&bias),
             ..relu6
         };
-        for isa in Isa::all_available() {
-            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
-                b.iter(|| fast::gemm_packed(isa, &w, black_box(&x), hw, hw, &mut out, hw, &ep))
-            });
-        }
+        per_isa(&mut g, name, |isa| {
+            fast::gemm_packed(isa, &w, black_box(&x), hw, hw, &mut out, hw, &ep);
+        });
     }
     g.finish();
 }
@@ -121,11 +127,9 @@ fn channels_last(c: &mut Criterion) {
         g.throughput(Throughput::Elements(
             (2 * geom.oh * geom.ow * cout * cin * 9) as u64,
         ));
-        for isa in Isa::all_available() {
-            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
-                b.iter(|| fast::conv_nchw(isa, &geom, black_box(&x), &w, &ep, &mut out, &mut col))
-            });
-        }
+        per_isa(&mut g, name, |isa| {
+            fast::conv_nchw(isa, &geom, black_box(&x), &w, &ep, &mut out, &mut col);
+        });
     }
     for (name, cin, cout, pixels) in [
         ("pw_16to96_112", 16, 96, 112 * 112),
@@ -144,11 +148,9 @@ fn channels_last(c: &mut Criterion) {
             ..relu6
         };
         g.throughput(Throughput::Elements((2 * pixels * cin * cout) as u64));
-        for isa in Isa::all_available() {
-            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
-                b.iter(|| fast::gemm_rows(isa, pixels, black_box(&x), cin, &w, &mut out, cout, &ep))
-            });
-        }
+        per_isa(&mut g, name, |isa| {
+            fast::gemm_rows(isa, pixels, black_box(&x), cin, &w, &mut out, cout, &ep);
+        });
     }
     // Depthwise convolutions, channels-last, at EfficientNet-Lite0's 5x5 shapes and
     // MobileNetV2's first 3x3.
@@ -180,11 +182,9 @@ fn channels_last(c: &mut Criterion) {
         g.throughput(Throughput::Elements(
             (2 * geom.oh * geom.ow * ch * k * k) as u64,
         ));
-        for isa in Isa::all_available() {
-            g.bench_function(BenchmarkId::new(name, format!("{isa:?}")), |b| {
-                b.iter(|| fast::depthwise_nhwc(isa, &geom, black_box(&x), &w, &ep, &mut out))
-            });
-        }
+        per_isa(&mut g, name, |isa| {
+            fast::depthwise_nhwc(isa, &geom, black_box(&x), &w, &ep, &mut out);
+        });
     }
     g.finish();
 }

@@ -327,8 +327,8 @@ pub struct LoadedPlugin {
     pre: PluginPre<StoreState>,
     shared: Arc<PluginShared>,
     info: PluginInfo,
-    /// Instances kept for the next requests (`requests_per_instance` > 1), at most one per
-    /// request that can run at once.
+    /// Instances kept for the next requests (`requests_per_instance` > 1), at most
+    /// [`MAX_KEPT_INSTANCES`] and never more than the requests that can run at once.
     warm: std::sync::Mutex<Vec<WarmInstance>>,
 }
 
