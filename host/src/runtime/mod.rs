@@ -337,6 +337,11 @@ pub struct LoadedPlugin {
 /// once anyway.
 pub const MAX_KEPT_INSTANCES: usize = 4;
 
+/// The most linear memory an instance may hold and still be kept. Wasm memory never shrinks,
+/// so an instance that once grew for a large input would keep that memory resident for as long
+/// as it is kept; past this it is dropped and its slot reset instead.
+pub const MAX_KEPT_MEMORY_BYTES: usize = 32 << 20;
+
 /// An instance that answered and may serve more requests.
 struct WarmInstance {
     store: Store<StoreState>,
@@ -462,7 +467,10 @@ impl LoadedPlugin {
         // Only an instance that returned normally is kept: after a trap or an exhausted
         // limit its memory may be anything.
         let answered = matches!(result, Ok(_) | Err(InvokeError::Plugin { .. }));
-        if answered && served + 1 < limits.requests_per_instance {
+        if answered
+            && served + 1 < limits.requests_per_instance
+            && stats.peak_memory_bytes <= MAX_KEPT_MEMORY_BYTES
+        {
             let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
             if warm.len() < limits.concurrency.min(MAX_KEPT_INSTANCES) {
                 warm.push(WarmInstance {

@@ -129,6 +129,35 @@ fn an_instance_that_trapped_is_never_kept() {
 }
 
 #[test]
+fn an_instance_whose_memory_grew_past_the_bound_is_not_kept() {
+    let runtime = runtime();
+    let plugin = edgeplug_tests::load_test_plugin(&runtime, "counter").unwrap();
+    let grow = |mib: usize| {
+        let response = plugin
+            .infer(InferRequest {
+                content_type: "text/plain".into(),
+                body: format!("grow {mib}").into_bytes(),
+                tensors: Vec::new(),
+            })
+            .expect("counter grows and answers");
+        let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        value["served"].as_u64().expect("a count") as u32
+    };
+    // Within the bound the instance is kept as usual.
+    assert_eq!(grow(4), 1);
+    assert_eq!(served(&plugin), 2);
+    // Past it, the instance that answered is dropped: the next request gets a fresh one.
+    plugin.release_kept_instances();
+    let past = edgeplug_host::runtime::MAX_KEPT_MEMORY_BYTES >> 20;
+    assert_eq!(grow(past + 1), 1);
+    assert_eq!(
+        served(&plugin),
+        1,
+        "a fresh instance after one grew past the bound"
+    );
+}
+
+#[test]
 fn the_host_cap_gives_every_request_a_fresh_instance() {
     let mut config = edgeplug_host::runtime::RuntimeConfig::default();
     config.limit_caps.requests_per_instance = 1;
