@@ -483,7 +483,7 @@ fn measure_stage_latency_and_model_memory() {
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_models_through_the_plugin() {
-    const RUNS: usize = 60;
+    const RUNS: usize = 200;
     let models = std::sync::Arc::new(edgeplug_host::model_store::ModelStore::default());
     let runtime = edgeplug_host::runtime::Runtime::new(edgeplug_host::runtime::RuntimeConfig {
         models: models.clone(),
