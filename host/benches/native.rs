@@ -163,6 +163,11 @@ fn channels_last(c: &mut Criterion) {
         ("dw5x5_s1_c672_14_prepadded", 672, 18, 5, 1, 0),
         ("dw5x5_s1_c1152_7", 1152, 7, 5, 1, 2),
         ("dw5x5_s1_c1152_7_prepadded", 1152, 11, 5, 1, 0),
+        ("dw3x3_s2_c96_112", 96, 112, 3, 2, 1),
+        ("dw3x3_s1_c144_56", 144, 56, 3, 1, 1),
+        ("dw3x3_s1_c192_28", 192, 28, 3, 1, 1),
+        ("dw3x3_s1_c576_14", 576, 14, 3, 1, 1),
+        ("dw3x3_s1_c960_7", 960, 7, 3, 1, 1),
     ] {
         let pad = Padding::uniform(pad);
         let geom = DwGeometry::new(ch, hw, hw, [k, k], [stride; 2], [1, 1], pad).unwrap();

@@ -49,6 +49,12 @@ pub fn depthwise_nhwc(
     }
     match isa.usable() {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F is present (`usable`) and the kernel covers `g`; the
+        // asserts above cover every pixel and channel it touches.
+        Isa::Avx512 if super::depthwise_slab::covers(g) => unsafe {
+            super::depthwise_slab::run(g, input, weight, ep, out)
+        },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F is present (`usable`); the asserts above cover every
         // pixel and channel the kernel touches (see `avx512::run`).
         Isa::Avx512 => unsafe { avx512::run(g, &Columns::new(g), input, weight, ep, out) },

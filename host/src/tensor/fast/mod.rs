@@ -11,6 +11,8 @@
 mod conv_nchw;
 mod depthwise;
 mod depthwise_nhwc;
+#[cfg(target_arch = "x86_64")]
+mod depthwise_slab;
 mod im2col;
 mod pointwise;
 

@@ -253,36 +253,21 @@ proptest! {
         pads in [0usize..4, 0usize..4, 0usize..4, 0usize..4],
         with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
     ) {
-        let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
-        let (kh, kw, pad) = (g.kh, g.kw, g.pad);
-        let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
-        let wt = testutil::tensor(seed ^ 1, &[c, 1, kh, kw], 1.0);
-        let b = testutil::tensor(seed ^ 2, &[c], 1.0);
-        let res = testutil::data(seed ^ 3, c * g.oh * g.ow, 1.0);
-        let p = Conv2dParams { stride, dilation, padding: pad, groups: c, ..Conv2dParams::default() };
-        let want = reference::conv2d(&x, &wt, with_bias.then_some(&b), &p).unwrap();
-        let (lo, hi) = clamp_of(act);
-        // The residual is given channels-last, like the output.
-        let res_nhwc = to_nhwc(&res, c, g.oh, g.ow);
-        let want: Vec<f32> = want.as_f32().unwrap().iter().zip(&res)
-            .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi)).collect();
-        let want = Tensor::from_f32(vec![1, g.oh, g.ow, c], to_nhwc(&want, c, g.oh, g.ow)).unwrap();
-        let ep = Epilogue {
-            bias: with_bias.then(|| b.as_f32().unwrap()),
-            residual: with_res.then_some(&res_nhwc[..]),
-            lo,
-            hi,
-        };
-        let x_nhwc = to_nhwc(x.as_f32().unwrap(), c, h, w);
-        let w_taps = depthwise_nhwc_weights(wt.as_f32().unwrap(), c, kh * kw);
-        for isa in Isa::all_available() {
-            let mut out = vec![f32::NAN; c * g.oh * g.ow];
-            depthwise_nhwc(isa, &g, &x_nhwc, &w_taps, &ep, &mut out);
-            let got = Tensor::from_f32(vec![1, g.oh, g.ow, c], out).unwrap();
-            assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
-        }
+        check_depthwise_nhwc(c, [h, w], [kernel, stride, dilation], pads, (with_bias, with_res, act), seed)?;
     }
 
+    /// The shapes the slab kernel takes (square 3×3 and 5×5, stride 1 or 2, no
+    /// dilation, up to 32 output columns), tall enough that an image spans
+    /// several bands.
+    #[test]
+    fn depthwise_nhwc_slab_shapes_match_reference(
+        c in prop_oneof![1usize..6, 14usize..40], h in 1usize..130, w in 1usize..36,
+        k in prop_oneof![Just(3usize), Just(5usize)], s in 1usize..3,
+        pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
+    ) {
+        check_depthwise_nhwc(c, [h, w], [[k, k], [s, s], [1, 1]], pads, (with_bias, with_res, act), seed)?;
+    }
     /// Channels-last im2col rows, in chunks, + `gemm_rows` is a dense convolution.
     #[test]
     fn im2col_rows_gemm_matches_reference(
@@ -370,4 +355,56 @@ fn forcing_an_unavailable_isa_falls_back() {
     gemm_packed(Isa::Avx512, &a, &b, 2, 2, &mut out, 2, &Epilogue::default());
     assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
     assert!(Isa::all_available().contains(&Isa::Portable));
+}
+
+/// `depthwise_nhwc` on every ISA against the reference convolution: window
+/// `[kernel, stride, dilation]`, epilogue `(bias, residual, activation)`.
+fn check_depthwise_nhwc(
+    c: usize,
+    [h, w]: [usize; 2],
+    [kernel, stride, dilation]: [[usize; 2]; 3],
+    pads: [usize; 4],
+    (with_bias, with_res, act): (bool, bool, u8),
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
+    let (kh, kw, pad) = (g.kh, g.kw, g.pad);
+    let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
+    let wt = testutil::tensor(seed ^ 1, &[c, 1, kh, kw], 1.0);
+    let b = testutil::tensor(seed ^ 2, &[c], 1.0);
+    let res = testutil::data(seed ^ 3, c * g.oh * g.ow, 1.0);
+    let p = Conv2dParams {
+        stride,
+        dilation,
+        padding: pad,
+        groups: c,
+        ..Conv2dParams::default()
+    };
+    let want = reference::conv2d(&x, &wt, with_bias.then_some(&b), &p).unwrap();
+    let (lo, hi) = clamp_of(act);
+    // The residual is given channels-last, like the output.
+    let res_nhwc = to_nhwc(&res, c, g.oh, g.ow);
+    let want: Vec<f32> = want
+        .as_f32()
+        .unwrap()
+        .iter()
+        .zip(&res)
+        .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi))
+        .collect();
+    let want = Tensor::from_f32(vec![1, g.oh, g.ow, c], to_nhwc(&want, c, g.oh, g.ow)).unwrap();
+    let ep = Epilogue {
+        bias: with_bias.then(|| b.as_f32().unwrap()),
+        residual: with_res.then_some(&res_nhwc[..]),
+        lo,
+        hi,
+    };
+    let x_nhwc = to_nhwc(x.as_f32().unwrap(), c, h, w);
+    let w_taps = depthwise_nhwc_weights(wt.as_f32().unwrap(), c, kh * kw);
+    for isa in Isa::all_available() {
+        let mut out = vec![f32::NAN; c * g.oh * g.ow];
+        depthwise_nhwc(isa, &g, &x_nhwc, &w_taps, &ep, &mut out);
+        let got = Tensor::from_f32(vec![1, g.oh, g.ow, c], out).unwrap();
+        assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
+    }
+    Ok(())
 }
