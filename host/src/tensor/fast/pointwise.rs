@@ -508,9 +508,9 @@ mod avx512 {
                 // all MR rows (zero-padded).
                 unsafe {
                     match nv {
-                        3 => tile::<MR, 3, false>(&t),
-                        2 => tile::<MR, 2, false>(&t),
-                        _ => tile::<MR, 1, false>(&t),
+                        3 => tile::<MR, 3, false, 0>(&t),
+                        2 => tile::<MR, 2, false, 0>(&t),
+                        _ => tile::<MR, 1, false, 0>(&t),
                     }
                 }
             }
@@ -522,15 +522,32 @@ mod avx512 {
     /// rows it may read.
     macro_rules! tile_for_rows {
         ($rows:expr, $nv:literal, $g:literal, $t:expr) => {
+            tile_for_rows!($rows, $nv, $g, 0, $t)
+        };
+        ($rows:expr, $nv:literal, $g:literal, $step:literal, $t:expr) => {
             match $rows {
-                8 => tile::<8, $nv, $g>($t),
-                7 => tile::<7, $nv, $g>($t),
-                6 => tile::<6, $nv, $g>($t),
-                5 => tile::<5, $nv, $g>($t),
-                4 => tile::<4, $nv, $g>($t),
-                3 => tile::<3, $nv, $g>($t),
-                2 => tile::<2, $nv, $g>($t),
-                _ => tile::<1, $nv, $g>($t),
+                8 => tile::<8, $nv, $g, $step>($t),
+                7 => tile::<7, $nv, $g, $step>($t),
+                6 => tile::<6, $nv, $g, $step>($t),
+                5 => tile::<5, $nv, $g, $step>($t),
+                4 => tile::<4, $nv, $g, $step>($t),
+                3 => tile::<3, $nv, $g, $step>($t),
+                2 => tile::<2, $nv, $g, $step>($t),
+                _ => tile::<1, $nv, $g, $step>($t),
+            }
+        };
+    }
+
+    /// Rows of a gather tile with a constant step (see `gemm_rows`).
+    const MR_GATHER: usize = 12;
+
+    macro_rules! tall_tile {
+        ($rows:expr, $step:literal, $t:expr) => {
+            match $rows {
+                12 => tile::<12, 2, true, $step>($t),
+                11 => tile::<11, 2, true, $step>($t),
+                10 => tile::<10, 2, true, $step>($t),
+                _ => tile::<9, 2, true, $step>($t),
             }
         };
     }
@@ -565,8 +582,13 @@ mod avx512 {
             let nv = cols.div_ceil(16);
             let rem = cols - (nv - 1) * 16;
             let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
-            for i0 in (0..m).step_by(MR) {
-                let rows = (m - i0).min(MR);
+            // A gather of two vectors with a constant step has the address
+            // registers to spare for a taller tile (the stem: 12 rows are
+            // ~9 % faster than 8).
+            let fixed_step = gather && nv == 2 && (step == 1 || step == 2);
+            let mr = if fixed_step { MR_GATHER } else { MR };
+            for i0 in (0..m).step_by(mr) {
+                let rows = (m - i0).min(mr);
                 let t = Tile {
                     k,
                     a: base.wrapping_add(i0 * step),
@@ -598,14 +620,21 @@ mod avx512 {
                 // (columns < k) and writes rows `i0..i0+rows` of `out`, columns
                 // `j0..j0+cols` <= n, all inside the asserted spans; masked
                 // lanes are neither read nor written.
+                // A gather's row step as a constant (a stem convolution's
+                // stride) makes each row's tap a fixed displacement from the
+                // tap's address instead of an address computed per tap.
                 unsafe {
-                    match (nv, gather) {
-                        (3, false) => tile_for_rows!(rows, 3, false, &t),
-                        (2, false) => tile_for_rows!(rows, 2, false, &t),
-                        (_, false) => tile_for_rows!(rows, 1, false, &t),
-                        (3, true) => tile_for_rows!(rows, 3, true, &t),
-                        (2, true) => tile_for_rows!(rows, 2, true, &t),
-                        (_, true) => tile_for_rows!(rows, 1, true, &t),
+                    match (nv, gather, step) {
+                        (3, false, _) => tile_for_rows!(rows, 3, false, &t),
+                        (2, false, _) => tile_for_rows!(rows, 2, false, &t),
+                        (_, false, _) => tile_for_rows!(rows, 1, false, &t),
+                        (2, true, 2) if rows > MR => tall_tile!(rows, 2, &t),
+                        (2, true, 1) if rows > MR => tall_tile!(rows, 1, &t),
+                        (2, true, 2) => tile_for_rows!(rows, 2, true, 2, &t),
+                        (2, true, 1) => tile_for_rows!(rows, 2, true, 1, &t),
+                        (3, true, _) => tile_for_rows!(rows, 3, true, &t),
+                        (2, true, _) => tile_for_rows!(rows, 2, true, &t),
+                        (_, true, _) => tile_for_rows!(rows, 1, true, &t),
                     }
                 }
             }
@@ -650,7 +679,11 @@ mod avx512 {
     /// of the last vector; a row bias holds `rows` values, a column bias the
     /// tile's columns.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const R: usize, const NV: usize, const GATHER: bool>(t: &Tile) {
+    unsafe fn tile<const R: usize, const NV: usize, const GATHER: bool, const STEP: usize>(
+        t: &Tile,
+    ) {
+        // `STEP` > 0 is `t.a_rs`, known at compile time.
+        let a_rs = if STEP > 0 { STEP } else { t.a_rs };
         let mut acc = [[_mm512_setzero_ps(); NV]; R];
         let mut bp = t.b;
         let mut ap = t.a;
@@ -674,7 +707,7 @@ mod avx512 {
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 // SAFETY: element (r, c) of A, r < R (see the function contract).
-                let av = _mm512_set1_ps(unsafe { *ak.add(r * t.a_rs) });
+                let av = _mm512_set1_ps(unsafe { *ak.add(r * a_rs) });
                 for (x, &bb) in acc_r.iter_mut().zip(&bv) {
                     *x = _mm512_fmadd_ps(av, bb, *x);
                 }

@@ -316,7 +316,8 @@ proptest! {
     /// rows) is a dense convolution with channels-last output.
     #[test]
     fn conv_nchw_matches_reference(
-        // Rows up to 40 wide: several full 8-row tiles and a tail per row.
+        // Rows up to 40 wide: several full tiles (8 rows, 12 for a gather
+        // with a constant step) and a tail per row.
         c in 1usize..5, o in 1usize..40, h in 1usize..16, w in 1usize..40,
         kernel in [1usize..5, 1usize..5], stride in [1usize..3, 1usize..3],
         dilation in [1usize..3, 1usize..3], pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
