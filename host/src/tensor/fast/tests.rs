@@ -146,29 +146,14 @@ proptest! {
         pads in [0usize..4, 0usize..4, 0usize..4, 0usize..4],
         with_bias in any::<bool>(), with_res in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
     ) {
-        let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
-        let (kh, kw, pad) = (g.kh, g.kw, g.pad);
-        let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
-        let wt = testutil::tensor(seed ^ 1, &[c, 1, kh, kw], 1.0);
-        let b = testutil::tensor(seed ^ 2, &[c], 1.0);
-        let res = testutil::data(seed ^ 3, c * g.oh * g.ow, 1.0);
-        let p = Conv2dParams { stride, dilation, padding: pad, groups: c, ..Conv2dParams::default() };
-        let want = reference::conv2d(&x, &wt, with_bias.then_some(&b), &p).unwrap();
-        prop_assert_eq!(want.shape(), &[1, c, g.oh, g.ow]);
-        let (lo, hi) = clamp_of(act);
-        let want: Vec<f32> = want.as_f32().unwrap().iter().zip(&res)
-            .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi)).collect();
-        let want = Tensor::from_f32(vec![1, c, g.oh, g.ow], want).unwrap();
-        let ep = Epilogue {
-            bias: with_bias.then(|| b.as_f32().unwrap()),
-            residual: with_res.then_some(&res[..]),
-            lo,
-            hi,
-        };
+        let case = DepthwiseCase::new(c, [h, w], [kernel, stride, dilation], pads, (with_bias, with_res, act), seed);
+        let g = &case.g;
+        let want = Tensor::from_f32(vec![1, c, g.oh, g.ow], case.want.clone()).unwrap();
+        let ep = case.epilogue(&case.res);
         for isa in Isa::all_available() {
             let mut out = vec![f32::NAN; c * g.oh * g.ow];
             let mut scratch = Vec::new();
-            depthwise(isa, &g, x.as_f32().unwrap(), wt.as_f32().unwrap(), &ep, &mut out, &mut scratch);
+            depthwise(isa, g, case.x.as_f32().unwrap(), case.wt.as_f32().unwrap(), &ep, &mut out, &mut scratch);
             let got = Tensor::from_f32(vec![1, c, g.oh, g.ow], out).unwrap();
             assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
         }
@@ -358,52 +343,99 @@ fn forcing_an_unavailable_isa_falls_back() {
     assert!(Isa::all_available().contains(&Isa::Portable));
 }
 
-/// `depthwise_nhwc` on every ISA against the reference convolution: window
-/// `[kernel, stride, dilation]`, epilogue `(bias, residual, activation)`.
+/// A random depthwise convolution and its reference output (NCHW, epilogue
+/// applied): window `[kernel, stride, dilation]`, epilogue `(bias, residual,
+/// activation)`.
+struct DepthwiseCase {
+    g: DwGeometry,
+    x: Tensor,
+    wt: Tensor,
+    bias: Option<Tensor>,
+    /// NCHW, like the output.
+    res: Vec<f32>,
+    with_res: bool,
+    lo: f32,
+    hi: f32,
+    want: Vec<f32>,
+}
+
+impl DepthwiseCase {
+    fn new(
+        c: usize,
+        [h, w]: [usize; 2],
+        [kernel, stride, dilation]: [[usize; 2]; 3],
+        pads: [usize; 4],
+        (with_bias, with_res, act): (bool, bool, u8),
+        seed: u64,
+    ) -> DepthwiseCase {
+        let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
+        let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
+        let wt = testutil::tensor(seed ^ 1, &[c, 1, g.kh, g.kw], 1.0);
+        let bias = with_bias.then(|| testutil::tensor(seed ^ 2, &[c], 1.0));
+        let res = testutil::data(seed ^ 3, c * g.oh * g.ow, 1.0);
+        let p = Conv2dParams {
+            stride,
+            dilation,
+            padding: g.pad,
+            groups: c,
+            ..Conv2dParams::default()
+        };
+        let want = reference::conv2d(&x, &wt, bias.as_ref(), &p).unwrap();
+        assert_eq!(want.shape(), &[1, c, g.oh, g.ow]);
+        let (lo, hi) = clamp_of(act);
+        let want = want
+            .as_f32()
+            .unwrap()
+            .iter()
+            .zip(&res)
+            .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi))
+            .collect();
+        DepthwiseCase {
+            g,
+            x,
+            wt,
+            bias,
+            res,
+            with_res,
+            lo,
+            hi,
+            want,
+        }
+    }
+
+    /// The case's epilogue, its residual laid out as `res`.
+    fn epilogue<'a>(&'a self, res: &'a [f32]) -> Epilogue<'a> {
+        Epilogue {
+            bias: self.bias.as_ref().map(|b| b.as_f32().unwrap()),
+            residual: self.with_res.then_some(res),
+            lo: self.lo,
+            hi: self.hi,
+        }
+    }
+}
+
+/// `depthwise_nhwc` on every ISA against the reference convolution (see
+/// [`DepthwiseCase`]).
 fn check_depthwise_nhwc(
     c: usize,
     [h, w]: [usize; 2],
-    [kernel, stride, dilation]: [[usize; 2]; 3],
+    window: [[usize; 2]; 3],
     pads: [usize; 4],
-    (with_bias, with_res, act): (bool, bool, u8),
+    epilogue: (bool, bool, u8),
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    let g = fitted_geometry(c, [h, w], kernel, stride, dilation, pads);
-    let (kh, kw, pad) = (g.kh, g.kw, g.pad);
-    let x = testutil::tensor(seed, &[1, c, h, w], 1.0);
-    let wt = testutil::tensor(seed ^ 1, &[c, 1, kh, kw], 1.0);
-    let b = testutil::tensor(seed ^ 2, &[c], 1.0);
-    let res = testutil::data(seed ^ 3, c * g.oh * g.ow, 1.0);
-    let p = Conv2dParams {
-        stride,
-        dilation,
-        padding: pad,
-        groups: c,
-        ..Conv2dParams::default()
-    };
-    let want = reference::conv2d(&x, &wt, with_bias.then_some(&b), &p).unwrap();
-    let (lo, hi) = clamp_of(act);
+    let case = DepthwiseCase::new(c, [h, w], window, pads, epilogue, seed);
+    let g = &case.g;
+    let want =
+        Tensor::from_f32(vec![1, g.oh, g.ow, c], to_nhwc(&case.want, c, g.oh, g.ow)).unwrap();
     // The residual is given channels-last, like the output.
-    let res_nhwc = to_nhwc(&res, c, g.oh, g.ow);
-    let want: Vec<f32> = want
-        .as_f32()
-        .unwrap()
-        .iter()
-        .zip(&res)
-        .map(|(&v, &r)| (if with_res { v + r } else { v }).clamp(lo, hi))
-        .collect();
-    let want = Tensor::from_f32(vec![1, g.oh, g.ow, c], to_nhwc(&want, c, g.oh, g.ow)).unwrap();
-    let ep = Epilogue {
-        bias: with_bias.then(|| b.as_f32().unwrap()),
-        residual: with_res.then_some(&res_nhwc[..]),
-        lo,
-        hi,
-    };
-    let x_nhwc = to_nhwc(x.as_f32().unwrap(), c, h, w);
-    let w_taps = depthwise_nhwc_weights(wt.as_f32().unwrap(), c, kh * kw);
+    let res_nhwc = to_nhwc(&case.res, c, g.oh, g.ow);
+    let ep = case.epilogue(&res_nhwc);
+    let x_nhwc = to_nhwc(case.x.as_f32().unwrap(), c, h, w);
+    let w_taps = depthwise_nhwc_weights(case.wt.as_f32().unwrap(), c, g.kh * g.kw);
     for isa in Isa::all_available() {
         let mut out = vec![f32::NAN; c * g.oh * g.ow];
-        depthwise_nhwc(isa, &g, &x_nhwc, &w_taps, &ep, &mut out);
+        depthwise_nhwc(isa, g, &x_nhwc, &w_taps, &ep, &mut out);
         let got = Tensor::from_f32(vec![1, g.oh, g.ow, c], out).unwrap();
         assert_close(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
     }
