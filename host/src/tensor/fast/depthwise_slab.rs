@@ -66,6 +66,10 @@ pub(super) unsafe fn run(
     ep: &Epilogue<'_>,
     out: &mut [f32],
 ) {
+    // `DwGeometry::new` never gives an empty output, but the fields are public.
+    if g.oh == 0 || g.ow == 0 {
+        return;
+    }
     // SAFETY: as the caller's; each arm's constants match `g`.
     unsafe {
         match (g.kh, g.stride[0]) {
