@@ -145,35 +145,24 @@ unsafe fn run_fixed<const K: usize, const S: usize>(
                 for oy in oy0..oy1 {
                     let row = slab[(oy - oy0) * S * cols..].as_ptr();
                     let first = oy * g.ow;
-                    let mut ox = 0;
+                    let mut at = |ox: usize, acc: __m512| store(acc, first + ox);
+                    // Strips of STRIP, then of 4, 2 and 1 for the rest of the row.
                     // SAFETY (every strip): pixels ox.. of row oy read slab
                     // rows (oy - oy0)·S.. +K and columns ox·S..(ox+N-1)·S+K,
                     // all inside the slab by its size.
+                    let mut ox = 0;
                     while ox + STRIP <= g.ow {
-                        let acc =
-                            unsafe { strip::<K, S, STRIP>(row.add(ox * S), cols, &taps, bias) };
-                        acc.iter()
-                            .enumerate()
-                            .for_each(|(p, &a)| store(a, first + ox + p));
-                        ox += STRIP;
+                        ox +=
+                            unsafe { strip_to::<K, S, STRIP>(row, ox, cols, &taps, bias, &mut at) };
                     }
                     if g.ow - ox >= 4 {
-                        let acc = unsafe { strip::<K, S, 4>(row.add(ox * S), cols, &taps, bias) };
-                        acc.iter()
-                            .enumerate()
-                            .for_each(|(p, &a)| store(a, first + ox + p));
-                        ox += 4;
+                        ox += unsafe { strip_to::<K, S, 4>(row, ox, cols, &taps, bias, &mut at) };
                     }
                     if g.ow - ox >= 2 {
-                        let acc = unsafe { strip::<K, S, 2>(row.add(ox * S), cols, &taps, bias) };
-                        acc.iter()
-                            .enumerate()
-                            .for_each(|(p, &a)| store(a, first + ox + p));
-                        ox += 2;
+                        ox += unsafe { strip_to::<K, S, 2>(row, ox, cols, &taps, bias, &mut at) };
                     }
                     if ox < g.ow {
-                        let acc = unsafe { strip::<K, S, 1>(row.add(ox * S), cols, &taps, bias) };
-                        store(acc[0], first + ox);
+                        unsafe { strip_to::<K, S, 1>(row, ox, cols, &taps, bias, &mut at) };
                     }
                 }
             }
@@ -213,6 +202,30 @@ unsafe fn fill(
         }
         line[right..].fill(zero);
     }
+}
+
+/// [`strip`] at output column `ox` of the slab row `row`, each of its `N`
+/// pixels handed to `store` with its column; returns `N`.
+///
+/// # Safety
+///
+/// As [`strip`]'s.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn strip_to<const K: usize, const S: usize, const N: usize>(
+    row: *const __m512,
+    ox: usize,
+    cols: usize,
+    taps: &[__m512; 25],
+    bias: __m512,
+    store: &mut impl FnMut(usize, __m512),
+) -> usize {
+    // SAFETY: as the caller's.
+    let acc = unsafe { strip::<K, S, N>(row.wrapping_add(ox * S), cols, taps, bias) };
+    for (p, a) in acc.into_iter().enumerate() {
+        store(ox + p, a);
+    }
+    N
 }
 
 /// `N` output pixels of one row: `row` points at the slab column of the first
