@@ -85,10 +85,15 @@ fn shipped_weights_are_exactly_what_the_extractor_gives() {
 
 /// What the `counter` test plugin answers: how many requests its instance has served.
 fn served(plugin: &edgeplug_host::runtime::LoadedPlugin) -> u32 {
+    served_after(plugin, b"{}")
+}
+
+/// The `counter` test plugin's count for a request with `body` (`grow N` grows it first).
+fn served_after(plugin: &edgeplug_host::runtime::LoadedPlugin, body: &[u8]) -> u32 {
     let response = plugin
         .infer(InferRequest {
-            content_type: "application/json".into(),
-            body: b"{}".to_vec(),
+            content_type: "text/plain".into(),
+            body: body.to_vec(),
             tensors: Vec::new(),
         })
         .expect("counter answers");
@@ -132,17 +137,7 @@ fn an_instance_that_trapped_is_never_kept() {
 fn an_instance_whose_memory_grew_past_the_bound_is_not_kept() {
     let runtime = runtime();
     let plugin = edgeplug_tests::load_test_plugin(&runtime, "counter").unwrap();
-    let grow = |mib: usize| {
-        let response = plugin
-            .infer(InferRequest {
-                content_type: "text/plain".into(),
-                body: format!("grow {mib}").into_bytes(),
-                tensors: Vec::new(),
-            })
-            .expect("counter grows and answers");
-        let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-        value["served"].as_u64().expect("a count") as u32
-    };
+    let grow = |mib: usize| served_after(&plugin, format!("grow {mib}").as_bytes());
     // Within the bound the instance is kept as usual.
     assert_eq!(grow(4), 1);
     assert_eq!(served(&plugin), 2);
