@@ -265,8 +265,8 @@ impl Plugin for ImageClassifier {
             .into_iter()
             .next()
             .ok_or_else(|| Error::internal("the model gave no output"))?;
-        // The softmax runs on the host (vectorized); in the sandbox 1000 software `exp`s cost
-        // more than the host call.
+        // The softmax runs on the host: in the sandbox, 1000 software `exp`s under epoch
+        // instrumentation cost more than the host call.
         let probabilities = logits.softmax(-1)?.to_vec()?;
         timings[2] = micros(start);
         if probabilities.len() != CLASSES {

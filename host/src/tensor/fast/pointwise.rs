@@ -622,13 +622,13 @@ mod avx512 {
                         std::ptr::null()
                     },
                 };
+                // A gather's row step as a constant (a stem convolution's
+                // stride) makes each row's tap a fixed displacement from the
+                // tap's address instead of an address computed per tap.
                 // SAFETY: the tile reads rows `i0..i0+rows` < m of `a`
                 // (columns < k) and writes rows `i0..i0+rows` of `out`, columns
                 // `j0..j0+cols` <= n, all inside the asserted spans; masked
                 // lanes are neither read nor written.
-                // A gather's row step as a constant (a stem convolution's
-                // stride) makes each row's tap a fixed displacement from the
-                // tap's address instead of an address computed per tap.
                 unsafe {
                     match (nv, gather, step) {
                         (3, false, _) => tile_for_rows!(rows, 3, false, &t),
