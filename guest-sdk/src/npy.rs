@@ -489,6 +489,16 @@ mod tests {
     }
 
     #[test]
+    fn question_mark_turns_an_npy_error_into_invalid_argument() {
+        fn infer_like(bytes: &[u8]) -> Result<Npy, crate::Error> {
+            Ok(parse(bytes)?)
+        }
+        let e = infer_like(b"PK\x03\x04 a zip").unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::InvalidArgument);
+        assert_eq!(e.message, NpyError::NotNpy.to_string());
+    }
+
+    #[test]
     fn error_messages_are_specific() {
         let h = "{'descr': '>f4', 'fortran_order': False, 'shape': (1,)}";
         let e = parse(&npy(h, &[0; 4])).unwrap_err().to_string();

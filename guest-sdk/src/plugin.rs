@@ -3,6 +3,8 @@
 use crate::Tensor;
 use crate::bindings::edgeplug::plugin::types;
 use crate::bindings::exports::edgeplug::plugin::handler;
+use crate::npy::NpyError;
+use crate::preprocess::PreprocessError;
 
 /// An error a plugin returns to its caller, or receives from the host.
 pub type Error = types::Error;
@@ -40,6 +42,22 @@ impl Error {
     /// Something inside the plugin went wrong.
     pub fn internal(message: impl Into<String>) -> Error {
         Error::new(ErrorCode::Internal, message)
+    }
+}
+
+/// Every [`PreprocessError`] is about the client's picture (not an image, truncated, too large,
+/// an unusable size): [`ErrorCode::InvalidArgument`], with the error's message.
+impl From<PreprocessError> for Error {
+    fn from(e: PreprocessError) -> Error {
+        Error::invalid_argument(e.to_string())
+    }
+}
+
+/// Every [`NpyError`] is about the client's `.npy` body (not `.npy`, truncated, a dtype or
+/// layout the reader refuses): [`ErrorCode::InvalidArgument`], with the error's message.
+impl From<NpyError> for Error {
+    fn from(e: NpyError) -> Error {
+        Error::invalid_argument(e.to_string())
     }
 }
 

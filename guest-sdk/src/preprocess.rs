@@ -17,10 +17,13 @@
 //!   marker is refused as truncated instead of being decoded as a partial image.
 //! * EXIF orientation is honoured (JPEG APP1 `Exif` and PNG `eXIf`): the decoded image is
 //!   returned upright.
-//! * Alpha is dropped, not composited (same as PIL's `convert("RGB")`).
+//! * Alpha is dropped by [`to_rgb8`] and [`to_gray8`] (same as PIL's `convert("RGB")`);
+//!   [`composite_to_rgb8`] and [`composite_to_gray8`] composite it over a background colour
+//!   instead, for pictures drawn on a transparent canvas.
 //! * Resizing reproduces PIL's `Image.resize(size, BILINEAR)` bit for bit on 8-bit RGB
 //!   (see [`resize_exact`]).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use image::{DynamicImage, GrayImage, RgbImage};
@@ -71,7 +74,8 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Why preprocessing failed. Every variant maps to a client error (HTTP 4xx) at the gateway.
+/// Why preprocessing failed. Every variant is the client's fault: `?` in a plugin's `infer`
+/// turns it into an [`Error`](crate::Error) with code invalid-argument (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreprocessError {
     /// The input has zero bytes.
@@ -145,15 +149,89 @@ pub fn to_gray8(img: &DynamicImage) -> GrayImage {
             let data = rgb
                 .as_raw()
                 .chunks_exact(3)
-                .map(|p| {
-                    let l =
-                        19595 * u32::from(p[0]) + 38470 * u32::from(p[1]) + 7471 * u32::from(p[2]);
-                    ((l + 32768) >> 16) as u8
-                })
+                .map(|p| luma(p[0], p[1], p[2]))
                 .collect();
             GrayImage::from_raw(w, h, data).expect("buffer size matches")
         }
     }
+}
+
+/// PIL's `convert("L")` luma (ITU-R 601-2, 16-bit fixed point, rounded).
+fn luma(r: u8, g: u8, b: u8) -> u8 {
+    let l = 19595 * u32::from(r) + 38470 * u32::from(g) + 7471 * u32::from(b);
+    ((l + 32768) >> 16) as u8
+}
+
+/// `colour` at opacity `alpha` over an opaque `background`, rounded to nearest:
+/// `(colour * alpha + background * (255 - alpha)) / 255`.
+fn blend(colour: u8, alpha: u8, background: u8) -> u8 {
+    let (c, a, b) = (u32::from(colour), u32::from(alpha), u32::from(background));
+    ((c * a + b * (255 - a) + 127) / 255) as u8
+}
+
+/// Converts to 8-bit RGB like [`to_rgb8`], but composites any alpha over the opaque
+/// `background` colour instead of dropping it, so that a transparent area takes the background
+/// colour rather than whatever colour its invisible pixels happen to hold.
+///
+/// Each channel becomes `round((c * a + background * (255 - a)) / 255)` (straight, not
+/// premultiplied, alpha). 16-bit and float samples are reduced to 8 bits first; gray+alpha is
+/// replicated to RGB. An image without alpha gives exactly [`to_rgb8`].
+///
+/// ```ignore
+/// // A logo on a transparent canvas, flattened onto white as a viewer shows it.
+/// let rgb = composite_to_rgb8(&img, [255, 255, 255]);
+/// ```
+pub fn composite_to_rgb8(img: &DynamicImage, background: [u8; 3]) -> RgbImage {
+    if !img.color().has_alpha() {
+        return to_rgb8(img);
+    }
+    let rgba = match img {
+        DynamicImage::ImageRgba8(rgba) => Cow::Borrowed(rgba),
+        other => Cow::Owned(other.to_rgba8()),
+    };
+    let (w, h) = rgba.dimensions();
+    let data = rgba
+        .as_raw()
+        .chunks_exact(4)
+        .flat_map(|p| [0, 1, 2].map(|c| blend(p[c], p[3], background[c])))
+        .collect();
+    RgbImage::from_raw(w, h, data).expect("buffer size matches")
+}
+
+/// Converts to 8-bit grayscale like [`to_gray8`], but composites any alpha over the opaque
+/// gray level `background` instead of dropping it (a drawing on a transparent canvas becomes
+/// ink on paper: `background = 255` for white paper, `0` for black).
+///
+/// The colour is reduced to gray first ([`to_gray8`]'s PIL luma weights), then blended as in
+/// [`composite_to_rgb8`]; for colour pixels that are partly transparent this may differ by one
+/// level from compositing in RGB first, for gray+alpha it is identical. An image without alpha
+/// gives exactly [`to_gray8`].
+pub fn composite_to_gray8(img: &DynamicImage, background: u8) -> GrayImage {
+    if !img.color().has_alpha() {
+        return to_gray8(img);
+    }
+    let (w, h) = (img.width(), img.height());
+    let data = if img.color().has_color() {
+        let rgba = match img {
+            DynamicImage::ImageRgba8(rgba) => Cow::Borrowed(rgba),
+            other => Cow::Owned(other.to_rgba8()),
+        };
+        rgba.as_raw()
+            .chunks_exact(4)
+            .map(|p| blend(luma(p[0], p[1], p[2]), p[3], background))
+            .collect()
+    } else {
+        let gray_alpha = match img {
+            DynamicImage::ImageLumaA8(gray_alpha) => Cow::Borrowed(gray_alpha),
+            other => Cow::Owned(other.to_luma_alpha8()),
+        };
+        gray_alpha
+            .as_raw()
+            .chunks_exact(2)
+            .map(|p| blend(p[0], p[1], background))
+            .collect()
+    };
+    GrayImage::from_raw(w, h, data).expect("buffer size matches")
 }
 
 /// Inverts a grayscale image in place (`v -> 255 - v`).

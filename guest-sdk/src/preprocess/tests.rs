@@ -1,6 +1,9 @@
 use std::path::PathBuf;
 
-use image::{DynamicImage, GenericImageView, GrayImage, Rgb, RgbImage};
+use image::{
+    DynamicImage, GenericImageView, GrayAlphaImage, GrayImage, ImageBuffer, LumaA, Rgb, RgbImage,
+    Rgba, RgbaImage,
+};
 
 use super::*;
 use crate::npy::{self, NpyData};
@@ -247,6 +250,139 @@ fn gray_conversion_matches_pil() {
     let mut g = GrayImage::from_raw(2, 1, vec![0, 200]).unwrap();
     invert(&mut g);
     assert_eq!(g.into_raw(), vec![255, 55]);
+}
+
+#[test]
+fn compositing_over_white_and_black() {
+    let img = DynamicImage::ImageRgba8(
+        RgbaImage::from_raw(
+            3,
+            1,
+            vec![200, 100, 0, 128, 200, 100, 0, 0, 200, 100, 0, 255],
+        )
+        .unwrap(),
+    );
+    // Worked by hand: (200*128 + 255*127) / 255 = 227.4, (100*128 + 255*127) / 255 = 177.2,
+    // (0*128 + 255*127) / 255 = 127; over black 200*128/255 = 100.4 and 100*128/255 = 50.2.
+    // Transparent pixels take the background, opaque ones keep their colour.
+    assert_eq!(
+        composite_to_rgb8(&img, [255, 255, 255]).into_raw(),
+        vec![227, 177, 127, 255, 255, 255, 200, 100, 0]
+    );
+    assert_eq!(
+        composite_to_rgb8(&img, [0, 0, 0]).into_raw(),
+        vec![100, 50, 0, 0, 0, 0, 200, 100, 0]
+    );
+    // Any background colour, channel by channel.
+    assert_eq!(
+        composite_to_rgb8(&img, [10, 20, 30]).get_pixel(1, 0).0,
+        [10, 20, 30]
+    );
+    // Gray: the luma of (200, 100, 0) is 118, blended like a channel:
+    // (118*128 + 255*127) / 255 = 186.2 and 118*128/255 = 59.2.
+    assert_eq!(
+        composite_to_gray8(&img, 255).into_raw(),
+        vec![186, 255, 118]
+    );
+    assert_eq!(composite_to_gray8(&img, 0).into_raw(), vec![59, 0, 118]);
+
+    // Gray+alpha: ink 40 at half opacity, on white and on black; same in the RGB result.
+    let gray_alpha =
+        DynamicImage::ImageLumaA8(GrayAlphaImage::from_raw(2, 1, vec![40, 128, 40, 0]).unwrap());
+    assert_eq!(
+        composite_to_gray8(&gray_alpha, 255).into_raw(),
+        vec![147, 255]
+    );
+    assert_eq!(composite_to_gray8(&gray_alpha, 0).into_raw(), vec![20, 0]);
+    assert_eq!(
+        composite_to_rgb8(&gray_alpha, [255, 255, 255]).into_raw(),
+        vec![147, 147, 147, 255, 255, 255]
+    );
+}
+
+#[test]
+fn compositing_rounds_to_nearest() {
+    let (colour, alpha): (Vec<u8>, Vec<u8>) = (0..=255u8)
+        .flat_map(|c| (0..=255u8).map(move |a| (c, a)))
+        .unzip();
+    let gray_alpha: Vec<u8> = colour
+        .iter()
+        .zip(&alpha)
+        .flat_map(|(&c, &a)| [c, a])
+        .collect();
+    let img = DynamicImage::ImageLumaA8(GrayAlphaImage::from_raw(256, 256, gray_alpha).unwrap());
+    for background in [0u8, 97, 255] {
+        let got = composite_to_gray8(&img, background);
+        for ((&c, &a), &g) in colour.iter().zip(&alpha).zip(got.as_raw()) {
+            let exact =
+                (f64::from(c) * f64::from(a) + f64::from(background) * f64::from(255 - a)) / 255.0;
+            assert_eq!(g, exact.round() as u8, "c {c} a {a} over {background}");
+        }
+    }
+}
+
+#[test]
+fn compositing_leaves_opaque_images_alone() {
+    for f in [
+        "adversarial/coffee-rgba.png",
+        "coffee.png",
+        "adversarial/digit1-gray-alpha.png",
+        "adversarial/digit1-gray16.png",
+    ] {
+        let img = dec(f).unwrap();
+        assert_eq!(composite_to_rgb8(&img, [255, 0, 0]), to_rgb8(&img), "{f}");
+        assert_eq!(composite_to_gray8(&img, 255), to_gray8(&img), "{f}");
+    }
+    // 16-bit alpha is reduced to 8 bits like the colour (65535 -> 255, 32896 -> 128).
+    let wide =
+        ImageBuffer::<LumaA<u16>, Vec<u16>>::from_raw(2, 1, vec![65535, 32896, 0, 65535]).unwrap();
+    assert_eq!(
+        composite_to_gray8(&DynamicImage::ImageLumaA16(wide), 0).into_raw(),
+        vec![128, 0]
+    );
+}
+
+#[test]
+fn gray_compositing_is_within_one_level_of_rgb_compositing() {
+    // Luma first (composite_to_gray8) or composite first (composite_to_rgb8, then to_gray8):
+    // each rounds once, so they may differ by one level on translucent colour, never more.
+    let img = RgbaImage::from_fn(256, 64, |x, y| {
+        Rgba([
+            x as u8,
+            (x * 7 + y * 13) as u8,
+            (255 - x) as u8,
+            (y * 4) as u8,
+        ])
+    });
+    let img = DynamicImage::ImageRgba8(img);
+    for background in [0u8, 255] {
+        let gray = composite_to_gray8(&img, background);
+        let via_rgb = to_gray8(&DynamicImage::ImageRgb8(composite_to_rgb8(
+            &img,
+            [background; 3],
+        )));
+        let max = gray
+            .as_raw()
+            .iter()
+            .zip(via_rgb.as_raw())
+            .map(|(&a, &b)| a.abs_diff(b))
+            .max()
+            .unwrap();
+        assert!(max <= 1, "over {background}: max diff {max}");
+    }
+}
+
+#[test]
+fn question_mark_turns_a_preprocess_error_into_invalid_argument() {
+    fn infer_like(bytes: &[u8]) -> Result<RgbImage, crate::Error> {
+        Ok(to_rgb8(&decode(bytes, &DecodeLimits::default())?))
+    }
+    let e = infer_like(&read("adversarial/coffee.gif")).unwrap_err();
+    assert_eq!(e.code, crate::ErrorCode::InvalidArgument);
+    assert_eq!(
+        e.message,
+        PreprocessError::UnsupportedFormat("GIF".into()).to_string()
+    );
 }
 
 fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {

@@ -89,12 +89,12 @@ fn input_tensor(request: &mut Request) -> Result<Tensor, Error> {
         return Ok(tensor);
     }
     let pixels = match request.mime().as_str() {
-        "image/png" | "image/jpeg" | "image/jpg" => preprocess::from_image(&request.body),
-        "application/json" => preprocess::from_json(&request.body),
+        "image/png" | "image/jpeg" | "image/jpg" => preprocess::from_image(&request.body)?,
+        "application/json" => preprocess::from_json(request)?,
         "application/x-npy" | "application/octet-stream"
             if request.body.starts_with(b"\x93NUMPY") =>
         {
-            preprocess::from_npy(&request.body)
+            preprocess::from_npy(&request.body)?
         }
         other => {
             return Err(Error::unsupported(format!(
@@ -102,8 +102,7 @@ fn input_tensor(request: &mut Request) -> Result<Tensor, Error> {
                  application/json (8x8 values 0..16) or application/x-npy"
             )));
         }
-    }
-    .map_err(|e| Error::invalid_argument(e.to_string()))?;
+    };
     Tensor::from_slice(&[1, 1, 16, 16], &pixels)
 }
 

@@ -41,8 +41,9 @@
 use std::fmt;
 
 use edgeplug_sdk::npy::{self, NpyData, NpyError};
-use edgeplug_sdk::preprocess::image::{DynamicImage, GrayImage};
+use edgeplug_sdk::preprocess::image::GrayImage;
 use edgeplug_sdk::preprocess::{self, DecodeLimits, PreprocessError};
+use edgeplug_sdk::{Error, Request};
 
 /// Number of input values of the model: 1×1×16×16.
 pub const INPUT_LEN: usize = 256;
@@ -65,7 +66,8 @@ pub enum DigitError {
     Image(PreprocessError),
     /// The `.npy` body could not be read.
     Npy(NpyError),
-    /// The JSON body is not an array of 64 numbers or of 8 arrays of 8 numbers.
+    /// The JSON body is too long to be a digit. (Malformed JSON is reported by
+    /// [`Request::json`].)
     Json(String),
     /// Right kind of data, wrong number of values or wrong shape.
     Shape(String),
@@ -123,6 +125,13 @@ impl From<NpyError> for DigitError {
     }
 }
 
+/// Every [`DigitError`] is about what the client sent: invalid-argument (HTTP 400).
+impl From<DigitError> for Error {
+    fn from(e: DigitError) -> Error {
+        Error::invalid_argument(e.to_string())
+    }
+}
+
 /// Builds the model input from 64 row-major values in 0..=16: `x = v / 16` (in `f32`, as the
 /// training script's NumPy code), each value repeated into a 2×2 block of the 16×16 output.
 ///
@@ -169,165 +178,50 @@ fn check_f64(values: &[f64]) -> Result<Vec<f32>, DigitError> {
 /// Reads a JSON body: either `[v0, ..., v63]` (row-major) or `[[8 numbers], ... 8 rows]`,
 /// values 0..=16, then [`from_raw_8x8`].
 ///
-/// Strict JSON (RFC 8259 numbers and whitespace only; no trailing commas, comments, `NaN` or
-/// trailing text); bodies over [`MAX_JSON_BYTES`] are refused.
-pub fn from_json(body: &[u8]) -> Result<[f32; INPUT_LEN], DigitError> {
-    if body.len() > MAX_JSON_BYTES {
+/// Strict JSON ([`Request::json`]: no trailing commas, comments, `NaN` or trailing text);
+/// bodies over [`MAX_JSON_BYTES`] are refused.
+pub fn from_json(request: &Request) -> Result<[f32; INPUT_LEN], Error> {
+    if request.body.len() > MAX_JSON_BYTES {
         return Err(DigitError::Json(format!(
             "body of {} bytes exceeds {MAX_JSON_BYTES}",
-            body.len()
-        )));
+            request.body.len()
+        ))
+        .into());
     }
-    let mut p = Json { s: body, i: 0 };
-    p.ws();
-    let value = p.value(0)?;
-    p.ws();
-    if p.i != body.len() {
-        return Err(p.err("unexpected text after the array"));
-    }
-    let flat: Vec<f64> = match value {
-        JsonValue::Array(items) if items.len() == 64 => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                JsonValue::Number(n) => Ok(n),
-                JsonValue::Array(_) => Err(DigitError::Json(format!(
-                    "element {i} is an array, not a number"
-                ))),
-            })
-            .collect::<Result<_, _>>()?,
-        JsonValue::Array(rows) if rows.len() == 8 => {
-            let mut flat = Vec::with_capacity(64);
-            for (r, row) in rows.into_iter().enumerate() {
-                match row {
-                    JsonValue::Array(cols) if cols.len() == 8 => {
-                        for (c, v) in cols.into_iter().enumerate() {
-                            match v {
-                                JsonValue::Number(n) => flat.push(n),
-                                JsonValue::Array(_) => {
-                                    return Err(DigitError::Json(format!(
-                                        "row {r}, column {c} is not a number"
-                                    )));
-                                }
-                            }
-                        }
-                    }
-                    JsonValue::Array(cols) => {
-                        return Err(DigitError::Shape(format!(
-                            "row {r} has {} values, expected 8",
-                            cols.len()
-                        )));
-                    }
-                    JsonValue::Number(_) => {
-                        return Err(DigitError::Json(format!(
-                            "element {r} is a number, expected a row of 8"
-                        )));
-                    }
-                }
-            }
-            flat
-        }
-        JsonValue::Array(items) => {
-            return Err(DigitError::Shape(format!(
-                "array of {} elements, expected 64 numbers or 8 rows",
-                items.len()
-            )));
-        }
-        JsonValue::Number(_) => {
-            return Err(DigitError::Json("a single number, not an array".into()));
-        }
+    let wrong_length = |n: usize| -> Error {
+        DigitError::Shape(format!(
+            "array of {n} elements, expected 64 numbers or 8 rows"
+        ))
+        .into()
     };
-    from_raw_8x8(&check_f64(&flat)?)
+    let values = match request.json()? {
+        JsonDigit::Flat(values) if values.len() == 64 => values,
+        JsonDigit::Rows(rows) if rows.len() == 8 => {
+            if let Some(r) = rows.iter().position(|row| row.len() != 8) {
+                return Err(DigitError::Shape(format!(
+                    "row {r} has {} values, expected 8",
+                    rows[r].len()
+                ))
+                .into());
+            }
+            rows.concat()
+        }
+        JsonDigit::Flat(values) => return Err(wrong_length(values.len())),
+        JsonDigit::Rows(rows) => return Err(wrong_length(rows.len())),
+    };
+    Ok(from_raw_8x8(&check_f64(&values)?)?)
 }
 
-enum JsonValue {
-    Number(f64),
-    Array(Vec<JsonValue>),
-}
-
-struct Json<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Json<'_> {
-    fn err(&self, m: &str) -> DigitError {
-        DigitError::Json(format!("{m} at byte {}", self.i))
-    }
-    fn ws(&mut self) {
-        while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-    fn value(&mut self, depth: usize) -> Result<JsonValue, DigitError> {
-        match self.s.get(self.i) {
-            Some(b'[') if depth >= 2 => Err(self.err("arrays nested deeper than 2 levels")),
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(JsonValue::Array(items));
-                }
-                loop {
-                    self.ws();
-                    if items.len() >= 64 {
-                        return Err(self.err("more than 64 elements"));
-                    }
-                    items.push(self.value(depth + 1)?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(JsonValue::Array(items));
-                        }
-                        Some(_) => return Err(self.err("expected ',' or ']'")),
-                        None => return Err(self.err("unterminated array")),
-                    }
-                }
-            }
-            Some(b'-' | b'0'..=b'9') => self.number().map(JsonValue::Number),
-            Some(_) => Err(self.err("expected a number or an array")),
-            None => Err(self.err("unexpected end of input")),
-        }
-    }
-    fn number(&mut self) -> Result<f64, DigitError> {
-        let start = self.i;
-        let digits = |p: &mut Self| {
-            let s = p.i;
-            while matches!(p.s.get(p.i), Some(b'0'..=b'9')) {
-                p.i += 1;
-            }
-            p.i - s
-        };
-        if self.s.get(self.i) == Some(&b'-') {
-            self.i += 1;
-        }
-        let int_start = self.i;
-        let n = digits(self);
-        if n == 0 || (n > 1 && self.s[int_start] == b'0') {
-            return Err(self.err("invalid number"));
-        }
-        if self.s.get(self.i) == Some(&b'.') {
-            self.i += 1;
-            if digits(self) == 0 {
-                return Err(self.err("invalid number: no digits after '.'"));
-            }
-        }
-        if matches!(self.s.get(self.i), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.s.get(self.i), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            if digits(self) == 0 {
-                return Err(self.err("invalid number: no digits in the exponent"));
-            }
-        }
-        let text = std::str::from_utf8(&self.s[start..self.i]).expect("ASCII");
-        text.parse::<f64>().map_err(|_| self.err("invalid number"))
-    }
+/// A JSON digit in either form, any length: [`from_json`] checks the lengths itself, so that
+/// its message says which one is wrong.
+#[derive(serde::Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an array of 64 numbers or 8 arrays of 8 numbers, 0..16"
+)]
+enum JsonDigit {
+    Flat(Vec<f64>),
+    Rows(Vec<Vec<f64>>),
 }
 
 /// Reads a `.npy` body holding the 8×8 digit: shape (8, 8), (64,) or (1, 8, 8), dtype uint8,
@@ -358,30 +252,8 @@ pub fn from_image(bytes: &[u8]) -> Result<[f32; INPUT_LEN], DigitError> {
 /// 0..=16 (fractional), row-major.
 pub fn image_to_8x8(bytes: &[u8]) -> Result<[f32; 64], DigitError> {
     let img = preprocess::decode(bytes, &DIGIT_DECODE_LIMITS)?;
-    gray_to_8x8(&flatten_alpha(&img))
-}
-
-/// Gray with any alpha composited over white (a drawing on a transparent canvas is ink on
-/// paper), PIL luma weights for colour.
-fn flatten_alpha(img: &DynamicImage) -> GrayImage {
-    if !img.color().has_alpha() {
-        return preprocess::to_gray8(img);
-    }
-    let (gray, alpha): (GrayImage, Vec<u8>) = if img.color().has_color() {
-        let rgba = img.to_rgba8();
-        let alpha = rgba.pixels().map(|p| p.0[3]).collect();
-        (preprocess::to_gray8(&DynamicImage::ImageRgba8(rgba)), alpha)
-    } else {
-        let la = img.to_luma_alpha8();
-        let alpha = la.pixels().map(|p| p.0[1]).collect();
-        (preprocess::to_gray8(&DynamicImage::ImageLumaA8(la)), alpha)
-    };
-    let mut gray = gray;
-    for (g, a) in gray.iter_mut().zip(alpha) {
-        let (g32, a32) = (u32::from(*g), u32::from(a));
-        *g = ((g32 * a32 + 255 * (255 - a32) + 127) / 255) as u8;
-    }
-    gray
+    // Over white: a drawing on a transparent canvas is ink on paper.
+    gray_to_8x8(&preprocess::composite_to_gray8(&img, 255))
 }
 
 fn median(mut v: Vec<u8>) -> u8 {
@@ -478,6 +350,7 @@ fn gray_to_8x8(img: &GrayImage) -> Result<[f32; 64], DigitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeplug_sdk::ErrorCode;
     use edgeplug_sdk::preprocess::image::{self, ImageEncoder, Luma, Rgba, RgbaImage};
     use std::path::PathBuf;
 
@@ -724,7 +597,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        assert_eq!(from_json(flat.as_bytes()).unwrap(), want);
+        assert_eq!(json(flat.as_bytes()).unwrap(), want);
         let nested = format!(
             " [\n{}\n] ",
             raw.chunks(8)
@@ -738,8 +611,8 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",\n")
         );
-        assert_eq!(from_json(nested.as_bytes()).unwrap(), want);
-        let ok = |s: String| from_json(s.as_bytes());
+        assert_eq!(json(nested.as_bytes()).unwrap(), want);
+        let ok = |s: String| json(s.as_bytes());
         assert!(ok(format!("[{}1.6e1]", "0,".repeat(63))).is_ok());
         assert!(ok(format!("[{}-0]", "0,".repeat(63))).is_ok());
         let bad = [
@@ -769,20 +642,65 @@ mod tests {
             "[".repeat(100_000),
         ];
         for b in &bad {
-            let e = from_json(b.as_bytes());
-            assert!(e.is_err(), "accepted {:?}", &b[..b.len().min(80)]);
+            match json(b.as_bytes()) {
+                Err(e) => assert_eq!(e.code, ErrorCode::InvalidArgument, "{}", e.message),
+                Ok(_) => panic!("accepted {:?}", &b[..b.len().min(80)]),
+            }
         }
         // The sample request body of `make run` is test digit 7.
         let seven = from_raw_8x8(&raw_digits()[7]).unwrap();
-        assert_eq!(from_json(&read("digits/seven.json")).unwrap(), seven);
-        let e = from_json(format!("[{}17]", "0,".repeat(63)).as_bytes()).unwrap_err();
+        assert_eq!(json(&read("digits/seven.json")).unwrap(), seven);
+        let message = |b: String| json(b.as_bytes()).unwrap_err().message;
+        let out_of_range = DigitError::OutOfRange {
+            index: 63,
+            value: 17.0,
+        };
         assert_eq!(
-            e,
-            DigitError::OutOfRange {
-                index: 63,
-                value: 17.0
-            }
+            message(format!("[{}17]", "0,".repeat(63))),
+            out_of_range.to_string()
         );
+        // The messages say what a digit looks like, or which length is wrong.
+        for (body, says) in [
+            (
+                "[1, 2, 3]".into(),
+                "array of 3 elements, expected 64 numbers or 8 rows",
+            ),
+            (format!("[{}0]", "0,".repeat(64)), "array of 65 elements"),
+            (
+                format!("[{}[0,0,0,0,0,0,0]]", "[0,0,0,0,0,0,0,0],".repeat(7)),
+                "row 7 has 7 values, expected 8",
+            ),
+            ("not json".into(), "body is not the expected JSON"),
+            (format!("[{}0,]", "0,".repeat(63)), "trailing comma"),
+            (
+                r#"[[1,2,3,4,5,6,7,"x"]]"#.into(),
+                "an array of 64 numbers or 8 arrays of 8 numbers, 0..16",
+            ),
+            (
+                "[[[0]]]".into(),
+                "an array of 64 numbers or 8 arrays of 8 numbers",
+            ),
+            (
+                "5".into(),
+                "an array of 64 numbers or 8 arrays of 8 numbers",
+            ),
+            (
+                format!("[{}[0]]", "0,".repeat(63)),
+                "an array of 64 numbers",
+            ),
+            (" ".repeat(MAX_JSON_BYTES + 1), "exceeds 16384"),
+        ] {
+            let got = message(body);
+            assert!(got.contains(says), "{got:?} should say {says:?}");
+        }
+    }
+
+    fn json(body: &[u8]) -> Result<[f32; INPUT_LEN], Error> {
+        from_json(&Request {
+            content_type: "application/json".into(),
+            body: body.to_vec(),
+            tensors: Vec::new(),
+        })
     }
 
     fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
