@@ -10,7 +10,7 @@ PLUGINS := digits image-classifier forecaster
 WASM_TARGET := target/wasm-plugins
 WASM_DIR := $(WASM_TARGET)/wasm32-wasip2/plugin
 
-.PHONY: run test test-setup setup plugins host lint smoke
+.PHONY: run test test-setup setup plugins host dist lint smoke
 
 setup:
 	rustup target add wasm32-wasip2
@@ -24,7 +24,11 @@ plugins: setup
 	$(foreach p,$(PLUGINS),cp $(WASM_DIR)/edgeplug_plugin_$(subst -,_,$(p)).wasm plugins/$(p)/plugin.wasm &&) true
 
 host:
-	$(CARGO) build --release -p edgeplug-host
+	$(CARGO) build --release -p edgeplug
+
+# The binary to install on an edge box: LTO, one codegen unit, stripped (target/dist/edgeplug).
+dist:
+	$(CARGO) build --profile dist -p edgeplug
 
 # `make run`: a development gateway on http://$(LISTEN) serving every example plugin, packed
 # and signed with a development key made on first run (target/dev/keys, trusted in

@@ -161,7 +161,7 @@ fn main() {
     if std::env::var_os("EDGEPLUG_BENCH_RUNTIME_LOOP").is_some() {
         // Only the runtime, no HTTP: for counting what one request costs (strace, perf).
         let echo_plugin = gw.gateway.registry.get("echo").expect("echo is active");
-        let request = edgeplug_host::runtime::InferRequest {
+        let request = edgeplug_runtime::InferRequest {
             content_type: "application/json".into(),
             body: br#"{"hello": "edge"}"#.to_vec(),
             tensors: Vec::new(),
@@ -238,7 +238,7 @@ fn main() {
     table.print();
     // The runtime alone, without HTTP, in this thread: echo on a kept instance, and on a
     // fresh instance per request (instantiate + call + drop).
-    let request = edgeplug_host::runtime::InferRequest {
+    let request = edgeplug_runtime::InferRequest {
         content_type: "application/json".into(),
         body: br#"{"hello": "edge"}"#.to_vec(),
         tensors: Vec::new(),
@@ -326,7 +326,7 @@ async fn hello_world() -> std::net::SocketAddr {
 }
 
 async fn push(url: &hyper::Uri, bundle: Vec<u8>) -> u16 {
-    use edgeplug_host::gateway::client::{ChunkedBody, Connection};
+    use edgeplug::client::{ChunkedBody, Connection};
     let mut connection = Connection::open(url, None).await.unwrap();
     let response = connection
         .send(

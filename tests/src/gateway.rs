@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use edgeplug_host::bundle::{self, BundleLimits, SecretKey};
-use edgeplug_host::gateway::client::{ChunkedBody, Connection};
-use edgeplug_host::gateway::{self, Config, Gateway};
-use edgeplug_host::runtime::{InferRequest, PluginFiles};
+use edgeplug::client::{ChunkedBody, Connection};
+use edgeplug_bundle::{self as bundle, BundleLimits, SecretKey};
+use edgeplug_gateway::{self as gateway, Config, Gateway};
+use edgeplug_runtime::{InferRequest, PluginFiles};
 use hyper::body::Bytes;
 use hyper::{Request, Response, Uri};
 use serde_json::Value;
@@ -24,7 +24,7 @@ pub fn weights() -> &'static [u8] {
     static WEIGHTS: OnceLock<Vec<u8>> = OnceLock::new();
     WEIGHTS.get_or_init(|| {
         let onnx = std::fs::read(repo().join("plugins/digits/digits_cnn.onnx")).unwrap();
-        edgeplug_host::weights::extract_onnx_weights(&onnx)
+        edgeplug_models::weights::extract_onnx_weights(&onnx)
             .unwrap()
             .0
     })

@@ -7,8 +7,9 @@ pub mod load;
 
 use std::path::{Path, PathBuf};
 
-use edgeplug_host::runtime::{
-    InferRequest, InvokeError, LoadedPlugin, PluginErrorCode, PluginFiles, Runtime, RuntimeConfig,
+use edgeplug_runtime::{
+    InferRequest, InvokeError, LoadError, LoadedPlugin, PluginErrorCode, PluginFiles, Runtime,
+    RuntimeConfig,
 };
 
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
@@ -61,7 +62,7 @@ pub fn test_plugin_files(dir: &str) -> PluginFiles {
 }
 
 /// Loads the test plugin in `tests/plugins/<dir>`.
-pub fn load_test_plugin(runtime: &Runtime, dir: &str) -> anyhow::Result<LoadedPlugin> {
+pub fn load_test_plugin(runtime: &Runtime, dir: &str) -> Result<LoadedPlugin, LoadError> {
     runtime.load(&test_plugin_files(dir))
 }
 

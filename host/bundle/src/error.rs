@@ -1,10 +1,10 @@
 //! Why a bundle, a key, a trust store or a store operation was refused. Every refusal has its
 //! own variant and an exact message; callers match on variants, operators read the messages.
 
-use crate::bundle::sign::KeyId;
 use crate::manifest::{ManifestError, Sha256};
+use crate::sign::KeyId;
 
-/// Why a bundle was refused by [`verify`](crate::bundle::verify) (or could not be read).
+/// Why a bundle was refused by [`verify`](crate::verify) (or could not be read).
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("bundle is {size} bytes, over the limit of {limit} bytes")]
@@ -13,7 +13,7 @@ pub enum BundleError {
     BadMagic,
     #[error(
         "unsupported bundle format version {version} (this host reads version {})",
-        crate::bundle::format::FORMAT_VERSION
+        crate::format::FORMAT_VERSION
     )]
     UnsupportedFormat { version: u32 },
     #[error("bundle is truncated: {what} at byte {offset} runs past the end of the file")]

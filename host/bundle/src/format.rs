@@ -1,14 +1,14 @@
 //! The `.epk` container: strict, length-prefixed, little-endian. See the module docs of
-//! [`crate::bundle`] for the layout. This module only checks structure and bounds; it never
+//! [`crate`] for the layout. This module only checks structure and bounds; it never
 //! allocates more than the member table (bounded by `max_members`) and never hands out bytes
-//! by itself: [`crate::bundle::verify`] decides what leaves.
+//! by itself: [`crate::verify`] decides what leaves.
 
 use std::collections::BTreeSet;
 
-use crate::bundle::BundleLimits;
-use crate::bundle::error::BundleError;
-use crate::bundle::sign::{KEY_ID_LEN, KeyId, SIGNATURE_LEN, SecretKey};
+use crate::BundleLimits;
+use crate::error::BundleError;
 use crate::manifest::{MANIFEST_FILE, check_member_path};
+use crate::sign::{KEY_ID_LEN, KeyId, SIGNATURE_LEN, SecretKey};
 
 /// First 8 bytes of every bundle (PNG-style: catches text-mode transfers and truncation).
 pub const MAGIC: [u8; 8] = *b"\x89EPK\r\n\x1a\n";
@@ -198,7 +198,7 @@ pub(crate) fn parse<'a>(
 }
 
 /// Encodes members, in the given order, as an unsigned container. Does not validate:
-/// [`crate::bundle::pack_dir`] does, and tests use this to build hostile bundles.
+/// [`crate::pack_dir`] does, and tests use this to build hostile bundles.
 pub(crate) fn encode_unsigned(members: &[(&str, &[u8])]) -> Vec<u8> {
     let total: usize = members.iter().map(|(p, d)| 2 + p.len() + 8 + d.len()).sum();
     let mut out = Vec::with_capacity(16 + total + SIG_BLOCK_LEN);

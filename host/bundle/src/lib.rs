@@ -38,6 +38,7 @@
 mod error;
 mod format;
 mod fsutil;
+pub mod manifest;
 mod pack;
 mod sign;
 mod store;

@@ -262,7 +262,7 @@ impl Manifest {
             if self.grants.models.contains_key(name) {
                 return Err(ManifestError::DuplicateModelGrant { name: name.clone() });
             }
-            if !crate::model_store::is_store_name(store_name) {
+            if !is_store_name(store_name) {
                 return Err(ManifestError::BadStoreName(store_name.clone()));
             }
         }
@@ -316,6 +316,16 @@ pub fn check_member_path(path: &str) -> Result<(), ManifestError> {
     } else {
         Err(ManifestError::BadPath(path.to_string()))
     }
+}
+
+/// A model store name is a file stem, never a path.
+pub fn is_store_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]

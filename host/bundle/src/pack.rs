@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::bundle::BundleLimits;
-use crate::bundle::error::{PackError, io_err};
-use crate::bundle::format::{self, MAX_MANIFEST_BYTES};
+use crate::BundleLimits;
+use crate::error::{PackError, io_err};
+use crate::format::{self, MAX_MANIFEST_BYTES};
 use crate::manifest::{MANIFEST_FILE, Manifest, MemberDigest, Sha256};
 
 /// An unsigned bundle and the manifest it carries.
@@ -20,7 +20,7 @@ pub struct Packed {
 /// any depth), appends a `[members."path"]` table with each file's sha-256 and size to the
 /// manifest text (the author's text and comments are kept as they are), and encodes the
 /// bundle: `plugin.toml` first, then the members sorted by path. Unsigned; see
-/// [`sign_bundle`](crate::bundle::sign_bundle).
+/// [`sign_bundle`](crate::sign_bundle).
 pub fn pack_dir(dir: &Path, limits: &BundleLimits) -> Result<Packed, PackError> {
     pack_dir_with(dir, &BTreeMap::new(), limits)
 }

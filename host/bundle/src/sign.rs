@@ -17,7 +17,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use sha2::Digest as _;
 
-use crate::bundle::error::{KeyError, io_err};
+use crate::error::{KeyError, io_err};
 
 /// Bytes of a key id.
 pub const KEY_ID_LEN: usize = 16;
@@ -269,7 +269,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
     file.write_all(bytes).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))?;
     if let Some(parent) = path.parent() {
-        crate::bundle::fsutil::sync_dir(parent).map_err(io_err(parent))?;
+        crate::fsutil::sync_dir(parent).map_err(io_err(parent))?;
     }
     Ok(())
 }

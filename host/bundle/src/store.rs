@@ -20,13 +20,13 @@ use std::time::SystemTime;
 
 use semver::Version;
 
-use crate::bundle::BundleLimits;
-use crate::bundle::error::{StoreError, io_err};
-use crate::bundle::format;
-use crate::bundle::fsutil::{remove_temps, sync_dir, write_atomic};
-use crate::bundle::sign::KeyId;
-use crate::bundle::trust::TrustStore;
-use crate::bundle::verify::{VerifiedBundle, read_bundle_file, verify};
+use crate::BundleLimits;
+use crate::error::{StoreError, io_err};
+use crate::format;
+use crate::fsutil::{remove_temps, sync_dir, write_atomic};
+use crate::sign::KeyId;
+use crate::trust::TrustStore;
+use crate::verify::{VerifiedBundle, read_bundle_file, verify};
 
 const ACTIVE_FILE: &str = "active";
 const REMOVED_PREFIX: &str = ".removed-";

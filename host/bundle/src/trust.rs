@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::bundle::error::{BundleError, TrustError, io_err};
-use crate::bundle::sign::{KeyId, PublicKey};
+use crate::error::{BundleError, TrustError, io_err};
+use crate::sign::{KeyId, PublicKey};
 
 /// Name of the revocation list inside a trust store directory.
 pub const REVOKED_FILE: &str = "revoked.txt";
@@ -107,7 +107,7 @@ impl TrustStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::sign::SecretKey;
+    use crate::sign::SecretKey;
 
     #[test]
     fn loads_keys_and_revocations_strictly() {

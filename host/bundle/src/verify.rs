@@ -7,12 +7,12 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::bundle::BundleLimits;
-use crate::bundle::error::{BundleError, io_err};
-use crate::bundle::format::{self, Container, Entry};
-use crate::bundle::sign::KeyId;
-use crate::bundle::trust::TrustStore;
+use crate::BundleLimits;
+use crate::error::{BundleError, io_err};
+use crate::format::{self, Container, Entry};
 use crate::manifest::{MANIFEST_FILE, Manifest, MemberDigest, Sha256};
+use crate::sign::KeyId;
+use crate::trust::TrustStore;
 
 /// A bundle whose signature, signer, members and manifest were all checked. The only
 /// source of member bytes for the runtime and the only thing the store installs.

@@ -1,14 +1,13 @@
 //! The `edgeplug` command line: parses arguments and maps results to exit codes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::runtime::{
-    ComponentCache, InferRequest, InvokeError, PluginFiles, Runtime, RuntimeConfig,
-};
+use edgeplug_runtime::content_type::content_type_for;
+use edgeplug_runtime::{ComponentCache, InferRequest, PluginFiles, Runtime, RuntimeConfig};
 
 /// edgeplug runs signed WebAssembly inference plugins on edge hosts: preprocessing in the
 /// sandbox, tensor math in native host kernels.
@@ -114,23 +113,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The content type `edgeplug run` sends for a file.
-pub fn content_type_for(path: &Path) -> &'static str {
-    match path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("png") => "image/png",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("json") => "application/json",
-        Some("npy") => "application/x-npy",
-        Some("csv") => "text/csv",
-        _ => "application/octet-stream",
-    }
-}
-
 /// The default directory for compiled components.
 pub fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_CACHE_HOME")
@@ -151,7 +133,7 @@ pub fn local_runtime(
     };
     Runtime::new(RuntimeConfig {
         cache,
-        models: std::sync::Arc::new(crate::model_store::ModelStore::new(model_dir)),
+        models: std::sync::Arc::new(edgeplug_runtime::model_store::ModelStore::new(model_dir)),
         ..RuntimeConfig::default()
     })
 }
@@ -161,12 +143,12 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
     let files = if args.plugin.is_dir() {
         PluginFiles::from_dir(&args.plugin, args.component.as_deref())?
     } else {
-        let trust = crate::bundle::TrustStore::load(&args.trust)
+        let trust = edgeplug_bundle::TrustStore::load(&args.trust)
             .with_context(|| format!("cannot load the trust store {}", args.trust.display()))?;
-        let bundle = crate::bundle::verify_file(
+        let bundle = edgeplug_bundle::verify_file(
             &args.plugin,
             &trust,
-            &crate::bundle::BundleLimits::default(),
+            &edgeplug_bundle::BundleLimits::default(),
         )
         .with_context(|| format!("bundle {} refused", args.plugin.display()))?;
         PluginFiles::from_bundle(&bundle)
@@ -203,7 +185,7 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => {
                         failed = true;
-                        serde_json::json!({"file": path, "error": invoke_error_json(&e)})
+                        serde_json::json!({"file": path, "error": e.to_json()})
                     }
                 }
             }
@@ -217,43 +199,10 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The WIT name of a plugin error code.
-pub fn plugin_error_code(code: crate::runtime::PluginErrorCode) -> &'static str {
-    use crate::runtime::PluginErrorCode as C;
-    match code {
-        C::InvalidArgument => "invalid-argument",
-        C::ShapeMismatch => "shape-mismatch",
-        C::Unsupported => "unsupported",
-        C::NotFound => "not-found",
-        C::NotPermitted => "not-permitted",
-        C::ResourceExhausted => "resource-exhausted",
-        C::Internal => "internal",
-    }
-}
-
-/// The JSON form of a failed request, shared by the CLI and the gateway.
-pub fn invoke_error_json(e: &InvokeError) -> serde_json::Value {
-    let code = match e {
-        InvokeError::Plugin { code, .. } => plugin_error_code(*code),
-        InvokeError::RequestTooLarge { .. } => "request-too-large",
-        InvokeError::ResponseTooLarge { .. } => "response-too-large",
-        InvokeError::DeadlineExceeded { .. } => "deadline-exceeded",
-        InvokeError::MemoryExhausted { .. } => "memory-exhausted",
-        InvokeError::TensorMemoryExhausted { .. } => "tensor-memory-exhausted",
-        InvokeError::Trap { .. } => "trap",
-        InvokeError::BrokenContract(_) => "broken-contract",
-    };
-    let message = match e {
-        InvokeError::Plugin { message, .. } => message.clone(),
-        other => other.to_string(),
-    };
-    serde_json::json!({"code": code, "message": message})
-}
-
 fn extract_weights(args: WeightsArgs) -> anyhow::Result<ExitCode> {
     let onnx = std::fs::read(&args.model)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let (bytes, nodes) = crate::weights::extract_onnx_weights(&onnx)?;
+    let (bytes, nodes) = edgeplug_models::weights::extract_onnx_weights(&onnx)?;
     std::fs::write(&args.out, bytes)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     for node in nodes {

@@ -11,15 +11,15 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-use crate::model::Model;
-use crate::native::{NativeError, NativeModel};
-use crate::tensor::Tensor;
+use edgeplug_kernels::Tensor;
+use edgeplug_models::model::Model;
+use edgeplug_models::native::{NativeError, NativeModel};
 
 /// Which engine runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchBackend {
-    /// edgeplug's own kernels (`crate::native`).
+    /// edgeplug's own kernels (`edgeplug_models::native`).
     Native,
     /// tract-onnx, optimized.
     Tract,
@@ -80,7 +80,7 @@ pub struct BenchReport {
     pub throughput_per_s: f64,
     /// Per-step profile (`--profile`, native only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub layers: Vec<crate::native::StepProfile>,
+    pub layers: Vec<edgeplug_models::native::StepProfile>,
 }
 
 enum Engine {
@@ -105,10 +105,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let model = match (&args.model, args.peak) {
         (_, true) => {
-            let isa = crate::tensor::fast::Isa::detect();
+            let isa = edgeplug_kernels::fast::Isa::detect();
             // Median of five half-second bursts: the machine is shared.
             let mut runs: Vec<f64> = (0..5)
-                .map(|_| crate::tensor::fast::fma_peak_gflops(isa, 0.5))
+                .map(|_| edgeplug_kernels::fast::fma_peak_gflops(isa, 0.5))
                 .collect();
             runs.sort_by(f64::total_cmp);
             let isa = format!("{isa:?}").to_lowercase();

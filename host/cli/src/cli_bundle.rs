@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::bundle::{
+use edgeplug_bundle as bundle;
+use edgeplug_bundle::{
     self, BundleError, BundleLimits, Inspection, SecretKey, TrustStore, VerifiedBundle,
 };
 
@@ -55,7 +56,7 @@ fn parse_member_source(text: &str) -> Result<(String, PathBuf), String> {
     let (path, file) = text
         .split_once('=')
         .ok_or_else(|| format!("expected PATH=FILE, got {text:?}"))?;
-    crate::manifest::check_member_path(path).map_err(|e| e.to_string())?;
+    edgeplug_bundle::manifest::check_member_path(path).map_err(|e| e.to_string())?;
     Ok((path.to_string(), PathBuf::from(file)))
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::conformance::{self, Options, Target};
+use edgeplug_runtime::conformance::{self, Options, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct ConformanceArgs {

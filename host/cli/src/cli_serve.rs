@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use hyper::{Method, Request, Uri};
 
-use crate::gateway::client::{ChunkedBody, Connection};
-use crate::gateway::{Config, Gateway};
+use crate::client::{ChunkedBody, Connection};
+use edgeplug_gateway::{Config, Gateway};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Gateway configuration (TOML; every key documented in `edgeplug_host::gateway::config`).
+    /// Gateway configuration (TOML; every key documented in `edgeplug_gateway::config`).
     /// Without it the built-in defaults apply: listen 127.0.0.1:8080, state in
     /// ./edgeplug-state, trusted keys in ./edgeplug-state/trust, admin API disabled.
     #[arg(long)]
@@ -97,7 +97,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             gateway.config.state_dir.display(),
             gateway.config.trust_dir.display(),
         );
-        crate::gateway::serve(listener, gateway, crate::gateway::shutdown_signal()).await?;
+        edgeplug_gateway::serve(listener, gateway, edgeplug_gateway::shutdown_signal()).await?;
         eprintln!("edgeplug gateway stopped");
         Ok(ExitCode::SUCCESS)
     })
@@ -164,7 +164,7 @@ async fn admin_request(
 pub fn run_push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let inspection = crate::bundle::inspect(&bytes, &crate::bundle::BundleLimits::default())
+    let inspection = edgeplug_bundle::inspect(&bytes, &edgeplug_bundle::BundleLimits::default())
         .with_context(|| format!("{} is not a bundle", args.file.display()))?;
     let manifest = inspection
         .manifest

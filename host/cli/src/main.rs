@@ -1,5 +1,5 @@
 //! The `edgeplug` command.
 
 fn main() -> std::process::ExitCode {
-    edgeplug_host::cli::main()
+    edgeplug::cli::main()
 }

@@ -211,9 +211,9 @@ impl Config {
     }
 
     /// The caps as the runtime takes them.
-    pub fn limit_caps(&self) -> crate::manifest::Limits {
+    pub fn limit_caps(&self) -> edgeplug_bundle::manifest::Limits {
         let l = &self.limits;
-        crate::manifest::Limits {
+        edgeplug_bundle::manifest::Limits {
             memory_mib: l.memory_mib,
             deadline_ms: l.deadline_ms,
             concurrency: l.concurrency,
@@ -225,10 +225,10 @@ impl Config {
     }
 
     /// Bounds for bundles pushed or read back from the store.
-    pub fn bundle_limits(&self) -> crate::bundle::BundleLimits {
+    pub fn bundle_limits(&self) -> edgeplug_bundle::BundleLimits {
         let max = u64::from(self.limits.max_bundle_mib) << 20;
-        let defaults = crate::bundle::BundleLimits::default();
-        crate::bundle::BundleLimits {
+        let defaults = edgeplug_bundle::BundleLimits::default();
+        edgeplug_bundle::BundleLimits {
             max_bundle_bytes: max,
             max_member_bytes: defaults.max_member_bytes.min(max),
             max_members: defaults.max_members,

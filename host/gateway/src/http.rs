@@ -26,8 +26,10 @@ use serde_json::{Value, json};
 use super::Gateway;
 use super::lanes;
 use super::registry::{ActivePlugin, AdminError};
-use crate::bundle::{BundleError, StoreError};
-use crate::runtime::{InferRequest, InferResponse, InvokeError, PluginErrorCode};
+use edgeplug_bundle::{BundleError, StoreError};
+#[cfg(test)]
+use edgeplug_runtime::LoadError;
+use edgeplug_runtime::{InferRequest, InferResponse, InvokeError};
 
 pub type Body = Full<Bytes>;
 
@@ -336,50 +338,22 @@ fn finish(
     started: Instant,
 ) -> Result<InferResponse, Failure> {
     if let Err(e) = &result
-        && let Some(misconduct) = lanes::Misconduct::of(e)
+        && let Some(misconduct) = e.misconduct()
         && plugin.demotion.record(misconduct)
     {
         tracing::warn!(plugin = plugin.name(), version = %plugin.version, error = %e, "demoted to low CPU priority");
         gw.metrics
             .event("demotion", plugin.name(), &plugin.version.to_string());
     }
-    let code = result.as_ref().err().map(error_code);
-    plugin.metrics.observe(started.elapsed(), code.as_deref());
+    let code = result.as_ref().err().map(InvokeError::code);
+    plugin.metrics.observe(started.elapsed(), code);
     result.map_err(|e| invoke_failure(&e))
-}
-
-fn error_code(e: &InvokeError) -> String {
-    crate::cli::invoke_error_json(e)["code"]
-        .as_str()
-        .unwrap_or("error")
-        .to_string()
-}
-
-fn invoke_status(e: &InvokeError) -> StatusCode {
-    match e {
-        InvokeError::Plugin { code, .. } => match code {
-            PluginErrorCode::InvalidArgument | PluginErrorCode::ShapeMismatch => {
-                StatusCode::BAD_REQUEST
-            }
-            PluginErrorCode::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            PluginErrorCode::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        },
-        InvokeError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        InvokeError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
-        InvokeError::MemoryExhausted { .. } | InvokeError::TensorMemoryExhausted { .. } => {
-            StatusCode::INSUFFICIENT_STORAGE
-        }
-        InvokeError::ResponseTooLarge { .. }
-        | InvokeError::Trap { .. }
-        | InvokeError::BrokenContract(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
 }
 
 fn invoke_failure(e: &InvokeError) -> Failure {
     Failure {
-        status: invoke_status(e),
-        body: json!({"error": crate::cli::invoke_error_json(e)}),
+        status: StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body: json!({"error": e.to_json()}),
         retry_after: false,
     }
 }
@@ -534,7 +508,7 @@ fn v2_lookup(
 fn v2_metadata(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Response<Body>, Failure> {
     let plugin = v2_lookup(gw, name, version)?;
     let info = plugin.plugin.info();
-    let spec = |s: &crate::model::TensorSpec| json!({"name": s.name, "datatype": super::oip::datatype(s.element_type), "shape": s.shape});
+    let spec = |s: &edgeplug_models::model::TensorSpec| json!({"name": s.name, "datatype": super::oip::datatype(s.element_type), "shape": s.shape});
     let versions: Vec<String> = gw
         .registry
         .loaded_versions(name)
@@ -639,7 +613,7 @@ fn authorized(gw: &Gateway, request: &Request<Incoming>) -> Result<(), Failure> 
         ));
     };
     // Compare digests in constant time: neither the token's bytes nor its length leak.
-    let digest = crate::manifest::Sha256::of(presented.as_bytes()).0;
+    let digest = edgeplug_bundle::manifest::Sha256::of(presented.as_bytes()).0;
     if bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &expected[..])) {
         Ok(())
     } else {
@@ -747,6 +721,7 @@ fn admin_failure(e: &AdminError) -> Failure {
         },
         AdminError::Trust(_) => StatusCode::INTERNAL_SERVER_ERROR,
         AdminError::Load(_) | AdminError::SelfTest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        AdminError::Conflict(_) => StatusCode::CONFLICT,
     };
     fail(status, e.code(), e.to_string())
 }
@@ -754,6 +729,7 @@ fn admin_failure(e: &AdminError) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeplug_runtime::PluginErrorCode;
 
     #[test]
     fn invoke_errors_map_to_statuses() {
@@ -799,7 +775,12 @@ mod tests {
                 409,
             ),
             (StoreError::NotInstalled("d".into()).into(), 404),
-            (AdminError::Load("x".into()), 422),
+            (
+                AdminError::Load(LoadError::ForbiddenImport {
+                    import: "wasi:sockets/tcp".into(),
+                }),
+                422,
+            ),
             (BundleError::TooLarge { size: 2, limit: 1 }.into(), 413),
         ];
         for (error, status) in cases {

@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::runtime::InvokeError;
+use edgeplug_runtime::Misconduct;
 
 /// The longest the demoted lane rests after a request (it rests as long as the request ran).
 pub const DEMOTED_REST_MAX: Duration = Duration::from_secs(1);
@@ -74,31 +74,6 @@ impl FastPath {
 
 /// Traps within one second that demote a version.
 pub const TRAP_STORM: u64 = 3;
-
-/// What a failed request says about its plugin version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Misconduct {
-    /// It exhausted a CPU or memory limit: demote now.
-    ExhaustedLimit,
-    /// It trapped, or broke its output contract or response limit: demote on a storm.
-    Failed,
-}
-
-impl Misconduct {
-    pub fn of(e: &InvokeError) -> Option<Misconduct> {
-        match e {
-            InvokeError::DeadlineExceeded { .. }
-            | InvokeError::MemoryExhausted { .. }
-            | InvokeError::TensorMemoryExhausted { .. } => Some(Misconduct::ExhaustedLimit),
-            InvokeError::Trap { .. }
-            | InvokeError::BrokenContract(_)
-            | InvokeError::ResponseTooLarge { .. } => Some(Misconduct::Failed),
-            // The plugin's own error result, or a client's oversized body: not the plugin's
-            // misconduct.
-            InvokeError::Plugin { .. } | InvokeError::RequestTooLarge { .. } => None,
-        }
-    }
-}
 
 /// A version's demotion state.
 #[derive(Debug, Default)]
@@ -280,11 +255,11 @@ mod tests {
         assert!(!demotion.record(Misconduct::Failed), "already demoted");
         let limit = Demotion::default();
         assert!(limit.record(Misconduct::ExhaustedLimit));
-        let clean = InvokeError::Plugin {
-            code: crate::runtime::PluginErrorCode::InvalidArgument,
+        let clean = edgeplug_runtime::InvokeError::Plugin {
+            code: edgeplug_runtime::PluginErrorCode::InvalidArgument,
             message: String::new(),
         };
-        assert_eq!(Misconduct::of(&clean), None);
+        assert_eq!(clean.misconduct(), None);
     }
 
     #[tokio::test]

@@ -10,7 +10,6 @@
 //! The server is a function, [`serve`], over a bound listener, so tests run it on
 //! `127.0.0.1:0`.
 
-pub mod client;
 pub mod config;
 pub mod http;
 pub mod lanes;
@@ -31,8 +30,8 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use registry::{ActivePlugin, AdminError, AdminOutcome, Registry};
 
-use crate::bundle::{PluginStore, StoreConfig};
-use crate::runtime::{ComponentCache, Runtime, RuntimeConfig};
+use edgeplug_bundle::{PluginStore, StoreConfig};
+use edgeplug_runtime::{ComponentCache, Runtime, RuntimeConfig};
 
 /// Everything a request handler needs.
 pub struct Gateway {
@@ -81,14 +80,14 @@ impl Gateway {
             // Compile on the admin thread only: parallel compilation would take every core
             // from the requests being served during a hot swap.
             parallel_compilation: false,
-            models: Arc::new(crate::model_store::ModelStore::new(Some(
+            models: Arc::new(edgeplug_runtime::model_store::ModelStore::new(Some(
                 config.model_dir.clone(),
             ))),
         })?;
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let admin_token_sha256 = config
             .resolve_admin_token()?
-            .map(|t| crate::manifest::Sha256::of(t.as_bytes()).0);
+            .map(|t| edgeplug_bundle::manifest::Sha256::of(t.as_bytes()).0);
         let metrics = Arc::new(metrics::Metrics::default());
         let registry = Registry::new(
             runtime,

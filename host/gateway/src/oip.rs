@@ -8,8 +8,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::runtime::{InferRequest, InferResponse};
-use crate::tensor::{Tensor, TensorData};
+use edgeplug_kernels::{Tensor, TensorData};
+use edgeplug_runtime::{InferRequest, InferResponse};
 
 /// Why a v2 request could not be decoded (answered 400).
 #[derive(Debug)]
@@ -28,11 +28,11 @@ pub struct V2Request {
 }
 
 /// The v2 name of an element type.
-pub fn datatype(t: crate::tensor::ElementType) -> &'static str {
+pub fn datatype(t: edgeplug_kernels::ElementType) -> &'static str {
     match t {
-        crate::tensor::ElementType::F32 => "FP32",
-        crate::tensor::ElementType::U8 => "UINT8",
-        crate::tensor::ElementType::I64 => "INT64",
+        edgeplug_kernels::ElementType::F32 => "FP32",
+        edgeplug_kernels::ElementType::U8 => "UINT8",
+        edgeplug_kernels::ElementType::I64 => "INT64",
     }
 }
 

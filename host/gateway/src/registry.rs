@@ -24,13 +24,13 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::metrics::{Metrics, VersionMetrics};
-use crate::bundle::{
+use edgeplug_bundle::manifest::Sha256;
+use edgeplug_bundle::{
     BundleError, BundleLimits, KeyId, PluginStore, StoreError, TrustError, TrustStore,
     VerifiedBundle,
 };
-use crate::manifest::Sha256;
-use crate::runtime::{LoadedPlugin, PluginFiles, Runtime};
-use crate::selftest::{self, SelfTestError};
+use edgeplug_runtime::selftest::{self, SelfTestError};
+use edgeplug_runtime::{LoadError, LoadedPlugin, PluginFiles, Runtime};
 
 /// One loaded plugin version, shared by every request running on it.
 pub struct ActivePlugin {
@@ -69,7 +69,10 @@ pub enum AdminError {
     #[error("the trust store cannot be read: {0}")]
     Trust(#[from] TrustError),
     #[error("the plugin does not load: {0}")]
-    Load(String),
+    Load(#[from] LoadError),
+    /// Another process changed the plugin store under this one.
+    #[error("the plugin store changed under the gateway: {0}")]
+    Conflict(String),
     #[error("self-test failed: {0}")]
     SelfTest(#[from] SelfTestError),
 }
@@ -99,7 +102,8 @@ impl AdminError {
                 _ => "store",
             },
             AdminError::Trust(_) => "trust-store",
-            AdminError::Load(_) => "load-failed",
+            AdminError::Load(e) => e.code(),
+            AdminError::Conflict(_) => "store-conflict",
             AdminError::SelfTest(_) => "self-test-failed",
         }
     }
@@ -158,8 +162,8 @@ pub struct ActiveListing {
     pub loaded_at: u64,
     pub load_ms: f64,
     pub self_tests: usize,
-    pub inputs: Vec<crate::model::TensorSpec>,
-    pub outputs: Vec<crate::model::TensorSpec>,
+    pub inputs: Vec<edgeplug_models::model::TensorSpec>,
+    pub outputs: Vec<edgeplug_models::model::TensorSpec>,
     pub concurrency: usize,
     pub deadline_ms: u64,
     pub max_request_bytes: usize,
@@ -272,10 +276,7 @@ impl Registry {
         started: Instant,
     ) -> Result<ActivePlugin, AdminError> {
         let files = PluginFiles::from_bundle(bundle);
-        let plugin = self
-            .runtime
-            .load(&files)
-            .map_err(|e| AdminError::Load(format!("{e:#}")))?;
+        let plugin = self.runtime.load(&files)?;
         let self_tests = selftest::run(&plugin, &files)?;
         let limits = plugin.shared().limits();
         let version = bundle.version().clone();
@@ -321,7 +322,7 @@ impl Registry {
     ) -> Result<AdminOutcome, AdminError> {
         let started = Instant::now();
         let trust = self.trust()?;
-        let bundle = crate::bundle::verify(bytes, &trust, &self.bundle_limits)?;
+        let bundle = edgeplug_bundle::verify(bytes, &trust, &self.bundle_limits)?;
         let name = bundle.name().to_string();
         if let Some(expected) = expected_name
             && expected != name
@@ -403,7 +404,7 @@ impl Registry {
         let bundle = self.store.rollback(name, &trust)?;
         if bundle.version() != &target {
             // Another process changed the store between our reads: put it back.
-            return Err(AdminError::Load(format!(
+            return Err(AdminError::Conflict(format!(
                 "the store rolled back to {} instead of {target}",
                 bundle.version()
             )));
@@ -476,7 +477,7 @@ impl Registry {
     /// Installs a bundle file at start (`serve --install`). The same version being active
     /// already (same bytes) is not an error.
     pub fn install_file(&self, path: &std::path::Path) -> anyhow::Result<AdminOutcome> {
-        let bytes = crate::bundle::read_bundle_file(path, &self.bundle_limits)?;
+        let bytes = edgeplug_bundle::read_bundle_file(path, &self.bundle_limits)?;
         let sha = Sha256::of(&bytes);
         match self.install(bytes, None) {
             Ok(outcome) => Ok(outcome),

@@ -158,7 +158,7 @@ fn softmax_row(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{reference, testutil};
+    use crate::{reference, testutil};
     use proptest::prelude::*;
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {

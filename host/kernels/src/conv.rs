@@ -486,7 +486,7 @@ fn im2col(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{reference, testutil};
+    use crate::{reference, testutil};
     use proptest::prelude::*;
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {

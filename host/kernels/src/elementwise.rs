@@ -158,7 +158,7 @@ pub(crate) fn validate_batch_norm<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{reference, testutil};
+    use crate::{reference, testutil};
     use proptest::prelude::*;
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {

@@ -395,7 +395,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{reference, testutil};
+    use crate::{reference, testutil};
     use proptest::prelude::*;
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {

@@ -19,8 +19,10 @@ mod layout;
 mod pool;
 pub mod reference;
 mod shape;
-#[cfg(test)]
-pub(crate) mod testutil;
+/// Deterministic test data and tolerances shared by the kernel tests and the tests of crates
+/// built on the kernels (`test-util` feature).
+#[cfg(any(test, feature = "test-util"))]
+pub mod testutil;
 mod window;
 
 use std::sync::Arc;

@@ -213,7 +213,7 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor, TensorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{reference, testutil};
+    use crate::{reference, testutil};
     use proptest::prelude::*;
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {

@@ -14,12 +14,10 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-use edgeplug_host::model::Model;
-use edgeplug_host::native::NativeModel;
-use edgeplug_host::tensor::fast::{
-    self, AlignedBuf, DwGeometry, Epilogue, Isa, PackedLhs, PackedRhs,
-};
-use edgeplug_host::tensor::{Padding, Tensor};
+use edgeplug_kernels::fast::{self, AlignedBuf, DwGeometry, Epilogue, Isa, PackedLhs, PackedRhs};
+use edgeplug_kernels::{Padding, Tensor};
+use edgeplug_models::model::Model;
+use edgeplug_models::native::NativeModel;
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -196,7 +194,7 @@ fn channels_last(c: &mut Criterion) {
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
+        .join("../../tests/fixtures/models")
         .join(name)
 }
 

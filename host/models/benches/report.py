@@ -4,7 +4,7 @@
 against the CPU's FP32 peak. Writes report.txt, report.json, latency.svg and
 conv_gflops.svg into --out (default target/bench).
 
-    python3 host/benches/report.py [--bench "target/release/edgeplug bench"] [--runs 100]
+    python3 host/models/benches/report.py [--bench "target/release/edgeplug bench"] [--runs 100]
 
 Uses only the standard library. The onnxruntime column comes from
 compare_ort.sh (which installs onnxruntime from PyPI into a venv), run by this
@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 MODELS = [
     ("digits_cnn", "digits_test"),
     ("mobilenetv2", "mobilenetv2_input"),
@@ -110,7 +110,7 @@ def main():
     if not a.no_ort:
         ort_json = os.path.join(a.out, "ort.json")
         env = dict(os.environ, OUT=ort_json, RUNS=str(a.runs))
-        subprocess.run([os.path.join(ROOT, "host/benches/compare_ort.sh"), a.models], check=True, env=env)
+        subprocess.run([os.path.join(ROOT, "host/models/benches/compare_ort.sh"), a.models], check=True, env=env)
         ort = {r["model"]: r for r in json.load(open(ort_json))}
     plugin = {r["model"]: r for r in json.load(open(a.plugin_json))} if a.plugin_json else {}
 

@@ -11,7 +11,7 @@ use tract_onnx::prelude::{
     Tensor as TractTensor, TypedFact, TypedRunnableModel,
 };
 
-use crate::tensor::{ElementType, Tensor, TensorData};
+use edgeplug_kernels::{ElementType, Tensor, TensorData};
 
 /// Name, element type and shape of a model input or output; -1 marks a dynamic dimension.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -333,7 +333,7 @@ mod known_bug_tests {
     fn repro() -> Vec<u8> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/models/tract_qdq_softmax_repro.onnx"
+            "/../../tests/fixtures/models/tract_qdq_softmax_repro.onnx"
         );
         std::fs::read(path).expect("tests/fixtures/models/tract_qdq_softmax_repro.onnx")
     }
@@ -367,7 +367,7 @@ mod known_bug_tests {
         // tract_qdq_softmax_repro_input.npy: float32 (1, 10).
         let npy = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/models/tract_qdq_softmax_repro_input.npy"
+            "/../../tests/fixtures/models/tract_qdq_softmax_repro_input.npy"
         ))
         .unwrap();
         let data: Vec<f32> = npy[npy.len() - 40..]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use safetensors::{Dtype, SafeTensors};
 use tract_onnx::prelude::Framework as _;
 
-use crate::tensor::{ElementType, Tensor};
+use edgeplug_kernels::{ElementType, Tensor};
 
 /// Why a weights file was refused.
 #[derive(Debug, thiserror::Error)]

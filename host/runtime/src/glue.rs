@@ -1,5 +1,5 @@
 //! The WIT glue: one `bindgen!`, and host trait impls that check arguments, convert types
-//! and delegate to [`crate::tensor`] and [`crate::model`], which know nothing of WIT.
+//! and delegate to [`edgeplug_kernels`] and [`edgeplug_models::model`], which know nothing of WIT.
 //!
 //! A failure the guest caused (a bad shape, an ungranted model) is returned to it as the WIT
 //! `error` record; an exhausted limit or a host bug is a trap that ends the request.
@@ -7,13 +7,13 @@
 use wasmtime::component::Resource;
 
 use super::state::{OpenModel, StoreState};
-use crate::tensor::{self, Tensor, TensorError};
+use edgeplug_kernels::{self as tensor, Tensor, TensorError};
 
 wasmtime::component::bindgen!({
     world: "plugin",
-    path: "../wit",
+    path: "../../wit",
     with: {
-        "edgeplug:plugin/types.tensor": crate::tensor::Tensor,
+        "edgeplug:plugin/types.tensor": edgeplug_kernels::Tensor,
         "edgeplug:plugin/model.model": super::state::OpenModel,
     },
     imports: { default: trappable },
@@ -93,7 +93,7 @@ fn wit_shape(shape: &[usize]) -> Vec<u32> {
     shape.iter().map(|&d| d as u32).collect()
 }
 
-fn tensor_info(spec: &crate::model::TensorSpec) -> types::TensorInfo {
+fn tensor_info(spec: &edgeplug_models::model::TensorSpec) -> types::TensorInfo {
     types::TensorInfo {
         name: spec.name.clone(),
         element_type: from_element_type(spec.element_type),

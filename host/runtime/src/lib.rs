@@ -2,8 +2,13 @@
 //! version, and a fresh `Store` per request, so no state leaks from one request to the next.
 
 mod cache;
+pub mod conformance;
+pub mod content_type;
+mod error;
 pub mod glue;
+pub mod model_store;
 mod plugin;
+pub mod selftest;
 mod state;
 mod stderr;
 
@@ -11,19 +16,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 pub use cache::ComponentCache;
+pub use error::{InvokeError, LoadError, Misconduct, PluginErrorCode};
 pub use plugin::{EffectiveLimits, PluginFiles, PluginInfo, PluginShared};
 pub use state::LimitHit;
 
 use glue::{Plugin, PluginPre, handler};
 use state::{LimitExceeded, StoreState};
 
-use crate::model::TensorSpec;
-use crate::tensor::Tensor;
+use edgeplug_kernels::Tensor;
+use edgeplug_models::model::TensorSpec;
 
 /// How often the epoch advances; deadlines are rounded up to this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -48,7 +53,7 @@ const ALLOWED_IMPORTS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Caps every plugin's own limits.
-    pub limit_caps: crate::manifest::Limits,
+    pub limit_caps: edgeplug_bundle::manifest::Limits,
     /// Instances that may exist at once across all plugins (pooling allocator slots).
     pub max_instances: u32,
     /// Where compiled components are cached; `None` keeps them in memory only.
@@ -63,7 +68,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            limit_caps: crate::manifest::Limits {
+            limit_caps: edgeplug_bundle::manifest::Limits {
                 memory_mib: 512,
                 deadline_ms: 30_000,
                 concurrency: 64,
@@ -128,52 +133,56 @@ impl Runtime {
     /// Compiles (or loads from the cache) and checks a plugin's component, loads its models
     /// and weights, pre-instantiates it and calls `describe()`, which must agree with the
     /// manifest.
-    pub fn load(&self, files: &PluginFiles) -> anyhow::Result<LoadedPlugin> {
+    pub fn load(&self, files: &PluginFiles) -> Result<LoadedPlugin, LoadError> {
         let manifest = &files.manifest;
         let plugin = self.load_unchecked(files)?;
         let info = plugin.info();
-        anyhow::ensure!(
-            info.name == manifest.name && info.version == manifest.version.to_string(),
-            "plugin describes itself as {} {}, but its manifest says {} {}",
-            info.name,
-            info.version,
-            manifest.name,
-            manifest.version
-        );
+        if info.name != manifest.name || info.version != manifest.version.to_string() {
+            return Err(LoadError::DescribeMismatch {
+                described_name: info.name.clone(),
+                described_version: info.version.clone(),
+                manifest_name: manifest.name.clone(),
+                manifest_version: manifest.version.to_string(),
+            });
+        }
         Ok(plugin)
     }
 
     /// What a bare component says of itself, for a component that has no manifest yet. It is
     /// checked like any plugin (imports, world) but granted nothing.
-    pub fn describe_component(&self, wasm: &[u8]) -> anyhow::Result<PluginInfo> {
-        let files = PluginFiles::bare_component("unnamed", "0.0.0", wasm)?;
+    pub fn describe_component(&self, wasm: &[u8]) -> Result<PluginInfo, LoadError> {
+        let files = PluginFiles::bare_component("unnamed", "0.0.0", wasm)
+            .map_err(|e| LoadError::Host(format!("{e:#}")))?;
         Ok(self.load_unchecked(&files)?.info)
     }
 
-    fn load_unchecked(&self, files: &PluginFiles) -> anyhow::Result<LoadedPlugin> {
+    fn load_unchecked(&self, files: &PluginFiles) -> Result<LoadedPlugin, LoadError> {
         let manifest = &files.manifest;
-        let wasm = files.get(&manifest.component)?;
+        let wasm = files
+            .get(&manifest.component)
+            .map_err(|e| LoadError::MissingFile(format!("{e:#}")))?;
         let component = self
             .config
             .cache
             .component(&self.engine, wasm)
-            .with_context(|| {
-                format!("cannot compile the component of plugin {:?}", manifest.name)
+            .map_err(|e| LoadError::Compile {
+                plugin: manifest.name.clone(),
+                message: format!("{e:#}"),
             })?;
         check_imports(&self.engine, &component)?;
+        let world_mismatch = |e: wasmtime::Error| LoadError::WorldMismatch {
+            plugin: manifest.name.clone(),
+            message: format!("{e:#}"),
+        };
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(anyhow_of)
-            .with_context(|| {
-                format!("plugin {:?} does not fit the edgeplug world", manifest.name)
-            })?;
-        let pre = PluginPre::new(pre).map_err(anyhow_of)?;
-        let shared = Arc::new(PluginShared::load(
-            files,
-            &self.config.limit_caps,
-            &self.config.models,
-        )?);
+            .map_err(world_mismatch)?;
+        let pre = PluginPre::new(pre).map_err(world_mismatch)?;
+        let shared = Arc::new(
+            PluginShared::load(files, &self.config.limit_caps, &self.config.models)
+                .map_err(|e| LoadError::Model(format!("{e:#}")))?,
+        );
         let mut plugin = LoadedPlugin {
             engine: self.engine.clone(),
             pre,
@@ -187,7 +196,7 @@ impl Runtime {
             },
             warm: std::sync::Mutex::default(),
         };
-        plugin.info = plugin.call_describe()?;
+        plugin.info = plugin.call_describe().map_err(LoadError::Describe)?;
         Ok(plugin)
     }
 }
@@ -226,21 +235,22 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
     c
 }
 
-/// wasmtime 48 has its own error type; the rest of the host speaks `anyhow`.
+/// wasmtime 48 has its own error type; the rest of the host speaks `anyhow`. The message
+/// and its causes are kept on one line (`{:#}`): the `Debug` form would append a Rust stack
+/// backtrace when one was captured, which no user should see.
 pub(crate) fn anyhow_of(e: wasmtime::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e:?}")
+    anyhow::anyhow!("{e:#}")
 }
 
-fn check_imports(engine: &Engine, component: &Component) -> anyhow::Result<()> {
+fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
     for (name, _) in component.component_type().imports(engine) {
         if !ALLOWED_IMPORTS
             .iter()
             .any(|allowed| name.starts_with(allowed))
         {
-            anyhow::bail!(
-                "the component imports {name:?}, which this gateway does not grant \
-                 (plugins may import edgeplug:plugin interfaces and the WASI interfaces Rust's std needs)"
-            );
+            return Err(LoadError::ForbiddenImport {
+                import: name.to_string(),
+            });
         }
     }
     Ok(())
@@ -260,56 +270,6 @@ pub struct InferResponse {
     pub content_type: String,
     pub body: Vec<u8>,
     pub tensors: Vec<(String, Tensor)>,
-}
-
-/// What a plugin's error result said: the guest's own verdict on its input.
-pub use glue::WitErrorCode as PluginErrorCode;
-
-/// Why a request did not produce a response.
-#[derive(Debug, thiserror::Error)]
-pub enum InvokeError {
-    #[error("{code:?}: {message}")]
-    Plugin {
-        code: PluginErrorCode,
-        message: String,
-    },
-    #[error("request body of {size} bytes exceeds the plugin's limit of {limit} bytes")]
-    RequestTooLarge { size: usize, limit: usize },
-    #[error("response of {size} bytes exceeds the plugin's limit of {limit} bytes")]
-    ResponseTooLarge { size: usize, limit: usize },
-    #[error("deadline of {deadline_ms} ms exceeded")]
-    DeadlineExceeded { deadline_ms: u64 },
-    #[error("plugin exceeded its linear memory limit of {limit_bytes} bytes")]
-    MemoryExhausted { limit_bytes: usize },
-    #[error("plugin exceeded its host tensor memory limit of {limit_bytes} bytes")]
-    TensorMemoryExhausted { limit_bytes: usize },
-    #[error("plugin trapped: {reason}{}", stderr_suffix(.stderr))]
-    Trap {
-        /// What wasmtime says stopped the guest, e.g. "call stack exhausted".
-        reason: String,
-        /// The start of what the guest wrote to stderr (a Rust panic message goes there).
-        stderr: String,
-    },
-    #[error("plugin broke its declared contract: {0}")]
-    BrokenContract(String),
-}
-
-impl InvokeError {
-    /// A trap with no guest output, for host-side failures around a call.
-    pub fn trap(reason: impl Into<String>) -> InvokeError {
-        InvokeError::Trap {
-            reason: reason.into(),
-            stderr: String::new(),
-        }
-    }
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
-        String::new()
-    } else {
-        format!(" (guest stderr: {stderr})")
-    }
 }
 
 /// What one request took from the host, for the conformance kit's limits report.
@@ -370,14 +330,16 @@ impl LoadedPlugin {
         store
     }
 
-    fn call_describe(&self) -> anyhow::Result<PluginInfo> {
+    fn call_describe(&self) -> Result<PluginInfo, InvokeError> {
         let mut store = self.new_store();
-        let instance = self.pre.instantiate(&mut store).map_err(anyhow_of)?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&store, e))?;
         let info = instance
             .edgeplug_plugin_handler()
             .call_describe(&mut store)
-            .map_err(|e| self.classify(&store, e))
-            .context("describe() failed")?;
+            .map_err(|e| self.classify(&store, e))?;
         let spec = |t: glue::edgeplug::plugin::types::TensorInfo| TensorSpec {
             name: t.name,
             element_type: glue::to_element_type(t.element_type),

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::Context as _;
 
-use crate::manifest::Sha256;
-use crate::model::Model;
+use edgeplug_bundle::manifest::{Sha256, is_store_name};
+use edgeplug_models::model::Model;
 
 /// The process-wide model cache and the operator's model directory.
 #[derive(Debug, Default)]
@@ -109,16 +109,6 @@ impl ModelStore {
     }
 }
 
-/// A model store name is a file stem, never a path.
-pub fn is_store_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,7 +116,7 @@ mod tests {
     fn digits_onnx() -> Vec<u8> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../plugins/digits/digits_cnn.onnx"
+            "/../../plugins/digits/digits_cnn.onnx"
         );
         std::fs::read(path).unwrap()
     }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::glue::{HostError, WitErrorCode};
-use crate::manifest::Manifest;
-use crate::model::{Model, TensorSpec};
-use crate::tensor::Tensor;
-use crate::weights::Weights;
+use edgeplug_bundle::manifest::Manifest;
+use edgeplug_kernels::Tensor;
+use edgeplug_models::model::{Model, TensorSpec};
+use edgeplug_models::weights::Weights;
 
 /// A plugin's files by their path inside the plugin, read from a directory or taken from a
 /// verified bundle.
@@ -46,10 +46,10 @@ impl PluginFiles {
         name: &str,
         version: &str,
         wasm: &[u8],
-    ) -> Result<PluginFiles, crate::manifest::ManifestError> {
+    ) -> Result<PluginFiles, edgeplug_bundle::manifest::ManifestError> {
         let manifest = Manifest::parse(&format!(
             "name = {name:?}\nversion = {version:?}\nworld = {:?}\n",
-            crate::manifest::WORLD
+            edgeplug_bundle::manifest::WORLD
         ))?;
         Ok(PluginFiles {
             files: [(manifest.component.clone(), Arc::from(wasm))].into(),
@@ -58,7 +58,7 @@ impl PluginFiles {
     }
 
     /// The files of a verified bundle.
-    pub fn from_bundle(bundle: &crate::bundle::VerifiedBundle) -> PluginFiles {
+    pub fn from_bundle(bundle: &edgeplug_bundle::VerifiedBundle) -> PluginFiles {
         let files = bundle
             .member_paths()
             .filter_map(|path| Some((path.to_string(), Arc::from(bundle.member(path)?))))
@@ -92,8 +92,8 @@ const MIB: usize = 1 << 20;
 
 impl EffectiveLimits {
     pub fn new(
-        manifest: &crate::manifest::Limits,
-        cap: &crate::manifest::Limits,
+        manifest: &edgeplug_bundle::manifest::Limits,
+        cap: &edgeplug_bundle::manifest::Limits,
     ) -> EffectiveLimits {
         let min = |a: u32, b: u32| a.min(b);
         EffectiveLimits {
@@ -131,7 +131,7 @@ impl PluginShared {
     /// weights files.
     pub fn load(
         files: &PluginFiles,
-        cap: &crate::manifest::Limits,
+        cap: &edgeplug_bundle::manifest::Limits,
         store: &crate::model_store::ModelStore,
     ) -> anyhow::Result<PluginShared> {
         let manifest = files.manifest.clone();

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::manifest::SelfTest;
-use crate::runtime::{InferRequest, LoadedPlugin, PluginFiles};
+use crate::{InferRequest, LoadedPlugin, PluginFiles};
+use edgeplug_bundle::manifest::SelfTest;
 
 /// Why a self-test vector failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +50,9 @@ pub fn run(plugin: &LoadedPlugin, files: &PluginFiles) -> Result<usize, SelfTest
 
 /// The content type a vector's input is sent with: its own, else from the file extension.
 pub fn input_content_type(test: &SelfTest) -> String {
-    test.content_type
-        .clone()
-        .unwrap_or_else(|| crate::cli::content_type_for(Path::new(&test.input)).to_string())
+    test.content_type.clone().unwrap_or_else(|| {
+        crate::content_type::content_type_for(Path::new(&test.input)).to_string()
+    })
 }
 
 /// Runs one self-test vector on `plugin`.

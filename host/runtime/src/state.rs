@@ -9,8 +9,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::glue::{HostError, WitErrorCode};
 use super::plugin::PluginShared;
 use super::stderr::GuestStderr;
-use crate::model::Model;
-use crate::tensor::Tensor;
+use edgeplug_kernels::Tensor;
+use edgeplug_models::model::Model;
 
 /// A model a plugin opened: the shared, optimized model of its plugin version.
 pub struct OpenModel(pub Arc<Model>);
@@ -126,9 +126,9 @@ impl StoreState {
     }
 }
 
-impl From<crate::model::ModelError> for HostError {
-    fn from(e: crate::model::ModelError) -> HostError {
-        use crate::model::ModelError;
+impl From<edgeplug_models::model::ModelError> for HostError {
+    fn from(e: edgeplug_models::model::ModelError) -> HostError {
+        use edgeplug_models::model::ModelError;
         let code = match &e {
             ModelError::InputCount { .. } | ModelError::InputMismatch { .. } => {
                 WitErrorCode::ShapeMismatch

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use edgeplug_host::runtime::{InferRequest, InferResponse, PluginErrorCode};
-use edgeplug_host::tensor::Tensor;
+use edgeplug_kernels::Tensor;
+use edgeplug_runtime::{InferRequest, InferResponse, PluginErrorCode};
 use edgeplug_sdk::npy::NpyData;
 use edgeplug_tests::{IMAGE_CLASSIFIER_WASM, error_of, fixture, load_example, npy, runtime};
 use serde_json::Value;
@@ -478,14 +478,14 @@ fn measure_stage_latency_and_model_memory() {
 /// The float models called through the classifier plugin (a preprocessed tensor in, logits
 /// out: instantiate, the `model` interface, the copies) against the same model run directly
 /// on the native backend, in alternating blocks in one process so both see the same machine. Writes
-/// `target/bench/plugin.json` for `host/benches/report.py --plugin-json`. Run alone, in release:
+/// `target/bench/plugin.json` for `host/models/benches/report.py --plugin-json`. Run alone, in release:
 /// `cargo test --release -p edgeplug-tests --test it -- --ignored --nocapture classifier::measure_models_through_the_plugin`.
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_models_through_the_plugin() {
     const RUNS: usize = 200;
-    let models = std::sync::Arc::new(edgeplug_host::model_store::ModelStore::default());
-    let runtime = edgeplug_host::runtime::Runtime::new(edgeplug_host::runtime::RuntimeConfig {
+    let models = std::sync::Arc::new(edgeplug_runtime::model_store::ModelStore::default());
+    let runtime = edgeplug_runtime::Runtime::new(edgeplug_runtime::RuntimeConfig {
         models: models.clone(),
         ..Default::default()
     })

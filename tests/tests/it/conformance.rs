@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use edgeplug_host::bundle::SecretKey;
-use edgeplug_host::conformance::{self, Options, Outcome, Report, Target};
+use edgeplug_bundle::SecretKey;
+use edgeplug_runtime::conformance::{self, Options, Outcome, Report, Target};
 use edgeplug_tests::{
     DIGITS_WASM, FORECASTER_WASM, IMAGE_CLASSIFIER_WASM, repo, runtime, test_plugin_wasm,
 };

@@ -1,6 +1,6 @@
 //! The digits plugin on the real held-out data, on rendered photos and on hostile images.
 
-use edgeplug_host::runtime::{InferRequest, InvokeError, LoadedPlugin, PluginErrorCode};
+use edgeplug_runtime::{InferRequest, InvokeError, LoadedPlugin, PluginErrorCode};
 use edgeplug_sdk::npy::NpyData;
 use edgeplug_tests::{DIGITS_WASM, fixture, load_example, npy, runtime};
 use serde_json::Value;
@@ -179,7 +179,7 @@ fn adversarial_images_never_trap() {
         let content_type = if name.ends_with(".gif") || name.ends_with(".bmp") {
             "image/png" // a client that mislabels the file: the plugin must sniff, not trust
         } else {
-            match edgeplug_host::cli::content_type_for(&path) {
+            match edgeplug_runtime::content_type::content_type_for(&path) {
                 "application/octet-stream" => continue, // README.md, the generator script
                 known => known,
             }
@@ -229,8 +229,8 @@ fn adversarial_images_never_trap() {
 /// onnxruntime's int8 run on every sample, probabilities within 1e-3 of it.
 #[test]
 fn granted_the_int8_model_the_plugin_runs_it_at_reference_accuracy() {
-    use edgeplug_host::runtime::PluginFiles;
-    use edgeplug_host::tensor::Tensor;
+    use edgeplug_kernels::Tensor;
+    use edgeplug_runtime::PluginFiles;
 
     let source = edgeplug_tests::repo().join("plugins/digits");
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use edgeplug_host::runtime::{InferRequest, LoadedPlugin, PluginErrorCode};
-use edgeplug_host::tensor::Tensor;
+use edgeplug_kernels::Tensor;
+use edgeplug_runtime::{InferRequest, LoadedPlugin, PluginErrorCode};
 use edgeplug_sdk::npy::NpyData;
 use edgeplug_tests::{FORECASTER_WASM, error_of, load_example, npy, runtime};
 use serde_json::Value;
@@ -335,8 +335,8 @@ fn measure_stage_latency_and_model_memory() {
 fn a_model_granted_from_the_model_store_is_shared_with_the_bundled_one() {
     use std::sync::Arc;
 
-    use edgeplug_host::model_store::ModelStore;
-    use edgeplug_host::runtime::{PluginFiles, Runtime, RuntimeConfig};
+    use edgeplug_runtime::model_store::ModelStore;
+    use edgeplug_runtime::{PluginFiles, Runtime, RuntimeConfig};
 
     let source = edgeplug_tests::repo().join("plugins/forecaster");
     let model_dir = tempfile::tempdir().unwrap();

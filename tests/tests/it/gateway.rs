@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use edgeplug_host::bundle::{self, BundleLimits, SecretKey};
-use edgeplug_host::gateway::client::{ChunkedBody, Connection};
-use edgeplug_host::gateway::{Config, Gateway};
+use edgeplug::client::{ChunkedBody, Connection};
+use edgeplug_bundle::{self as bundle, BundleLimits, SecretKey};
+use edgeplug_gateway::{Config, Gateway};
 use edgeplug_tests::browser::{Browser, find_chromium};
 use edgeplug_tests::fixture;
 use edgeplug_tests::gateway::*;
@@ -367,7 +367,7 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
             "digits",
             broken_component,
             422,
-            "load-failed",
+            "not-a-component",
         ),
     ];
     for (what, name, bundle, status, code) in cases {
@@ -413,13 +413,13 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
     let file = gw.dir.path().join("digits-1.5.0.epk");
     std::fs::write(&file, digits_bundle(&key, "1.5.0")).unwrap();
     let to = format!("http://{}", gw.addr);
-    let push_args = edgeplug_host::cli_serve::PushArgs {
+    let push_args = edgeplug::cli_serve::PushArgs {
         file,
         to: to.clone(),
         token: Some(TOKEN.into()),
         cacert: None,
     };
-    let code = tokio::task::spawn_blocking(move || edgeplug_host::cli_serve::run_push(push_args))
+    let code = tokio::task::spawn_blocking(move || edgeplug::cli_serve::run_push(push_args))
         .await
         .unwrap()
         .unwrap();
@@ -431,14 +431,14 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
     assert_status(&rolled, 200);
     assert_eq!(json_of(&rolled)["version"], "1.1.0");
     assert_eq!(ask(&gw).await, "1.1.0");
-    let rollback_args = edgeplug_host::cli_serve::RollbackArgs {
+    let rollback_args = edgeplug::cli_serve::RollbackArgs {
         name: "digits".into(),
         to,
         token: Some(TOKEN.into()),
         cacert: None,
     };
     let code =
-        tokio::task::spawn_blocking(move || edgeplug_host::cli_serve::run_rollback(rollback_args))
+        tokio::task::spawn_blocking(move || edgeplug::cli_serve::run_rollback(rollback_args))
             .await
             .unwrap()
             .unwrap();

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use edgeplug_host::model::{Model, ModelError};
-use edgeplug_host::runtime::{
+use edgeplug_kernels::Tensor;
+use edgeplug_models::model::{Model, ModelError};
+use edgeplug_runtime::{
     InferRequest, InvokeError, LoadedPlugin, PluginErrorCode, PluginFiles, Runtime,
 };
-use edgeplug_host::tensor::Tensor;
 use edgeplug_sdk::npy::NpyData;
 use edgeplug_tests::{
     DIGITS_WASM, FORECASTER_WASM, IMAGE_CLASSIFIER_WASM, fixture, npy, repo, runtime,
@@ -47,7 +47,7 @@ pub fn load_with_grants(
 }
 
 fn plugin_error(
-    result: Result<edgeplug_host::runtime::InferResponse, InvokeError>,
+    result: Result<edgeplug_runtime::InferResponse, InvokeError>,
 ) -> (PluginErrorCode, String) {
     match result {
         Err(InvokeError::Plugin { code, message }) => (code, message),

@@ -1,7 +1,7 @@
 //! The runtime around a plugin: describe, tensors in and out, grants and limits.
 
-use edgeplug_host::runtime::{InferRequest, PluginErrorCode};
-use edgeplug_host::tensor::Tensor;
+use edgeplug_kernels::Tensor;
+use edgeplug_runtime::{InferRequest, PluginErrorCode};
 use edgeplug_tests::{DIGITS_WASM, load_example, runtime};
 
 #[test]
@@ -30,7 +30,7 @@ fn tensor_requests_are_checked_and_answered() {
     assert!(
         matches!(
             &err,
-            edgeplug_host::runtime::InvokeError::Plugin {
+            edgeplug_runtime::InvokeError::Plugin {
                 code: PluginErrorCode::ShapeMismatch,
                 ..
             }
@@ -62,10 +62,7 @@ fn oversized_request_is_refused_before_the_plugin_runs() {
         })
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            edgeplug_host::runtime::InvokeError::RequestTooLarge { .. }
-        ),
+        matches!(err, edgeplug_runtime::InvokeError::RequestTooLarge { .. }),
         "{err}"
     );
 }
@@ -74,7 +71,7 @@ fn oversized_request_is_refused_before_the_plugin_runs() {
 fn shipped_weights_are_exactly_what_the_extractor_gives() {
     let root = edgeplug_tests::repo().join("plugins/digits");
     let onnx = std::fs::read(root.join("digits_cnn.onnx")).unwrap();
-    let (bytes, nodes) = edgeplug_host::weights::extract_onnx_weights(&onnx).unwrap();
+    let (bytes, nodes) = edgeplug_models::weights::extract_onnx_weights(&onnx).unwrap();
     assert_eq!(nodes.len(), 22, "digits_cnn has 22 nodes");
     let shipped = std::fs::read(root.join("weights.safetensors")).unwrap();
     assert!(
@@ -84,12 +81,12 @@ fn shipped_weights_are_exactly_what_the_extractor_gives() {
 }
 
 /// What the `counter` test plugin answers: how many requests its instance has served.
-fn served(plugin: &edgeplug_host::runtime::LoadedPlugin) -> u32 {
+fn served(plugin: &edgeplug_runtime::LoadedPlugin) -> u32 {
     served_after(plugin, b"{}")
 }
 
 /// The `counter` test plugin's count for a request with `body` (`grow N` grows it first).
-fn served_after(plugin: &edgeplug_host::runtime::LoadedPlugin, body: &[u8]) -> u32 {
+fn served_after(plugin: &edgeplug_runtime::LoadedPlugin, body: &[u8]) -> u32 {
     let response = plugin
         .infer(InferRequest {
             content_type: "text/plain".into(),
@@ -125,7 +122,7 @@ fn an_instance_that_trapped_is_never_kept() {
         tensors: Vec::new(),
     });
     match trapped {
-        Err(edgeplug_host::runtime::InvokeError::Trap { stderr, .. }) => {
+        Err(edgeplug_runtime::InvokeError::Trap { stderr, .. }) => {
             assert!(stderr.contains("after 2 requests"), "{stderr}")
         }
         other => panic!("expected a trap, got {other:?}"),
@@ -143,7 +140,7 @@ fn an_instance_whose_memory_grew_past_the_bound_is_not_kept() {
     assert_eq!(served(&plugin), 2);
     // Past it, the instance that answered is dropped: the next request gets a fresh one.
     plugin.release_kept_instances();
-    let past = edgeplug_host::runtime::MAX_KEPT_MEMORY_BYTES >> 20;
+    let past = edgeplug_runtime::MAX_KEPT_MEMORY_BYTES >> 20;
     assert_eq!(grow(past + 1), 1);
     assert_eq!(
         served(&plugin),
@@ -154,9 +151,9 @@ fn an_instance_whose_memory_grew_past_the_bound_is_not_kept() {
 
 #[test]
 fn the_host_cap_gives_every_request_a_fresh_instance() {
-    let mut config = edgeplug_host::runtime::RuntimeConfig::default();
+    let mut config = edgeplug_runtime::RuntimeConfig::default();
     config.limit_caps.requests_per_instance = 1;
-    let runtime = edgeplug_host::runtime::Runtime::new(config).unwrap();
+    let runtime = edgeplug_runtime::Runtime::new(config).unwrap();
     let plugin = edgeplug_tests::load_test_plugin(&runtime, "counter").unwrap();
     assert_eq!(plugin.shared().limits().requests_per_instance, 1);
     let seen: Vec<u32> = (0..4).map(|_| served(&plugin)).collect();

@@ -196,8 +196,8 @@ mod avx512 {
                     obase: oy * g.ow * c + c0,
                     c0,
                     mask,
-                    // SAFETY: channels `c0..c0+n` of the bias (masked tail).
                     bias: match ep.bias {
+                        // SAFETY: channels `c0..c0+n` of the bias (masked tail).
                         Some(bv) => unsafe { _mm512_maskz_loadu_ps(mask, bv.as_ptr().add(c0)) },
                         None => _mm512_setzero_ps(),
                     },

@@ -152,16 +152,20 @@ unsafe fn run_fixed<const K: usize, const S: usize>(
                     // all inside the slab by its size.
                     let mut ox = 0;
                     while ox + STRIP <= g.ow {
+                        // SAFETY: as above, for STRIP pixels from ox.
                         ox +=
                             unsafe { strip_to::<K, S, STRIP>(row, ox, cols, &taps, bias, &mut at) };
                     }
                     if g.ow - ox >= 4 {
+                        // SAFETY: as above, for 4 pixels from ox.
                         ox += unsafe { strip_to::<K, S, 4>(row, ox, cols, &taps, bias, &mut at) };
                     }
                     if g.ow - ox >= 2 {
+                        // SAFETY: as above, for 2 pixels from ox.
                         ox += unsafe { strip_to::<K, S, 2>(row, ox, cols, &taps, bias, &mut at) };
                     }
                     if ox < g.ow {
+                        // SAFETY: as above, for the last pixel.
                         unsafe { strip_to::<K, S, 1>(row, ox, cols, &taps, bias, &mut at) };
                     }
                 }

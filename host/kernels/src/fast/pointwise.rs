@@ -694,8 +694,8 @@ mod avx512 {
         let mut bp = t.b;
         let mut ap = t.a;
         for c in 0..t.k {
-            // SAFETY: `a_offsets` holds `k` offsets when gathering.
             let ak = if GATHER {
+                // SAFETY: `a_offsets` holds `k` offsets when gathering.
                 t.a.wrapping_add(unsafe { *t.a_offsets.add(c) })
             } else {
                 ap

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::tensor::testutil::{self, assert_close};
-use crate::tensor::{Conv2dParams, Padding, Tensor, reference};
+use crate::testutil::{self, assert_close};
+use crate::{Conv2dParams, Padding, Tensor, reference};
 
 fn clamp_of(kind: u8) -> (f32, f32) {
     match kind % 3 {

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use super::exec::{OutputSrc, Slot, Step};
-use crate::tensor::Padding;
-use crate::tensor::fast::{self, AlignedBuf, DwGeometry, Epilogue, Isa, PackedRhs};
+use edgeplug_kernels::Padding;
+use edgeplug_kernels::fast::{self, AlignedBuf, DwGeometry, Epilogue, Isa, PackedRhs};
 
 /// Floats of expanded input rows one band may hold.
 const BAND_FLOATS: usize = 96 * 1024;

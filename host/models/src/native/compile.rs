@@ -27,8 +27,8 @@ use super::NativeError;
 use super::block;
 use super::exec::{BinOp, Ep, Operand, OutputSrc, Program, RedOp, Slot, Step, UnOp};
 use crate::model::TensorSpec;
-use crate::tensor::fast::{self, DwGeometry, PackedLhs, PackedRhs};
-use crate::tensor::{ElementType, Padding, Pool2dParams, Tensor};
+use edgeplug_kernels::fast::{self, DwGeometry, PackedLhs, PackedRhs};
+use edgeplug_kernels::{ElementType, Padding, Pool2dParams, Tensor};
 
 pub(super) struct Compiled {
     pub program: Program,
@@ -1065,9 +1065,9 @@ impl Builder<'_> {
         // Check the kernel agrees with tract on the output shape.
         let probe = Tensor::zeros(in_shape.clone()).map_err(load_err)?;
         let y = if max {
-            crate::tensor::max_pool2d(&probe, &params)
+            edgeplug_kernels::max_pool2d(&probe, &params)
         } else {
-            crate::tensor::avg_pool2d(&probe, &params)
+            edgeplug_kernels::avg_pool2d(&probe, &params)
         }
         .map_err(|e| unsupported(node, format!("pool ({e})")))?;
         if y.shape() != shape.as_slice() {

@@ -3,8 +3,8 @@
 
 pub(super) use super::step::{BinOp, Ep, Operand, RedOp, Slot, Step, UnOp};
 
-use crate::tensor::Tensor;
-use crate::tensor::fast::{self, AlignedBuf, Epilogue, Isa};
+use edgeplug_kernels::Tensor;
+use edgeplug_kernels::fast::{self, AlignedBuf, Epilogue, Isa};
 
 /// Output pixels per patch-row batch of [`Step::ConvRows`]: the patch rows
 /// stay in cache between im2col and the GEMM.
@@ -624,9 +624,9 @@ fn exec(
             let x = p.slot(bufs, *x);
             let t = Tensor::from_f32(in_shape.clone(), x.to_vec()).expect("planned shape");
             let y = if *max {
-                crate::tensor::max_pool2d(&t, params)
+                edgeplug_kernels::max_pool2d(&t, params)
             } else {
-                crate::tensor::avg_pool2d(&t, params)
+                edgeplug_kernels::avg_pool2d(&t, params)
             }
             .expect("validated at compile time");
             out.copy_from_slice(y.as_f32().expect("f32"));

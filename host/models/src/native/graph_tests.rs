@@ -14,7 +14,7 @@ use tract_onnx::pb::{
 
 use super::NativeModel;
 use crate::model::Model;
-use crate::tensor::{Tensor, testutil};
+use edgeplug_kernels::{Tensor, testutil};
 
 const FLOAT: i32 = 1;
 

@@ -1,5 +1,5 @@
 //! The native model backend: ONNX graphs run on edgeplug's own kernels
-//! ([`crate::tensor::fast`]).
+//! ([`edgeplug_kernels::fast`]).
 //!
 //! tract-onnx parses and types the graph (so shapes are known and ONNX
 //! expansions such as `Clip` → `Max`/`Min` are already done); [`compile`] then
@@ -27,8 +27,8 @@ mod tests;
 use std::sync::Mutex;
 
 use crate::model::TensorSpec;
-use crate::tensor::Tensor;
-use crate::tensor::fast::Isa;
+use edgeplug_kernels::Tensor;
+use edgeplug_kernels::fast::Isa;
 
 use exec::{Arena, Program};
 

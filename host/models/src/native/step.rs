@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::block::DwBlock;
-use crate::tensor::Pool2dParams;
+use edgeplug_kernels::Pool2dParams;
 #[cfg(doc)]
-use crate::tensor::fast;
-use crate::tensor::fast::{AlignedBuf, ColGeometry, DwGeometry, PackedLhs, PackedRhs};
+use edgeplug_kernels::fast;
+use edgeplug_kernels::fast::{AlignedBuf, ColGeometry, DwGeometry, PackedLhs, PackedRhs};
 
 /// Index of a logical buffer (one value, or several aliases of it).
 pub(super) type Slot = usize;

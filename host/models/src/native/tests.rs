@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use super::{NativeError, NativeModel};
-use crate::tensor::Tensor;
-use crate::tensor::fast::Isa;
+use edgeplug_kernels::Tensor;
+use edgeplug_kernels::fast::Isa;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
+        .join("../../tests/fixtures/models")
         .join(name)
 }
 
@@ -223,8 +223,8 @@ proptest::proptest! {
         with_res in proptest::prelude::any::<bool>(), seed in proptest::prelude::any::<u64>(),
     ) {
         use super::block::{DwBlock, Pointwise};
-        use crate::tensor::fast::{AlignedBuf, DwGeometry, Epilogue, PackedRhs, depthwise_nhwc, gemm_rows};
-        use crate::tensor::{Padding, testutil};
+        use edgeplug_kernels::fast::{AlignedBuf, DwGeometry, Epilogue, PackedRhs, depthwise_nhwc, gemm_rows};
+        use edgeplug_kernels::{Padding, testutil};
         let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
         let span = |n: usize, a: usize, b: usize| (n + a + b).saturating_sub(1) / dil + 1;
         let k = k.min(span(h, pad.top, pad.bottom)).min(span(w, pad.left, pad.right));
@@ -253,7 +253,7 @@ proptest::proptest! {
         let res = testutil::data(seed ^ 7, g.oh * g.ow * c_out, 1.0);
         let residual = with_res.then_some(&res[..]);
         let (lo, hi) = (f32::NEG_INFINITY, f32::INFINITY);
-        let isa = crate::tensor::fast::Isa::detect();
+        let isa = edgeplug_kernels::fast::Isa::detect();
         // The stages one after the other.
         let mid = match &block.expand {
             Some(e) => {

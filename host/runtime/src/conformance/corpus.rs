@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::runtime::InferRequest;
+use crate::InferRequest;
 
 /// One robustness input.
 #[derive(Debug, Clone)]
@@ -19,75 +19,75 @@ pub struct Case {
 pub const IMAGES: &[(&str, &[u8])] = &[
     (
         "bomb-30000x30000.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/bomb-30000x30000.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/bomb-30000x30000.png"),
     ),
     (
         "coffee-cmyk.jpg",
-        include_bytes!("../../../tests/fixtures/images/adversarial/coffee-cmyk.jpg"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/coffee-cmyk.jpg"),
     ),
     (
         "coffee-exif-rotated.jpg",
-        include_bytes!("../../../tests/fixtures/images/adversarial/coffee-exif-rotated.jpg"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/coffee-exif-rotated.jpg"),
     ),
     (
         "coffee-progressive.jpg",
-        include_bytes!("../../../tests/fixtures/images/adversarial/coffee-progressive.jpg"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/coffee-progressive.jpg"),
     ),
     (
         "coffee-rgba.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/coffee-rgba.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/coffee-rgba.png"),
     ),
     (
         "coffee.bmp",
-        include_bytes!("../../../tests/fixtures/images/adversarial/coffee.bmp"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/coffee.bmp"),
     ),
     (
         "coffee.gif",
-        include_bytes!("../../../tests/fixtures/images/adversarial/coffee.gif"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/coffee.gif"),
     ),
     (
         "digit1-gray-alpha.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/digit1-gray-alpha.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/digit1-gray-alpha.png"),
     ),
     (
         "digit1-gray16.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/digit1-gray16.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/digit1-gray16.png"),
     ),
     (
         "digit1-gray8.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/digit1-gray8.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/digit1-gray8.png"),
     ),
     (
         "digit1-palette.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/digit1-palette.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/digit1-palette.png"),
     ),
     (
         "empty.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/empty.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/empty.png"),
     ),
     (
         "header-only-65535.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/header-only-65535.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/header-only-65535.png"),
     ),
     (
         "not-an-image.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/not-an-image.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/not-an-image.png"),
     ),
     (
         "tiny-1x1.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/tiny-1x1.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/tiny-1x1.png"),
     ),
     (
         "truncated.jpg",
-        include_bytes!("../../../tests/fixtures/images/adversarial/truncated.jpg"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/truncated.jpg"),
     ),
     (
         "truncated.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/truncated.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/truncated.png"),
     ),
     (
         "wide-4000x1.png",
-        include_bytes!("../../../tests/fixtures/images/adversarial/wide-4000x1.png"),
+        include_bytes!("../../../../tests/fixtures/images/adversarial/wide-4000x1.png"),
     ),
 ];
 
@@ -175,7 +175,7 @@ fn image_content_type(file: &str) -> &'static str {
     match Path::new(file).extension().and_then(|e| e.to_str()) {
         Some("gif") => "image/gif",
         Some("bmp") => "image/bmp",
-        _ => crate::cli::content_type_for(Path::new(file)),
+        _ => crate::content_type::content_type_for(Path::new(file)),
     }
 }
 

@@ -15,10 +15,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::bundle::{BundleLimits, TrustStore};
-use crate::runtime::{
+use crate::{
     InferRequest, InferResponse, InvokeError, LoadedPlugin, PluginFiles, RequestStats, Runtime,
 };
+use edgeplug_bundle::{BundleLimits, TrustStore};
 
 /// What to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +196,7 @@ pub fn run(runtime: &Runtime, target: &Target, options: &Options) -> Report {
                 "load",
                 "",
                 Outcome::Fail,
-                format!("{e:#}"),
+                format!("{}: {e}", e.code()),
                 started.elapsed(),
             );
             return report;
@@ -275,7 +275,7 @@ fn read_target(
             let verified = TrustStore::load(trust_dir)
                 .map_err(anyhow::Error::from)
                 .and_then(|trust| {
-                    crate::bundle::verify_file(path, &trust, &BundleLimits::default())
+                    edgeplug_bundle::verify_file(path, &trust, &BundleLimits::default())
                         .map_err(anyhow::Error::from)
                 });
             match verified {
@@ -329,7 +329,7 @@ fn read_target(
                         "load",
                         "",
                         Outcome::Fail,
-                        format!("{e:#}"),
+                        format!("{}: {e}", e.code()),
                         started.elapsed(),
                     );
                     return None;
@@ -548,7 +548,7 @@ impl Kit<'_> {
         worst.peak.peak_tensor_bytes = worst.peak.peak_tensor_bytes.max(stats.peak_tensor_bytes);
         worst.slowest = worst.slowest.max(elapsed);
         if let Err(e) = &result
-            && is_limit(e)
+            && e.is_limit()
         {
             worst.exhausted.push((input.to_string(), e.to_string()));
         }
@@ -705,38 +705,15 @@ fn judge_robustness(result: &Result<InferResponse, InvokeError>) -> (Outcome, St
                 response.body.len()
             ),
         ),
-        Err(e @ (InvokeError::Plugin { .. } | InvokeError::RequestTooLarge { .. })) => {
-            let json = crate::cli::invoke_error_json(e);
-            (
-                Outcome::Pass,
-                format!(
-                    "error {}: {}",
-                    json["code"].as_str().unwrap_or("?"),
-                    one_line(json["message"].as_str().unwrap_or(""))
-                ),
-            )
-        }
-        Err(e) => {
-            let code = crate::cli::invoke_error_json(e)["code"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string();
-            (
-                Outcome::Fail,
-                format!("{code}: {}", one_line(&e.to_string())),
-            )
-        }
+        Err(e) if e.misconduct().is_none() => (
+            Outcome::Pass,
+            format!("error {}: {}", e.code(), one_line(&e.message())),
+        ),
+        Err(e) => (
+            Outcome::Fail,
+            format!("{}: {}", e.code(), one_line(&e.to_string())),
+        ),
     }
-}
-
-fn is_limit(e: &InvokeError) -> bool {
-    matches!(
-        e,
-        InvokeError::DeadlineExceeded { .. }
-            | InvokeError::MemoryExhausted { .. }
-            | InvokeError::TensorMemoryExhausted { .. }
-            | InvokeError::ResponseTooLarge { .. }
-    )
 }
 
 fn one_line(text: &str) -> String {
