@@ -57,6 +57,8 @@ run: plugins host
 
 test: test-setup
 	$(CARGO) test --workspace
+	@# Which SIMD paths the kernel property tests exercised on this machine.
+	$(CARGO) test -q -p edgeplug-kernels --lib -- --nocapture --exact fast::tests::simd_paths_under_test
 	$(MAKE) smoke
 
 # The CLI end to end on a freshly built plugin: a drawn "1" must come out as 1, and a

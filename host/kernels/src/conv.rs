@@ -174,9 +174,11 @@ pub fn conv2d(
         |a: &WindowAxis| a.kernel == 1 && a.stride == 1 && a.pad_begin == 0 && a.pad_end == 0;
     Ok(Tensor::f32_output(out_shape, |out| {
         if unit_window(&plan.h) && unit_window(&plan.w) {
-            pointwise(&plan, out);
+            pointwise_simd(&plan, out);
         } else if plan.groups == plan.c && plan.groups == plan.o {
             depthwise_simd(&plan, out);
+        } else if plan.groups == 1 {
+            dense_simd(&plan, out);
         } else {
             im2col_gemm(&plan, out, IM2COL_BUDGET);
         }
@@ -192,36 +194,6 @@ fn seed_bias(plan: &ConvPlan<'_>, out_image: &mut [f32], plane: usize) {
             }
         }
         None => out_image.fill(0.0),
-    }
-}
-
-fn pointwise(plan: &ConvPlan<'_>, out: &mut [f32]) {
-    let hw = plan.h.input * plan.w.input;
-    let (cpg, opg) = (plan.cpg, plan.opg);
-    for (b, out_image) in out.chunks_exact_mut(plan.o * hw).enumerate() {
-        seed_bias(plan, out_image, hw);
-        let image = &plan.input[b * plan.c * hw..][..plan.c * hw];
-        for g in 0..plan.groups {
-            // out[g] (opg × HW) += W[g] (opg × cpg) · X[g] (cpg × HW)
-            Product {
-                m: opg,
-                n: hw,
-                k: cpg,
-                lhs: Mat {
-                    data: &plan.weight[g * opg * cpg..][..opg * cpg],
-                    rs: cpg,
-                    cs: 1,
-                },
-                rhs: Mat {
-                    data: &image[g * cpg * hw..][..cpg * hw],
-                    rs: hw,
-                    cs: 1,
-                },
-                alpha: 1.0,
-            }
-            .run(&mut out_image[g * opg * hw..][..opg * hw], hw, true);
-        }
-        plan.activation.apply_slice(out_image);
     }
 }
 
@@ -260,6 +232,112 @@ fn fused_row3(dst: &mut [f32], row: &[f32], first: usize, dilation: usize, taps:
     }
 }
 
+/// The clamp a fast kernel fuses into its stores for `activation`, and the activation left to
+/// apply afterwards (sigmoid and tanh are not a clamp).
+fn fused_clamp(activation: Activation) -> (f32, f32, Option<Activation>) {
+    match activation {
+        Activation::None => (f32::NEG_INFINITY, f32::INFINITY, None),
+        Activation::Relu => (0.0, f32::INFINITY, None),
+        Activation::Relu6 => (0.0, 6.0, None),
+        other => (f32::NEG_INFINITY, f32::INFINITY, Some(other)),
+    }
+}
+
+/// A 1×1 convolution on the native model backend's GEMM ([`super::fast::gemm_packed`]): per
+/// image and group, `out (opg × HW) = W (opg × cpg) · X (cpg × HW)` straight on the NCHW planes,
+/// bias and ReLU/ReLU6 fused into the stores. The weights are packed per call: a plugin's
+/// tensor is not known to be constant, and packing is `O(opg·cpg)` against the product's
+/// `O(opg·cpg·HW)`.
+fn pointwise_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
+    use super::fast::{Epilogue, Isa, PackedLhs, gemm_packed};
+    let hw = plan.h.input * plan.w.input;
+    let (cpg, opg) = (plan.cpg, plan.opg);
+    let (lo, hi, after) = fused_clamp(plan.activation);
+    let isa = Isa::detect();
+    let packed: Vec<PackedLhs> = (0..plan.groups)
+        .map(|g| PackedLhs::pack(&plan.weight[g * opg * cpg..][..opg * cpg], opg, cpg))
+        .collect();
+    for (b, out_image) in out.chunks_exact_mut(plan.o * hw).enumerate() {
+        let image = &plan.input[b * plan.c * hw..][..plan.c * hw];
+        for (g, lhs) in packed.iter().enumerate() {
+            let epilogue = Epilogue {
+                bias: plan.bias.map(|bias| &bias[g * opg..][..opg]),
+                residual: None,
+                lo,
+                hi,
+            };
+            gemm_packed(
+                isa,
+                lhs,
+                &image[g * cpg * hw..][..cpg * hw],
+                hw,
+                hw,
+                &mut out_image[g * opg * hw..][..opg * hw],
+                hw,
+                &epilogue,
+            );
+        }
+        if let Some(activation) = after {
+            activation.apply_slice(out_image);
+        }
+    }
+}
+
+/// A dense (one group) convolution on the native model backend's kernel for convolutions that
+/// read an NCHW image ([`super::fast::conv_nchw`]: interior patches read in place, no patch
+/// matrix), then its channels-last rows transposed back to NCHW planes. Falls back to
+/// [`im2col_gemm`] only if the kernel's geometry disagrees with the plan's, which a valid plan
+/// never does.
+fn dense_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
+    use super::fast::{AlignedBuf, DwGeometry, Epilogue, Isa, PackedRhs, conv_nchw, transpose};
+    let (h, w) = (&plan.h, &plan.w);
+    let geometry = DwGeometry::new(
+        plan.c,
+        h.input,
+        w.input,
+        [h.kernel, w.kernel],
+        [h.stride, w.stride],
+        [h.dilation, w.dilation],
+        Padding {
+            top: h.pad_begin,
+            left: w.pad_begin,
+            bottom: h.pad_end,
+            right: w.pad_end,
+        },
+    )
+    .filter(|g| g.oh == h.output && g.ow == w.output);
+    let Some(geometry) = geometry else {
+        return im2col_gemm(plan, out, IM2COL_BUDGET);
+    };
+    let k = plan.c * h.kernel * w.kernel;
+    let weights = PackedRhs::pack_transposed(plan.weight, plan.o, k);
+    let (lo, hi, after) = fused_clamp(plan.activation);
+    let epilogue = Epilogue {
+        bias: plan.bias,
+        residual: None,
+        lo,
+        hi,
+    };
+    let isa = Isa::detect();
+    let positions = h.output * w.output;
+    let mut rows = AlignedBuf::zeroed(positions * plan.o);
+    let mut col = AlignedBuf::zeroed(0);
+    let in_image = plan.c * h.input * w.input;
+    for (input, output) in plan
+        .input
+        .chunks_exact(in_image)
+        .zip(out.chunks_exact_mut(plan.o * positions))
+    {
+        conv_nchw(
+            isa, &geometry, input, &weights, &epilogue, &mut rows, &mut col,
+        );
+        transpose(&rows[..positions * plan.o], positions, plan.o, output);
+        if let Some(activation) = after {
+            activation.apply_slice(output);
+        }
+    }
+}
+
 /// Depthwise on the SIMD kernel of [`super::fast`] (the one the native model backend uses),
 /// image by image, with ReLU/ReLU6 fused into its stores. Falls back to [`depthwise`] only if
 /// the kernel's geometry disagrees with the plan's, which a valid plan never does.
@@ -284,12 +362,7 @@ fn depthwise_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
     let Some(geometry) = geometry else {
         return depthwise(plan, out);
     };
-    let (lo, hi, after) = match plan.activation {
-        Activation::None => (f32::NEG_INFINITY, f32::INFINITY, None),
-        Activation::Relu => (0.0, f32::INFINITY, None),
-        Activation::Relu6 => (0.0, 6.0, None),
-        other => (f32::NEG_INFINITY, f32::INFINITY, Some(other)),
-    };
+    let (lo, hi, after) = fused_clamp(plan.activation);
     let epilogue = Epilogue {
         bias: plan.bias,
         residual: None,

@@ -441,3 +441,17 @@ fn check_depthwise_nhwc(
     }
     Ok(())
 }
+
+/// Prints which SIMD paths the property tests above ran (each loops over
+/// `Isa::all_available()`), so a CI log shows whether the AVX-512 kernels were
+/// exercised or only the portable ones (`make test` runs it with `--nocapture`).
+#[test]
+fn simd_paths_under_test() {
+    let paths = Isa::all_available();
+    println!(
+        "kernel property tests ran on: {paths:?} (requests use {:?})",
+        Isa::detect()
+    );
+    assert_eq!(paths.first(), Some(&Isa::Portable));
+    assert!(paths.contains(&Isa::detect()));
+}
