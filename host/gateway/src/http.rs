@@ -247,107 +247,22 @@ fn lookup(gw: &Gateway, name: &str) -> Result<Arc<ActivePlugin>, Failure> {
     })
 }
 
-/// Runs a request on `plugin` off the reactor, bounded by its permits (503 when all are
-/// taken: no queue), at low CPU priority while the version is demoted. Records metrics.
+/// Runs a request through [`lanes::dispatch`] and turns its refusal or failure into HTTP.
 async fn run(
     gw: &Gateway,
     plugin: Arc<ActivePlugin>,
     request: InferRequest,
     started: Instant,
 ) -> Result<InferResponse, Failure> {
-    let saturated = |plugin: &ActivePlugin, what: &str| Failure {
-        retry_after: true,
-        ..fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "saturated",
-            format!(
-                "plugin {} {} is serving {what}; retry later",
-                plugin.name(),
-                plugin.version,
-            ),
-        )
-    };
-    let Ok(permit) = plugin.permits.clone().try_acquire_owned() else {
-        let what = format!(
-            "its limit of {} requests",
-            plugin.plugin.shared().limits().concurrency
-        );
-        return Err(saturated(&plugin, &what));
-    };
-    let demoted = plugin.demotion.is_demoted();
-    if !demoted
-        && plugin.fast_path.allows()
-        && request.body.len() <= lanes::FAST_PATH_MAX_BODY
-        && request.tensors.is_empty()
-    {
-        match plugin
-            .plugin
-            .infer_within(request.clone(), lanes::FAST_PATH_BUDGET)
-        {
-            Err(InvokeError::DeadlineExceeded { .. }) => {
-                tracing::info!(plugin = plugin.name(), version = %plugin.version, "fast path overran its budget; running on the pool from now on");
-                plugin.fast_path.ban();
-            }
-            result => {
-                drop(permit);
-                return finish(gw, &plugin, result, started);
-            }
-        }
-    }
-    let task_plugin = plugin.clone();
-    let quick = Duration::from_micros(gw.config.fast_path_us);
-    let job = move || {
-        let ran = Instant::now();
-        let result = task_plugin.plugin.infer(request);
-        task_plugin.fast_path.observe(ran.elapsed(), quick);
-        drop(permit);
-        result
-    };
-    let result = if demoted {
-        let resting = move || {
-            let ran = Instant::now();
-            let result = job();
-            // The lane rests as long as the request ran, so a demoted version uses at most half
-            // of one core, and also causes at most half the page faults and TLB shootdowns
-            // (which reach every core whatever its priority) that it could.
-            std::thread::sleep(ran.elapsed().min(lanes::DEMOTED_REST_MAX));
-            result
-        };
-        match gw.demoted.run(resting).await {
-            Some(result) => result,
-            None => {
-                return Err(saturated(
-                    &plugin,
-                    "at low priority after exhausting its limits, and its queue is full",
-                ));
-            }
-        }
-    } else {
-        tokio::task::spawn_blocking(job)
-            .await
-            .unwrap_or_else(|e| Err(InvokeError::trap(format!("the request's task failed: {e}"))))
-    };
-    finish(gw, &plugin, result, started)
-}
-
-/// Records a finished request (demotion, metrics) and turns an error into its HTTP failure.
-fn finish(
-    gw: &Gateway,
-    plugin: &ActivePlugin,
-    result: Result<InferResponse, InvokeError>,
-    started: Instant,
-) -> Result<InferResponse, Failure> {
-    if let Err(e) = &result
-        && let Some(misconduct) = e.misconduct()
-        && plugin.demotion.record(misconduct)
-    {
-        tracing::warn!(plugin = plugin.name(), version = %plugin.version, error = %e, "demoted to low CPU priority");
-        gw.metrics
-            .event("demotion", plugin.name(), &plugin.version.to_string());
-    }
-    let code = result.as_ref().err().map(InvokeError::code);
-    plugin.metrics.observe(started.elapsed(), code);
-    result.map_err(|e| invoke_failure(&e))
+    lanes::dispatch(gw, plugin, request, started)
+        .await
+        .map_err(|e| match e {
+            lanes::DispatchError::Saturated(message) => Failure {
+                retry_after: true,
+                ..fail(StatusCode::SERVICE_UNAVAILABLE, "saturated", message)
+            },
+            lanes::DispatchError::Failed(e) => invoke_failure(&e),
+        })
 }
 
 fn invoke_failure(e: &InvokeError) -> Failure {

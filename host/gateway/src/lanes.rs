@@ -1,4 +1,5 @@
-//! Where a request's wasm runs.
+//! Where a request's wasm runs: [`dispatch`] picks the lane (fast path, pool, demoted) and
+//! records what the request says about its plugin version.
 //!
 //! Requests run on tokio's blocking pool. A plugin version whose request just exhausted its
 //! deadline or a memory limit, or that trapped [`TRAP_STORM`] times within a second, is
@@ -23,7 +24,10 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgeplug_runtime::Misconduct;
+use edgeplug_runtime::{InferRequest, InferResponse, InvokeError, Misconduct};
+
+use crate::Gateway;
+use crate::registry::ActivePlugin;
 
 /// The longest the demoted lane rests after a request (it rests as long as the request ran).
 pub const DEMOTED_REST_MAX: Duration = Duration::from_secs(1);
@@ -199,6 +203,114 @@ fn lower_this_threads_priority(nice: i32) {
 
 #[cfg(not(target_os = "linux"))]
 fn lower_this_threads_priority(_nice: i32) {}
+
+/// Why [`dispatch`] gave no response.
+#[derive(Debug)]
+pub enum DispatchError {
+    /// Every permit is taken (no queue), or the demoted lane's queue is full: retry later.
+    Saturated(String),
+    /// The plugin ran and failed.
+    Failed(InvokeError),
+}
+
+/// Runs a request on `plugin`: on the reactor thread for a fast-path version, else off the
+/// reactor, bounded by its permits (refused when all are taken: no queue), at low CPU priority
+/// while the version is demoted. Records demotions and metrics.
+pub async fn dispatch(
+    gw: &Gateway,
+    plugin: Arc<ActivePlugin>,
+    request: InferRequest,
+    started: Instant,
+) -> Result<InferResponse, DispatchError> {
+    let saturated = |plugin: &ActivePlugin, what: &str| {
+        DispatchError::Saturated(format!(
+            "plugin {} {} is serving {what}; retry later",
+            plugin.name(),
+            plugin.version,
+        ))
+    };
+    let Ok(permit) = plugin.permits.clone().try_acquire_owned() else {
+        let what = format!(
+            "its limit of {} requests",
+            plugin.plugin.shared().limits().concurrency
+        );
+        return Err(saturated(&plugin, &what));
+    };
+    let demoted = plugin.demotion.is_demoted();
+    if !demoted
+        && plugin.fast_path.allows()
+        && request.body.len() <= FAST_PATH_MAX_BODY
+        && request.tensors.is_empty()
+    {
+        match plugin
+            .plugin
+            .infer_within(request.clone(), FAST_PATH_BUDGET)
+        {
+            Err(InvokeError::DeadlineExceeded { .. }) => {
+                tracing::info!(plugin = plugin.name(), version = %plugin.version, "fast path overran its budget; running on the pool from now on");
+                plugin.fast_path.ban();
+            }
+            result => {
+                drop(permit);
+                return finish(gw, &plugin, result, started);
+            }
+        }
+    }
+    let task_plugin = plugin.clone();
+    let quick = Duration::from_micros(gw.config.fast_path_us);
+    let job = move || {
+        let ran = Instant::now();
+        let result = task_plugin.plugin.infer(request);
+        task_plugin.fast_path.observe(ran.elapsed(), quick);
+        drop(permit);
+        result
+    };
+    let result = if demoted {
+        let resting = move || {
+            let ran = Instant::now();
+            let result = job();
+            // The lane rests as long as the request ran, so a demoted version uses at most half
+            // of one core, and also causes at most half the page faults and TLB shootdowns
+            // (which reach every core whatever its priority) that it could.
+            std::thread::sleep(ran.elapsed().min(DEMOTED_REST_MAX));
+            result
+        };
+        match gw.demoted.run(resting).await {
+            Some(result) => result,
+            None => {
+                return Err(saturated(
+                    &plugin,
+                    "at low priority after exhausting its limits, and its queue is full",
+                ));
+            }
+        }
+    } else {
+        tokio::task::spawn_blocking(job)
+            .await
+            .unwrap_or_else(|e| Err(InvokeError::trap(format!("the request's task failed: {e}"))))
+    };
+    finish(gw, &plugin, result, started)
+}
+
+/// Records a finished request (demotion, metrics).
+fn finish(
+    gw: &Gateway,
+    plugin: &ActivePlugin,
+    result: Result<InferResponse, InvokeError>,
+    started: Instant,
+) -> Result<InferResponse, DispatchError> {
+    if let Err(e) = &result
+        && let Some(misconduct) = e.misconduct()
+        && plugin.demotion.record(misconduct)
+    {
+        tracing::warn!(plugin = plugin.name(), version = %plugin.version, error = %e, "demoted to low CPU priority");
+        gw.metrics
+            .event("demotion", plugin.name(), &plugin.version.to_string());
+    }
+    let code = result.as_ref().err().map(InvokeError::code);
+    plugin.metrics.observe(started.elapsed(), code);
+    result.map_err(DispatchError::Failed)
+}
 
 #[cfg(test)]
 mod tests {
