@@ -37,7 +37,7 @@ pub const DEMOTION: Duration = Duration::from_secs(30);
 
 /// The longest a fast-path request may hold the reactor thread (rounded up to the epoch tick).
 pub const FAST_PATH_BUDGET: Duration = Duration::from_millis(10);
-/// Consecutive pool runs under [`FAST_PATH_QUICK`] that earn the fast path.
+/// Consecutive pool runs under the configured `fast_path_us` that earn the fast path.
 pub const FAST_PATH_QUALIFY: u32 = 64;
 /// Largest body sent down the fast path.
 pub const FAST_PATH_MAX_BODY: usize = 64 << 10;

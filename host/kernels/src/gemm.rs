@@ -90,7 +90,7 @@ impl Product<'_> {
     }
 }
 
-/// Parameters of [`gemm`]: `Y = alpha * A' * B' + beta * C`, where `A'` is
+/// Parameters of [`gemm`](fn@gemm): `Y = alpha * A' * B' + beta * C`, where `A'` is
 /// `A` or its transpose.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmParams {

@@ -2,7 +2,7 @@
 //!
 //! The layout follows tract's split: [`Tensor`] is a plain owned (shared)
 //! n-dimensional array, the operation modules validate shapes and dispatch,
-//! and every fast kernel has a naive twin in [`reference`] that the tests use
+//! and every fast kernel has a naive twin in [`reference`](mod@reference) that the tests use
 //! as an oracle.
 //!
 //! All inputs are untrusted (they come from WebAssembly guests), so every

@@ -2,7 +2,7 @@
 //! ([`edgeplug_kernels::fast`]).
 //!
 //! tract-onnx parses and types the graph (so shapes are known and ONNX
-//! expansions such as `Clip` → `Max`/`Min` are already done); [`compile`] then
+//! expansions such as `Clip` → `Max`/`Min` are already done); `compile` then
 //! walks the typed nodes in evaluation order and turns them into a flat list
 //! of steps: constants are folded (with tract's own evaluator), a convolution
 //! absorbs the activation and the residual `Add` that follow it, weights are
