@@ -243,6 +243,40 @@ fn fused_clamp(activation: Activation) -> (f32, f32, Option<Activation>) {
     }
 }
 
+/// The plan's window as the fast kernels' geometry; `None` only if the two disagree on the
+/// output size, which a valid plan never does.
+fn kernel_geometry(plan: &ConvPlan<'_>) -> Option<super::fast::DwGeometry> {
+    let (h, w) = (&plan.h, &plan.w);
+    super::fast::DwGeometry::new(
+        plan.c,
+        h.input,
+        w.input,
+        [h.kernel, w.kernel],
+        [h.stride, w.stride],
+        [h.dilation, w.dilation],
+        Padding {
+            top: h.pad_begin,
+            left: w.pad_begin,
+            bottom: h.pad_end,
+            right: w.pad_end,
+        },
+    )
+    .filter(|g| g.oh == h.output && g.ow == w.output)
+}
+
+/// The whole-plan epilogue (bias per output channel, clamp fused) and the activation left to
+/// apply afterwards.
+fn fused_epilogue<'a>(plan: &ConvPlan<'a>) -> (super::fast::Epilogue<'a>, Option<Activation>) {
+    let (lo, hi, after) = fused_clamp(plan.activation);
+    let epilogue = super::fast::Epilogue {
+        bias: plan.bias,
+        residual: None,
+        lo,
+        hi,
+    };
+    (epilogue, after)
+}
+
 /// A 1×1 convolution on the native model backend's GEMM ([`super::fast::gemm_packed`]): per
 /// image and group, `out (opg × HW) = W (opg × cpg) · X (cpg × HW)` straight on the NCHW planes,
 /// bias and ReLU/ReLU6 fused into the stores. The weights are packed per call: a plugin's
@@ -289,35 +323,15 @@ fn pointwise_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
 /// [`im2col_gemm`] only if the kernel's geometry disagrees with the plan's, which a valid plan
 /// never does.
 fn dense_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
-    use super::fast::{AlignedBuf, DwGeometry, Epilogue, Isa, PackedRhs, conv_nchw, transpose};
+    use super::fast::{AlignedBuf, Isa, PackedRhs, conv_nchw, transpose};
     let (h, w) = (&plan.h, &plan.w);
-    let geometry = DwGeometry::new(
-        plan.c,
-        h.input,
-        w.input,
-        [h.kernel, w.kernel],
-        [h.stride, w.stride],
-        [h.dilation, w.dilation],
-        Padding {
-            top: h.pad_begin,
-            left: w.pad_begin,
-            bottom: h.pad_end,
-            right: w.pad_end,
-        },
-    )
-    .filter(|g| g.oh == h.output && g.ow == w.output);
+    let geometry = kernel_geometry(plan);
     let Some(geometry) = geometry else {
         return im2col_gemm(plan, out, IM2COL_BUDGET);
     };
     let k = plan.c * h.kernel * w.kernel;
     let weights = PackedRhs::pack_transposed(plan.weight, plan.o, k);
-    let (lo, hi, after) = fused_clamp(plan.activation);
-    let epilogue = Epilogue {
-        bias: plan.bias,
-        residual: None,
-        lo,
-        hi,
-    };
+    let (epilogue, after) = fused_epilogue(plan);
     let isa = Isa::detect();
     let positions = h.output * w.output;
     let mut rows = AlignedBuf::zeroed(positions * plan.o);
@@ -342,33 +356,13 @@ fn dense_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
 /// image by image, with ReLU/ReLU6 fused into its stores. Falls back to [`depthwise`] only if
 /// the kernel's geometry disagrees with the plan's, which a valid plan never does.
 fn depthwise_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
-    use super::fast::{DwGeometry, Epilogue, Isa};
+    use super::fast::Isa;
     let (h, w) = (&plan.h, &plan.w);
-    let geometry = DwGeometry::new(
-        plan.c,
-        h.input,
-        w.input,
-        [h.kernel, w.kernel],
-        [h.stride, w.stride],
-        [h.dilation, w.dilation],
-        Padding {
-            top: h.pad_begin,
-            left: w.pad_begin,
-            bottom: h.pad_end,
-            right: w.pad_end,
-        },
-    )
-    .filter(|g| g.oh == h.output && g.ow == w.output);
+    let geometry = kernel_geometry(plan);
     let Some(geometry) = geometry else {
         return depthwise(plan, out);
     };
-    let (lo, hi, after) = fused_clamp(plan.activation);
-    let epilogue = Epilogue {
-        bias: plan.bias,
-        residual: None,
-        lo,
-        hi,
-    };
+    let (epilogue, after) = fused_epilogue(plan);
     let isa = Isa::detect();
     let mut scratch = Vec::new();
     let (in_image, out_image) = (plan.c * h.input * w.input, plan.c * h.output * w.output);
