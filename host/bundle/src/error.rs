@@ -66,6 +66,17 @@ pub enum BundleError {
     },
 }
 
+/// Why a detached signature (see [`sign_detached`](crate::sign_detached)) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    #[error("signed by key {key_id}, which is not in the trust store")]
+    UnknownKey { key_id: KeyId },
+    #[error("signed by key {key_id}, which is revoked")]
+    RevokedKey { key_id: KeyId },
+    #[error("bad signature: the bytes are not what key {key_id} signed")]
+    BadSignature { key_id: KeyId },
+}
+
 /// Why a key file could not be read, parsed or written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

@@ -48,10 +48,13 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
-pub use error::{BundleError, KeyError, PackError, StoreError, TrustError};
+pub use error::{BundleError, KeyError, PackError, SignatureError, StoreError, TrustError};
 pub use format::{FORMAT_VERSION, MAGIC, MAX_MANIFEST_BYTES, SIG_BLOCK_LEN, sign_bundle};
 pub use pack::{Packed, pack_dir, pack_dir_with};
-pub use sign::{GeneratedKey, KeyId, PublicKey, SecretKey, generate_keypair, load_or_generate};
+pub use sign::{
+    GeneratedKey, KeyId, PublicKey, SIGNATURE_LEN, SecretKey, generate_keypair, load_or_generate,
+    sign_detached,
+};
 pub use store::{
     ActivePlugins, AllowDowngrade, InstallOutcome, KeptVersion, PluginInfo, PluginStore,
     StoreConfig,

@@ -162,6 +162,32 @@ impl SecretKey {
     }
 }
 
+/// Opens the message of every detached signature, so that no detached signature can ever be
+/// taken for a bundle's (a bundle's signed bytes open with [`crate::MAGIC`]) nor one domain's
+/// for another's.
+const DETACHED_PREFIX: &[u8] = b"edgeplug detached signature v1\0";
+
+/// The bytes a detached signature covers: the prefix, the domain, a NUL, the message.
+pub(crate) fn detached_message(domain: &str, message: &[u8]) -> Vec<u8> {
+    assert!(
+        !domain.is_empty() && !domain.contains('\0'),
+        "a signature domain is a fixed, non-empty name without NUL"
+    );
+    let mut signed = Vec::with_capacity(DETACHED_PREFIX.len() + domain.len() + 1 + message.len());
+    signed.extend_from_slice(DETACHED_PREFIX);
+    signed.extend_from_slice(domain.as_bytes());
+    signed.push(0);
+    signed.extend_from_slice(message);
+    signed
+}
+
+/// Signs arbitrary bytes (a fleet notice, say) with `key`, separated by `domain` (a fixed name
+/// such as `"edgeplug-fleet-notice"`) from bundles and from every other domain. Check it with
+/// [`TrustStore::verify_detached`](crate::TrustStore::verify_detached) and the same domain.
+pub fn sign_detached(key: &SecretKey, domain: &str, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+    key.sign(&detached_message(domain, message))
+}
+
 /// Files written by [`generate_keypair`].
 #[derive(Debug, Clone)]
 pub struct GeneratedKey {
@@ -297,6 +323,19 @@ mod tests {
         let mut bad = sig;
         bad[10] ^= 1;
         assert!(!key.public_key().verify(b"hello", &bad));
+    }
+
+    #[test]
+    fn detached_signatures_are_bound_to_their_domain() {
+        let key = SecretKey::from_seed([4; 32]);
+        let sig = sign_detached(&key, "test-domain", b"message");
+        let public = key.public_key();
+        assert!(public.verify(&detached_message("test-domain", b"message"), &sig));
+        assert!(!public.verify(&detached_message("other-domain", b"message"), &sig));
+        assert!(!public.verify(&detached_message("test-domain", b"messagf"), &sig));
+        // Neither the bare message nor its signature under plain `sign` is interchangeable.
+        assert!(!public.verify(b"message", &sig));
+        assert_ne!(key.sign(b"message"), sig);
     }
 
     #[test]
