@@ -2,6 +2,12 @@
 //!
 //! Requests, errors (by code) and latency histograms per plugin and version; swaps,
 //! rollbacks, removals and rejected bundles (by reason).
+//!
+//! A version's series live as long as the version does: every loaded version (active, or
+//! kept in memory for a rollback) holds its [`VersionMetrics`], and once none does (the
+//! version was dropped and its last request finished) [`Metrics::forget_dropped`] removes
+//! its series, so a gateway that is pushed to for months does not export every version it
+//! ever ran.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -75,7 +81,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The counters of `name` `version` (created on first use; kept for the process's life).
+    /// The counters of `name` `version`, created on first use and kept while anything holds
+    /// them (the loaded version does).
     pub fn version(&self, name: &str, version: &str) -> Arc<VersionMetrics> {
         self.versions
             .lock()
@@ -110,8 +117,31 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Forgets the series of every version nothing holds any more: its requests, errors and
+    /// latencies, and its swap, rollback and demotion counts. Returns how many versions went.
+    pub fn forget_dropped(&self) -> usize {
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the lock no new holder can appear: `version()` hands out clones only while
+        // holding it, so a count of 1 (the map's own) means the version is gone for good.
+        let dropped: Vec<(String, String)> = versions
+            .iter()
+            .filter(|(_, m)| Arc::strong_count(m) == 1)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &dropped {
+            versions.remove(key);
+        }
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.retain(|(kind, plugin, version), _| {
+            let per_version = matches!(*kind, "push" | "rollback" | "demotion");
+            !(per_version && dropped.iter().any(|(p, v)| p == plugin && v == version))
+        });
+        dropped.len()
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.forget_dropped();
         let mut out = String::new();
         let versions = self
             .versions
@@ -275,5 +305,36 @@ mod tests {
         ));
         assert!(text.contains("edgeplug_requests_refused_total{status=\"503\"} 1"));
         assert_eq!(m.errors(), 1);
+    }
+
+    #[test]
+    fn a_dropped_versions_series_disappear() {
+        let metrics = Metrics::default();
+        let old = metrics.version("digits", "0.1.0");
+        let new = metrics.version("digits", "0.2.0");
+        old.observe(Duration::from_millis(1), Some("invalid-argument"));
+        new.observe(Duration::from_millis(1), None);
+        metrics.event("push", "digits", "0.1.0");
+        metrics.event("demotion", "digits", "0.1.0");
+        metrics.event("push", "digits", "0.2.0");
+        metrics.rejected("digits", "bad-signature");
+        metrics.event("remove", "digits", "");
+        // While something holds 0.1.0 (its loaded version, a request on it), it stays.
+        assert_eq!(metrics.forget_dropped(), 0);
+        assert!(metrics.render().contains("version=\"0.1.0\""));
+        drop(old);
+        let text = metrics.render();
+        assert!(!text.contains("0.1.0"), "{text}");
+        assert!(text.contains("edgeplug_requests_total{plugin=\"digits\",version=\"0.2.0\"} 1"));
+        assert!(text.contains("edgeplug_swaps_total{plugin=\"digits\",version=\"0.2.0\"} 1"));
+        // Events about the plugin rather than a version stay.
+        assert!(text.contains("reason=\"bad-signature\"} 1"), "{text}");
+        assert!(text.contains("edgeplug_removals_total{plugin=\"digits\",version=\"\"} 1"));
+        // A version loaded again (a rollback from disk) starts from zero.
+        let again = metrics.version("digits", "0.1.0");
+        assert_eq!(again.requests(), 0);
+        drop(new);
+        assert_eq!(metrics.forget_dropped(), 1);
+        assert!(!metrics.render().contains("0.2.0"));
     }
 }
