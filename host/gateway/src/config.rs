@@ -27,6 +27,8 @@
 //! requests_per_instance = 10000      # caps a plugin's instance reuse; 1: a fresh instance always
 //! max_bundle_mib = 512               # largest bundle a push may upload
 //! max_instances = 128                # wasm instances alive at once, all plugins together
+//! body_timeout_ms = 30000            # a request body must arrive within this (408 after)...
+//! body_min_rate_kib = 16             # ...plus one second per this many KiB received
 //! ```
 //! Relative paths in a file are resolved against the file's directory; the built-in defaults
 //! are relative to the working directory.
@@ -105,6 +107,14 @@ pub struct LimitsConfig {
     /// Wasm instances alive at once across all plugins (the pooling allocator's slots).
     /// Default: 128.
     pub max_instances: u32,
+    /// A request body must arrive within this many milliseconds, plus one second for every
+    /// `body_min_rate_kib` KiB received so far; past that the request answers 408 and its
+    /// connection closes. A slow client therefore keeps a connection only while it sends at
+    /// least that rate. Default: 30000.
+    pub body_timeout_ms: u32,
+    /// The upload rate, KiB/s, that keeps extending a body's deadline (see
+    /// `body_timeout_ms`). Default: 16 (128 kbit/s).
+    pub body_min_rate_kib: u32,
 }
 
 impl Default for Config {
@@ -137,6 +147,8 @@ impl Default for LimitsConfig {
             requests_per_instance: 10_000,
             max_bundle_mib: 512,
             max_instances: 128,
+            body_timeout_ms: 30_000,
+            body_min_rate_kib: 16,
         }
     }
 }
@@ -192,6 +204,8 @@ impl Config {
             ("requests_per_instance", l.requests_per_instance),
             ("max_bundle_mib", l.max_bundle_mib),
             ("max_instances", l.max_instances),
+            ("body_timeout_ms", l.body_timeout_ms),
+            ("body_min_rate_kib", l.body_min_rate_kib),
         ] {
             anyhow::ensure!(value > 0, "limits.{name} must be at least 1");
         }

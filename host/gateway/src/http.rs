@@ -2,7 +2,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/` | the web page |
+//! | GET | `/` | the web page (with its Content-Security-Policy) |
 //! | GET | `/v1/plugins` | plugins, active and kept versions, signer, load time, stats |
 //! | POST | `/v1/plugins/{name}/infer` | body and content type to the plugin, its response back |
 //! | POST | `/predict` | multipart form, file field `image`, to `default_plugin`: `{"prediction": label}` |
@@ -13,17 +13,24 @@
 //! | PUT | `/v1/admin/plugins/{name}` | push a bundle (bearer token) |
 //! | POST | `/v1/admin/plugins/{name}/rollback` | roll back (bearer token) |
 //! | DELETE | `/v1/admin/plugins/{name}` | remove (bearer token) |
+//!
+//! `HEAD` works wherever `GET` does. Every request goes through the body policy of
+//! [`super::body`] before anything reads or parses its body: each endpoint knows its size
+//! limit, a body declared larger is refused unread, an admin request is authenticated before
+//! its body is touched, and a body that stalls answers 408. The router takes any body type,
+//! so tests can drive [`handle`] without a socket.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::Full;
+use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::{Value, json};
 
 use super::Gateway;
+use super::body::{self, BodyError, BodyPolicy, RequestBody};
 use super::lanes;
 use super::registry::{ActivePlugin, AdminError};
 use edgeplug_bundle::{BundleError, StoreError};
@@ -37,10 +44,12 @@ const PAGE: &str = include_str!("page.html");
 
 /// Room for the multipart framing around `/predict`'s file.
 const MULTIPART_OVERHEAD: usize = 64 << 10;
-/// A request refused before its body was read has at most this much of it read and
-/// discarded, so the client sees the answer instead of a reset connection.
-const DRAIN_LIMIT: u64 = 64 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// The largest body of an endpoint that reads none (GET, rollback, removal). Such a body is
+/// never read; a larger one is refused so that nothing reads megabytes for nothing.
+const SMALL_BODY_LIMIT: usize = 64 << 10;
+/// A v2 body larger than this is decoded on the blocking pool: parsing megabytes of JSON
+/// would hold a reactor thread, and every connection waiting on it, for seconds.
+const V2_INLINE_DECODE: usize = 64 << 10;
 
 /// An answer with a status other than 200, built where the failure is found.
 struct Failure {
@@ -83,10 +92,99 @@ fn failure_response(f: Failure) -> Response<Body> {
     response
 }
 
-/// The gateway's service: every request ends here and gets an answer.
-pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+/// The page's headers: a Content-Security-Policy that allows exactly the page's own inline
+/// script and style (by hash, computed from the page itself so an edit cannot leave them
+/// stale), fetches to this origin and `blob:` previews of the chosen file; no framing.
+fn page_headers() -> &'static [(header::HeaderName, HeaderValue)] {
+    static HEADERS: LazyLock<Vec<(header::HeaderName, HeaderValue)>> = LazyLock::new(|| {
+        let hashes = |tag: &str| {
+            inline_blocks(PAGE, tag)
+                .map(|text| {
+                    let digest = edgeplug_bundle::manifest::Sha256::of(text.as_bytes()).0;
+                    format!(" 'sha256-{}'", base64(&digest))
+                })
+                .collect::<String>()
+        };
+        let csp = format!(
+            "default-src 'self'; script-src{}; style-src{}; img-src 'self' blob:; \
+             connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+             frame-ancestors 'none'",
+            hashes("script"),
+            hashes("style")
+        );
+        vec![
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_str(&csp).expect("the CSP is ASCII"),
+            ),
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ]
+    });
+    &HEADERS
+}
+
+/// The text of every `<tag ...>...</tag>` block of `html`, as a browser hashes it for CSP.
+fn inline_blocks<'a>(html: &'a str, tag: &str) -> impl Iterator<Item = &'a str> {
+    let open = format!("<{tag}");
+    let close = format!("</{tag}>");
+    let mut rest = html;
+    std::iter::from_fn(move || {
+        let start = rest.find(&open)?;
+        let body = start + rest[start..].find('>')? + 1;
+        let end = body + rest[body..].find(&close)?;
+        let text = &rest[body..end];
+        rest = &rest[end + close.len()..];
+        Some(text)
+    })
+}
+
+/// Standard base64 with padding (what CSP hash sources use).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The gateway's service: every request ends here and gets an answer. Generic over the body
+/// so that tests can call it with an in-memory one; `serve` passes hyper's.
+pub async fn handle<B>(gateway: Arc<Gateway>, request: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
     let started = Instant::now();
-    let method = request.method().clone();
+    let original_method = request.method().clone();
+    // HEAD is GET without the body (hyper would drop it too; doing it here keeps the
+    // answer right when the router is called directly).
+    let head = original_method == Method::HEAD;
+    let method = if head {
+        Method::GET
+    } else {
+        original_method.clone()
+    };
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let segments: Vec<&str> = if segments == [""] {
@@ -94,8 +192,12 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     } else {
         segments
     };
-    let result = route(&gateway, request, &method, &segments, started).await;
-    let response = match result {
+    let (request, body_done) = body::track(request);
+    let result = match check_host(&request) {
+        Ok(()) => route(&gateway, request, &method, &segments, started).await,
+        Err(f) => Err(f),
+    };
+    let mut response = match result {
         Ok(response) => response,
         Err(f) => {
             if !path.starts_with("/v1/admin") {
@@ -104,32 +206,138 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
             failure_response(f)
         }
     };
-    tracing::debug!(%method, %path, status = response.status().as_u16(),
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !body_done.finished() {
+        // The body was refused or left unread: hyper closes the connection after this answer
+        // rather than reading the rest, and the client should know.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if head {
+        let length = hyper::body::Body::size_hint(response.body()).lower();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        *response.body_mut() = Full::new(Bytes::new());
+    }
+    tracing::debug!(method = %original_method, %path, status = response.status().as_u16(),
         ms = started.elapsed().as_secs_f64() * 1e3, "request");
     response
 }
 
+/// HTTP/1.1 requires exactly one `Host` header (RFC 9112 §3.2); hyper does not check it.
+fn check_host(request: &Request<RequestBody>) -> Result<(), Failure> {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if request.version() == Version::HTTP_11 && hosts != 1 || hosts > 1 {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "bad-host",
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
+    Ok(())
+}
+
+/// Where a request goes, decided from its method and path alone.
+enum Endpoint<'a> {
+    Page,
+    List,
+    Metrics,
+    Live,
+    Ready,
+    Server,
+    Invoke(&'a str),
+    Predict,
+    V2Metadata(&'a str, Option<&'a str>),
+    V2Ready(&'a str, Option<&'a str>),
+    V2Infer(&'a str, Option<&'a str>),
+    V2NotFound,
+    Admin,
+    NotAllowed,
+    NotFound,
+}
+
+impl<'a> Endpoint<'a> {
+    fn resolve(method: &Method, segments: &[&'a str]) -> Endpoint<'a> {
+        use Method as M;
+        match (method, segments) {
+            (&M::GET, []) | (&M::GET, ["index.html"]) => Endpoint::Page,
+            (&M::GET, ["v1", "plugins"]) => Endpoint::List,
+            (&M::POST, ["v1", "plugins", name, "infer"]) => Endpoint::Invoke(name),
+            (&M::POST, ["predict"]) => Endpoint::Predict,
+            (&M::GET, ["metrics"]) => Endpoint::Metrics,
+            (&M::GET, ["v2", "health", "live"]) => Endpoint::Live,
+            (&M::GET, ["v2", "health", "ready"]) => Endpoint::Ready,
+            (&M::GET, ["v2"]) => Endpoint::Server,
+            (_, ["v2", "models", name, rest @ ..]) => {
+                let (version, rest) = match rest {
+                    ["versions", v, rest @ ..] => (Some(*v), rest),
+                    rest => (None, rest),
+                };
+                match (method, rest) {
+                    (&M::GET, []) => Endpoint::V2Metadata(name, version),
+                    (&M::GET, ["ready"]) => Endpoint::V2Ready(name, version),
+                    (&M::POST, ["infer"]) => Endpoint::V2Infer(name, version),
+                    _ => Endpoint::V2NotFound,
+                }
+            }
+            (_, ["v1", "admin", ..]) => Endpoint::Admin,
+            (_, ["v1", "plugins"])
+            | (_, ["v1", "plugins", _, "infer"])
+            | (_, ["predict"])
+            | (_, ["metrics"]) => Endpoint::NotAllowed,
+            _ => Endpoint::NotFound,
+        }
+    }
+
+    /// Whether the endpoint reads a body: those apply the policy with their own limit (the
+    /// admin API after authentication); every other one is held to [`SMALL_BODY_LIMIT`] here.
+    fn reads_body(&self) -> bool {
+        match self {
+            Endpoint::Invoke(_) | Endpoint::Predict | Endpoint::V2Infer(..) | Endpoint::Admin => {
+                true
+            }
+            Endpoint::Page
+            | Endpoint::List
+            | Endpoint::Metrics
+            | Endpoint::Live
+            | Endpoint::Ready
+            | Endpoint::Server
+            | Endpoint::V2Metadata(..)
+            | Endpoint::V2Ready(..)
+            | Endpoint::V2NotFound
+            | Endpoint::NotAllowed
+            | Endpoint::NotFound => false,
+        }
+    }
+}
+
 async fn route(
     gw: &Arc<Gateway>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     method: &Method,
     segments: &[&str],
     started: Instant,
 ) -> Result<Response<Body>, Failure> {
-    use Method as M;
-    match (method, segments) {
-        (&M::GET, []) | (&M::GET, ["index.html"]) => {
+    let endpoint = Endpoint::resolve(method, segments);
+    if !endpoint.reads_body() {
+        body::check_declared(&request, SMALL_BODY_LIMIT).map_err(body_failure)?;
+    }
+    match endpoint {
+        Endpoint::Page => {
             let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
+            for (name, value) in page_headers() {
+                response.headers_mut().insert(name, value.clone());
+            }
             Ok(response)
         }
-        (&M::GET, ["v1", "plugins"]) => list(gw).await,
-        (&M::POST, ["v1", "plugins", name, "infer"]) => invoke(gw, request, name, started).await,
-        (&M::POST, ["predict"]) => predict(gw, request, started).await,
-        (&M::GET, ["metrics"]) => {
+        Endpoint::List => list(gw).await,
+        Endpoint::Invoke(name) => invoke(gw, request, name, started).await,
+        Endpoint::Predict => predict(gw, request, started).await,
+        Endpoint::Metrics => {
             let mut response = Response::new(Full::new(Bytes::from(gw.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -137,96 +345,52 @@ async fn route(
             );
             Ok(response)
         }
-        (&M::GET, ["v2", "health", "live"]) => {
-            Ok(json_response(StatusCode::OK, &json!({"live": true})))
-        }
-        (&M::GET, ["v2", "health", "ready"]) => {
-            Ok(json_response(StatusCode::OK, &json!({"ready": true})))
-        }
-        (&M::GET, ["v2"]) => Ok(json_response(
+        Endpoint::Live => Ok(json_response(StatusCode::OK, &json!({"live": true}))),
+        Endpoint::Ready => Ok(json_response(StatusCode::OK, &json!({"ready": true}))),
+        Endpoint::Server => Ok(json_response(
             StatusCode::OK,
             &json!({"name": "edgeplug", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
         )),
-        (_, ["v2", "models", name, rest @ ..]) => {
-            let (version, rest) = match rest {
-                ["versions", v, rest @ ..] => (Some(*v), rest),
-                rest => (None, rest),
-            };
-            match (method, rest) {
-                (&M::GET, []) => v2_metadata(gw, name, version),
-                (&M::GET, ["ready"]) => v2_ready(gw, name, version),
-                (&M::POST, ["infer"]) => v2_infer(gw, request, name, version, started).await,
-                _ => Err(v2_fail(StatusCode::NOT_FOUND, "no such v2 endpoint")),
-            }
-        }
-        (_, ["v1", "admin", ..]) => admin(gw, request, method, segments).await,
-        (_, ["v1", "plugins"])
-        | (_, ["v1", "plugins", _, "infer"])
-        | (_, ["predict"])
-        | (_, ["metrics"]) => Err(fail(
+        Endpoint::V2Metadata(name, version) => v2_metadata(gw, name, version),
+        Endpoint::V2Ready(name, version) => v2_ready(gw, name, version),
+        Endpoint::V2Infer(name, version) => v2_infer(gw, request, name, version, started).await,
+        Endpoint::V2NotFound => Err(v2_fail(StatusCode::NOT_FOUND, "no such v2 endpoint")),
+        Endpoint::Admin => admin(gw, request, method, segments).await,
+        Endpoint::NotAllowed => Err(fail(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             format!("{method} is not allowed here"),
         )),
-        _ => Err(fail(StatusCode::NOT_FOUND, "not-found", "no such endpoint")),
+        Endpoint::NotFound => Err(fail(StatusCode::NOT_FOUND, "not-found", "no such endpoint")),
     }
 }
 
 // ---- bodies ----
 
-/// Reads a whole body of at most `limit` bytes; a larger one is 413 (announced by
-/// Content-Length, or found while reading).
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Failure> {
-    let too_large = |size: Option<u64>| {
-        let size = size
-            .map(|s| format!("{s} bytes"))
-            .unwrap_or_else(|| "more".into());
-        fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request-too-large",
-            format!("request body of {size} exceeds the limit of {limit} bytes"),
-        )
+fn body_failure(e: BodyError) -> Failure {
+    let (status, code) = match e {
+        BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request-too-large"),
+        BodyError::TimedOut { .. } => (StatusCode::REQUEST_TIMEOUT, "body-timeout"),
+        BodyError::Broken(_) => (StatusCode::BAD_REQUEST, "bad-body"),
     };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(size) = declared
-        && size > limit as u64
-    {
-        drain(request.into_body()).await;
-        return Err(too_large(Some(size)));
-    }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
-        Err(e) => Err(fail(
-            StatusCode::BAD_REQUEST,
-            "bad-body",
-            format!("cannot read the body: {e}"),
-        )),
-    }
+    fail(status, code, e.to_string())
 }
 
-/// Reads and discards what the client sends (bounded in size and time) so that a refusal
-/// reaches it before the connection closes.
-async fn drain(mut body: Incoming) {
-    let work = async {
-        let mut seen = 0u64;
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                seen += data.len() as u64;
-                if seen > DRAIN_LIMIT {
-                    break;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, work).await;
+/// The body of a request to an endpoint that takes at most `limit` bytes, under the body
+/// policy: refused unread if declared larger, 413 if found larger, 408 if it stalls.
+async fn read_body(
+    gw: &Gateway,
+    request: Request<RequestBody>,
+    limit: usize,
+) -> Result<Bytes, Failure> {
+    body::check_declared(&request, limit).map_err(body_failure)?;
+    let policy = BodyPolicy::from_limits(&gw.config.limits);
+    body::read(request.into_body(), limit, &policy)
+        .await
+        .map_err(body_failure)
 }
 
-fn content_type(request: &Request<Incoming>) -> String {
+fn content_type<B>(request: &Request<B>) -> String {
     request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -285,14 +449,14 @@ fn version_headers(response: &mut Response<Body>, plugin: &ActivePlugin) {
 
 async fn invoke(
     gw: &Gateway,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     name: &str,
     started: Instant,
 ) -> Result<Response<Body>, Failure> {
     let plugin = lookup(gw, name)?;
     let content_type = content_type(&request);
     let limit = plugin.plugin.shared().limits().request_bytes;
-    let body = read_body(request, limit).await?;
+    let body = read_body(gw, request, limit).await?;
     let request = InferRequest {
         content_type,
         body: body.to_vec(),
@@ -311,7 +475,7 @@ async fn invoke(
 /// `{"prediction": <label>}` by the default plugin.
 async fn predict(
     gw: &Gateway,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     started: Instant,
 ) -> Result<Response<Body>, Failure> {
     let name = gw.config.default_plugin.as_deref().ok_or_else(|| {
@@ -331,7 +495,7 @@ async fn predict(
         )
     })?;
     let limit = plugin.plugin.shared().limits().request_bytes + MULTIPART_OVERHEAD;
-    let body = read_body(request, limit).await?;
+    let body = read_body(gw, request, limit).await?;
     let parts = super::multipart::parse(&body, &boundary)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, "bad-multipart", e))?;
     let image = parts
@@ -397,6 +561,14 @@ fn v2_fail(status: StatusCode, message: impl Into<String>) -> Failure {
     }
 }
 
+/// A failure in v2's shape: `{"error": message}`.
+fn v2_shape(f: Failure) -> Failure {
+    Failure {
+        body: json!({"error": f.body["error"]["message"].as_str().unwrap_or("failed")}),
+        ..f
+    }
+}
+
 fn v2_lookup(
     gw: &Gateway,
     name: &str,
@@ -453,17 +625,26 @@ fn v2_ready(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Response<
 
 async fn v2_infer(
     gw: &Gateway,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     name: &str,
     version: Option<&str>,
     started: Instant,
 ) -> Result<Response<Body>, Failure> {
     let plugin = v2_lookup(gw, name, version)?;
+    // The plugin's own limit holds for the JSON text, as for every other way in; the decoded
+    // tensors are held to it again below (a short number can take more room decoded).
     let limit = plugin.plugin.shared().limits().request_bytes;
-    // JSON numbers take several bytes per element: allow the text 8 times the binary limit,
-    // then hold the decoded request to the limit itself.
-    let body = read_body(request, limit.saturating_mul(8)).await?;
-    let decoded = super::oip::decode(&body).map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
+    let body = read_body(gw, request, limit).await.map_err(v2_shape)?;
+    let decoded = if body.len() > V2_INLINE_DECODE {
+        tokio::task::spawn_blocking(move || super::oip::decode(&body))
+            .await
+            .map_err(|e| v2_fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    } else {
+        super::oip::decode(&body)
+    }
+    .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
+    super::oip::check_inputs(&decoded.request, &plugin.plugin.info().inputs)
+        .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
     let size = decoded.request.body.len()
         + decoded
             .request
@@ -479,17 +660,15 @@ async fn v2_infer(
     }
     let answer = run(gw, plugin.clone(), decoded.request, started)
         .await
-        .map_err(|f| Failure {
-            body: json!({"error": f.body["error"]["message"].as_str().unwrap_or("failed")}),
-            ..f
-        })?;
+        .map_err(v2_shape)?;
     let out = super::oip::encode(
         name,
         &plugin.version.to_string(),
         decoded.id,
         &answer,
         &decoded.outputs,
-    );
+    )
+    .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
     let mut response = json_response(StatusCode::OK, &out);
     version_headers(&mut response, &plugin);
     Ok(response)
@@ -506,7 +685,8 @@ async fn list(gw: &Arc<Gateway>) -> Result<Response<Body>, Failure> {
     Ok(json_response(StatusCode::OK, &json!({"plugins": listing})))
 }
 
-fn authorized(gw: &Gateway, request: &Request<Incoming>) -> Result<(), Failure> {
+/// Checks the admin bearer token from the request's headers alone (never its body).
+fn authorized<B>(gw: &Gateway, request: &Request<B>) -> Result<(), Failure> {
     let Some(expected) = &gw.admin_token_sha256 else {
         return Err(fail(
             StatusCode::FORBIDDEN,
@@ -542,14 +722,13 @@ fn authorized(gw: &Gateway, request: &Request<Incoming>) -> Result<(), Failure> 
 
 async fn admin(
     gw: &Arc<Gateway>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     method: &Method,
     segments: &[&str],
 ) -> Result<Response<Body>, Failure> {
-    if let Err(f) = authorized(gw, &request) {
-        drain(request.into_body()).await;
-        return Err(f);
-    }
+    // Before the body is touched: a refused request's body is dropped unread (no `100
+    // Continue`, and the connection closes after the answer).
+    authorized(gw, &request)?;
     let name = match segments {
         ["v1", "admin", "plugins", name] | ["v1", "admin", "plugins", name, "rollback"] => {
             name.to_string()
@@ -565,11 +744,17 @@ async fn admin(
     let action = match (method, segments.len()) {
         (&Method::PUT, 4) => {
             let limit = gw.config.bundle_limits().max_bundle_bytes as usize;
-            let body = read_body(request, limit).await?;
+            let body = read_body(gw, request, limit).await?;
             AdminAction::Push(body.to_vec())
         }
-        (&Method::POST, 5) => AdminAction::Rollback,
-        (&Method::DELETE, 4) => AdminAction::Remove,
+        (&Method::POST, 5) | (&Method::DELETE, 4) => {
+            body::check_declared(&request, SMALL_BODY_LIMIT).map_err(body_failure)?;
+            if method == Method::POST {
+                AdminAction::Rollback
+            } else {
+                AdminAction::Remove
+            }
+        }
         _ => {
             return Err(fail(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -645,6 +830,367 @@ fn admin_failure(e: &AdminError) -> Failure {
 mod tests {
     use super::*;
     use edgeplug_runtime::PluginErrorCode;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use crate::config::{Config, LimitsConfig};
+    use http_body_util::BodyExt as _;
+    use hyper::body::{Body as _, Frame};
+
+    const TOKEN: &str = "router-test-token";
+
+    /// A gateway with no plugins, admin token [`TOKEN`] and a 200 ms body deadline.
+    fn gateway() -> (Arc<Gateway>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            state_dir: dir.path().join("state"),
+            trust_dir: dir.path().join("trust"),
+            model_dir: dir.path().join("models"),
+            admin_token: Some(TOKEN.into()),
+            limits: LimitsConfig {
+                body_timeout_ms: 200,
+                ..LimitsConfig::default()
+            },
+            ..Config::default()
+        };
+        (Gateway::open(config).unwrap(), dir)
+    }
+
+    /// A body that records being polled and then never yields: a router that touches it
+    /// before answering would hang (caught by [`call`]'s deadline) or say so in `polled`.
+    struct Untouched {
+        polled: Arc<AtomicBool>,
+        first: Option<Bytes>,
+    }
+
+    impl hyper::body::Body for Untouched {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.polled.store(true, Ordering::SeqCst);
+            match self.first.take() {
+                Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn untouched(first: &'static [u8]) -> (Untouched, Arc<AtomicBool>) {
+        let polled = Arc::new(AtomicBool::new(false));
+        let body = Untouched {
+            polled: polled.clone(),
+            first: (!first.is_empty()).then(|| Bytes::from_static(first)),
+        };
+        (body, polled)
+    }
+
+    fn request(method: &str, path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "gateway.test")
+    }
+
+    /// Calls the router directly; the deadline only detects a hang.
+    async fn call<B>(gw: &Arc<Gateway>, request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        tokio::time::timeout(Duration::from_secs(30), handle(gw.clone(), request))
+            .await
+            .expect("the router answered")
+    }
+
+    fn text(response: &Response<Body>) -> String {
+        let bytes = response
+            .body()
+            .clone()
+            .frame()
+            .now_or_never_data()
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    trait NowOrNever {
+        fn now_or_never_data(self) -> Option<Bytes>;
+    }
+
+    impl<F: std::future::Future<Output = Option<Result<Frame<Bytes>, std::convert::Infallible>>>>
+        NowOrNever for F
+    {
+        fn now_or_never_data(self) -> Option<Bytes> {
+            let mut future = std::pin::pin!(self);
+            let waker = std::task::Waker::noop();
+            match future.as_mut().poll(&mut Context::from_waker(waker)) {
+                Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+                _ => None,
+            }
+        }
+    }
+
+    fn code(response: &Response<Body>) -> String {
+        let value: Value = serde_json::from_str(&text(response)).unwrap_or(Value::Null);
+        value["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn header_of(response: &Response<Body>, name: header::HeaderName) -> &str {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_404_and_405() {
+        let (gw, _dir) = gateway();
+        let empty = || Full::new(Bytes::new());
+        let response = call(&gw, request("GET", "/no/such/path").body(empty()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(code(&response), "not-found");
+        assert_eq!(
+            header_of(&response, header::X_CONTENT_TYPE_OPTIONS),
+            "nosniff"
+        );
+        for (method, path) in [
+            ("GET", "/v1/plugins/digits/infer"),
+            ("PUT", "/metrics"),
+            ("DELETE", "/predict"),
+            ("HEAD", "/predict"),
+        ] {
+            let response = call(&gw, request(method, path).body(empty()).unwrap()).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+        }
+        let response = call(
+            &gw,
+            request("POST", "/v1/plugins/nope/infer")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(code(&response), "plugin-not-found");
+        let response = call(
+            &gw,
+            request("GET", "/v2/models/nope/nothing")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let response = call(
+            &gw,
+            request("GET", "/v2/health/live").body(empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(&response), r#"{"live":true}"#);
+    }
+
+    #[tokio::test]
+    async fn a_body_declared_too_large_is_refused_unread() {
+        let (gw, _dir) = gateway();
+        let bundle_limit = gw.config.bundle_limits().max_bundle_bytes;
+        let cases = [
+            // An endpoint without a body: the small fixed limit.
+            ("GET", "/metrics", SMALL_BODY_LIMIT as u64 + 1, false),
+            ("GET", "/", 2 << 30, false),
+            // A push: the bundle limit, after the token.
+            ("PUT", "/v1/admin/plugins/digits", bundle_limit + 1, true),
+            ("POST", "/v1/admin/plugins/digits/rollback", 1 << 20, true),
+        ];
+        for (method, path, length, with_token) in cases {
+            let (body, polled) = untouched(b"0123456789");
+            let mut builder = request(method, path).header(header::CONTENT_LENGTH, length);
+            if with_token {
+                builder = builder.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+            }
+            let response = call(&gw, builder.body(body).unwrap()).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{method} {path}"
+            );
+            assert_eq!(code(&response), "request-too-large");
+            assert!(
+                text(&response).contains(&length.to_string()),
+                "{}",
+                text(&response)
+            );
+            assert!(
+                !polled.load(Ordering::SeqCst),
+                "{method} {path}: the body was read"
+            );
+            assert_eq!(header_of(&response, header::CONNECTION), "close");
+        }
+        // Within the limit, an endpoint without a body answers and leaves it unread.
+        let (body, polled) = untouched(b"0123456789");
+        let response = call(
+            &gw,
+            request("GET", "/v2/health/ready")
+                .header(header::CONTENT_LENGTH, 10)
+                .body(body)
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(!polled.load(Ordering::SeqCst));
+        assert_eq!(header_of(&response, header::CONNECTION), "close");
+    }
+
+    #[tokio::test]
+    async fn an_unauthenticated_admin_request_is_refused_before_its_body() {
+        let (gw, _dir) = gateway();
+        for token in [None, Some("Bearer wrong"), Some("Basic dXNlcjpwdw==")] {
+            let (body, polled) = untouched(b"0123456789");
+            let mut builder = request("PUT", "/v1/admin/plugins/digits")
+                .header(header::CONTENT_LENGTH, 7_340_032);
+            if let Some(token) = token {
+                builder = builder.header(header::AUTHORIZATION, token);
+            }
+            let response = call(&gw, builder.body(body).unwrap()).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{token:?}");
+            assert!(header_of(&response, header::WWW_AUTHENTICATE).starts_with("Bearer"));
+            assert!(
+                !polled.load(Ordering::SeqCst),
+                "{token:?}: the body was read"
+            );
+            assert_eq!(header_of(&response, header::CONNECTION), "close");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_answers_408() {
+        let (gw, _dir) = gateway();
+        // 10 bytes of a declared 7 MiB push, then nothing: the 200 ms deadline ends it.
+        let (body, polled) = untouched(b"0123456789");
+        let response = call(
+            &gw,
+            request("PUT", "/v1/admin/plugins/digits")
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .header(header::CONTENT_LENGTH, 7_340_032)
+                .body(body)
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(code(&response), "body-timeout");
+        assert!(text(&response).contains("10 bytes"), "{}", text(&response));
+        assert!(polled.load(Ordering::SeqCst));
+        assert_eq!(header_of(&response, header::CONNECTION), "close");
+    }
+
+    #[tokio::test]
+    async fn http_1_1_needs_one_host_header() {
+        let (gw, _dir) = gateway();
+        let bare = Request::builder()
+            .uri("/v2/health/live")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = call(&gw, bare).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(code(&response), "bad-host");
+        let twice = request("GET", "/v2/health/live")
+            .header(header::HOST, "other.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(call(&gw, twice).await.status(), StatusCode::BAD_REQUEST);
+        // HTTP/1.0 had no Host header.
+        let old = Request::builder()
+            .uri("/v2/health/live")
+            .version(Version::HTTP_10)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(call(&gw, old).await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_page_has_its_security_headers_and_head_answers_like_get() {
+        let (gw, _dir) = gateway();
+        let get = call(
+            &gw,
+            request("GET", "/").body(Full::new(Bytes::new())).unwrap(),
+        )
+        .await;
+        assert_eq!(get.status(), StatusCode::OK);
+        assert_eq!(text(&get), PAGE);
+        assert_eq!(header_of(&get, header::X_FRAME_OPTIONS), "DENY");
+        assert_eq!(header_of(&get, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+        let csp = header_of(&get, header::CONTENT_SECURITY_POLICY);
+        assert!(csp.starts_with("default-src 'self';"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        // One hash for the page's one script and one for its one style.
+        let script = inline_blocks(PAGE, "script").next().unwrap();
+        assert!(script.contains("loadPlugins"));
+        let digest = edgeplug_bundle::manifest::Sha256::of(script.as_bytes()).0;
+        assert!(
+            csp.contains(&format!("script-src 'sha256-{}';", base64(&digest))),
+            "{csp}"
+        );
+        assert_eq!(csp.matches("'sha256-").count(), 2, "{csp}");
+        assert_eq!(
+            header_of(&get, header::CONNECTION),
+            "",
+            "keep-alive after a GET"
+        );
+
+        for path in ["/", "/metrics", "/v1/plugins", "/v2/health/live"] {
+            let get = call(
+                &gw,
+                request("GET", path).body(Full::new(Bytes::new())).unwrap(),
+            )
+            .await;
+            let head = call(
+                &gw,
+                request("HEAD", path).body(Full::new(Bytes::new())).unwrap(),
+            )
+            .await;
+            assert_eq!(head.status(), get.status(), "{path}");
+            assert_eq!(head.body().size_hint().exact(), Some(0), "{path}");
+            let length = get.body().size_hint().exact().unwrap();
+            assert_eq!(
+                header_of(&head, header::CONTENT_LENGTH),
+                length.to_string(),
+                "{path}"
+            );
+            assert_eq!(
+                header_of(&head, header::CONTENT_TYPE),
+                header_of(&get, header::CONTENT_TYPE),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        for (input, output) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), output);
+        }
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
+    }
 
     #[test]
     fn invoke_errors_map_to_statuses() {

@@ -4,12 +4,15 @@
 //! - [`registry`]: name → active version (`ArcSwap`), and the push / rollback / remove
 //!   pipeline (verify → compile → pre-instantiate → self-test → store → swap).
 //! - [`http`]: routes, status codes and JSON; the only module that knows HTTP.
+//! - [`body`]: the request-body policy every endpoint goes through (size limit refused
+//!   before reading, read deadline).
 //! - [`oip`]: Open Inference Protocol v2 JSON tensors; [`multipart`]: `/predict`'s form.
 //! - [`metrics`]: Prometheus counters and histograms.
 //!
 //! The server is a function, [`serve`], over a bound listener, so tests run it on
 //! `127.0.0.1:0`.
 
+pub mod body;
 pub mod config;
 pub mod http;
 pub mod lanes;

@@ -1,14 +1,20 @@
 //! The Open Inference Protocol v2 (KServe / Triton) JSON tensor codec.
 //!
 //! Request inputs of datatype FP32, INT64 and UINT8 become named tensors of the plugin
-//! request (data flat or nested, row-major). One BYTES input of one element becomes the
-//! request body, with the content type from its `parameters.content_type` (default
-//! `application/octet-stream`). Outputs are the response's tensors, and its body as a BYTES
-//! output named `body` (when the response has no tensors, or when asked for by name).
+//! request (data flat or nested, row-major); each must be an input the model's `describe()`
+//! declares, named once, and FP32 values must be finite f32s. One BYTES input of one element
+//! (of any name) becomes the request body, with the content type from its
+//! `parameters.content_type` (default `application/octet-stream`). Outputs are the
+//! response's tensors, and its body as a BYTES output named `body` (when the response has no
+//! tensors, or when asked for by name); asking for an output the answer does not have is an
+//! error, not an empty list.
+
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
 use edgeplug_kernels::{Tensor, TensorData};
+use edgeplug_models::model::TensorSpec;
 use edgeplug_runtime::{InferRequest, InferResponse};
 
 /// Why a v2 request could not be decoded (answered 400).
@@ -53,11 +59,15 @@ pub fn decode(body: &[u8]) -> Result<V2Request, BadRequest> {
         tensors: Vec::new(),
     };
     let mut has_body = false;
+    let mut names = BTreeSet::new();
     for input in inputs {
         let name = input
             .get("name")
             .and_then(Value::as_str)
             .ok_or_else(|| bad("every input needs a \"name\""))?;
+        if !names.insert(name) {
+            return Err(bad(format!("input {name:?} is given more than once")));
+        }
         let shape: Vec<usize> = input
             .get("shape")
             .and_then(Value::as_array)
@@ -97,7 +107,19 @@ pub fn decode(body: &[u8]) -> Result<V2Request, BadRequest> {
                 let data = flat
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| v.as_f64().map(|v| v as f32).ok_or_else(|| bad(element(i))))
+                    .map(|(i, v)| {
+                        let wide = v.as_f64().ok_or_else(|| bad(element(i)))?;
+                        // `as` rounds a value beyond f32::MAX to infinity: refuse it rather
+                        // than hand the plugin an infinity the client never sent.
+                        let narrow = wide as f32;
+                        if narrow.is_finite() {
+                            Ok(narrow)
+                        } else {
+                            Err(bad(format!(
+                                "input {name:?}: element {i} ({wide:e}) is outside the FP32 range"
+                            )))
+                        }
+                    })
                     .collect::<Result<Vec<f32>, _>>()?;
                 Tensor::from_f32(shape, data)
             }
@@ -148,20 +170,42 @@ pub fn decode(body: &[u8]) -> Result<V2Request, BadRequest> {
         .map_err(|e| bad(format!("input {name:?}: {e}")))?;
         request.tensors.push((name.to_string(), tensor));
     }
-    let outputs = object
-        .get("outputs")
-        .and_then(Value::as_array)
-        .map(|outs| {
-            outs.iter()
-                .filter_map(|o| o.get("name").and_then(Value::as_str).map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let outputs = match object.get("outputs") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(outs)) => outs
+            .iter()
+            .map(|o| {
+                o.get("name")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+                    .ok_or_else(|| bad("every requested output needs a \"name\""))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("\"outputs\" must be an array")),
+    };
     Ok(V2Request {
         id: object.get("id").cloned(),
         request,
         outputs,
     })
+}
+
+/// Checks that every tensor input is one the model declares (the BYTES body is not a tensor).
+pub fn check_inputs(request: &InferRequest, declared: &[TensorSpec]) -> Result<(), BadRequest> {
+    for (name, _) in &request.tensors {
+        if !declared.iter().any(|d| &d.name == name) {
+            let known = if declared.is_empty() {
+                "it declares no tensor inputs; send the data as one BYTES input".to_string()
+            } else {
+                let names: Vec<String> = declared.iter().map(|d| format!("{:?}", d.name)).collect();
+                format!("its inputs: {}", names.join(", "))
+            };
+            return Err(bad(format!(
+                "input {name:?} is not an input of this model ({known})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
@@ -185,14 +229,30 @@ fn tensor_json(name: &str, tensor: &Tensor) -> Value {
     })
 }
 
-/// Encodes a plugin's response as a v2 infer response.
+/// Encodes a plugin's response as a v2 infer response; an output in `wanted` that the
+/// response does not have is an error naming it.
 pub fn encode(
     model: &str,
     version: &str,
     id: Option<Value>,
     response: &InferResponse,
     wanted: &[String],
-) -> Value {
+) -> Result<Value, BadRequest> {
+    if let Some(missing) = wanted
+        .iter()
+        .find(|w| *w != "body" && !response.tensors.iter().any(|(n, _)| n == *w))
+    {
+        let mut names: Vec<String> = response
+            .tensors
+            .iter()
+            .map(|(n, _)| format!("{n:?}"))
+            .collect();
+        names.push("\"body\"".into());
+        return Err(bad(format!(
+            "output {missing:?} is not an output of this answer (its outputs: {})",
+            names.join(", ")
+        )));
+    }
     let want = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
     let mut outputs: Vec<Value> = response
         .tensors
@@ -200,9 +260,10 @@ pub fn encode(
         .filter(|(name, _)| want(name))
         .map(|(name, t)| tensor_json(name, t))
         .collect();
-    let body_wanted =
-        wanted.iter().any(|w| w == "body") || (wanted.is_empty() && response.tensors.is_empty());
-    if body_wanted && !response.body.is_empty() {
+    // Asked for by name, the body is there even when empty.
+    let body_asked = wanted.iter().any(|w| w == "body");
+    let body_by_default = wanted.is_empty() && response.tensors.is_empty();
+    if body_asked || (body_by_default && !response.body.is_empty()) {
         outputs.push(json!({
             "name": "body",
             "datatype": "BYTES",
@@ -218,7 +279,7 @@ pub fn encode(
         out.insert("id".into(), id);
     }
     out.insert("outputs".into(), Value::Array(outputs));
-    Value::Object(out)
+    Ok(Value::Object(out))
 }
 
 #[cfg(test)]
@@ -291,15 +352,99 @@ mod tests {
                 Tensor::from_f32(vec![1, 2], vec![0.25, 0.75]).unwrap(),
             )],
         };
-        let out = encode("digits", "0.1.0", Some(json!(5)), &response, &[]);
+        let out = encode("digits", "0.1.0", Some(json!(5)), &response, &[])
+            .map_err(|e| e.0)
+            .unwrap();
         assert_eq!(out["model_name"], "digits");
         assert_eq!(out["id"], 5);
         assert_eq!(out["outputs"].as_array().unwrap().len(), 1);
         assert_eq!(out["outputs"][0]["datatype"], "FP32");
         assert_eq!(out["outputs"][0]["shape"], json!([1, 2]));
         assert_eq!(out["outputs"][0]["data"], json!([0.25, 0.75]));
-        let out = encode("digits", "0.1.0", None, &response, &["body".into()]);
+        let out = encode("digits", "0.1.0", None, &response, &["body".into()])
+            .map_err(|e| e.0)
+            .unwrap();
         assert_eq!(out["outputs"][0]["name"], "body");
         assert_eq!(out["outputs"][0]["data"][0], "{\"label\":7}");
+    }
+
+    #[test]
+    fn refuses_an_output_the_answer_does_not_have() {
+        let response = InferResponse {
+            content_type: "application/json".into(),
+            body: Vec::new(),
+            tensors: vec![(
+                "probs".into(),
+                Tensor::from_f32(vec![1], vec![1.0]).unwrap(),
+            )],
+        };
+        let error = encode("m", "1.0.0", None, &response, &["logits".into()])
+            .err()
+            .unwrap()
+            .0;
+        assert!(error.contains("\"logits\""), "{error}");
+        assert!(error.contains("\"probs\""), "{error}");
+        // An empty body asked for by name is an empty BYTES output, not a missing one.
+        let out = encode("m", "1.0.0", None, &response, &["body".into()])
+            .map_err(|e| e.0)
+            .unwrap();
+        assert_eq!(out["outputs"][0]["name"], "body");
+        assert_eq!(out["outputs"][0]["data"][0], "");
+    }
+
+    #[test]
+    fn refuses_duplicates_out_of_range_values_and_undeclared_inputs() {
+        let twice = json!({"inputs": [
+            {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]},
+            {"name": "x", "shape": [1], "datatype": "FP32", "data": [2.0]},
+        ]});
+        let error = decode(twice.to_string().as_bytes()).err().unwrap().0;
+        assert!(error.contains("\"x\" is given more than once"), "{error}");
+        // f32::MAX is 3.4028235e38: 3.4e38 fits, 3.5e38 would round to infinity.
+        let fits = json!({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [3.4e38, -3.4e38]}]});
+        assert!(decode(fits.to_string().as_bytes()).is_ok());
+        for value in [3.5e38, -3.5e38, 1e300] {
+            let over = json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [value]}]});
+            let error = decode(over.to_string().as_bytes()).err().unwrap().0;
+            assert!(error.contains("outside the FP32 range"), "{error}");
+        }
+        // JSON has no NaN or infinity: such text is not JSON at all.
+        assert!(
+            decode(
+                br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [NaN]}]}"#
+            )
+            .is_err()
+        );
+        assert!(decode(br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e999]}]}"#).is_err());
+        let error = decode(br#"{"inputs": [], "outputs": [{"nom": "probs"}]}"#)
+            .err()
+            .unwrap()
+            .0;
+        assert!(error.contains("output needs a \"name\""), "{error}");
+
+        let declared = [TensorSpec {
+            name: "input".into(),
+            element_type: edgeplug_kernels::ElementType::F32,
+            shape: vec![1, 4],
+        }];
+        let request = |name: &str| {
+            decode(
+                json!({"inputs": [
+                    {"name": name, "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+                    {"name": "anything", "shape": [1], "datatype": "BYTES", "data": ["{}"]},
+                ]})
+                .to_string()
+                .as_bytes(),
+            )
+            .map_err(|e| e.0)
+            .unwrap()
+            .request
+        };
+        assert!(check_inputs(&request("input"), &declared).is_ok());
+        let error = check_inputs(&request("imput"), &declared).err().unwrap().0;
+        assert!(error.contains("\"imput\""), "{error}");
+        assert!(error.contains("\"input\""), "{error}");
+        let error = check_inputs(&request("input"), &[]).err().unwrap().0;
+        assert!(error.contains("declares no tensor inputs"), "{error}");
     }
 }
