@@ -240,12 +240,11 @@ impl Plugin for ImageClassifier {
                 }
             }
             let start = Instant::now();
-            let rgb =
-                decode_rgb(&request.body).map_err(|e| Error::invalid_argument(e.to_string()))?;
+            let rgb = decode_rgb(&request.body)?;
             drop(std::mem::take(&mut request.body));
             timings[0] = micros(start);
             let start = Instant::now();
-            let pixels = crop(&rgb).map_err(|e| Error::invalid_argument(e.to_string()))?;
+            let pixels = crop(&rgb)?;
             drop(rgb);
             let chw = preprocess::to_chw_f32(&pixels, norm.mean, norm.std, norm.scale);
             let input = Tensor::from_slice(&[1, 3, CROP as usize, CROP as usize], &chw)?;

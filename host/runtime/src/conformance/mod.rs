@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::{
-    InferRequest, InferResponse, InvokeError, LoadedPlugin, PluginFiles, RequestStats, Runtime,
+    InferRequest, InferResponse, InvokeError, LoadError, LoadedPlugin, PluginFiles, RequestStats,
+    Runtime,
 };
 use edgeplug_bundle::{BundleLimits, TrustStore};
 
@@ -160,6 +161,12 @@ impl Report {
         out
     }
 
+    /// The one line a plugin that does not load gets: the error's code, then its message.
+    fn load_failed(&mut self, e: &LoadError, started: Instant) {
+        let detail = format!("{}: {e}", e.code());
+        self.push("load", "", Outcome::Fail, detail, started.elapsed());
+    }
+
     fn push(
         &mut self,
         group: &'static str,
@@ -192,13 +199,7 @@ pub fn run(runtime: &Runtime, target: &Target, options: &Options) -> Report {
     let plugin = match runtime.load(&files) {
         Ok(plugin) => plugin,
         Err(e) => {
-            report.push(
-                "load",
-                "",
-                Outcome::Fail,
-                format!("{}: {e}", e.code()),
-                started.elapsed(),
-            );
+            report.load_failed(&e, started);
             return report;
         }
     };
@@ -325,13 +326,7 @@ fn read_target(
             let info = match runtime.describe_component(&wasm) {
                 Ok(info) => info,
                 Err(e) => {
-                    report.push(
-                        "load",
-                        "",
-                        Outcome::Fail,
-                        format!("{}: {e}", e.code()),
-                        started.elapsed(),
-                    );
+                    report.load_failed(&e, started);
                     return None;
                 }
             };
