@@ -6,6 +6,7 @@ mod conformance;
 mod digits;
 mod forecaster;
 mod gateway;
+mod hardening;
 mod isolation;
 mod models;
 mod runtime;
