@@ -71,6 +71,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Caps on plugin limits and gateway-wide bounds. Defaults: see [`LimitsConfig`].
     pub limits: LimitsConfig,
+    /// `[fleet]`: kept as an opaque table and parsed (strictly) by the `edgeplug-fleet`
+    /// crate, which depends on this one and not the reverse. Default: none (no fleet agent).
+    pub fleet: Option<toml::Table>,
 }
 
 /// `[tls]`: certificate chain and private key, both PEM.
@@ -131,6 +134,7 @@ impl Default for Config {
             fast_path_us: 50,
             tls: None,
             limits: LimitsConfig::default(),
+            fleet: None,
         }
     }
 }

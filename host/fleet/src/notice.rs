@@ -1,0 +1,445 @@
+//! The signed notice: "plugin P is version V, the OCI manifest with digest D in repository R".
+//!
+//! On the wire it is one JSON object (at most [`MAX_NOTICE_BYTES`], unknown keys refused):
+//!
+//! ```json
+//! {"format":1,"plugin":"digits","version":"0.2.0","repository":"edgeplug/digits",
+//!  "digest":"sha256:…","size":123456,"sequence":1767225600000,"group":"factory-a",
+//!  "gateway":"gw-7","issued_at":1767225600,"key_id":"…","signature":"…"}
+//! ```
+//!
+//! The signature (Ed25519, through `edgeplug_bundle::sign_detached` in the domain
+//! [`NOTICE_DOMAIN`]) covers the **canonical bytes**, not the JSON: one `key value` line per
+//! field in a fixed order (see [`Notice::canonical_bytes`]). Every value is checked to hold no
+//! space or line break first, so two different notices never have the same canonical bytes,
+//! whatever a JSON encoder does with key order or escapes.
+//!
+//! The notice names its target (`group`, and `gateway` for a pin), so a notice for one group
+//! or gateway cannot be replayed onto another's topic; `sequence` grows with each notice on a
+//! topic, so an old notice cannot be replayed onto its own; `key_id` is signed too, so the
+//! signer cannot be swapped. The manifest digest names the bytes: a registry serving anything
+//! else is caught by the digest before the bundle's own signature is even read.
+
+use edgeplug_bundle::{KeyId, SIGNATURE_LEN, SecretKey, SignatureError, TrustStore};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::topics;
+
+/// The signature domain of notices: no other signature made by the same key verifies here.
+pub const NOTICE_DOMAIN: &str = "edgeplug-fleet-notice";
+/// The only notice format this build reads and writes.
+pub const FORMAT: u32 = 1;
+/// Largest notice accepted from the broker, in bytes.
+pub const MAX_NOTICE_BYTES: usize = 4096;
+
+/// What a notice says (everything but the signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The plugin's name (as in its `plugin.toml`): 1-64 of `a-z 0-9 -`.
+    pub plugin: String,
+    pub version: Version,
+    /// The repository inside the registry, e.g. `edgeplug/digits`; the registry host is the
+    /// gateway's to choose (its `[fleet] registry`, possibly a mirror).
+    pub repository: String,
+    /// The OCI manifest's digest, `sha256:` and 64 lower-case hex digits.
+    pub digest: String,
+    /// Bytes of the bundle (the artifact's one layer).
+    pub size: u64,
+    /// Grows with every notice on the same topic; a gateway refuses one not above the last it
+    /// accepted there.
+    pub sequence: u64,
+    pub group: String,
+    /// `Some(id)`: a pin for that gateway only; `None`: the whole group.
+    pub gateway: Option<String>,
+    /// Seconds since the Unix epoch, when it was signed. Informative: a gateway's clock is
+    /// not trusted to order notices (the sequence does).
+    pub issued_at: u64,
+}
+
+/// A notice with its signer and signature. Only [`SignedNotice::verify`] says whether to
+/// believe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedNotice {
+    pub notice: Notice,
+    pub key_id: KeyId,
+    signature: [u8; SIGNATURE_LEN],
+}
+
+/// Why a notice was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    #[error("notice is {0} bytes, over the limit of {MAX_NOTICE_BYTES}")]
+    TooLarge(usize),
+    #[error("notice is not valid JSON of the notice format: {0}")]
+    Malformed(String),
+    #[error("notice format {0} is not supported (this build reads format {FORMAT})")]
+    UnsupportedFormat(u32),
+    #[error("notice field {field}: {reason}")]
+    BadField { field: &'static str, reason: String },
+    #[error("notice signature refused: {0}")]
+    Signature(#[from] SignatureError),
+    #[error("the notice is for {expected}, but arrived on {topic}")]
+    WrongTopic { topic: String, expected: String },
+}
+
+impl NoticeError {
+    /// A short, stable code for the status topic and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NoticeError::Signature(SignatureError::UnknownKey { .. }) => "untrusted-signer",
+            NoticeError::Signature(SignatureError::RevokedKey { .. }) => "revoked-signer",
+            NoticeError::Signature(SignatureError::BadSignature { .. }) => "bad-signature",
+            NoticeError::WrongTopic { .. } => "wrong-topic",
+            _ => "malformed-notice",
+        }
+    }
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> NoticeError {
+    NoticeError::BadField {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A plugin name as `plugin.toml` allows it.
+fn is_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// An OCI repository path: lower-case components of `a-z 0-9 . _ -` joined by `/`.
+pub fn is_repository(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 255
+        && path.split('/').all(|c| {
+            !c.is_empty()
+                && c.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
+                && c.as_bytes()[0].is_ascii_alphanumeric()
+        })
+}
+
+/// `sha256:` and 64 lower-case hex digits.
+pub fn is_sha256_digest(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+impl Notice {
+    /// Checks every field's syntax (not the signature).
+    pub fn validate(&self) -> Result<(), NoticeError> {
+        if !is_plugin_name(&self.plugin) {
+            return Err(bad("plugin", "must be 1-64 characters of a-z, 0-9 and '-'"));
+        }
+        let version = self.version.to_string();
+        if version.len() > 128 {
+            return Err(bad("version", "longer than 128 characters"));
+        }
+        if !is_repository(&self.repository) {
+            return Err(bad(
+                "repository",
+                "must be '/'-separated lower-case components of a-z, 0-9, '.', '_', '-'",
+            ));
+        }
+        if !is_sha256_digest(&self.digest) {
+            return Err(bad(
+                "digest",
+                "must be 'sha256:' and 64 lower-case hex digits",
+            ));
+        }
+        if self.size == 0 {
+            return Err(bad("size", "must be at least 1"));
+        }
+        crate::check_fleet_name("group", &self.group).map_err(|e| bad("group", e.to_string()))?;
+        if let Some(id) = &self.gateway {
+            crate::check_fleet_name("gateway", id).map_err(|e| bad("gateway", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The topic this notice belongs on.
+    pub fn topic(&self) -> String {
+        match &self.gateway {
+            Some(id) => topics::pin_plugin(&self.group, id, &self.plugin),
+            None => topics::group_plugin(&self.group, &self.plugin),
+        }
+    }
+
+    /// The bytes the signature covers: one `key value\n` line per field, in this order, with
+    /// the signer's key id last. Call only on a validated notice (no value holds a space or a
+    /// line break: names, digests and repositories are checked, and a semver version has
+    /// neither).
+    pub fn canonical_bytes(&self, key_id: &KeyId) -> Vec<u8> {
+        format!(
+            "format {FORMAT}\nplugin {}\nversion {}\nrepository {}\ndigest {}\nsize {}\n\
+             sequence {}\ngroup {}\ngateway {}\nissued_at {}\nkey_id {key_id}\n",
+            self.plugin,
+            self.version,
+            self.repository,
+            self.digest,
+            self.size,
+            self.sequence,
+            self.group,
+            self.gateway.as_deref().unwrap_or("-"),
+            self.issued_at,
+        )
+        .into_bytes()
+    }
+
+    /// Signs the notice with `key`.
+    pub fn sign(self, key: &SecretKey) -> Result<SignedNotice, NoticeError> {
+        self.validate()?;
+        let key_id = key.key_id();
+        let signature =
+            edgeplug_bundle::sign_detached(key, NOTICE_DOMAIN, &self.canonical_bytes(&key_id));
+        Ok(SignedNotice {
+            notice: self,
+            key_id,
+            signature,
+        })
+    }
+}
+
+/// The JSON form, field for field.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    format: u32,
+    plugin: String,
+    version: String,
+    repository: String,
+    digest: String,
+    size: u64,
+    sequence: u64,
+    group: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway: Option<String>,
+    issued_at: u64,
+    key_id: String,
+    signature: String,
+}
+
+impl SignedNotice {
+    /// The wire form (JSON).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let n = &self.notice;
+        serde_json::to_vec(&Wire {
+            format: FORMAT,
+            plugin: n.plugin.clone(),
+            version: n.version.to_string(),
+            repository: n.repository.clone(),
+            digest: n.digest.clone(),
+            size: n.size,
+            sequence: n.sequence,
+            group: n.group.clone(),
+            gateway: n.gateway.clone(),
+            issued_at: n.issued_at,
+            key_id: self.key_id.to_string(),
+            signature: hex::encode(self.signature),
+        })
+        .expect("a notice always serializes")
+    }
+
+    /// Parses the wire form strictly (size, keys, every field's syntax). The signature is not
+    /// checked here: see [`SignedNotice::verify`].
+    pub fn parse(bytes: &[u8]) -> Result<SignedNotice, NoticeError> {
+        if bytes.len() > MAX_NOTICE_BYTES {
+            return Err(NoticeError::TooLarge(bytes.len()));
+        }
+        let wire: Wire =
+            serde_json::from_slice(bytes).map_err(|e| NoticeError::Malformed(e.to_string()))?;
+        if wire.format != FORMAT {
+            return Err(NoticeError::UnsupportedFormat(wire.format));
+        }
+        let version = Version::parse(&wire.version).map_err(|e| {
+            bad(
+                "version",
+                format!("{:?} is not a semantic version: {e}", wire.version),
+            )
+        })?;
+        let key_id = wire
+            .key_id
+            .parse::<KeyId>()
+            .map_err(|_| bad("key_id", "must be 32 hex digits"))?;
+        let mut signature = [0u8; SIGNATURE_LEN];
+        hex::decode_to_slice(&wire.signature, &mut signature)
+            .map_err(|_| bad("signature", "must be 128 hex digits"))?;
+        let notice = Notice {
+            plugin: wire.plugin,
+            version,
+            repository: wire.repository,
+            digest: wire.digest,
+            size: wire.size,
+            sequence: wire.sequence,
+            group: wire.group,
+            gateway: wire.gateway,
+            issued_at: wire.issued_at,
+        };
+        notice.validate()?;
+        Ok(SignedNotice {
+            notice,
+            key_id,
+            signature,
+        })
+    }
+
+    /// Whether a key of `trust` signed exactly this notice.
+    pub fn verify(&self, trust: &TrustStore) -> Result<(), NoticeError> {
+        trust.verify_detached(
+            &self.key_id,
+            NOTICE_DOMAIN,
+            &self.notice.canonical_bytes(&self.key_id),
+            &self.signature,
+        )?;
+        Ok(())
+    }
+
+    /// Checks that the notice belongs on `topic` (its group, its gateway, its plugin).
+    pub fn check_topic(&self, topic: &str) -> Result<(), NoticeError> {
+        let expected = self.notice.topic();
+        if expected == topic {
+            Ok(())
+        } else {
+            Err(NoticeError::WrongTopic {
+                topic: topic.to_string(),
+                expected,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice() -> Notice {
+        Notice {
+            plugin: "digits".into(),
+            version: Version::new(0, 2, 0),
+            repository: "edgeplug/digits".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: 1234,
+            sequence: 7,
+            group: "g1".into(),
+            gateway: None,
+            issued_at: 1_700_000_000,
+        }
+    }
+
+    fn trusting(key: &SecretKey) -> TrustStore {
+        let mut trust = TrustStore::new();
+        trust.add_key(key.public_key());
+        trust
+    }
+
+    #[test]
+    fn a_signed_notice_round_trips_and_verifies() {
+        let key = SecretKey::generate();
+        let signed = notice().sign(&key).unwrap();
+        let parsed = SignedNotice::parse(&signed.to_bytes()).unwrap();
+        assert_eq!(parsed, signed);
+        parsed.verify(&trusting(&key)).unwrap();
+        parsed
+            .check_topic("edgeplug/fleet/g1/plugins/digits")
+            .unwrap();
+        assert_eq!(
+            parsed
+                .check_topic("edgeplug/fleet/g2/plugins/digits")
+                .unwrap_err()
+                .code(),
+            "wrong-topic"
+        );
+    }
+
+    #[test]
+    fn any_changed_field_breaks_the_signature() {
+        let key = SecretKey::generate();
+        let trust = trusting(&key);
+        let signed = notice().sign(&key).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&signed.to_bytes()).unwrap();
+        let changes: [(&str, serde_json::Value); 9] = [
+            ("plugin", "digitz".into()),
+            ("version", "0.2.1".into()),
+            ("repository", "edgeplug/other".into()),
+            ("digest", format!("sha256:{}", "cd".repeat(32)).into()),
+            ("size", 1235.into()),
+            ("sequence", 8.into()),
+            ("group", "g2".into()),
+            ("gateway", "gw-1".into()),
+            ("issued_at", 1_700_000_001u64.into()),
+        ];
+        for (field, value) in changes {
+            let mut changed = json.clone();
+            changed[field] = value;
+            let parsed = SignedNotice::parse(&serde_json::to_vec(&changed).unwrap()).unwrap();
+            let err = parsed.verify(&trust).unwrap_err();
+            assert_eq!(err.code(), "bad-signature", "changing {field}");
+        }
+    }
+
+    #[test]
+    fn an_untrusted_or_revoked_signer_is_refused() {
+        let key = SecretKey::generate();
+        let other = SecretKey::generate();
+        let signed = notice().sign(&other).unwrap();
+        assert_eq!(
+            signed.verify(&trusting(&key)).unwrap_err().code(),
+            "untrusted-signer"
+        );
+        let mut trust = trusting(&other);
+        trust.revoke(other.key_id());
+        assert_eq!(signed.verify(&trust).unwrap_err().code(), "revoked-signer");
+    }
+
+    #[test]
+    fn malformed_notices_are_refused_with_a_reason() {
+        let key = SecretKey::generate();
+        let good: serde_json::Value =
+            serde_json::from_slice(&notice().sign(&key).unwrap().to_bytes()).unwrap();
+        let cases: [(&str, serde_json::Value); 7] = [
+            ("digest", "latest".into()),
+            ("digest", format!("sha512:{}", "ab".repeat(32)).into()),
+            ("plugin", "Digits".into()),
+            ("repository", "edgeplug//digits".into()),
+            ("group", "a/b".into()),
+            ("gateway", "+".into()),
+            ("version", "two".into()),
+        ];
+        for (field, value) in cases {
+            let mut bad = good.clone();
+            bad[field] = value;
+            let err = SignedNotice::parse(&serde_json::to_vec(&bad).unwrap()).unwrap_err();
+            assert!(
+                matches!(err, NoticeError::BadField { .. }),
+                "{field}: {err}"
+            );
+        }
+        let mut extra = good.clone();
+        extra["tag"] = "latest".into();
+        assert!(matches!(
+            SignedNotice::parse(&serde_json::to_vec(&extra).unwrap()),
+            Err(NoticeError::Malformed(_))
+        ));
+        let mut future = good.clone();
+        future["format"] = 2.into();
+        assert!(matches!(
+            SignedNotice::parse(&serde_json::to_vec(&future).unwrap()),
+            Err(NoticeError::UnsupportedFormat(2))
+        ));
+        assert!(matches!(
+            SignedNotice::parse(&vec![b' '; MAX_NOTICE_BYTES + 1]),
+            Err(NoticeError::TooLarge(_))
+        ));
+        assert!(matches!(
+            SignedNotice::parse(b"offline"),
+            Err(NoticeError::Malformed(_))
+        ));
+    }
+}
