@@ -10,7 +10,7 @@ PLUGINS := digits image-classifier forecaster
 WASM_TARGET := target/wasm-plugins
 WASM_DIR := $(WASM_TARGET)/wasm32-wasip2/plugin
 
-.PHONY: run test test-setup setup plugins host dist lint smoke
+.PHONY: run test test-setup setup plugins host dist lint smoke deny
 
 setup:
 	rustup target add wasm32-wasip2
@@ -92,3 +92,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
+
+# Licenses, banned crates and sources from deny.toml (cargo install cargo-deny). The advisory
+# database lives on github.com: checked when it can be fetched, else said so and skipped.
+deny:
+	cargo deny check licenses bans sources
+	if git ls-remote https://github.com/RustSec/advisory-db HEAD > /dev/null 2>&1; then \
+		cargo deny check advisories; \
+	else \
+		echo "cargo deny: github.com unreachable, the RustSec advisory database was not fetched: advisories NOT checked"; \
+	fi
