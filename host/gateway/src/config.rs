@@ -7,8 +7,11 @@
 //! state_dir = "edgeplug-state"       # the plugin store: bundles, active versions, compile cache
 //! trust_dir = "edgeplug-state/trust" # trusted signing keys (*.pub) and revoked.txt
 //! model_dir = "edgeplug-state/models" # the model store: NAME.onnx files plugins may be granted
-//! admin_token = "change-me"          # bearer token of /v1/admin/*; unset: admin API disabled
+//! admin_token = "change-me"          # bearer token of /v1/admin/*, scope admin (legacy)
 //! # admin_token_file = "/etc/edgeplug/token"  # or read it from a file (first line)
+//! tokens_file = "/etc/edgeplug/tokens.toml" # scoped tokens (see `auth`); with neither this nor
+//!                                    # admin_token(_file) the admin API is disabled
+//! audit_log = "edgeplug-state/audit.log" # one JSON line per admin request; default: in state_dir
 //! default_plugin = "digits"          # the plugin answering POST /predict; unset: 404
 //! keep_versions = 3                  # versions kept per plugin, the active one included
 //! fast_path_us = 50                  # plugins answering within this run on the reactor; 0: never
@@ -16,6 +19,7 @@
 //! [tls]                              # optional; without it the gateway speaks plain HTTP
 //! cert = "cert.pem"                  # PEM certificate chain
 //! key = "key.pem"                    # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//! client_ca = "clients.pem"          # optional: /v1/admin/* needs a client certificate it signed
 //!
 //! [limits]                           # caps on what any plugin's manifest may ask for
 //! memory_mib = 512
@@ -58,6 +62,13 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// A file whose first line is the admin token (instead of `admin_token`). Default: none.
     pub admin_token_file: Option<PathBuf>,
+    /// The token file: scoped tokens, their secrets' SHA-256 (format in [`crate::auth`]).
+    /// Read again when it changes. The `admin_token` still works beside it, as a token named
+    /// `admin_token` with scope `admin`. Default: none.
+    pub tokens_file: Option<PathBuf>,
+    /// The audit log: one JSON line per admin API request (format in [`crate::audit`]).
+    /// Default: `audit.log` in `state_dir`.
+    pub audit_log: Option<PathBuf>,
     /// The plugin `POST /predict` runs. Default: none (`/predict` answers 404).
     pub default_plugin: Option<String>,
     /// Versions kept on disk per plugin, the active one included (at least 1). Default: 3.
@@ -84,6 +95,13 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key. Required.
     pub key: PathBuf,
+    /// PEM certificates of the CA(s) that sign admin clients' certificates. When set, the
+    /// server asks every client for a certificate; a client that sends one it cannot verify
+    /// is refused at the handshake, and `/v1/admin/*` answers 403 to a connection without a
+    /// verified one (a bearer token is still needed too). Other endpoints need none.
+    /// Default: none (no client certificates).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[limits]`: every plugin limit is the smaller of its manifest's and this cap.
@@ -129,6 +147,8 @@ impl Default for Config {
             model_dir: PathBuf::from("edgeplug-state/models"),
             admin_token: None,
             admin_token_file: None,
+            tokens_file: None,
+            audit_log: None,
             default_plugin: None,
             keep_versions: 3,
             fast_path_us: 50,
@@ -179,12 +199,21 @@ impl Config {
         resolve(&mut config.state_dir);
         resolve(&mut config.trust_dir);
         resolve(&mut config.model_dir);
-        if let Some(p) = config.admin_token_file.as_mut() {
-            resolve(p);
+        for p in [
+            &mut config.admin_token_file,
+            &mut config.tokens_file,
+            &mut config.audit_log,
+        ] {
+            if let Some(p) = p.as_mut() {
+                resolve(p);
+            }
         }
         if let Some(tls) = config.tls.as_mut() {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
+            if let Some(ca) = tls.client_ca.as_mut() {
+                resolve(ca);
+            }
         }
         Ok(config)
     }
@@ -242,6 +271,13 @@ impl Config {
         }
     }
 
+    /// Where the audit log is: `audit_log`, or `audit.log` in the state directory.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.log"))
+    }
+
     /// Bounds for bundles pushed or read back from the store.
     pub fn bundle_limits(&self) -> edgeplug_bundle::BundleLimits {
         let max = u64::from(self.limits.max_bundle_mib) << 20;
@@ -297,5 +333,31 @@ mod tests {
         assert_eq!(config.limits.deadline_ms, 100);
         assert_eq!(config.limits.memory_mib, 512);
         assert_eq!(config.default_plugin.as_deref(), Some("digits"));
+    }
+
+    #[test]
+    fn access_control_paths_resolve_and_the_audit_log_defaults_to_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "state_dir = \"state\"\ntokens_file = \"tokens.toml\"\n\
+             [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.tokens_file, Some(dir.path().join("tokens.toml")));
+        assert_eq!(config.audit_log_path(), dir.path().join("state/audit.log"));
+        assert_eq!(
+            config.tls.unwrap().client_ca,
+            Some(dir.path().join("ca.pem"))
+        );
+        std::fs::write(&path, "audit_log = \"/var/log/edgeplug-audit.log\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.audit_log_path(),
+            PathBuf::from("/var/log/edgeplug-audit.log")
+        );
+        assert!(Config::parse("[tls]\ncert = \"a\"\nkey = \"b\"\nclient_cas = \"c\"").is_err());
     }
 }

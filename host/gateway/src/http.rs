@@ -10,6 +10,7 @@
 //! | GET | `/v2/health/live`, `/v2/health/ready`, `/v2` | Open Inference Protocol v2 |
 //! | GET | `/v2/models/{name}[/versions/{v}]`, `.../ready` | model metadata from `describe()`, readiness |
 //! | POST | `/v2/models/{name}[/versions/{v}]/infer` | JSON tensors in and out |
+//! | GET | `/v1/admin/plugins` | the listing, for a token with scope `read` |
 //! | PUT | `/v1/admin/plugins/{name}` | push a bundle (bearer token) |
 //! | POST | `/v1/admin/plugins/{name}/rollback` | roll back (bearer token) |
 //! | DELETE | `/v1/admin/plugins/{name}` | remove (bearer token) |
@@ -30,6 +31,8 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::{Value, json};
 
 use super::Gateway;
+use super::audit::{self, AuditRecord};
+use super::auth::{self, AdminOp};
 use super::body::{self, BodyError, BodyPolicy, RequestBody};
 use super::lanes;
 use super::registry::{ActivePlugin, AdminError};
@@ -685,55 +688,92 @@ async fn list(gw: &Arc<Gateway>) -> Result<Response<Body>, Failure> {
     Ok(json_response(StatusCode::OK, &json!({"plugins": listing})))
 }
 
-/// Checks the admin bearer token from the request's headers alone (never its body).
-fn authorized<B>(gw: &Gateway, request: &Request<B>) -> Result<(), Failure> {
-    let Some(expected) = &gw.admin_token_sha256 else {
-        return Err(fail(
-            StatusCode::FORBIDDEN,
-            "admin-disabled",
-            "the admin API is disabled: set admin_token in the gateway's configuration",
-        ));
-    };
-    let presented = request
+/// Who is asking, from the request's headers and connection alone (never its body): the
+/// token's entry, or the refusal. What it learns goes into the audit record.
+fn authorized<B>(
+    gw: &Gateway,
+    request: &Request<B>,
+    record: &mut AuditRecord,
+) -> Result<auth::TokenEntry, Failure> {
+    let conn = request.extensions().get::<auth::ConnInfo>();
+    if let Some(conn) = conn {
+        record.peer = Some(conn.peer.to_string());
+        record.client_cert = conn.client_cert.as_ref().map(|c| c.sha256.to_string());
+    }
+    let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return Err(fail(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin API needs an Authorization: Bearer token",
-        ));
-    };
-    // Compare digests in constant time: neither the token's bytes nor its length leak.
-    let digest = edgeplug_bundle::manifest::Sha256::of(presented.as_bytes()).0;
-    if bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &expected[..])) {
-        Ok(())
-    } else {
-        Err(fail(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong admin token",
-        ))
-    }
+        .and_then(|v| v.to_str().ok());
+    let who = gw
+        .access
+        .authenticate(authorization, conn)
+        .map_err(|d| denied(&d))?;
+    record.token = Some(who.name.clone());
+    Ok(who)
 }
 
+fn denied(d: &auth::Denied) -> Failure {
+    let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
+    fail(status, d.code(), d.message())
+}
+
+/// An admin request: authenticated, routed, allowed by the token's scopes, done; whatever
+/// the answer, one audit record is on disk before it leaves.
 async fn admin(
     gw: &Arc<Gateway>,
     request: Request<RequestBody>,
     method: &Method,
     segments: &[&str],
 ) -> Result<Response<Body>, Failure> {
+    let mut record = AuditRecord::new(method.as_str(), request.uri().path());
+    let result = admin_audited(gw, request, method, segments, &mut record).await;
+    match &result {
+        Ok(response) => {
+            record.outcome = audit::Outcome::Ok;
+            record.status = response.status().as_u16();
+        }
+        Err(f) => {
+            record.status = f.status.as_u16();
+            record.code = f.body["error"]["code"].as_str().map(String::from);
+        }
+    }
+    let log = gw.clone();
+    match tokio::task::spawn_blocking(move || log.audit.append(&record)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "audit record not written"),
+        Err(e) => tracing::error!(error = %e, "audit record not written"),
+    }
+    result
+}
+
+async fn admin_audited(
+    gw: &Arc<Gateway>,
+    request: Request<RequestBody>,
+    method: &Method,
+    segments: &[&str],
+    record: &mut AuditRecord,
+) -> Result<Response<Body>, Failure> {
     // Before the body is touched: a refused request's body is dropped unread (no `100
-    // Continue`, and the connection closes after the answer).
-    authorized(gw, &request)?;
-    let name = match segments {
-        ["v1", "admin", "plugins", name] | ["v1", "admin", "plugins", name, "rollback"] => {
-            name.to_string()
+    // Continue`, and the connection closes after the answer). Authentication comes before
+    // routing, so an unauthenticated client learns nothing of which paths exist.
+    let who = authorized(gw, &request, record)?;
+    let op = match (method, segments) {
+        (&Method::GET, ["v1", "admin", "plugins"]) => AdminOp::List,
+        (&Method::PUT, ["v1", "admin", "plugins", name]) => AdminOp::Push(name),
+        (&Method::POST, ["v1", "admin", "plugins", name, "rollback"]) => AdminOp::Rollback(name),
+        (&Method::DELETE, ["v1", "admin", "plugins", name]) => AdminOp::Remove(name),
+        (_, ["v1", "admin", "plugins"])
+        | (_, ["v1", "admin", "plugins", _])
+        | (_, ["v1", "admin", "plugins", _, "rollback"]) => {
+            record.outcome = audit::Outcome::Failed;
+            return Err(fail(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{method} is not allowed here"),
+            ));
         }
         _ => {
+            record.outcome = audit::Outcome::Failed;
             return Err(fail(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -741,28 +781,46 @@ async fn admin(
             ));
         }
     };
-    let action = match (method, segments.len()) {
-        (&Method::PUT, 4) => {
+    record.action = op.action().into();
+    if let Some(name) = op.plugin() {
+        record.plugin(name);
+    }
+    if !who.permits(&op) {
+        return Err(denied(&auth::Denied::Scope { token: who.name }));
+    }
+    record.outcome = audit::Outcome::Failed;
+    // No admin operation without its record: one that could not be written is refused.
+    let log = gw.clone();
+    let writable = tokio::task::spawn_blocking(move || log.audit.check()).await;
+    if !matches!(writable, Ok(Ok(()))) {
+        tracing::error!(path = %gw.audit.path().display(), "the audit log is not writable");
+        return Err(fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit-unavailable",
+            "the audit log cannot be written; admin operations are refused",
+        ));
+    }
+    let action = match op {
+        AdminOp::List => {
+            body::check_declared(&request, SMALL_BODY_LIMIT).map_err(body_failure)?;
+            return list(gw).await;
+        }
+        AdminOp::Push(_) => {
             let limit = gw.config.bundle_limits().max_bundle_bytes as usize;
             let body = read_body(gw, request, limit).await?;
+            record.bundle_sha256 = Some(edgeplug_bundle::manifest::Sha256::of(&body).to_string());
             AdminAction::Push(body.to_vec())
         }
-        (&Method::POST, 5) | (&Method::DELETE, 4) => {
+        AdminOp::Rollback(_) | AdminOp::Remove(_) => {
             body::check_declared(&request, SMALL_BODY_LIMIT).map_err(body_failure)?;
-            if method == Method::POST {
+            if matches!(op, AdminOp::Rollback(_)) {
                 AdminAction::Rollback
             } else {
                 AdminAction::Remove
             }
         }
-        _ => {
-            return Err(fail(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                format!("{method} is not allowed here"),
-            ));
-        }
     };
+    let name = op.plugin().unwrap_or_default().to_string();
     let task_gw = gw.clone();
     let task_name = name.clone();
     let is_push = matches!(action, AdminAction::Push(_));
@@ -783,12 +841,16 @@ async fn admin(
             )
         })?;
     match result {
-        Ok(outcome) => Ok(json_response(StatusCode::OK, &json!(outcome))),
+        Ok(outcome) => {
+            record.version = outcome.version.clone();
+            record.previous = outcome.previous.clone();
+            Ok(json_response(StatusCode::OK, &json!(outcome)))
+        }
         Err(e) => {
             if is_push {
                 gw.metrics.rejected(&name, e.code());
             }
-            tracing::warn!(plugin = %name, error = %e, "admin operation refused");
+            tracing::warn!(plugin = %name, token = %who.name, error = %e, "admin operation refused");
             Err(admin_failure(&e))
         }
     }

@@ -12,6 +12,8 @@
 //! The server is a function, [`serve`], over a bound listener, so tests run it on
 //! `127.0.0.1:0`.
 
+pub mod audit;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod http;
@@ -41,8 +43,10 @@ pub struct Gateway {
     pub config: Config,
     pub registry: Registry,
     pub metrics: Arc<metrics::Metrics>,
-    /// sha-256 of the admin token (compared in constant time); `None` disables admin.
-    admin_token_sha256: Option<[u8; 32]>,
+    /// Who may use the admin API, and for what.
+    pub access: auth::Access,
+    /// One line per admin API request.
+    pub audit: audit::AuditLog,
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where demoted versions' requests run.
     pub demoted: lanes::LowPriorityPool,
@@ -88,9 +92,14 @@ impl Gateway {
             ))),
         })?;
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
-        let admin_token_sha256 = config
-            .resolve_admin_token()?
-            .map(|t| edgeplug_bundle::manifest::Sha256::of(t.as_bytes()).0);
+        let access = auth::Access::new(
+            config.resolve_admin_token()?.as_deref(),
+            config.tokens_file.as_deref(),
+            config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        )?;
+        let audit_path = config.audit_log_path();
+        let audit = audit::AuditLog::open(&audit_path)
+            .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
         let metrics = Arc::new(metrics::Metrics::default());
         let registry = Registry::new(
             runtime,
@@ -107,7 +116,8 @@ impl Gateway {
             config,
             registry,
             metrics,
-            admin_token_sha256,
+            access,
+            audit,
             tls,
             // One low-priority thread: demoted versions share it, and four more of their
             // requests may wait; beyond that they are refused with 503.
@@ -137,9 +147,36 @@ fn load_tls(tls: &config::TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| anyhow::anyhow!("cannot read TLS key {}: {e}", tls.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("cannot read client_ca {}: {e}", ca.display()))?;
+            anyhow::ensure!(!cas.is_empty(), "{} holds no certificate", ca.display());
+            for cert in cas {
+                roots
+                    .add(cert)
+                    .with_context(|| format!("client_ca {}: not a CA certificate", ca.display()))?;
+            }
+            // A client certificate is asked for on every connection but required by none:
+            // only the admin API needs one, and `http` refuses an admin request on a
+            // connection without one. A certificate that is sent must verify, or the
+            // handshake fails.
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .with_context(|| format!("client_ca {}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not fit together")?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -177,10 +214,19 @@ pub async fn serve(
         let tls = gateway.tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let gw = gw.clone();
-                async move { Ok::<_, std::convert::Infallible>(http::handle(gw, request).await) }
-            });
+            // Every request carries what its connection knows of the client (the admin API
+            // reads it), known once the TLS handshake is done.
+            let service = move |conn: auth::ConnInfo| {
+                service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(conn.clone());
+                    let gw = gw.clone();
+                    async move { Ok::<_, std::convert::Infallible>(http::handle(gw, request).await) }
+                })
+            };
+            let plain = auth::ConnInfo {
+                peer,
+                client_cert: None,
+            };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -188,7 +234,7 @@ pub async fn serve(
             let result = match tls {
                 None => {
                     watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .watch(builder.serve_connection(TokioIo::new(stream), service(plain)))
                         .await
                 }
                 Some(acceptor) => {
@@ -196,8 +242,23 @@ pub async fn serve(
                         tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) => {
+                            // Present only if verified: with `client_ca` set, the handshake
+                            // fails on a certificate that does not chain to it; without it,
+                            // none is asked for.
+                            let client_cert =
+                                stream.get_ref().1.peer_certificates().and_then(|chain| {
+                                    chain.first().map(|leaf| auth::ClientCert {
+                                        sha256: edgeplug_bundle::manifest::Sha256::of(leaf),
+                                    })
+                                });
+                            let conn = auth::ConnInfo {
+                                client_cert,
+                                ..plain
+                            };
                             watcher
-                                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                                .watch(
+                                    builder.serve_connection(TokioIo::new(stream), service(conn)),
+                                )
                                 .await
                         }
                         Ok(Err(e)) => {
