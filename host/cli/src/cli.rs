@@ -36,6 +36,9 @@ enum Command {
     Push(crate::cli_serve::PushArgs),
     /// Rolls a plugin back to its previous version on a gateway.
     Rollback(crate::cli_serve::RollbackArgs),
+    /// Makes a scoped admin token for a gateway's tokens_file: prints the secret once, and
+    /// the entry (its SHA-256 and scopes) or appends it to --tokens-file.
+    Token(crate::cli_token::TokenArgs),
     /// Times one ONNX model on one backend (native or tract) and prints the median latency.
     Bench(crate::cli_bench::BenchArgs),
     /// Checks a plugin before it is deployed: manifest and signature, describe(), self-tests,
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => crate::cli_serve::run_serve(args),
         Command::Push(args) => crate::cli_serve::run_push(args),
         Command::Rollback(args) => crate::cli_serve::run_rollback(args),
+        Command::Token(args) => crate::cli_token::run(args),
         Command::Conformance(args) => crate::cli_conformance::run(args),
     }
 }

@@ -15,4 +15,5 @@ pub mod cli_bench;
 pub mod cli_bundle;
 pub mod cli_conformance;
 pub mod cli_serve;
+pub mod cli_token;
 pub mod client;
