@@ -159,7 +159,12 @@ impl TestGateway {
     /// A gateway with a fresh state directory trusting one fresh key, admin token [`TOKEN`]
     /// and `default_plugin = "digits"`; `config_extra` is appended to its configuration.
     pub async fn start(config_extra: &str) -> TestGateway {
-        let dir = tempfile::tempdir().unwrap();
+        TestGateway::start_in(tempfile::tempdir().unwrap(), config_extra).await
+    }
+
+    /// [`TestGateway::start`] in `dir`, which may already hold files the configuration names
+    /// (relative paths in it resolve against `dir`).
+    pub async fn start_in(dir: tempfile::TempDir, config_extra: &str) -> TestGateway {
         let key = Arc::new(SecretKey::generate());
         std::fs::create_dir_all(dir.path().join("trust")).unwrap();
         std::fs::write(dir.path().join("trust/test.pub"), key.public_key().to_pem()).unwrap();

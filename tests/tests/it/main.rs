@@ -1,5 +1,6 @@
 //! One integration-test binary (one link, many modules).
 
+mod access;
 mod architecture;
 mod classifier;
 mod conformance;
