@@ -265,40 +265,48 @@ fn median(mut v: Vec<u8>) -> u8 {
 fn gray_to_8x8(img: &GrayImage) -> Result<[f32; 64], DigitError> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let px = img.as_raw();
-    let border: Vec<u8> = (0..h)
-        .flat_map(|y| (0..w).map(move |x| (x, y)))
-        .filter(|&(x, y)| x == 0 || y == 0 || x + 1 == w || y + 1 == h)
-        .map(|(x, y)| px[y * w + x])
-        .collect();
+    // The border's pixels, edge by edge (the median does not depend on their order).
+    let mut border: Vec<u8> = Vec::with_capacity(2 * (w + h));
+    border.extend_from_slice(&px[..w]);
+    if h > 1 {
+        border.extend_from_slice(&px[(h - 1) * w..]);
+    }
+    for y in 1..h.saturating_sub(1) {
+        border.push(px[y * w]);
+        if w > 1 {
+            border.push(px[y * w + w - 1]);
+        }
+    }
     let bmed = median(border);
     let invert = bmed > 127;
     let bg = u32::from(if invert { 255 - bmed } else { bmed });
-    // Ink level of a pixel, background removed: 0..=255-bg.
-    let ink = |x: usize, y: usize| -> u32 {
-        let p = u32::from(px[y * w + x]);
-        let p = if invert { 255 - p } else { p };
-        p.saturating_sub(bg)
-    };
+    // Ink level of every pixel, background removed: 0..=255-bg. Computed once: the passes
+    // below read it about three times per pixel, and this runs on every request.
+    let inks: Vec<u32> = px
+        .iter()
+        .map(|&p| {
+            let p = u32::from(if invert { 255 - p } else { p });
+            p.saturating_sub(bg)
+        })
+        .collect();
+    let ink = |x: usize, y: usize| inks[y * w + x];
 
     // Bounding box of the ink (above 1/16 of the brightest pixel).
-    let max = (0..h)
-        .flat_map(|y| (0..w).map(move |x| (x, y)))
-        .map(|(x, y)| ink(x, y))
-        .max()
-        .unwrap_or(0);
+    let max = inks.iter().copied().max().unwrap_or(0);
     if max == 0 {
         return Err(DigitError::Blank);
     }
     let (mut x0, mut x1, mut y0, mut y1) = (w, 0, h, 0);
-    for y in 0..h {
-        for x in 0..w {
-            if ink(x, y) * 16 >= max {
-                x0 = x0.min(x);
-                x1 = x1.max(x + 1);
-                y0 = y0.min(y);
-                y1 = y1.max(y + 1);
-            }
-        }
+    for (y, row) in inks.chunks_exact(w).enumerate() {
+        let mut inked = row.iter().enumerate().filter(|&(_, &v)| v * 16 >= max);
+        let Some((first, _)) = inked.next() else {
+            continue;
+        };
+        let last = inked.last().map_or(first, |(x, _)| x);
+        x0 = x0.min(first);
+        x1 = x1.max(last + 1);
+        y0 = y0.min(y);
+        y1 = y1.max(y + 1);
     }
     // Square window: side = longer side of the box, centred on it, kept inside the image
     // along an axis where it fits.
