@@ -7,6 +7,7 @@
 # packed and signed with a throwaway key. wrk (Debian's `wrk`) drives one gateway at a time:
 # ROUNDS alternated rounds of SECS seconds at 4 connections, then the same at 1 connection for
 # the per-request latency. Prints every round and the medians; needs python3 for the PNG.
+# OLD_CONFIG / NEW_CONFIG (environment) add lines to that build's gateway.toml.
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
@@ -40,14 +41,15 @@ open(f"{work}/predict.lua", "w").write(
     'wrk.headers["Content-Type"] = "multipart/form-data; boundary=abbench"\n')
 EOF
 
-start() { # name bin plugin_dir port
-    local name=$1 bin=$2 dir=$3 port=$4 home="$WORK/$1"
+start() { # name bin plugin_dir port extra_config
+    local name=$1 bin=$2 dir=$3 port=$4 extra=$5 home="$WORK/$1"
     mkdir -p "$home/trust"
     "$bin" keygen --out "$home/keys" --name bench > /dev/null
     cp "$home/keys/bench.pub" "$home/trust/"
     "$bin" pack "$dir" --key "$home/keys/bench.key" --out "$home/digits.epk" > /dev/null
     printf 'listen = "127.0.0.1:%s"\nstate_dir = "state"\ntrust_dir = "trust"\nadmin_token = "t"\ndefault_plugin = "digits"\n' \
         "$port" > "$home/gateway.toml"
+    printf '%b\n' "$extra" >> "$home/gateway.toml"
     EDGEPLUG_LOG=warn "$bin" serve --config "$home/gateway.toml" --install "$home/digits.epk" \
         > "$home/log" 2>&1 &
     PIDS+=($!)
@@ -62,8 +64,8 @@ start() { # name bin plugin_dir port
     [ "$answer" = '{"prediction":7}' ] || { echo "$name gave a wrong answer"; cat "$home/log"; exit 1; }
 }
 
-start old "$OLD_BIN" "$OLD_DIR" 18181
-start new "$NEW_BIN" "$NEW_DIR" 18182
+start old "$OLD_BIN" "$OLD_DIR" 18181 "${OLD_CONFIG:-}"
+start new "$NEW_BIN" "$NEW_DIR" 18182 "${NEW_CONFIG:-}"
 
 measure() { # port connections -> "req/s p50_us"
     wrk -t1 -c"$2" -d"${SECS}s" --latency -s "$WORK/predict.lua" "http://127.0.0.1:$1/predict" |
