@@ -19,7 +19,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
-pub use cache::ComponentCache;
+pub use cache::{CacheUsage, ComponentCache};
 pub use error::{InvokeError, LoadError, Misconduct, PluginErrorCode};
 pub use plugin::{EffectiveLimits, PluginFiles, PluginInfo, PluginShared};
 pub use state::LimitHit;
@@ -130,6 +130,18 @@ impl Runtime {
         &self.engine
     }
 
+    /// The compile cache's key of a component: a plugin store can tell which cache entries
+    /// its versions need without compiling them.
+    pub fn cache_key(&self, wasm: &[u8]) -> String {
+        ComponentCache::key(&self.engine, wasm)
+    }
+
+    /// Deletes the compile cache's entries that neither a loaded version nor `wanted` needs,
+    /// then keeps it under its size bound (see [`ComponentCache::collect_garbage`]).
+    pub fn collect_cache_garbage(&self, wanted: &dyn Fn(&str) -> bool) -> CacheUsage {
+        self.config.cache.collect_garbage(wanted)
+    }
+
     /// Compiles (or loads from the cache) and checks a plugin's component, loads its models
     /// and weights, pre-instantiates it and calls `describe()`, which must agree with the
     /// manifest.
@@ -185,6 +197,7 @@ impl Runtime {
         );
         let mut plugin = LoadedPlugin {
             engine: self.engine.clone(),
+            _component: component,
             pre,
             shared,
             info: PluginInfo {
@@ -224,12 +237,25 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .max_memory_size(memory_cap)
             // Returning a slot with madvise flushes the TLB of every core (an IPI per request,
             // which capped the trivial plugin at ~12k req/s on 2 cores). Resetting the pages a
-            // request dirtied with memset, up to a few MiB, and batching what is left keeps
-            // the per-request cost in the instance's own pages.
+            // request dirtied with memset, up to a few MiB, keeps the per-request cost in the
+            // instance's own pages; only an instance that dirtied more is madvised.
             .linear_memory_keep_resident(4 << 20)
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto)
-            .decommit_batch_size(8);
+            // No batching of those madvise calls: a slot waiting in a decommit batch is in
+            // neither the free list nor use, so when its module is dropped wasmtime cannot
+            // purge it, and once returned the slot keeps that dead module's memory image (a
+            // `memfd:wasm-memory-image` fd and its pages) until another module happens to
+            // take it: with batches of 8, 45 pushes left 7 dead images. Unbatched, dropping a
+            // plugin version frees its images at once. The cost is one madvise per request
+            // only for plugins that dirty more than `linear_memory_keep_resident` anyway.
+            .decommit_batch_size(1)
+            // A slot, once used, keeps up to `linear_memory_keep_resident` resident while
+            // idle. Past this many idle slots a new instance reuses the least recently used
+            // one instead of touching a fresh slot, so the slots ever touched stay near the
+            // peak of concurrent instances plus 16, whatever the number of versions and
+            // plugins served over time (wasmtime's default, 100, lets idle slots hold 400 MiB).
+            .max_unused_warm_slots(16);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
@@ -284,6 +310,10 @@ pub struct RequestStats {
 /// A plugin version ready to serve.
 pub struct LoadedPlugin {
     engine: Engine,
+    /// The compiled component, shared through the compile cache with any other version of the
+    /// same bytes; while this lives, the cache knows it is in use. Dropping the last
+    /// `LoadedPlugin` of a component frees its code and memory images.
+    _component: Arc<Component>,
     pre: PluginPre<StoreState>,
     shared: Arc<PluginShared>,
     info: PluginInfo,
