@@ -188,8 +188,17 @@ impl PluginStore {
             sync_dir(&plugins).map_err(io_err(&plugins))?;
         }
         let file = dir.join(format!("{version}.epk"));
+        let existed = file.exists();
         write_atomic(&file, bundle.raw()).map_err(io_err(&file))?;
-        self.write_active(name, &version)?;
+        if let Err(e) = self.write_active(name, &version) {
+            // A refused install changes nothing: not even a kept version newer than the
+            // active one (on a full disk, the small `active` file can fail after the bundle).
+            if !existed {
+                let _ = std::fs::remove_file(&file);
+                let _ = sync_dir(&dir);
+            }
+            return Err(e);
+        }
         let pruned = self.prune(name, &version)?;
         tracing::info!(plugin = name, %version, signer = %bundle.signer(), "installed plugin version");
         Ok(InstallOutcome {
