@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use hyper::{Method, Request, Uri};
 
 use crate::client::{ChunkedBody, Connection};
+use edgeplug_gateway::registry::StartInstall;
 use edgeplug_gateway::{Config, Gateway};
 
 #[derive(Debug, clap::Args)]
@@ -21,7 +22,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// Install these signed bundles before listening (verified, compiled and self-tested like
-    /// a push; a bundle whose version is already active is skipped). Repeatable.
+    /// a push), so a restart with the same command line comes back whatever was pushed since.
+    /// Each file is verified first, always (a tampered or untrusted one is an error). A
+    /// bundle older than the active version of its plugin, or the active version itself
+    /// (the same content, even signed by another trusted key), counts as already satisfied:
+    /// the active version stays. The active version with other content under the same
+    /// version number is an error (two bundles must not share a version); the active
+    /// version stays and nothing starts. Repeatable.
     #[arg(long = "install", value_name = "BUNDLE")]
     pub install: Vec<PathBuf>,
 }
@@ -78,13 +85,21 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let gateway = tokio::task::spawn_blocking(move || Gateway::open(config)).await??;
         for path in args.install {
             let gw = gateway.clone();
-            let outcome =
-                tokio::task::spawn_blocking(move || gw.registry.install_file(&path)).await??;
-            eprintln!(
-                "installed {} {}",
-                outcome.name,
-                outcome.version.unwrap_or_default()
-            );
+            let shown = path.display().to_string();
+            match tokio::task::spawn_blocking(move || gw.registry.install_file(&path)).await?? {
+                StartInstall::Installed(outcome) => eprintln!(
+                    "installed {} {}",
+                    outcome.name,
+                    outcome.version.unwrap_or_default()
+                ),
+                StartInstall::Satisfied {
+                    name,
+                    version,
+                    active,
+                } => eprintln!(
+                    "already satisfied: {shown} is {name} {version}; the active version {active} stays"
+                ),
+            }
         }
         let listener = tokio::net::TcpListener::bind(listen)
             .await

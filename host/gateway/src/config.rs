@@ -15,6 +15,7 @@
 //! default_plugin = "digits"          # the plugin answering POST /predict; unset: 404
 //! keep_versions = 3                  # versions kept per plugin, the active one included
 //! fast_path_us = 50                  # plugins answering within this run on the reactor; 0: never
+//! cache_max_mib = 256                # compiled components kept in state_dir/cache, MiB
 //!
 //! [tls]                              # optional; without it the gateway speaks plain HTTP
 //! cert = "cert.pem"                  # PEM certificate chain
@@ -78,6 +79,10 @@ pub struct Config {
     /// wake-ups each. About the cost of those wake-ups: longer runs gain more from running in
     /// parallel on the pool. 0 disables the fast path. Default: 50.
     pub fast_path_us: u64,
+    /// Bound of the compile cache (`state_dir/cache`), MiB. Entries of versions no longer in
+    /// the store are deleted after every push, removal and start; past this bound the least
+    /// recently used go too, except those of loaded versions. 0 keeps only those. Default: 256.
+    pub cache_max_mib: u64,
     /// TLS; without this table the gateway serves plain HTTP. Default: none.
     pub tls: Option<TlsConfig>,
     /// Caps on plugin limits and gateway-wide bounds. Defaults: see [`LimitsConfig`].
@@ -152,6 +157,7 @@ impl Default for Config {
             default_plugin: None,
             keep_versions: 3,
             fast_path_us: 50,
+            cache_max_mib: 256,
             tls: None,
             limits: LimitsConfig::default(),
             fleet: None,

@@ -881,6 +881,7 @@ fn admin_failure(e: &AdminError) -> Failure {
             StoreError::NotInstalled(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
+        AdminError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         AdminError::Trust(_) => StatusCode::INTERNAL_SERVER_ERROR,
         AdminError::Load(_) | AdminError::SelfTest(_) => StatusCode::UNPROCESSABLE_ENTITY,
         AdminError::Conflict(_) => StatusCode::CONFLICT,

@@ -83,7 +83,8 @@ impl Gateway {
         let runtime = Runtime::new(RuntimeConfig {
             limit_caps: config.limit_caps(),
             max_instances: config.limits.max_instances,
-            cache: ComponentCache::in_dir(config.state_dir.join("cache")),
+            cache: ComponentCache::in_dir(config.state_dir.join("cache"))
+                .with_max_bytes(config.cache_max_mib.saturating_mul(1 << 20)),
             // Compile on the admin thread only: parallel compilation would take every core
             // from the requests being served during a hot swap.
             parallel_compilation: false,

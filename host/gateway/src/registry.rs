@@ -13,7 +13,7 @@
 //! loaded in memory (up to `keep_versions - 1`) so a rollback is one swap; versions only on
 //! disk (after a restart) are re-verified, loaded and self-tested first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -64,8 +64,13 @@ impl ActivePlugin {
 pub enum AdminError {
     #[error("bundle refused: {0}")]
     Bundle(#[from] BundleError),
+    /// Built by `From<StoreError>`, which sends a full disk to `InsufficientStorage`.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The plugin store's disk (or quota) is full: the write was undone and the active
+    /// version is unchanged. Freeing space and pushing again works.
+    #[error("no space left for the plugin store: {0}")]
+    InsufficientStorage(StoreError),
     #[error("the trust store cannot be read: {0}")]
     Trust(#[from] TrustError),
     #[error("the plugin does not load: {0}")]
@@ -75,6 +80,22 @@ pub enum AdminError {
     Conflict(String),
     #[error("self-test failed: {0}")]
     SelfTest(#[from] SelfTestError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> AdminError {
+        match &e {
+            StoreError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                AdminError::InsufficientStorage(e)
+            }
+            _ => AdminError::Store(e),
+        }
+    }
 }
 
 impl AdminError {
@@ -101,6 +122,7 @@ impl AdminError {
                 StoreError::NoPreviousVersion { .. } => "no-previous-version",
                 _ => "store",
             },
+            AdminError::InsufficientStorage(_) => "insufficient-storage",
             AdminError::Trust(_) => "trust-store",
             AdminError::Load(e) => e.code(),
             AdminError::Conflict(_) => "store-conflict",
@@ -138,6 +160,25 @@ pub struct Registry {
     bundle_limits: BundleLimits,
     keep_versions: usize,
     metrics: Arc<Metrics>,
+    /// The compile cache key of each stored version's component, learned when it was
+    /// prepared or read back: what the cache's garbage collection must keep.
+    cache_keys: Mutex<HashMap<(String, Version), String>>,
+}
+
+/// What `serve --install` did with one bundle file.
+#[derive(Debug, Clone)]
+pub enum StartInstall {
+    /// The bundle is now the active version.
+    Installed(AdminOutcome),
+    /// The active version is this bundle, the same content under another signature, or a
+    /// newer version (pushed since): it stays active and nothing was written.
+    Satisfied {
+        name: String,
+        /// The bundle's version.
+        version: Version,
+        /// The active version, kept.
+        active: Version,
+    },
 }
 
 /// One plugin in the listing.
@@ -206,6 +247,7 @@ impl Registry {
             bundle_limits,
             keep_versions: keep_versions.max(1),
             metrics,
+            cache_keys: Mutex::default(),
         }
     }
 
@@ -276,6 +318,13 @@ impl Registry {
         started: Instant,
     ) -> Result<ActivePlugin, AdminError> {
         let files = PluginFiles::from_bundle(bundle);
+        self.cache_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (bundle.name().to_string(), bundle.version().clone()),
+                self.runtime.cache_key(bundle.component()),
+            );
         let plugin = self.runtime.load(&files)?;
         let self_tests = selftest::run(&plugin, &files)?;
         let limits = plugin.shared().limits();
@@ -321,8 +370,21 @@ impl Registry {
         expected_name: Option<&str>,
     ) -> Result<AdminOutcome, AdminError> {
         let started = Instant::now();
-        let trust = self.trust()?;
-        let bundle = edgeplug_bundle::verify(bytes, &trust, &self.bundle_limits)?;
+        let result = self
+            .trust()
+            .and_then(|trust| Ok(edgeplug_bundle::verify(bytes, &trust, &self.bundle_limits)?))
+            .and_then(|bundle| self.install_verified(&bundle, expected_name, started));
+        // After a refusal too: a push refused after compiling left a cache entry.
+        self.collect_cache_garbage();
+        result
+    }
+
+    fn install_verified(
+        &self,
+        bundle: &VerifiedBundle,
+        expected_name: Option<&str>,
+        started: Instant,
+    ) -> Result<AdminOutcome, AdminError> {
         let name = bundle.name().to_string();
         if let Some(expected) = expected_name
             && expected != name
@@ -347,8 +409,8 @@ impl Registry {
             }
             .into());
         }
-        let ready = Arc::new(self.prepare(&bundle, started)?);
-        let outcome = self.store.install(&bundle, Some(&name))?;
+        let ready = Arc::new(self.prepare(bundle, started)?);
+        let outcome = self.store.install(bundle, Some(&name))?;
         let old = self.publish(&slot, ready.clone());
         self.metrics
             .event("push", &name, &ready.version.to_string());
@@ -361,6 +423,64 @@ impl Registry {
             self_tests: ready.self_tests,
             load_ms: ready.load_time.as_secs_f64() * 1e3,
         })
+    }
+
+    /// Deletes the compile cache entries no version in the store needs (refused pushes,
+    /// pruned and removed versions) and keeps the cache under its size bound. Never fails
+    /// an admin operation: a cache that cannot be cleaned is only bigger.
+    fn collect_cache_garbage(&self) {
+        let wanted = match self.stored_cache_keys() {
+            Ok(wanted) => wanted,
+            Err(e) => {
+                tracing::warn!(error = %e, "compile cache not cleaned: the store cannot be listed");
+                return;
+            }
+        };
+        let usage = self
+            .runtime
+            .collect_cache_garbage(&|key: &str| wanted.contains(key));
+        if usage.removed > 0 {
+            tracing::info!(
+                removed = usage.removed,
+                removed_bytes = usage.removed_bytes,
+                entries = usage.entries,
+                bytes = usage.bytes,
+                "compile cache cleaned"
+            );
+        }
+    }
+
+    /// Compile cache keys of every version in the store. A version this process never
+    /// prepared (kept from before a restart) is read back and verified once to learn its key;
+    /// one that no longer verifies needs no cache entry.
+    fn stored_cache_keys(&self) -> Result<HashSet<String>, AdminError> {
+        let stored = self.store.list()?;
+        let mut trust: Option<TrustStore> = None;
+        let mut present = HashSet::new();
+        let mut keys = self.cache_keys.lock().unwrap_or_else(|p| p.into_inner());
+        for plugin in stored {
+            for kept in plugin.versions {
+                let id = (plugin.name.clone(), kept.version);
+                if !keys.contains_key(&id) {
+                    let trust = match &mut trust {
+                        Some(trust) => trust,
+                        None => trust.insert(self.trust()?),
+                    };
+                    match self.store.load(&id.0, &id.1, trust) {
+                        Ok(bundle) => {
+                            keys.insert(id.clone(), self.runtime.cache_key(bundle.component()));
+                        }
+                        Err(e) => {
+                            tracing::debug!(plugin = %id.0, version = %id.1, error = %e, "stored version not verified for the cache");
+                            continue;
+                        }
+                    }
+                }
+                present.insert(id);
+            }
+        }
+        keys.retain(|id, _| present.contains(id));
+        Ok(keys.values().cloned().collect())
     }
 
     /// Makes the newest kept version older than the active one active again. Blocking.
@@ -437,6 +557,7 @@ impl Registry {
             .remove(name);
         self.metrics.event("remove", name, "");
         tracing::info!(plugin = name, "removed plugin");
+        self.collect_cache_garbage();
         Ok(AdminOutcome {
             name: name.to_string(),
             version: None,
@@ -471,33 +592,72 @@ impl Registry {
                 }
             }
         }
+        self.collect_cache_garbage();
         Ok(failed)
     }
 
-    /// Installs a bundle file at start (`serve --install`). The same version being active
-    /// already (same bytes) is not an error.
-    pub fn install_file(&self, path: &std::path::Path) -> anyhow::Result<AdminOutcome> {
-        let bytes = edgeplug_bundle::read_bundle_file(path, &self.bundle_limits)?;
-        let sha = Sha256::of(&bytes);
-        match self.install(bytes, None) {
-            Ok(outcome) => Ok(outcome),
-            Err(AdminError::Store(StoreError::NotNewer { name, version, .. }))
-                if self
-                    .get(&name)
-                    .is_some_and(|a| a.version == version && a.bundle_sha256 == sha) =>
-            {
-                Ok(AdminOutcome {
-                    name,
-                    version: Some(version.to_string()),
-                    previous: Some(version.to_string()),
-                    self_tests: 0,
-                    load_ms: 0.0,
-                })
-            }
-            Err(e) => {
-                Err(anyhow::Error::new(e).context(format!("cannot install {}", path.display())))
-            }
+    /// Installs a bundle file at start (`serve --install`), so that a service restarted with
+    /// the same command line comes back whatever was pushed meanwhile. The file is verified
+    /// first (signature, trust, members), whatever its version: a tampered or untrusted file
+    /// is an error even when nothing would be installed. Then, against the active version of
+    /// the same name:
+    /// - none, or older: the bundle is installed like a push;
+    /// - newer (pushed since), or the same version with the same content (the same
+    ///   manifest, so the same member hashes; the signature may differ): already satisfied,
+    ///   the active version stays;
+    /// - the same version with other content: an error. Two different bundles must not
+    ///   share a version, and which one was meant cannot be told; the active one stays.
+    ///
+    /// A stored active version that did not load at start cannot satisfy anything: a bundle
+    /// not newer than it is then an error (the store refuses to go back by itself).
+    pub fn install_file(&self, path: &std::path::Path) -> anyhow::Result<StartInstall> {
+        use anyhow::Context as _;
+        let context = || format!("cannot install {}", path.display());
+        let bytes = edgeplug_bundle::read_bundle_file(path, &self.bundle_limits)
+            .map_err(AdminError::from)
+            .with_context(context)?;
+        let trust = self.trust().with_context(context)?;
+        let bundle = edgeplug_bundle::verify(bytes, &trust, &self.bundle_limits)
+            .map_err(AdminError::from)
+            .with_context(context)?;
+        let name = bundle.name().to_string();
+        let version = bundle.version().clone();
+        let active = self.store.active(&name).map_err(AdminError::from)?;
+        let Some(active) =
+            active.filter(|a| version.cmp_precedence(a) != std::cmp::Ordering::Greater)
+        else {
+            let result = self.install_verified(&bundle, None, Instant::now());
+            self.collect_cache_garbage();
+            return Ok(StartInstall::Installed(result.with_context(context)?));
+        };
+        let Some(served) = self.get(&name).filter(|a| a.version == active) else {
+            anyhow::bail!(
+                "cannot install {}: {name} {version} is not newer than the stored active version \
+                 {active}, which does not load (see the errors above); push a newer version or \
+                 remove the plugin",
+                path.display()
+            );
+        };
+        if version.cmp_precedence(&active) == std::cmp::Ordering::Equal
+            && served.plugin.shared().manifest() != bundle.manifest()
+        {
+            anyhow::bail!(
+                "cannot install {}: it is {name} {version}, but the active {name} {active} is a \
+                 different bundle (sha-256 {} here, {} active) with other content; two bundles \
+                 must not share a version: give this one a higher version, or remove the plugin \
+                 first. The active version stays.",
+                path.display(),
+                bundle.bundle_sha256(),
+                served.bundle_sha256,
+            );
         }
+        tracing::info!(plugin = %name, %version, %active, file = %path.display(),
+            "already satisfied: the active version is this bundle or newer, and stays");
+        Ok(StartInstall::Satisfied {
+            name,
+            version,
+            active,
+        })
     }
 
     /// Every plugin: the active version (from memory) and the versions kept on disk.
