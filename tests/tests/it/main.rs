@@ -9,5 +9,6 @@ mod forecaster;
 mod gateway;
 mod hardening;
 mod isolation;
+mod lifecycle;
 mod models;
 mod runtime;
