@@ -259,6 +259,7 @@ mod avx512 {
         let len = g.phase_len();
         let even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let split_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
         for (py, prow) in pad.chunks_exact_mut(2 * len).enumerate() {
             prow.fill(0.0);
             let Some(iy) = py.checked_sub(g.pad.top).filter(|&iy| iy < g.h) else {
@@ -285,6 +286,26 @@ mod avx512 {
                         _mm512_storeu_ps(ph1.as_mut_ptr().add(base + x / 2), od);
                     }
                     x += 32;
+                }
+                // The 16 columns a narrow plane (16, 24 or 31 wide: the late layers of small
+                // networks) has left, with one permute; its two 8-wide halves are the phases.
+                if x + 16 <= g.w && base + x / 2 + 8 <= len {
+                    // SAFETY: x + 16 <= w reads inside `srow`; each 8-lane store writes
+                    // indices base + x/2 .. +8 <= len of its phase.
+                    unsafe {
+                        let a = _mm512_loadu_ps(srow.as_ptr().add(x));
+                        let split = _mm512_permutexvar_ps(split_idx, a);
+                        _mm256_storeu_ps(
+                            ph0.as_mut_ptr().add(base + x / 2),
+                            _mm512_castps512_ps256(split),
+                        );
+                        _mm256_storeu_ps(
+                            ph1.as_mut_ptr().add(base + x / 2),
+                            // The upper half (AVX-512F only: extractf32x8 would need DQ).
+                            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(split))),
+                        );
+                    }
+                    x += 16;
                 }
             }
             for (xx, &v) in srow.iter().enumerate().skip(x) {
