@@ -36,6 +36,11 @@ enum Command {
     Push(crate::cli_serve::PushArgs),
     /// Rolls a plugin back to its previous version on a gateway.
     Rollback(crate::cli_serve::RollbackArgs),
+    /// Pushes a signed bundle to an OCI registry and announces it to a fleet group (or, with
+    /// --pin, one gateway) with a signed, retained MQTT notice; the gateways follow.
+    Publish(crate::cli_publish::PublishArgs),
+    /// The fleet seen from the broker: `edgeplug fleet status --broker URL --group G`.
+    Fleet(crate::cli_fleet::FleetArgs),
     /// Makes a scoped admin token for a gateway's tokens_file: prints the secret once, and
     /// the entry (its SHA-256 and scopes) or appends it to --tokens-file.
     Token(crate::cli_token::TokenArgs),
@@ -113,6 +118,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Push(args) => crate::cli_serve::run_push(args),
         Command::Rollback(args) => crate::cli_serve::run_rollback(args),
         Command::Token(args) => crate::cli_token::run(args),
+        Command::Publish(args) => crate::cli_publish::run(args),
+        Command::Fleet(args) => crate::cli_fleet::run(args),
         Command::Conformance(args) => crate::cli_conformance::run(args),
     }
 }

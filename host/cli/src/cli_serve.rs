@@ -112,7 +112,18 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             gateway.config.state_dir.display(),
             gateway.config.trust_dir.display(),
         );
+        // With a [fleet] table, the fleet agent follows the broker (edgeplug_fleet::agent);
+        // its relative paths resolve against the configuration file's directory.
+        let config_dir = args.config.as_deref().and_then(std::path::Path::parent);
+        let fleet = edgeplug_fleet::start_if_configured(
+            gateway.clone(),
+            config_dir.unwrap_or(std::path::Path::new(".")),
+        )
+        .await?;
         edgeplug_gateway::serve(listener, gateway, edgeplug_gateway::shutdown_signal()).await?;
+        if let Some(agent) = fleet {
+            agent.stop().await;
+        }
         eprintln!("edgeplug gateway stopped");
         Ok(ExitCode::SUCCESS)
     })

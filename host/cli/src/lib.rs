@@ -6,6 +6,8 @@
 //! - `edgeplug-bundle`: `plugin.toml`, signed bundles, keys, the trust store, the plugin store.
 //! - `edgeplug-runtime`: the wasmtime embedding, the model store, self-tests, conformance.
 //! - `edgeplug-gateway`: `edgeplug serve` over HTTP, its registry and hot swap.
+//! - `edgeplug-fleet`: `edgeplug publish`, `edgeplug fleet status` and the gateway's fleet
+//!   agent (OCI registry, MQTT broker, signed notices).
 //!
 //! See ARCHITECTURE.md at the repository root for the invariants and how `cargo tree`
 //! proves them.
@@ -14,6 +16,8 @@ pub mod cli;
 pub mod cli_bench;
 pub mod cli_bundle;
 pub mod cli_conformance;
+pub mod cli_fleet;
+pub mod cli_publish;
 pub mod cli_serve;
 pub mod cli_token;
 pub mod client;
