@@ -18,6 +18,8 @@ setup:
 # The web page is tested in a real headless browser: Debian's chromium.
 test-setup: setup
 	command -v chromium > /dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+# The fleet tests start a real OCI registry (CNCF distribution) and MQTT broker of their own.
+	{ command -v mosquitto && command -v docker-registry; } > /dev/null || { apt-get update && apt-get install -y --no-install-recommends docker-registry mosquitto; }
 
 plugins: setup
 	$(CARGO) build --profile plugin --target wasm32-wasip2 --target-dir $(WASM_TARGET) $(foreach p,$(PLUGINS),-p edgeplug-plugin-$(p))

@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod gateway;
 pub mod load;
+pub mod servers;
 
 use std::path::{Path, PathBuf};
 

@@ -82,6 +82,21 @@ fn only_the_gateway_and_the_push_client_speak_http() {
 }
 
 #[test]
+fn only_the_fleet_crate_speaks_mqtt_and_oci_and_the_gateway_knows_no_fleet() {
+    assert_eq!(direct_dependents("rumqttc"), ["edgeplug-fleet"]);
+    assert_eq!(direct_dependents("oci-client"), ["edgeplug-fleet"]);
+    // The fleet drives the gateway's registry; the gateway never depends on the fleet.
+    let gateway = cargo_tree(&["-p", "edgeplug-gateway"]);
+    assert!(gateway.iter().any(|d| d == "hyper"), "the tree was read");
+    for forbidden in ["edgeplug-fleet", "rumqttc", "oci-client"] {
+        assert!(
+            !gateway.iter().any(|d| d == forbidden),
+            "edgeplug-gateway depends on {forbidden}"
+        );
+    }
+}
+
+#[test]
 fn only_the_models_crate_runs_tract() {
     assert_eq!(direct_dependents("tract-onnx"), ["edgeplug-models"]);
 }

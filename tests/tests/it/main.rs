@@ -5,6 +5,7 @@ mod architecture;
 mod classifier;
 mod conformance;
 mod digits;
+mod fleet;
 mod forecaster;
 mod gateway;
 mod hardening;
