@@ -13,7 +13,7 @@ use edgeplug_fleet::publish::{self, Audience};
 /// Broker connection arguments shared by `publish` and `fleet status`.
 #[derive(Debug, clap::Args)]
 pub struct BrokerArgs {
-    /// The MQTT broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT].
+    /// The MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT (default ports 1883 and 8883).
     #[arg(long)]
     pub broker: String,
     /// Broker user name.
@@ -46,7 +46,8 @@ impl BrokerArgs {
 pub struct PublishArgs {
     /// The signed bundle (.epk) to publish.
     pub bundle: PathBuf,
-    /// Where to push it: HOST[:PORT]/REPOSITORY, e.g. registry.example/edgeplug/digits.
+    /// Where to push it: HOST/REPOSITORY or HOST:PORT/REPOSITORY, e.g.
+    /// registry.example/edgeplug/digits.
     #[arg(long)]
     pub registry: String,
     /// The group to announce it to.
@@ -72,7 +73,7 @@ pub struct PublishArgs {
     pub broker: BrokerArgs,
 }
 
-/// `HOST[:PORT]/REPOSITORY` split at its first `/`.
+/// `HOST:PORT/REPOSITORY` split at its first `/`.
 fn split_registry(reference: &str) -> anyhow::Result<(String, String)> {
     let (host, repository) = reference.split_once('/').with_context(|| {
         format!("--registry {reference:?} must be HOST[:PORT]/REPOSITORY, e.g. registry.example/edgeplug/digits")

@@ -12,7 +12,7 @@
 //!
 //! Pulls go **by digest** only. The manifest's bytes must hash to the digest the signed notice
 //! names; the layer is streamed with a size cap and must hash to the manifest's layer digest
-//! (oci-client checks it while streaming, and [`pull_bundle`] checks again over the bytes it
+//! (oci-client checks it while streaming, and [`Registry::pull_bundle`] checks again over the bytes it
 //! returns). Then the bundle's own signature is checked by the install, as for any push.
 
 use std::path::PathBuf;
