@@ -10,20 +10,25 @@
 //!   that keeps the rate up is bounded by the size limit.
 //! - A request whose body was not read to its end is answered with `Connection: close`:
 //!   hyper then reads what has already arrived once and closes the connection after the
-//!   answer, instead of draining a body nobody wants.
+//!   answer, instead of draining a body nobody wants. The answer goes first; only then does
+//!   the connection ([`Lingering`]) read and discard what the client still sends, for at most
+//!   [`LINGER_TIME`] and [`LINGER_BYTES`], so that a client busy sending the rest of a refused
+//!   body reads its 413 instead of a reset (closing a socket with unread data sends RST).
 
 use std::error::Error;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::Request;
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper::header;
+use hyper::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::LimitsConfig;
 
@@ -224,6 +229,143 @@ impl Body for Tracked {
     }
 }
 
+/// How long a connection that answered without reading a whole body keeps reading (and
+/// discarding) before it closes: a client that stops sending, or closes, ends it sooner.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much of such a body it discards at most.
+pub const LINGER_BYTES: u64 = 64 << 20;
+
+/// Set for a connection once it answered with `Connection: close` (what the router does when
+/// it left a body unread): then its [`Lingering`] stream lingers when it shuts down.
+#[derive(Debug, Clone, Default)]
+pub struct Linger(Arc<AtomicBool>);
+
+impl Linger {
+    /// Arms lingering if `response` closes its connection.
+    pub fn watch<B>(&self, response: &Response<B>) {
+        let closes = response
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if closes {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn armed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection's stream whose shutdown, once [`Linger`] is armed, first sends FIN and then
+/// reads and discards the client's remaining bytes (bounded by [`LINGER_TIME`] and
+/// [`LINGER_BYTES`]) before the socket closes.
+pub struct Lingering<S> {
+    inner: S,
+    linger: Linger,
+    state: LingerState,
+}
+
+enum LingerState {
+    Open,
+    Draining {
+        until: Pin<Box<tokio::time::Sleep>>,
+        discarded: u64,
+    },
+    Done,
+}
+
+impl<S> Lingering<S> {
+    pub fn new(inner: S, linger: Linger) -> Lingering<S> {
+        Lingering {
+            inner,
+            linger,
+            state: LingerState::Open,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Lingering<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                LingerState::Open => {
+                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    this.state = if this.linger.armed() {
+                        LingerState::Draining {
+                            until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+                            discarded: 0,
+                        }
+                    } else {
+                        LingerState::Done
+                    };
+                }
+                LingerState::Draining { until, discarded } => {
+                    let mut scratch = [0u8; 8192];
+                    let mut buf = ReadBuf::new(&mut scratch);
+                    let done = match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) if buf.filled().is_empty() => true,
+                        Poll::Ready(Ok(())) => {
+                            *discarded += buf.filled().len() as u64;
+                            *discarded > LINGER_BYTES
+                        }
+                        Poll::Ready(Err(_)) => true,
+                        Poll::Pending => {
+                            if until.as_mut().poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            true
+                        }
+                    };
+                    if done {
+                        this.state = LingerState::Done;
+                    }
+                }
+                LingerState::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +409,41 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
             Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
         }
+    }
+
+    #[tokio::test]
+    async fn an_armed_connection_reads_the_rest_before_it_closes() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // Not armed: shutdown is the plain one.
+        let (server, mut client) = tokio::io::duplex(1 << 10);
+        let mut stream = Lingering::new(server, Linger::default());
+        stream.shutdown().await.unwrap();
+        assert_eq!(client.read(&mut [0u8; 8]).await.unwrap(), 0, "FIN");
+        // Armed: after FIN it keeps taking what the client sends (more than any buffer
+        // holds, so the client would block if nobody read) until the client closes.
+        let (server, mut client) = tokio::io::duplex(1 << 10);
+        let linger = Linger::default();
+        let mut stream = Lingering::new(server, linger.clone());
+        let mut answer = Response::new(());
+        answer.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        linger.watch(&answer);
+        let sender = tokio::spawn(async move {
+            let mut fin = [0u8; 1];
+            assert_eq!(client.read(&mut fin).await.unwrap(), 0);
+            client.write_all(&vec![b'x'; 256 << 10]).await.unwrap();
+            drop(client);
+        });
+        tokio::time::timeout(Duration::from_secs(30), stream.shutdown())
+            .await
+            .expect("the linger ends when the client closes")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), sender)
+            .await
+            .expect("everything the client sent was taken")
+            .unwrap();
     }
 
     #[test]

@@ -215,13 +215,22 @@ pub async fn serve(
         let tls = gateway.tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // Armed by an answer that left a request body unread: the connection then
+            // lingers a little when it closes (see `body::Lingering`).
+            let linger = body::Linger::default();
+            let stream = body::Lingering::new(stream, linger.clone());
             // Every request carries what its connection knows of the client (the admin API
             // reads it), known once the TLS handshake is done.
             let service = move |conn: auth::ConnInfo| {
                 service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(conn.clone());
                     let gw = gw.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http::handle(gw, request).await) }
+                    let linger = linger.clone();
+                    async move {
+                        let response = http::handle(gw, request).await;
+                        linger.watch(&response);
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 })
             };
             let plain = auth::ConnInfo {
