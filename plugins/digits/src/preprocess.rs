@@ -302,7 +302,7 @@ fn gray_to_8x8(img: &GrayImage) -> Result<[f32; 64], DigitError> {
         let Some((first, _)) = inked.next() else {
             continue;
         };
-        let last = inked.last().map_or(first, |(x, _)| x);
+        let last = inked.next_back().map_or(first, |(x, _)| x);
         x0 = x0.min(first);
         x1 = x1.max(last + 1);
         y0 = y0.min(y);
