@@ -75,7 +75,7 @@ impl ComponentCache {
         }
     }
 
-    /// A cache backed by `dir`, bounded to [`DEFAULT_MAX_BYTES`]. Removes the temp files a
+    /// A cache backed by `dir`, bounded to `DEFAULT_MAX_BYTES` (256 MiB). Removes the temp files a
     /// crashed writer left there (those of processes that no longer run: another process may
     /// share the directory and be writing one now).
     pub fn in_dir(dir: PathBuf) -> ComponentCache {
