@@ -2,7 +2,7 @@
 //! digits bundles of any version and signed bundles of the test plugins.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use edgeplug::client::{ChunkedBody, Connection};
@@ -165,18 +165,7 @@ impl TestGateway {
     /// [`TestGateway::start`] in `dir`, which may already hold files the configuration names
     /// (relative paths in it resolve against `dir`).
     pub async fn start_in(dir: tempfile::TempDir, config_extra: &str) -> TestGateway {
-        let key = Arc::new(SecretKey::generate());
-        std::fs::create_dir_all(dir.path().join("trust")).unwrap();
-        std::fs::write(dir.path().join("trust/test.pub"), key.public_key().to_pem()).unwrap();
-        let config_path = dir.path().join("gateway.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntrust_dir = \"trust\"\n\
-                 admin_token = \"{TOKEN}\"\ndefault_plugin = \"digits\"\n{config_extra}"
-            ),
-        )
-        .unwrap();
+        let (key, config_path) = write_gateway_dir(dir.path(), config_extra);
         let config = Config::load(&config_path).unwrap();
         TestGateway::serve(config, key, dir).await
     }
@@ -281,6 +270,26 @@ impl TestGateway {
             server.await.unwrap().unwrap();
         }
     }
+}
+
+/// A test gateway's `gateway.toml`: loopback on a free port, `state/` and `trust/` in its
+/// directory, the admin token [`TOKEN`], digits answering `/predict`, then `config_extra`.
+pub fn gateway_toml(config_extra: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntrust_dir = \"trust\"\n\
+         admin_token = \"{TOKEN}\"\ndefault_plugin = \"digits\"\n{config_extra}"
+    )
+}
+
+/// Writes a test gateway's directory: a fresh signing key trusted in `trust/` and
+/// [`gateway_toml`]; returns the key and the configuration's path.
+pub fn write_gateway_dir(dir: &Path, config_extra: &str) -> (Arc<SecretKey>, PathBuf) {
+    let key = Arc::new(SecretKey::generate());
+    std::fs::create_dir_all(dir.join("trust")).unwrap();
+    std::fs::write(dir.join("trust/test.pub"), key.public_key().to_pem()).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, gateway_toml(config_extra)).unwrap();
+    (key, config)
 }
 
 pub fn req(method: &str, path: &str) -> hyper::http::request::Builder {

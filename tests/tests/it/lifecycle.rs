@@ -280,18 +280,7 @@ struct Site {
 impl Site {
     fn new(config_extra: &str) -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let key = Arc::new(SecretKey::generate());
-        std::fs::create_dir_all(dir.path().join("trust")).unwrap();
-        std::fs::write(dir.path().join("trust/test.pub"), key.public_key().to_pem()).unwrap();
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntrust_dir = \"trust\"\n\
-                 admin_token = \"{TOKEN}\"\ndefault_plugin = \"digits\"\n{config_extra}"
-            ),
-        )
-        .unwrap();
+        let (key, config) = write_gateway_dir(dir.path(), config_extra);
         Site { dir, key, config }
     }
 
@@ -615,11 +604,11 @@ async fn the_compile_cache_holds_only_stored_versions_within_its_bound() {
 
     // Restarted with a bound below one entry: only the loaded version's entry may stay (a
     // live entry is never evicted), the kept versions' go.
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntrust_dir = \"trust\"\n\
-         admin_token = \"{TOKEN}\"\ndefault_plugin = \"digits\"\ncache_max_mib = 0\n"
-    );
-    std::fs::write(gw.dir.path().join("gateway.toml"), config).unwrap();
+    std::fs::write(
+        gw.dir.path().join("gateway.toml"),
+        gateway_toml("cache_max_mib = 0\n"),
+    )
+    .unwrap();
     let config = edgeplug_gateway::Config::load(&gw.dir.path().join("gateway.toml")).unwrap();
     let dir = gw.dir;
     let gw = TestGateway::serve(config, key, dir).await;
