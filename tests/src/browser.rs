@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Chromium for a browser test, or `None` (the test then returns: it is skipped, and says so)
+/// when it is absent on a developer's machine. Under CI (`CI` set) its absence is a failure.
+pub fn chromium_for_test() -> Option<PathBuf> {
+    let chromium = find_chromium();
+    if chromium.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is not installed, and CI is set: install it (apt-get install -y chromium)"
+        );
+        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+    }
+    chromium
+}
+
 /// Where Debian, Ubuntu or a PATH install put chromium.
 pub fn find_chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
