@@ -289,8 +289,12 @@ impl Tensor {
     /// `fill` write into zeroed storage allocated once, in place.
     pub(crate) fn f32_output(shape: Vec<usize>, fill: impl FnOnce(&mut [f32])) -> Tensor {
         let n = shape.iter().product();
-        // A TrustedLen iterator collects into an Arc with one allocation.
-        let mut data: Arc<[f32]> = std::iter::repeat_n(0f32, n).collect();
+        // One zeroed allocation (calloc-backed: fresh pages come zeroed from the kernel, no
+        // element-by-element fill; the iterator collect this replaced was 1.7% of a digits
+        // request's profile).
+        let zeroed: Arc<[std::mem::MaybeUninit<f32>]> = Arc::new_zeroed_slice(n);
+        // SAFETY: all-zero bits are a valid f32 (0.0), so every element is initialized.
+        let mut data: Arc<[f32]> = unsafe { zeroed.assume_init() };
         fill(Arc::get_mut(&mut data).expect("a fresh Arc has no other owner"));
         Tensor {
             shape,
