@@ -14,6 +14,7 @@ mod depthwise_nhwc;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_slab;
 mod im2col;
+pub mod int8;
 mod pointwise;
 
 pub use conv_nchw::conv_nchw;
