@@ -3,7 +3,8 @@
 //! A depthwise tap is one multiply per channel with nothing to reduce along
 //! channels, so `vpdpbusd`'s four-way sum does not fit; instead 16 channels
 //! of a pixel are widened to `i32` lanes, the zero point subtracted, and
-//! multiplied by the tap's widened weights (`vpmulld`), exact in `i32`.
+//! multiplied by the tap's widened weights with `vpdpwssd` (see
+//! `avx512::pixels`), exact in `i32`.
 //! Taps outside the image are skipped: a padded pixel holds the zero point,
 //! real value 0.
 
@@ -59,7 +60,7 @@ pub fn depthwise_u8(
     rq.check(g.c, "depthwise_u8");
     if use_vnni(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `use_vnni` checked AVX-512F/BW/VL at run time; the asserts
+        // SAFETY: `use_vnni` checked AVX-512F/BW/VL/VNNI at run time; the asserts
         // above cover every pixel, tap and channel the kernel touches.
         unsafe {
             avx512::run(g, input, a_zero, weight, rq, out)
@@ -133,11 +134,22 @@ mod avx512 {
 
     use super::{DwGeometry, LANES, Requant, window};
 
+    /// What every pixel of a call shares.
+    struct Ctx<'a> {
+        g: &'a DwGeometry,
+        inp: *const u8,
+        wp: *const i8,
+        outp: *mut u8,
+        za: __m512i,
+        rq: &'a Requant<'a>,
+        bounds: super::super::simd::Bounds,
+    }
+
     /// # Safety
     ///
-    /// The CPU has AVX-512F/BW/VL; `input`, `weight` and `out` are at least as
-    /// long as `g` needs and `rq` was checked against `g.c`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    /// The CPU has AVX-512F/BW/VL/VNNI; `input`, `weight` and `out` are at
+    /// least as long as `g` needs and `rq` was checked against `g.c`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn run(
         g: &DwGeometry,
         input: &[u8],
@@ -146,65 +158,100 @@ mod avx512 {
         rq: &Requant<'_>,
         out: &mut [u8],
     ) {
-        let c = g.c;
-        let za = _mm512_set1_epi32(i32::from(a_zero));
-        let bounds = super::super::simd::Bounds::new(rq);
-        let (inp, wp, outp) = (input.as_ptr(), weight.as_ptr(), out.as_mut_ptr());
-        // Pixel by pixel, all channel blocks of a pixel together: the taps'
-        // input rows stay in cache across blocks.
+        let cx = Ctx {
+            g,
+            inp: input.as_ptr(),
+            wp: weight.as_ptr(),
+            outp: out.as_mut_ptr(),
+            za: _mm512_set1_epi32(i32::from(a_zero)),
+            rq,
+            bounds: super::super::simd::Bounds::new(rq),
+        };
+        let full = [0, g.kw];
         for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let (ky, kx, [by, bx]) = window(g, oy, ox);
-                for c0 in (0..c).step_by(LANES) {
-                    let cols = LANES.min(c - c0);
-                    let mask: __mmask16 = if cols == LANES {
-                        !0
-                    } else {
-                        (1u16 << cols) - 1
-                    };
-                    let bias = match rq.bias {
-                        // SAFETY: `bias` has `c` values; the mask stops at `c`.
-                        Some(b) => unsafe { _mm512_maskz_loadu_epi32(mask, b.as_ptr().add(c0)) },
-                        None => _mm512_setzero_si512(),
-                    };
-                    let scale = if rq.scale.len() == 1 {
-                        _mm512_set1_ps(rq.scale[0])
-                    } else {
-                        // SAFETY: `scale` has `c` values; the mask stops at `c`.
-                        unsafe { _mm512_maskz_loadu_ps(mask, rq.scale.as_ptr().add(c0)) }
-                    };
-                    let mut acc = bias;
-                    for ty in ky[0]..ky[1] {
-                        let y = (by + (ty * g.dilation[0]) as isize) as usize;
-                        for tx in kx[0]..kx[1] {
-                            let x = (bx + (tx * g.dilation[1]) as isize) as usize;
-                            // SAFETY: `(y, x)` is inside the image (`window`)
-                            // and the mask stops at channel `c`; tap
-                            // `ty·kw + tx` < taps.
-                            let (px, wv) = unsafe {
-                                (
-                                    _mm_maskz_loadu_epi8(
-                                        mask,
-                                        inp.add((y * g.w + x) * c + c0).cast(),
-                                    ),
-                                    _mm_maskz_loadu_epi8(
-                                        mask,
-                                        wp.add((ty * g.kw + tx) * c + c0).cast(),
-                                    ),
-                                )
-                            };
-                            let px = _mm512_sub_epi32(_mm512_cvtepu8_epi32(px), za);
-                            let wv = _mm512_cvtepi8_epi32(wv);
-                            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(px, wv));
-                        }
-                    }
-                    let q = bounds.quantize(acc, scale);
-                    // SAFETY: pixel `(oy, ox)` of `out` has `c` bytes; the mask
-                    // stops at `c`.
-                    unsafe {
-                        _mm_mask_storeu_epi8(outp.add((oy * g.ow + ox) * c + c0).cast(), mask, q)
-                    };
+            let mut ox = 0;
+            while ox < g.ow {
+                // Four output pixels whose windows are whole horizontally share
+                // each tap's weights; any other pixel runs alone.
+                if ox + 4 <= g.ow && window(g, oy, ox).1 == full && window(g, oy, ox + 3).1 == full
+                {
+                    // SAFETY: pixels `ox..ox + 4` exist and their taps are
+                    // inside the image horizontally; the caller's bounds hold.
+                    unsafe { pixels::<4>(&cx, oy, ox) };
+                    ox += 4;
+                } else {
+                    // SAFETY: pixel `ox` exists; `window` bounds its taps.
+                    unsafe { pixels::<1>(&cx, oy, ox) };
+                    ox += 1;
                 }
+            }
+        }
+    }
+
+    /// Output pixels `(oy, ox..ox + P)`, every channel. With `P > 1`, the
+    /// taps of all `P` pixels are inside the image horizontally.
+    ///
+    /// # Safety
+    ///
+    /// As for [`run`], and the pixels exist.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn pixels<const P: usize>(cx: &Ctx<'_>, oy: usize, ox: usize) {
+        let g = cx.g;
+        let c = g.c;
+        let (ky, kx, [by, bx]) = window(g, oy, ox);
+        let sx = g.stride[1] as isize;
+        let low16 = _mm512_set1_epi32(0xFFFF);
+        for c0 in (0..c).step_by(LANES) {
+            let cols = LANES.min(c - c0);
+            let mask: __mmask16 = if cols == LANES {
+                !0
+            } else {
+                (1u16 << cols) - 1
+            };
+            let bias = match cx.rq.bias {
+                // SAFETY: `bias` has `c` values; the mask stops at `c`.
+                Some(b) => unsafe { _mm512_maskz_loadu_epi32(mask, b.as_ptr().add(c0)) },
+                None => _mm512_setzero_si512(),
+            };
+            let mut acc = [bias; P];
+            for ty in ky[0]..ky[1] {
+                let y = (by + (ty * g.dilation[0]) as isize) as usize;
+                for tx in kx[0]..kx[1] {
+                    // SAFETY: tap `ty·kw + tx` < taps; the mask stops at `c`.
+                    let wv = unsafe {
+                        _mm_maskz_loadu_epi8(mask, cx.wp.add((ty * g.kw + tx) * c + c0).cast())
+                    };
+                    // Each i32 lane holds the weight in its low 16 bits and 0
+                    // above, so `vpdpwssd` (two i16 products per lane, summed
+                    // into the accumulator) adds exactly `(x - z) · w`:
+                    // `x - z` fits i16 and the high product is `· 0`.
+                    let wv = _mm512_and_si512(_mm512_cvtepi8_epi32(wv), low16);
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        let x = (bx + p as isize * sx + (tx * g.dilation[1]) as isize) as usize;
+                        // SAFETY: `(y, x)` is inside the image (`window`, and
+                        // for `P > 1` the caller); the mask stops at `c`.
+                        let px = unsafe {
+                            _mm_maskz_loadu_epi8(mask, cx.inp.add((y * g.w + x) * c + c0).cast())
+                        };
+                        let px = _mm512_sub_epi32(_mm512_cvtepu8_epi32(px), cx.za);
+                        *a = _mm512_dpwssd_epi32(*a, px, wv);
+                    }
+                }
+            }
+            let scale = if cx.rq.scale.len() == 1 {
+                _mm512_set1_ps(cx.rq.scale[0])
+            } else {
+                // SAFETY: `scale` has `c` values; the mask stops at `c`.
+                unsafe { _mm512_maskz_loadu_ps(mask, cx.rq.scale.as_ptr().add(c0)) }
+            };
+            for (p, &a) in acc.iter().enumerate() {
+                let q = cx.bounds.quantize(a, scale);
+                // SAFETY: pixel `(oy, ox + p)` of `out` has `c` bytes; the
+                // mask stops at `c`.
+                unsafe {
+                    _mm_mask_storeu_epi8(cx.outp.add((oy * g.ow + ox + p) * c + c0).cast(), mask, q)
+                };
             }
         }
     }
