@@ -37,37 +37,32 @@ mod simd {
     #[derive(Clone, Copy)]
     pub(super) struct Bounds {
         zero: __m512i,
-        lo: __m512i,
-        hi: __m512i,
-        sat: __m512,
+        lo: __m512,
+        hi: __m512,
     }
 
     impl Bounds {
         #[inline]
         #[target_feature(enable = "avx512f")]
         pub(super) fn new(rq: &super::Requant<'_>) -> Bounds {
+            let (lo, hi) = rq.bounds_f32();
             Bounds {
                 zero: _mm512_set1_epi32(i32::from(rq.zero)),
-                lo: _mm512_set1_epi32(i32::from(rq.lo)),
-                hi: _mm512_set1_epi32(i32::from(rq.hi)),
-                sat: _mm512_set1_ps(super::SAT),
+                lo: _mm512_set1_ps(lo),
+                hi: _mm512_set1_ps(hi),
             }
         }
 
-        /// 16 sums (bias included) scaled, rounded half to even, offset,
-        /// clamped and narrowed to bytes.
+        /// 16 sums (bias included) scaled, clamped, rounded half to even,
+        /// offset by the zero point and narrowed to bytes.
         #[inline]
         #[target_feature(enable = "avx512f")]
         pub(super) fn quantize(&self, acc: __m512i, scale: __m512) -> __m128i {
             let v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale);
-            let v = _mm512_min_ps(
-                _mm512_max_ps(v, _mm512_sub_ps(_mm512_setzero_ps(), self.sat)),
-                self.sat,
-            );
+            let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
             let q =
                 _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            let q = _mm512_add_epi32(q, self.zero);
-            _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(q, self.lo), self.hi))
+            _mm512_cvtepi32_epi8(_mm512_add_epi32(q, self.zero))
         }
     }
 }
@@ -106,11 +101,20 @@ impl Requant<'_> {
     #[inline(always)]
     pub fn quantize(&self, j: usize, acc: i32) -> u8 {
         let acc = acc.wrapping_add(self.bias.map_or(0, |b| b[j]));
-        // Clamped far outside the output range first, so the conversion
-        // cannot overflow (the SIMD paths clamp the same way).
-        let v = (acc as f32 * self.scale_at(j)).clamp(-SAT, SAT);
-        (v.round_ties_even() as i32 + i32::from(self.zero))
-            .clamp(i32::from(self.lo), i32::from(self.hi)) as u8
+        // Clamped in f32 to the output range minus the zero point: the
+        // bounds are integers, so rounding after clamping equals clamping
+        // after rounding, and the conversion cannot overflow. `max` then
+        // `min`, as `vmaxps`/`vminps` do (a NaN becomes `lo`).
+        let (lo, hi) = self.bounds_f32();
+        let v = (acc as f32 * self.scale_at(j)).max(lo).min(hi);
+        (v.round_ties_even() as i32 + i32::from(self.zero)) as u8
+    }
+
+    /// `lo - zero` and `hi - zero`, where the scaled sum is clamped.
+    #[inline(always)]
+    fn bounds_f32(&self) -> (f32, f32) {
+        let z = f32::from(self.zero);
+        (f32::from(self.lo) - z, f32::from(self.hi) - z)
     }
 
     /// Checks the lengths against `n` output channels.
@@ -125,10 +129,6 @@ impl Requant<'_> {
         assert!(self.lo <= self.hi, "{what}: clamp lo > hi");
     }
 }
-
-/// Where a scaled sum is clamped before rounding: any value this far out
-/// saturates the output whatever the zero point.
-pub(crate) const SAT: f32 = 1_073_741_824.0;
 
 /// Whether this CPU has what the VNNI kernels run: AVX-512 F, BW, VL and
 /// VNNI. [`Isa::Avx512`] without them runs the int8 kernels' portable path.
