@@ -75,3 +75,36 @@ pub fn conv_u8(
     }
     out
 }
+
+/// The real value of each byte, added in `f64`, requantized: the int8 `Add`
+/// as dequantize → add → quantize, independent of [`super::AddQuant::add`]'s
+/// `f32` arithmetic (the tests allow one step where the two roundings differ).
+pub fn add_u8(a: &[u8], b: &[u8], q: &super::AddQuant) -> Vec<u8> {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let v = (f64::from(x) - f64::from(q.a_zero)) * f64::from(q.a_scale)
+                + (f64::from(y) - f64::from(q.b_zero)) * f64::from(q.b_scale);
+            (v.round_ties_even() + f64::from(q.zero)).clamp(f64::from(q.lo), f64::from(q.hi)) as u8
+        })
+        .collect()
+}
+
+/// The mean of each channel's real values in `f64`, requantized.
+pub fn global_avg_pool_u8(
+    input: &[u8],
+    pixels: usize,
+    c: usize,
+    a_zero: u8,
+    scale: f32,
+    zero: u8,
+) -> Vec<u8> {
+    (0..c)
+        .map(|ch| {
+            let s: f64 = (0..pixels)
+                .map(|p| f64::from(input[p * c + ch]) - f64::from(a_zero))
+                .sum();
+            ((s * f64::from(scale)).round_ties_even() + f64::from(zero)).clamp(0.0, 255.0) as u8
+        })
+        .collect()
+}

@@ -206,6 +206,48 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Within one step of the exact `f64` result (the `f32` sum of two
+    /// products can round across a .5 boundary), and exact when either
+    /// operand is at its zero point (then only one `f32` rounding happens).
+    #[test]
+    fn add_matches_reference(
+        n in 0usize..300, a_zero in any::<u8>(), b_zero in any::<u8>(), zero in any::<u8>(),
+        sa in 0.01f32..2.0, sb in 0.01f32..2.0, relu in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let (a, b) = (bytes(seed, n), bytes(seed ^ 1, n));
+        let q = AddQuant { a_scale: sa, a_zero, b_scale: sb, b_zero, zero, lo: if relu { zero } else { 0 }, hi: 255 };
+        let want = reference::add_u8(&a, &b, &q);
+        let mut out = vec![0u8; n];
+        add_u8(&a, &b, &q, &mut out);
+        for i in 0..n {
+            let d = (i32::from(out[i]) - i32::from(want[i])).abs();
+            prop_assert!(d <= 1, "{}: {} vs {}", i, out[i], want[i]);
+            if a[i] == a_zero || b[i] == b_zero {
+                prop_assert_eq!(out[i], want[i], "{}", i);
+            }
+        }
+        prop_assert!(out.iter().all(|&v| v >= q.lo));
+    }
+
+    #[test]
+    fn global_avg_pool_matches_reference(
+        pixels in 1usize..60, c in 1usize..40, a_zero in any::<u8>(), zero in any::<u8>(),
+        s in 0.1f32..3.0, seed in any::<u64>(),
+    ) {
+        let x = bytes(seed, pixels * c);
+        let scale = s / pixels as f32;
+        let want = reference::global_avg_pool_u8(&x, pixels, c, a_zero, scale, zero);
+        let mut out = vec![0u8; c];
+        global_avg_pool_u8(&x, pixels, c, a_zero, scale, zero, &mut out);
+        for ch in 0..c {
+            prop_assert!((i32::from(out[ch]) - i32::from(want[ch])).abs() <= 1, "{}: {} vs {}", ch, out[ch], want[ch]);
+        }
+    }
+}
+
 #[test]
 fn quantize_rounds_half_to_even_then_offsets_and_clamps() {
     let rq = Requant {
