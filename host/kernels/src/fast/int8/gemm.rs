@@ -167,22 +167,18 @@ fn portable(
             for row in acc.iter_mut() {
                 *row = [0; LANES];
             }
-            for (q, line) in panel.iter().enumerate() {
-                for (r, row) in acc.iter_mut().enumerate().take(rows) {
-                    let arow = &a[(i0 + r) * lda..];
-                    let mut a4 = [0i32; 4];
-                    for (t, v) in a4.iter_mut().enumerate() {
-                        if 4 * q + t < k {
-                            *v = i32::from(arow[4 * q + t]);
-                        }
-                    }
-                    for (jj, s) in row.iter_mut().enumerate() {
-                        let l = &line.0[4 * jj..4 * jj + 4];
-                        *s += a4[0] * i32::from(l[0])
-                            + a4[1] * i32::from(l[1])
-                            + a4[2] * i32::from(l[2])
-                            + a4[3] * i32::from(l[3]);
-                    }
+            for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                let arow = &a[(i0 + r) * lda..][..k];
+                // Whole quads, then the zero-padded tail.
+                let mut quads = arow.chunks_exact(4);
+                for (quad, line) in (&mut quads).zip(panel) {
+                    dot_line(row, [quad[0], quad[1], quad[2], quad[3]], line);
+                }
+                let tail = quads.remainder();
+                if !tail.is_empty() {
+                    let mut quad = [0u8; 4];
+                    quad[..tail.len()].copy_from_slice(tail);
+                    dot_line(row, quad, &panel[k4 - 1]);
                 }
             }
             for (r, row) in acc.iter().enumerate().take(rows) {
@@ -194,6 +190,18 @@ fn portable(
                 }
             }
         }
+    }
+}
+
+/// `row[jj] += Σ_t quad[t] · line[4jj + t]`: one `vpdpbusd`, in plain Rust.
+#[inline(always)]
+fn dot_line(row: &mut [i32; LANES], quad: [u8; 4], line: &Line) {
+    let q = quad.map(i32::from);
+    for (s, l) in row.iter_mut().zip(line.0.chunks_exact(4)) {
+        *s += q[0] * i32::from(l[0])
+            + q[1] * i32::from(l[1])
+            + q[2] * i32::from(l[2])
+            + q[3] * i32::from(l[3]);
     }
 }
 
