@@ -34,7 +34,9 @@ pub mod bindings {
     //! Generated bindings of the `edgeplug:plugin/plugin` world; internal to the SDK.
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../wit",
+        // The crate's own copy of `wit/edgeplug.wit` (the source of truth), so the SDK packages
+        // and builds outside this repository; `tests/tests/it/author.rs` fails if they differ.
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "::edgeplug_sdk::bindings",

@@ -4,10 +4,12 @@ use crate::bindings::edgeplug::plugin::ops;
 use crate::{Error, Tensor};
 
 /// An activation fused into a kernel's output pass.
-pub type Activation = ops::Activation;
+#[doc(inline)]
+pub use ops::Activation;
 
 /// Zero padding on each side of the spatial dimensions.
-pub type Padding = ops::Padding;
+#[doc(inline)]
+pub use ops::Padding;
 
 /// A 2-D convolution of NCHW input with OIHW weights.
 ///

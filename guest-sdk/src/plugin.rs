@@ -1,19 +1,28 @@
 //! The plugin contract: what a plugin implements, and the request and response it sees.
 
-use crate::Tensor;
 use crate::bindings::edgeplug::plugin::types;
 use crate::bindings::exports::edgeplug::plugin::handler;
 use crate::npy::NpyError;
 use crate::preprocess::PreprocessError;
+use crate::{ElementType, Tensor};
 
-/// An error a plugin returns to its caller, or receives from the host.
-pub type Error = types::Error;
+// The WIT records and enums are the SDK's types themselves, re-exported inline so that rustdoc
+// documents every field and variant here (an alias of a type in the hidden `bindings` module
+// showed "private fields" and "some variants omitted").
+/// An error a plugin returns to its caller, or receives from the host: a [`ErrorCode`] the
+/// gateway maps to a status (`invalid-argument` and `shape-mismatch` 400, `unsupported` 415,
+/// `resource-exhausted` 507, the others 500) and a message for humans.
+#[doc(inline)]
+pub use types::Error;
 
 /// What kind of error: clients and the gateway map it to a status.
-pub type ErrorCode = types::ErrorCode;
+#[doc(inline)]
+pub use types::ErrorCode;
 
-/// Name, element type and shape of a tensor; -1 marks a dynamic dimension.
-pub type TensorInfo = types::TensorInfo;
+/// Name, element type and shape of a tensor; -1 marks a dynamic dimension. Build one with
+/// [`TensorInfo::f32`], [`TensorInfo::u8`], [`TensorInfo::i64`] or [`TensorInfo::new`].
+#[doc(inline)]
+pub use types::TensorInfo;
 
 impl Error {
     /// An error with `code` and `message`.
@@ -62,13 +71,40 @@ impl From<NpyError> for Error {
 }
 
 impl TensorInfo {
-    /// A float32 tensor called `name` of `shape` (-1 for a dynamic dimension).
-    pub fn f32(name: &str, shape: &[i64]) -> TensorInfo {
+    /// A tensor called `name` of `element_type` and `shape` (-1 for a dynamic dimension).
+    pub fn new(name: &str, element_type: ElementType, shape: &[i64]) -> TensorInfo {
         TensorInfo {
             name: name.to_string(),
-            element_type: types::ElementType::Float32,
+            element_type,
             shape: shape.to_vec(),
         }
+    }
+
+    /// A float32 tensor called `name` of `shape` (-1 for a dynamic dimension): what kernels
+    /// compute in.
+    pub fn f32(name: &str, shape: &[i64]) -> TensorInfo {
+        TensorInfo::new(name, ElementType::Float32, shape)
+    }
+
+    /// A uint8 tensor called `name` of `shape` (-1 for a dynamic dimension), such as raw
+    /// image bytes. Open Inference Protocol v2 clients send it as datatype `UINT8`; it
+    /// arrives in [`Request::tensors`], and kernels need it as float32 first:
+    ///
+    /// ```ignore
+    /// // describe(): PluginInfo::new(..).input(TensorInfo::u8("pixels", &[-1, -1, 3]))
+    /// let pixels = request.take_tensor("pixels").ok_or_else(|| Error::invalid_argument("no pixels"))?;
+    /// let shape = pixels.shape();
+    /// let values: Vec<f32> = pixels.to_bytes().iter().map(|&b| f32::from(b) / 255.0).collect();
+    /// let x = Tensor::from_slice(&shape, &values)?;
+    /// ```
+    pub fn u8(name: &str, shape: &[i64]) -> TensorInfo {
+        TensorInfo::new(name, ElementType::Uint8, shape)
+    }
+
+    /// An int64 tensor called `name` of `shape` (-1 for a dynamic dimension), such as token
+    /// ids or class indices (datatype `INT64` in Open Inference Protocol v2).
+    pub fn i64(name: &str, shape: &[i64]) -> TensorInfo {
+        TensorInfo::new(name, ElementType::Int64, shape)
     }
 }
 

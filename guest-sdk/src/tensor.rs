@@ -3,8 +3,9 @@
 use crate::Error;
 use crate::bindings::edgeplug::plugin::{ops, types};
 
-/// Element type of a tensor. Kernels compute in `F32`; the others carry data in and out.
-pub type ElementType = types::ElementType;
+/// Element type of a tensor. Kernels compute in `Float32`; the others carry data in and out.
+#[doc(inline)]
+pub use types::ElementType;
 
 /// A tensor that lives in host memory. Cloning is not offered: ops return new tensors and
 /// never modify their inputs, so share by reference.
