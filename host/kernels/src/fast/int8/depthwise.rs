@@ -2,9 +2,9 @@
 //!
 //! A depthwise tap is one multiply per channel with nothing to reduce along
 //! channels, so `vpdpbusd`'s four-way sum does not fit; instead 16 channels
-//! of a pixel are widened to `i32` lanes, the zero point subtracted, and
-//! multiplied by the tap's widened weights with `vpdpwssd` (see
-//! `avx512::pixels`), exact in `i32`.
+//! of a pixel are widened to `i32` lanes and multiplied by the tap's widened
+//! weights with `vpdpwssd` (see `avx512::pixels`), exact in `i32`; the zero
+//! point comes off once per output, as `z · Σ w` over the taps in the image.
 //! Taps outside the image are skipped: a padded pixel holds the zero point,
 //! real value 0.
 
@@ -215,6 +215,9 @@ mod avx512 {
                 None => _mm512_setzero_si512(),
             };
             let mut acc = [bias; P];
+            // `Σ (x - z)·w = Σ x·w - z·Σ w`: the taps' weight sum, once for
+            // all `P` pixels, instead of a subtraction per pixel and tap.
+            let mut wsum = _mm512_setzero_si512();
             for ty in ky[0]..ky[1] {
                 let y = (by + (ty * g.dilation[0]) as isize) as usize;
                 for tx in kx[0]..kx[1] {
@@ -224,9 +227,11 @@ mod avx512 {
                     };
                     // Each i32 lane holds the weight in its low 16 bits and 0
                     // above, so `vpdpwssd` (two i16 products per lane, summed
-                    // into the accumulator) adds exactly `(x - z) · w`:
-                    // `x - z` fits i16 and the high product is `· 0`.
-                    let wv = _mm512_and_si512(_mm512_cvtepi8_epi32(wv), low16);
+                    // into the accumulator) adds exactly `x · w`: `x` is
+                    // zero-extended, and the high product is `0 · 0`.
+                    let wv = _mm512_cvtepi8_epi32(wv);
+                    wsum = _mm512_add_epi32(wsum, wv);
+                    let wv = _mm512_and_si512(wv, low16);
                     for (p, a) in acc.iter_mut().enumerate() {
                         let x = (bx + p as isize * sx + (tx * g.dilation[1]) as isize) as usize;
                         // SAFETY: `(y, x)` is inside the image (`window`, and
@@ -234,11 +239,11 @@ mod avx512 {
                         let px = unsafe {
                             _mm_maskz_loadu_epi8(mask, cx.inp.add((y * g.w + x) * c + c0).cast())
                         };
-                        let px = _mm512_sub_epi32(_mm512_cvtepu8_epi32(px), cx.za);
-                        *a = _mm512_dpwssd_epi32(*a, px, wv);
+                        *a = _mm512_dpwssd_epi32(*a, _mm512_cvtepu8_epi32(px), wv);
                     }
                 }
             }
+            let zw = _mm512_mullo_epi32(wsum, cx.za);
             let scale = if cx.rq.scale.len() == 1 {
                 _mm512_set1_ps(cx.rq.scale[0])
             } else {
@@ -246,7 +251,7 @@ mod avx512 {
                 unsafe { _mm512_maskz_loadu_ps(mask, cx.rq.scale.as_ptr().add(c0)) }
             };
             for (p, &a) in acc.iter().enumerate() {
-                let q = cx.bounds.quantize(a, scale);
+                let q = cx.bounds.quantize(_mm512_sub_epi32(a, zw), scale);
                 // SAFETY: pixel `(oy, ox + p)` of `out` has `c` bytes; the
                 // mask stops at `c`.
                 unsafe {
