@@ -74,7 +74,10 @@ fn unsupported(node: &TypedNode, op: impl Into<String>) -> NativeError {
 }
 
 pub(super) fn compile(onnx: &[u8]) -> Result<Compiled, NativeError> {
-    let model = tract_onnx::onnx()
+    // LSTM and GRU nodes stay whole (tract would expand them into a Scan).
+    let mut framework = tract_onnx::onnx();
+    super::recurrent::register(&mut framework.op_register);
+    let model = framework
         .model_for_read(&mut std::io::Cursor::new(onnx))
         .map_err(load_err)?
         .into_typed()
@@ -343,6 +346,9 @@ impl Builder<'_> {
         }
         if let Some(op) = node.op_as::<TypedBinOp>() {
             return self.binary(node, op.0.name(), &inputs);
+        }
+        if let Some(op) = node.op_as::<super::recurrent::RecOp>() {
+            return self.recurrent(node, op, &inputs);
         }
         if let Some(op) = node.op_as::<ElementWiseOp>() {
             let un = match op.0.name().as_str() {
@@ -1155,5 +1161,84 @@ fn conv_padding(
                 left: p.right,
                 right: p.left,
             }),
+    }
+}
+
+impl Builder<'_> {
+    /// An LSTM or GRU node: one [`Step::Recurrent`] whose slot holds every
+    /// output and its scratch; `Y_h` is at its start (bound in place, the
+    /// readers taking the first values of the slot), another output that
+    /// something reads, or a model output, is copied out of it.
+    fn recurrent(
+        &mut self,
+        node: &TypedNode,
+        op: &super::recurrent::RecOp,
+        inputs: &[Val],
+    ) -> Result<(), NativeError> {
+        let refuse = |e: String| unsupported(node, format!("{} ({e})", op.describe()));
+        let Some(Val::Dyn {
+            slot: x,
+            shape: x_shape,
+        }) = inputs.first().cloned()
+        else {
+            return Err(refuse("constant X".into()));
+        };
+        let x = self.nchw(x, &x_shape);
+        let consts: Vec<Option<Arc<TractTensor>>> = inputs
+            .iter()
+            .map(|v| match v {
+                Val::Const(t) => Some(t.clone()),
+                Val::Dyn { .. } => None,
+            })
+            .collect();
+        let w_shape = match inputs.get(1) {
+            Some(Val::Const(t)) => t.shape().to_vec(),
+            _ => return Err(refuse("computed W".into())),
+        };
+        let used: Vec<bool> = (0..node.outputs.len())
+            .map(|i| {
+                let outlet = OutletId::new(node.id, i);
+                self.output_outlets.contains(&outlet)
+                    || !self.model.outlet_successors(outlet).is_empty()
+            })
+            .collect();
+        let wanted = op.outputs.map(|o| o.is_some_and(|i| used[i]));
+        let rec = op
+            .compile(&x_shape, &w_shape, &consts, wanted)
+            .map_err(refuse)?;
+        let regions = rec.outputs();
+        let out = self.new_slot(&[rec.slot_len()], Some(self.steps.len()));
+        self.steps.push(Step::Recurrent {
+            x,
+            out,
+            rec: Box::new(rec),
+        });
+        for (region, index) in regions.into_iter().zip(op.outputs) {
+            let (Some((offset, shape)), Some(index)) = (region, index) else {
+                continue;
+            };
+            if !used[index] {
+                continue;
+            }
+            let outlet = OutletId::new(node.id, index);
+            // A model output is returned whole from its slot: it gets a copy.
+            if offset == 0 && !self.output_outlets.contains(&outlet) {
+                self.vals.insert(outlet, Val::Dyn { slot: out, shape });
+                continue;
+            }
+            let len: usize = shape.iter().product();
+            let copy = self.new_slot(&shape, Some(self.steps.len()));
+            self.steps.push(Step::Slice {
+                x: out,
+                out: copy,
+                outer: 1,
+                axis: offset + len,
+                inner: 1,
+                start: offset,
+                len,
+            });
+            self.vals.insert(outlet, Val::Dyn { slot: copy, shape });
+        }
+        Ok(())
     }
 }

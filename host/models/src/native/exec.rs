@@ -622,7 +622,8 @@ fn exec(
             ..
         } => {
             let x = p.slot(bufs, *x);
-            let t = Tensor::from_f32(in_shape.clone(), x.to_vec()).expect("planned shape");
+            let n = in_shape.iter().product();
+            let t = Tensor::from_f32(in_shape.clone(), x[..n].to_vec()).expect("planned shape");
             let y = if *max {
                 edgeplug_kernels::max_pool2d(&t, params)
             } else {
@@ -631,6 +632,7 @@ fn exec(
             .expect("validated at compile time");
             out.copy_from_slice(y.as_f32().expect("f32"));
         }
+        Step::Recurrent { x, rec, .. } => rec.run(isa, p.slot(bufs, *x), out),
         Step::Pad {
             x,
             in_shape,

@@ -20,6 +20,9 @@ mod compile;
 mod exec;
 #[cfg(test)]
 mod graph_tests;
+mod recurrent;
+#[cfg(test)]
+mod recurrent_tests;
 mod step;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::block::DwBlock;
+use super::recurrent::Recurrent;
 use edgeplug_kernels::Pool2dParams;
 #[cfg(doc)]
 use edgeplug_kernels::fast;
@@ -236,6 +237,13 @@ pub(super) enum Step {
         pads: Vec<(usize, usize)>,
         value: f32,
     },
+    /// An ONNX LSTM or GRU over the whole sequence; `out` holds its outputs
+    /// and its scratch (see [`Recurrent`]).
+    Recurrent {
+        x: Slot,
+        out: Slot,
+        rec: Box<Recurrent>,
+    },
 }
 
 impl Step {
@@ -332,6 +340,7 @@ impl Step {
                 0,
             ),
             Step::Pad { in_shape, .. } => (format!("pad {in_shape:?}"), 0),
+            Step::Recurrent { rec, .. } => rec.describe(),
         }
     }
 
@@ -353,7 +362,8 @@ impl Step {
             | Step::Concat { out, .. }
             | Step::Slice { out, .. }
             | Step::Pool { out, .. }
-            | Step::Pad { out, .. } => *out,
+            | Step::Pad { out, .. }
+            | Step::Recurrent { out, .. } => *out,
         }
     }
 
@@ -392,7 +402,8 @@ impl Step {
             | Step::Transpose { x, .. }
             | Step::Slice { x, .. }
             | Step::Pool { x, .. }
-            | Step::Pad { x, .. } => r.push(*x),
+            | Step::Pad { x, .. }
+            | Step::Recurrent { x, .. } => r.push(*x),
         }
         r
     }

@@ -175,18 +175,6 @@ fn repeated_and_concurrent_runs_agree() {
 }
 
 #[test]
-fn lstm_is_reported_unsupported_for_fallback() {
-    let err = NativeModel::load(&fixture_or_abs("sunspots_lstm.onnx")).unwrap_err();
-    match err {
-        NativeError::Unsupported { op, node } => {
-            assert!(op.contains("Scan"), "{op}");
-            assert!(node.contains("LSTM"), "{node}");
-        }
-        other => panic!("expected Unsupported, got {other}"),
-    }
-}
-
-#[test]
 fn bad_bytes_and_bad_inputs_are_errors() {
     assert!(matches!(
         NativeModel::load(b"not onnx"),
