@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use hyper::{Method, Request, Uri};
 
-use crate::client::{ChunkedBody, Connection};
+use crate::client::{ChunkedBody, ClientTls, Connection};
 use edgeplug_gateway::registry::StartInstall;
 use edgeplug_gateway::{Config, Gateway};
 
@@ -43,9 +43,8 @@ pub struct PushArgs {
     /// The gateway's admin token (default: $EDGEPLUG_ADMIN_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
-    /// PEM CA certificate to trust for an https gateway (default: the system's roots).
-    #[arg(long)]
-    pub cacert: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ClientTls,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,9 +57,8 @@ pub struct RollbackArgs {
     /// The gateway's admin token (default: $EDGEPLUG_ADMIN_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
-    /// PEM CA certificate to trust for an https gateway (default: the system's roots).
-    #[arg(long)]
-    pub cacert: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ClientTls,
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -146,11 +144,11 @@ async fn admin_request(
     url: Uri,
     method: Method,
     token: &str,
-    cacert: Option<&std::path::Path>,
+    tls: &ClientTls,
     body: ChunkedBody,
     content_type: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let mut connection = Connection::open(&url, cacert).await?;
+    let mut connection = Connection::open_with(&url, tls).await?;
     let path = url
         .path_and_query()
         .map(|p| p.as_str())
@@ -211,7 +209,7 @@ pub fn run_push(args: PushArgs) -> anyhow::Result<ExitCode> {
         url,
         Method::PUT,
         &token(args.token)?,
-        args.cacert.as_deref(),
+        &args.tls,
         body,
         Some("application/vnd.edgeplug.bundle"),
     ));
@@ -229,7 +227,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         url,
         Method::POST,
         &token(args.token)?,
-        args.cacert.as_deref(),
+        &args.tls,
         ChunkedBody::new(Vec::new()),
         None,
     ))

@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 client for `edgeplug push` and `edgeplug rollback` (and the tests): one
 //! keep-alive connection to a gateway, plain or TLS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -79,6 +79,16 @@ impl Connection {
     /// Connects to the host of `url` (`http://` or `https://`). For `https`, the server's
     /// certificate must chain to `ca` (a PEM file) if given, else to the system's roots.
     pub async fn open(url: &Uri, ca: Option<&Path>) -> anyhow::Result<Connection> {
+        let tls = ClientTls {
+            cacert: ca.map(Path::to_path_buf),
+            ..ClientTls::default()
+        };
+        Connection::open_with(url, &tls).await
+    }
+
+    /// [`Connection::open`], presenting a client certificate over `https` when `tls` names one
+    /// (a gateway whose admin API requires mutual TLS).
+    pub async fn open_with(url: &Uri, tls: &ClientTls) -> anyhow::Result<Connection> {
         let host = url.host().context("the URL has no host")?.to_string();
         let https = match url.scheme_str() {
             Some("http") | None => false,
@@ -95,7 +105,7 @@ impl Connection {
             .with_context(|| format!("cannot connect to {host}:{port}"))?;
         let _ = tcp.set_nodelay(true);
         let sender = if https {
-            let connector = tls_connector(ca)?;
+            let connector = tls_connector(tls)?;
             let name =
                 rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
                     .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
@@ -132,11 +142,33 @@ impl Connection {
     }
 }
 
-fn tls_connector(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    use rustls::pki_types::CertificateDer;
+/// The TLS options of a CLI command that talks to a gateway.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ClientTls {
+    /// PEM CA certificate to trust for an https gateway (default: the system's roots).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate (chain) to present, for a gateway whose admin API requires
+    /// mutual TLS (`[tls] client_ca` in its config). Needs --client-key.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// The rustls connector these options describe (HTTP/1.1 by ALPN).
+    pub fn connector(&self) -> anyhow::Result<tokio_rustls::TlsConnector> {
+        tls_connector(self)
+    }
+}
+
+fn tls_connector(tls: &ClientTls) -> anyhow::Result<tokio_rustls::TlsConnector> {
     use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
-    match ca {
+    match &tls.cacert {
         Some(path) => {
             for cert in CertificateDer::pem_file_iter(path)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
@@ -152,10 +184,32 @@ fn tls_connector(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert_path), Some(key_path)) => {
+            let chain = CertificateDer::pem_file_iter(cert_path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", cert_path.display()))?;
+            anyhow::ensure!(
+                !chain.is_empty(),
+                "{} holds no PEM certificate",
+                cert_path.display()
+            );
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", key_path.display()))?;
+            builder.with_client_auth_cert(chain, key).with_context(|| {
+                format!(
+                    "{} is not the key of {}",
+                    key_path.display(),
+                    cert_path.display()
+                )
+            })?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => anyhow::bail!("--client-cert and --client-key go together"),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

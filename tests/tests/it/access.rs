@@ -5,9 +5,9 @@
 //! secret.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::process::ExitCode;
 
-use edgeplug::client::ChunkedBody;
+use edgeplug::client::{ChunkedBody, ClientTls};
 use edgeplug_bundle::manifest::Sha256;
 use edgeplug_gateway::audit::{self, AuditRecord, Outcome};
 use edgeplug_gateway::auth::{Scope, TokenEntry};
@@ -444,24 +444,14 @@ async fn tls_connection(
     pki: &Pki,
     client: Option<(&str, &str)>,
 ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<ChunkedBody>> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.server_ca.der().clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let config = match client {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(pki.dir.path().join(cert))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let key = PrivateKeyDer::from_pem_file(pki.dir.path().join(key))?;
-            builder.with_client_auth_cert(chain, key)?
-        }
+    use rustls::pki_types::ServerName;
+    let path = |name: &str| Some(pki.dir.path().join(name));
+    let tls = ClientTls {
+        cacert: path("server.pem"),
+        client_cert: client.and_then(|(cert, _)| path(cert)),
+        client_key: client.and_then(|(_, key)| path(key)),
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tls.connector()?;
     let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
     let tls = connector
         .connect(ServerName::try_from("localhost")?, tcp)
@@ -597,5 +587,54 @@ async fn mutual_tls_guards_the_admin_api_and_only_it() {
     );
     assert_eq!(log[0].code.as_deref(), Some("client-certificate-required"));
     assert_eq!(log[0].outcome, Outcome::Denied);
+
+    // `edgeplug push` and `rollback` present a client certificate with --client-cert and
+    // --client-key; without one the gateway refuses them and nothing changes.
+    let file = pki.dir.path().join("digits-1.1.0.epk");
+    std::fs::write(&file, digits_bundle(&gw.key, "1.1.0")).unwrap();
+    let to = format!("https://localhost:{}", gw.addr.port());
+    let with_cert = ClientTls {
+        cacert: Some(p("server.pem")),
+        client_cert: Some(p("client.pem")),
+        client_key: Some(p("client.key")),
+    };
+    let without_cert = ClientTls {
+        cacert: Some(p("server.pem")),
+        ..ClientTls::default()
+    };
+    let push = |tls: ClientTls| {
+        let args = edgeplug::cli_serve::PushArgs {
+            file: file.clone(),
+            to: to.clone(),
+            token: Some(ADMIN.into()),
+            tls,
+        };
+        tokio::task::spawn_blocking(move || edgeplug::cli_serve::run_push(args).unwrap())
+    };
+    let rollback = |tls: ClientTls| {
+        let args = edgeplug::cli_serve::RollbackArgs {
+            name: "digits".into(),
+            to: to.clone(),
+            token: Some(ADMIN.into()),
+            tls,
+        };
+        tokio::task::spawn_blocking(move || edgeplug::cli_serve::run_rollback(args).unwrap())
+    };
+    let active = |gw: &TestGateway| {
+        gw.gateway
+            .registry
+            .get("digits")
+            .unwrap()
+            .version
+            .to_string()
+    };
+    assert_eq!(push(without_cert.clone()).await.unwrap(), ExitCode::FAILURE);
+    assert_eq!(active(&gw), "1.0.0");
+    assert_eq!(push(with_cert.clone()).await.unwrap(), ExitCode::SUCCESS);
+    assert_eq!(active(&gw), "1.1.0");
+    assert_eq!(rollback(without_cert).await.unwrap(), ExitCode::FAILURE);
+    assert_eq!(active(&gw), "1.1.0");
+    assert_eq!(rollback(with_cert).await.unwrap(), ExitCode::SUCCESS);
+    assert_eq!(active(&gw), "1.0.0");
     gw.stop().await;
 }

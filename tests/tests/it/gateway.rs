@@ -417,7 +417,7 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
         file,
         to: to.clone(),
         token: Some(TOKEN.into()),
-        cacert: None,
+        tls: Default::default(),
     };
     let code = tokio::task::spawn_blocking(move || edgeplug::cli_serve::run_push(push_args))
         .await
@@ -435,7 +435,7 @@ async fn pushes_are_verified_self_tested_and_rolled_back() {
         name: "digits".into(),
         to,
         token: Some(TOKEN.into()),
-        cacert: None,
+        tls: Default::default(),
     };
     let code =
         tokio::task::spawn_blocking(move || edgeplug::cli_serve::run_rollback(rollback_args))
