@@ -19,6 +19,13 @@
 //! ends a torn line with a newline, so every later record stays on its own line, and
 //! [`read`] skips lines that do not parse. The file is opened again for each record, so an
 //! operator may rotate it by renaming.
+//!
+//! Size: a flood of refused requests must not fill the disk, so the log rotates itself. Before
+//! an append would take the file past [`Rotation::max_bytes`], `audit.log` becomes
+//! `audit.log.1` (`.1` becomes `.2`, and so on; the oldest beyond [`Rotation::keep`] is
+//! dropped). The disk held is bounded by `max_bytes × (keep + 1)`. The price: a flood long
+//! enough rotates old records out, so ship the log off the gateway if it is evidence
+//! (THREAT_MODEL.md).
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -106,10 +113,30 @@ fn clip(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
+/// When the log rotates and how many rotated files stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// The largest the current file may grow to (a record larger than this still gets its
+    /// own file).
+    pub max_bytes: u64,
+    /// Rotated files kept: `audit.log.1` (newest) to `audit.log.{keep}`.
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: 64 << 20,
+            keep: 4,
+        }
+    }
+}
+
 /// The append-only log file.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
+    rotation: Rotation,
     /// Serializes appends, so the torn-line check and the write see no other writer of this
     /// process in between.
     lock: Mutex<()>,
@@ -118,9 +145,10 @@ pub struct AuditLog {
 impl AuditLog {
     /// The log at `path`, created (mode 0600) if missing. Opens it once now, so an unwritable
     /// path fails the gateway's start rather than its first admin request.
-    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+    pub fn open(path: &Path, rotation: Rotation) -> std::io::Result<AuditLog> {
         let log = AuditLog {
             path: path.to_path_buf(),
+            rotation,
             lock: Mutex::new(()),
         };
         log.check()?;
@@ -138,6 +166,36 @@ impl AuditLog {
         self.open_append().map(|_| ())
     }
 
+    fn directory(&self) -> &Path {
+        self.path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+
+    /// `audit.log.{n}`.
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Shifts `audit.log` to `.1`, `.1` to `.2`... dropping the oldest, and makes the renames
+    /// durable before the new file gets its first record.
+    fn rotate(&self) -> std::io::Result<()> {
+        if self.rotation.keep == 0 {
+            return std::fs::remove_file(&self.path);
+        }
+        for n in (1..self.rotation.keep).rev() {
+            match std::fs::rename(self.rotated(n), self.rotated(n + 1)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        std::fs::File::open(self.directory())?.sync_all()
+    }
+
     fn open_append(&self) -> std::io::Result<std::fs::File> {
         let existed = self.path.exists();
         let file = OpenOptions::new()
@@ -149,12 +207,7 @@ impl AuditLog {
             .open(&self.path)?;
         if !existed {
             // The new file's directory entry must survive a crash too.
-            let dir = self
-                .path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            std::fs::File::open(dir)?.sync_all()?;
+            std::fs::File::open(self.directory())?.sync_all()?;
         }
         Ok(file)
     }
@@ -166,7 +219,13 @@ impl AuditLog {
         line.push(b'\n');
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut file = self.open_append()?;
-        let len = file.metadata()?.len();
+        let mut len = file.metadata()?.len();
+        if len > 0 && len + line.len() as u64 > self.rotation.max_bytes {
+            drop(file);
+            self.rotate()?;
+            file = self.open_append()?;
+            len = 0;
+        }
         if len > 0 {
             let mut last = [0u8];
             file.read_exact_at(&mut last, len - 1)?;
@@ -252,7 +311,7 @@ mod tests {
     fn appends_one_line_per_record_and_reads_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, Rotation::default()).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -271,7 +330,7 @@ mod tests {
         assert!(text.ends_with('\n'));
         assert_eq!(read(&path).unwrap(), records);
         // Reopening appends; it never truncates.
-        let again = AuditLog::open(&path).unwrap();
+        let again = AuditLog::open(&path, Rotation::default()).unwrap();
         again.append(&records[0]).unwrap();
         assert_eq!(read(&path).unwrap().len(), 4);
     }
@@ -280,7 +339,7 @@ mod tests {
     fn a_torn_last_line_is_ended_and_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, Rotation::default()).unwrap();
         log.append(&record("push", Outcome::Ok, 200)).unwrap();
         // A crash in the middle of the next append.
         let torn = serde_json::to_string(&record("remove", Outcome::Ok, 200)).unwrap();
@@ -313,7 +372,39 @@ mod tests {
     #[test]
     fn an_unwritable_path_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(AuditLog::open(&dir.path().join("missing/audit.log")).is_err());
-        assert!(AuditLog::open(dir.path()).is_err());
+        assert!(
+            AuditLog::open(&dir.path().join("missing/audit.log"), Rotation::default()).is_err()
+        );
+        assert!(AuditLog::open(dir.path(), Rotation::default()).is_err());
+    }
+
+    #[test]
+    fn the_log_rotates_before_it_passes_its_size_and_keeps_only_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let line_len = serde_json::to_vec(&record("unknown", Outcome::Denied, 401))
+            .unwrap()
+            .len() as u64
+            + 1;
+        // Three records per file.
+        let rotation = Rotation {
+            max_bytes: 3 * line_len,
+            keep: 2,
+        };
+        let log = AuditLog::open(&path, rotation).unwrap();
+        for status in 400..411u16 {
+            log.append(&record("unknown", Outcome::Denied, status))
+                .unwrap();
+        }
+        let statuses =
+            |p: &Path| -> Vec<u16> { read(p).unwrap().iter().map(|r| r.status).collect() };
+        // 11 records: 400-402, 403-405 (dropped), 406-408 in .1 ... newest last.
+        assert_eq!(statuses(&path), [409, 410]);
+        assert_eq!(statuses(&dir.path().join("audit.log.1")), [406, 407, 408]);
+        assert_eq!(statuses(&dir.path().join("audit.log.2")), [403, 404, 405]);
+        assert!(!dir.path().join("audit.log.3").exists());
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            assert!(file.unwrap().metadata().unwrap().len() <= rotation.max_bytes);
+        }
     }
 }

@@ -12,6 +12,8 @@
 //! tokens_file = "/etc/edgeplug/tokens.toml" # scoped tokens (see `auth`); with neither this nor
 //!                                    # admin_token(_file) the admin API is disabled
 //! audit_log = "edgeplug-state/audit.log" # one JSON line per admin request; default: in state_dir
+//! audit_max_mib = 64                     # rotate the audit log before it passes this size
+//! audit_keep = 4                         # rotated audit logs kept (audit.log.1 ...)
 //! default_plugin = "digits"          # the plugin answering POST /predict; unset: 404
 //! keep_versions = 3                  # versions kept per plugin, the active one included
 //! fast_path_us = 50                  # plugins answering within this run on the reactor; 0: never
@@ -70,6 +72,12 @@ pub struct Config {
     /// The audit log: one JSON line per admin API request (format in [`crate::audit`]).
     /// Default: `audit.log` in `state_dir`.
     pub audit_log: Option<PathBuf>,
+    /// The audit log rotates before it passes this size (MiB; see [`crate::audit`]).
+    /// Default: 64.
+    pub audit_max_mib: u32,
+    /// Rotated audit log files kept (`audit.log.1` ...). Default: 4, so the log holds at most
+    /// 5 × `audit_max_mib` of disk.
+    pub audit_keep: u32,
     /// The plugin `POST /predict` runs. Default: none (`/predict` answers 404).
     pub default_plugin: Option<String>,
     /// Versions kept on disk per plugin, the active one included (at least 1). Default: 3.
@@ -154,6 +162,8 @@ impl Default for Config {
             admin_token_file: None,
             tokens_file: None,
             audit_log: None,
+            audit_max_mib: 64,
+            audit_keep: 4,
             default_plugin: None,
             keep_versions: 3,
             fast_path_us: 50,
@@ -274,6 +284,14 @@ impl Config {
             max_request_mib: l.max_request_mib,
             max_response_mib: l.max_response_mib,
             requests_per_instance: l.requests_per_instance,
+        }
+    }
+
+    /// When the audit log rotates.
+    pub fn audit_rotation(&self) -> crate::audit::Rotation {
+        crate::audit::Rotation {
+            max_bytes: u64::from(self.audit_max_mib.max(1)) << 20,
+            keep: self.audit_keep,
         }
     }
 

@@ -99,7 +99,7 @@ impl Gateway {
             config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         )?;
         let audit_path = config.audit_log_path();
-        let audit = audit::AuditLog::open(&audit_path)
+        let audit = audit::AuditLog::open(&audit_path, config.audit_rotation())
             .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
         let metrics = Arc::new(metrics::Metrics::default());
         let registry = Registry::new(
