@@ -41,6 +41,10 @@ enum Command {
     Publish(crate::cli_publish::PublishArgs),
     /// The fleet seen from the broker: `edgeplug fleet status --broker URL --group G`.
     Fleet(crate::cli_fleet::FleetArgs),
+    /// A staged rollout to a fleet group: waves by pins, each gated on the error rate (and
+    /// p99) the gateways report; a failed gate sends the waves done back with signed
+    /// rollbacks. Resumable with --state.
+    Rollout(crate::cli_rollout::RolloutArgs),
     /// Makes a scoped admin token for a gateway's tokens_file: prints the secret once, and
     /// the entry (its SHA-256 and scopes) or appends it to --tokens-file.
     Token(crate::cli_token::TokenArgs),
@@ -120,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => crate::cli_token::run(args),
         Command::Publish(args) => crate::cli_publish::run(args),
         Command::Fleet(args) => crate::cli_fleet::run(args),
+        Command::Rollout(args) => crate::cli_rollout::run(args),
         Command::Conformance(args) => crate::cli_conformance::run(args),
     }
 }

@@ -74,7 +74,7 @@ pub struct PublishArgs {
 }
 
 /// `HOST:PORT/REPOSITORY` split at its first `/`.
-fn split_registry(reference: &str) -> anyhow::Result<(String, String)> {
+pub(crate) fn split_registry(reference: &str) -> anyhow::Result<(String, String)> {
     let (host, repository) = reference.split_once('/').with_context(|| {
         format!("--registry {reference:?} must be HOST[:PORT]/REPOSITORY, e.g. registry.example/edgeplug/digits")
     })?;

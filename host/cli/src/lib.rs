@@ -18,6 +18,7 @@ pub mod cli_bundle;
 pub mod cli_conformance;
 pub mod cli_fleet;
 pub mod cli_publish;
+pub mod cli_rollout;
 pub mod cli_serve;
 pub mod cli_token;
 pub mod client;

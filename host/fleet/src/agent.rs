@@ -20,7 +20,14 @@
 //!   refuses, a failing self-test) waits for the next notice. The loop starts from the
 //!   persisted desired state, so a restart resumes where it stopped.
 //!
-//! After every change the agent publishes its [`GatewayStatus`], retained.
+//! A **rollback** notice (format 2, see [`crate::notice`]) is the one exception to
+//! anti-downgrade: when it names a version older than the active one, the agent goes back to
+//! it through the gateway's own rollback (`Registry::rollback`, one kept version at a time,
+//! each re-verified by the store) until the named version is active; a version the gateway no
+//! longer keeps is refused and reported (`rollback-not-kept`).
+//!
+//! After every change the agent publishes its [`GatewayStatus`], retained, and again every
+//! `status_interval_ms` (the request, error and p99 figures a staged rollout gates on).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,7 +45,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::FleetConfig;
-use crate::notice::SignedNotice;
+use crate::notice::{NoticeKind, SignedNotice};
 use crate::oci::{PullError, Registry};
 use crate::state::{Accepted, StateFile, Verdict};
 use crate::status::{ErrorReport, GatewayStatus, Health, PluginStatus};
@@ -193,6 +200,7 @@ impl Agent {
             tokio::spawn(connection_loop(events, tx, shared.stopping.subscribe())),
             tokio::spawn(notice_loop(shared.clone(), rx)),
             tokio::spawn(reconcile_loop(shared.clone())),
+            tokio::spawn(status_loop(shared.clone())),
         ];
         tracing::info!(client_id = %shared.config.client_id, group = %shared.config.group,
             broker = %shared.config.broker, "fleet agent started");
@@ -333,6 +341,9 @@ impl Shared {
                     state: plugin_state.to_string(),
                     requests: active.as_ref().map(|a| a.metrics.requests()).unwrap_or(0),
                     errors: active.as_ref().map(|a| a.metrics.errors()).unwrap_or(0),
+                    p99_ms: active
+                        .as_ref()
+                        .and_then(|a| a.metrics.latency_quantile_ms(0.99)),
                 },
             );
         }
@@ -561,6 +572,9 @@ impl Shared {
         if let Some(active) = self.gateway.registry.get(name) {
             match active.version.cmp_precedence(wanted) {
                 std::cmp::Ordering::Equal => return Outcome::Installed,
+                std::cmp::Ordering::Greater if notice.notice.kind == NoticeKind::Rollback => {
+                    return self.roll_back(name, wanted).await;
+                }
                 std::cmp::Ordering::Greater => {
                     return Outcome::Refused(report(
                         "older-version",
@@ -676,6 +690,79 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// A signed rollback to `target`, older than the active version: the gateway's rollback,
+    /// repeated (each step goes to the newest kept version below the active one) until
+    /// `target` is active. Refused if the store does not keep `target`, before any step.
+    async fn roll_back(&self, name: &str, target: &semver::Version) -> Outcome {
+        let gateway = self.gateway.clone();
+        let plugin = name.to_string();
+        let wanted = target.clone();
+        let done = self
+            .gateway
+            .admin
+            .run(move || -> Result<(), (String, String)> {
+                let kept = gateway
+                    .registry
+                    .list()
+                    .map_err(|e| (e.code().to_string(), e.to_string()))?
+                    .into_iter()
+                    .find(|p| p.name == plugin)
+                    .map(|p| p.versions)
+                    .unwrap_or_default();
+                if !kept.iter().any(|k| k.version == wanted.to_string()) {
+                    return Err((
+                        "rollback-not-kept".into(),
+                        format!("{plugin} {wanted} is not kept in this gateway's store"),
+                    ));
+                }
+                // Each step lowers the active version, so this ends; the bound is a guard.
+                for _ in 0..64 {
+                    let active = gateway.registry.get(&plugin).map(|a| a.version.clone());
+                    match active {
+                        Some(v) if v.cmp_precedence(&wanted) == std::cmp::Ordering::Greater => {
+                            gateway
+                                .registry
+                                .rollback(&plugin)
+                                .map_err(|e| (e.code().to_string(), e.to_string()))?;
+                        }
+                        Some(v) if v == wanted => return Ok(()),
+                        other => {
+                            return Err((
+                                "rollback-failed".into(),
+                                format!(
+                                    "rolling {plugin} back to {wanted} ended on {}",
+                                    other.map_or("nothing".to_string(), |v| v.to_string())
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Err((
+                    "rollback-failed".into(),
+                    format!("{plugin}: too many rollback steps"),
+                ))
+            })
+            .await;
+        match done {
+            None => Outcome::Retry(report(
+                "admin-busy",
+                format!("{name} rollback to {target}: the gateway's admin queue is full"),
+                Some(name),
+            )),
+            Some(Ok(())) => {
+                tracing::info!(plugin = %name, version = %target, "fleet rollback done");
+                Outcome::Installed
+            }
+            Some(Err((code, message))) => Outcome::Refused(report(
+                &code,
+                format!("{name} rollback to {target} refused: {message}"),
+                Some(name),
+            )),
+        }
+    }
+}
+
 /// Why the fleet's install of a pulled bundle failed.
 enum InstallFailure {
     /// The bundle is not the plugin and version the notice announced.
@@ -775,6 +862,19 @@ async fn notice_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FromBr
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Publishes the status every `status_interval_ms`, so readers see fresh request figures
+/// without a change to wait for.
+async fn status_loop(shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.subscribe();
+    let every = Duration::from_millis(shared.config.status_interval_ms);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => shared.publish_status(),
+            _ = stopping.wait_for(|s| *s) => return,
         }
     }
 }

@@ -199,9 +199,9 @@ impl Session {
             })?
     }
 
-    /// The retained messages on `filter`: subscribes, then collects until no message came for
-    /// `quiet` (a broker sends the retained messages right after its SUBACK). Empty payloads
-    /// (cleared topics) are left out.
+    /// The retained messages on `filter`: subscribes, then collects until no retained message
+    /// came for `quiet` (a broker sends the retained messages right after its SUBACK). Empty
+    /// payloads (cleared topics) are left out.
     pub async fn retained(
         &mut self,
         filter: &str,
@@ -228,11 +228,18 @@ impl Session {
         {
             anyhow::bail!("the broker refused the subscription to {filter}: {code:?}");
         }
+        // Only retained copies (the flag the broker sets on what it sends for a new
+        // subscription) extend the wait: live messages on a busy filter (gateways republish
+        // their status every few seconds) would otherwise keep it open for ever.
+        let mut until = tokio::time::Instant::now() + quiet;
         loop {
-            match tokio::time::timeout(quiet, self.events.poll()).await {
+            match tokio::time::timeout_at(until, self.events.poll()).await {
                 Err(_) => break,
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    found.push((p.topic.clone(), p.payload.clone()));
+                    if p.retain {
+                        found.push((p.topic.clone(), p.payload.clone()));
+                        until = tokio::time::Instant::now() + quiet;
+                    }
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => anyhow::bail!("the connection to {} failed: {e}", self.url),

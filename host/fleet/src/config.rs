@@ -17,6 +17,7 @@
 //! # retry_max_ms = 300000                #   this one
 //! # session_expiry_secs = 604800         # how long the broker keeps this gateway's session
 //! # keep_alive_secs = 30
+//! # status_interval_ms = 10000           # status republished this often (rollout gates read it)
 //! ```
 //!
 //! Why the table is parsed here and not by `edgeplug_gateway::config`: the gateway crate knows
@@ -67,6 +68,10 @@ pub struct FleetConfig {
     pub session_expiry_secs: u32,
     #[serde(default = "defaults::keep_alive_secs")]
     pub keep_alive_secs: u64,
+    /// How often the status is published even when nothing changed (its request, error and
+    /// latency figures move), in milliseconds.
+    #[serde(default = "defaults::status_interval_ms")]
+    pub status_interval_ms: u64,
 }
 
 mod defaults {
@@ -84,6 +89,9 @@ mod defaults {
     }
     pub fn keep_alive_secs() -> u64 {
         30
+    }
+    pub fn status_interval_ms() -> u64 {
+        10_000
     }
 }
 
@@ -145,6 +153,10 @@ impl FleetConfig {
         anyhow::ensure!(
             (5..=3600).contains(&self.keep_alive_secs),
             "keep_alive_secs must be 5 to 3600"
+        );
+        anyhow::ensure!(
+            (100..=3_600_000).contains(&self.status_interval_ms),
+            "status_interval_ms must be 100 to 3600000"
         );
         Ok(())
     }

@@ -25,6 +25,8 @@
 //! - [`publish`]: the publisher's side: push, then announce.
 //! - [`agent`]: the gateway's side: follow, reconcile, report. [`state`] is what it persists.
 //! - [`status`]: the status a gateway publishes, and reading the fleet's as a table.
+//! - [`rollout`]: a staged rollout: waves by pins, gated on the gateways' own figures, rolled
+//!   back by signed rollback notices when a gate fails.
 
 pub mod agent;
 pub mod broker;
@@ -32,6 +34,7 @@ pub mod config;
 pub mod notice;
 pub mod oci;
 pub mod publish;
+pub mod rollout;
 pub mod state;
 pub mod status;
 pub mod topics;

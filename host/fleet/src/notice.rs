@@ -19,6 +19,16 @@
 //! topic, so an old notice cannot be replayed onto its own; `key_id` is signed too, so the
 //! signer cannot be swapped. The manifest digest names the bytes: a registry serving anything
 //! else is caught by the digest before the bundle's own signature is even read.
+//!
+//! **Formats.** Format 1 is a release: "go to this version", refused by a gateway running a
+//! newer one (anti-downgrade). Format 2 adds `"kind"`, and its only new kind is `rollback`:
+//! "go back to this version", which a staged rollout publishes on a gateway's pin when a gate
+//! fails. A rollback overrides anti-downgrade because it says so *inside the signature* (the
+//! canonical bytes start `format 2` / `kind rollback`), so a release notice cannot be turned
+//! into one; the topic's monotonic sequence still applies, so a rollback replayed after a
+//! newer notice is refused like any replay. A release is still written as format 1, so
+//! gateways that predate format 2 keep reading releases (and refuse rollbacks, whose format
+//! they do not know, rather than misread them); format 1 notices parse as releases.
 
 use edgeplug_bundle::{KeyId, SIGNATURE_LEN, SecretKey, SignatureError, TrustStore};
 use semver::Version;
@@ -28,14 +38,45 @@ use crate::topics;
 
 /// The signature domain of notices: no other signature made by the same key verifies here.
 pub const NOTICE_DOMAIN: &str = "edgeplug-fleet-notice";
-/// The only notice format this build reads and writes.
-pub const FORMAT: u32 = 1;
+/// The newest notice format this build reads and writes (see the module docs).
+pub const FORMAT: u32 = 2;
+/// The format of releases, which gateways before format 2 read too.
+pub const FORMAT_RELEASE: u32 = 1;
 /// Largest notice accepted from the broker, in bytes.
 pub const MAX_NOTICE_BYTES: usize = 4096;
+
+/// What a notice asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoticeKind {
+    /// Go to this version; an older one than the active version changes nothing.
+    #[default]
+    Release,
+    /// Go back to this version, even though it is older than the active one (signed as such).
+    Rollback,
+}
+
+impl NoticeKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NoticeKind::Release => "release",
+            NoticeKind::Rollback => "rollback",
+        }
+    }
+
+    /// The wire format a notice of this kind is written in.
+    pub fn format(&self) -> u32 {
+        match self {
+            NoticeKind::Release => FORMAT_RELEASE,
+            NoticeKind::Rollback => FORMAT,
+        }
+    }
+}
 
 /// What a notice says (everything but the signature).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
+    /// A release or a rollback.
+    pub kind: NoticeKind,
     /// The plugin's name (as in its `plugin.toml`): 1-64 of `a-z 0-9 -`.
     pub plugin: String,
     pub version: Version,
@@ -73,7 +114,7 @@ pub enum NoticeError {
     TooLarge(usize),
     #[error("notice is not valid JSON of the notice format: {0}")]
     Malformed(String),
-    #[error("notice format {0} is not supported (this build reads format {FORMAT})")]
+    #[error("notice format {0} is not supported (this build reads formats 1 to {FORMAT})")]
     UnsupportedFormat(u32),
     #[error("notice field {field}: {reason}")]
     BadField { field: &'static str, reason: String },
@@ -176,9 +217,17 @@ impl Notice {
     /// the signer's key id last. Call only on a validated notice (no value holds a space or a
     /// line break: names, digests and repositories are checked, and a semver version has
     /// neither).
+    ///
+    /// A release's bytes are exactly format 1's (signatures made before format 2 still
+    /// verify); a rollback's start `format 2` and `kind rollback`, so no format 1 signature
+    /// can pass for a rollback.
     pub fn canonical_bytes(&self, key_id: &KeyId) -> Vec<u8> {
+        let head = match self.kind {
+            NoticeKind::Release => format!("format {FORMAT_RELEASE}\n"),
+            kind => format!("format {}\nkind {}\n", kind.format(), kind.as_str()),
+        };
         format!(
-            "format {FORMAT}\nplugin {}\nversion {}\nrepository {}\ndigest {}\nsize {}\n\
+            "{head}plugin {}\nversion {}\nrepository {}\ndigest {}\nsize {}\n\
              sequence {}\ngroup {}\ngateway {}\nissued_at {}\nkey_id {key_id}\n",
             self.plugin,
             self.version,
@@ -212,6 +261,9 @@ impl Notice {
 #[serde(deny_unknown_fields)]
 struct Wire {
     format: u32,
+    /// Format 2 only: `rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
     plugin: String,
     version: String,
     repository: String,
@@ -231,7 +283,11 @@ impl SignedNotice {
     pub fn to_bytes(&self) -> Vec<u8> {
         let n = &self.notice;
         serde_json::to_vec(&Wire {
-            format: FORMAT,
+            format: n.kind.format(),
+            kind: match n.kind {
+                NoticeKind::Release => None,
+                kind => Some(kind.as_str().to_string()),
+            },
             plugin: n.plugin.clone(),
             version: n.version.to_string(),
             repository: n.repository.clone(),
@@ -255,9 +311,19 @@ impl SignedNotice {
         }
         let wire: Wire =
             serde_json::from_slice(bytes).map_err(|e| NoticeError::Malformed(e.to_string()))?;
-        if wire.format != FORMAT {
-            return Err(NoticeError::UnsupportedFormat(wire.format));
-        }
+        let kind = match (wire.format, wire.kind.as_deref()) {
+            (FORMAT_RELEASE, None) => NoticeKind::Release,
+            (FORMAT_RELEASE, Some(_)) => {
+                return Err(bad("kind", "format 1 notices have no kind"));
+            }
+            (FORMAT, Some("rollback")) => NoticeKind::Rollback,
+            (FORMAT, Some(other)) => {
+                // A release is written as format 1; anything else is unknown.
+                return Err(bad("kind", format!("{other:?} is not a kind of format 2")));
+            }
+            (FORMAT, None) => return Err(bad("kind", "format 2 notices name their kind")),
+            (format, _) => return Err(NoticeError::UnsupportedFormat(format)),
+        };
         let version = Version::parse(&wire.version).map_err(|e| {
             bad(
                 "version",
@@ -272,6 +338,7 @@ impl SignedNotice {
         hex::decode_to_slice(&wire.signature, &mut signature)
             .map_err(|_| bad("signature", "must be 128 hex digits"))?;
         let notice = Notice {
+            kind,
             plugin: wire.plugin,
             version,
             repository: wire.repository,
@@ -321,6 +388,7 @@ mod tests {
 
     fn notice() -> Notice {
         Notice {
+            kind: NoticeKind::Release,
             plugin: "digits".into(),
             version: Version::new(0, 2, 0),
             repository: "edgeplug/digits".into(),
@@ -428,10 +496,10 @@ mod tests {
             Err(NoticeError::Malformed(_))
         ));
         let mut future = good.clone();
-        future["format"] = 2.into();
+        future["format"] = 3.into();
         assert!(matches!(
             SignedNotice::parse(&serde_json::to_vec(&future).unwrap()),
-            Err(NoticeError::UnsupportedFormat(2))
+            Err(NoticeError::UnsupportedFormat(3))
         ));
         assert!(matches!(
             SignedNotice::parse(&vec![b' '; MAX_NOTICE_BYTES + 1]),
@@ -441,5 +509,99 @@ mod tests {
             SignedNotice::parse(b"offline"),
             Err(NoticeError::Malformed(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod rollback_tests {
+    use super::*;
+
+    fn release() -> Notice {
+        Notice {
+            kind: NoticeKind::Release,
+            plugin: "digits".into(),
+            version: Version::new(0, 2, 0),
+            repository: "edgeplug/digits".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: 1234,
+            sequence: 7,
+            group: "g1".into(),
+            gateway: Some("gw-1".into()),
+            issued_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn a_release_is_still_format_1_byte_for_byte() {
+        let key = SecretKey::generate();
+        let signed = release().sign(&key).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&signed.to_bytes()).unwrap();
+        assert_eq!(json["format"], 1);
+        assert!(json.get("kind").is_none(), "{json}");
+        // The canonical bytes of format 1, as gateways before format 2 sign and check them.
+        let canonical = String::from_utf8(release().canonical_bytes(&key.key_id())).unwrap();
+        assert!(
+            canonical.starts_with("format 1\nplugin digits\n"),
+            "{canonical}"
+        );
+    }
+
+    #[test]
+    fn a_rollback_round_trips_and_cannot_be_made_from_a_release() {
+        let key = SecretKey::generate();
+        let mut trust = TrustStore::new();
+        trust.add_key(key.public_key());
+        let rollback = Notice {
+            kind: NoticeKind::Rollback,
+            ..release()
+        }
+        .sign(&key)
+        .unwrap();
+        let bytes = rollback.to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["format"], 2);
+        assert_eq!(json["kind"], "rollback");
+        let parsed = SignedNotice::parse(&bytes).unwrap();
+        assert_eq!(parsed.notice.kind, NoticeKind::Rollback);
+        parsed.verify(&trust).unwrap();
+
+        // A validly signed release relabelled as a rollback: the signature does not cover it.
+        let release = release().sign(&key).unwrap();
+        let mut relabelled: serde_json::Value =
+            serde_json::from_slice(&release.to_bytes()).unwrap();
+        relabelled["format"] = 2.into();
+        relabelled["kind"] = "rollback".into();
+        let forged = SignedNotice::parse(&serde_json::to_vec(&relabelled).unwrap()).unwrap();
+        assert_eq!(forged.verify(&trust).unwrap_err().code(), "bad-signature");
+        // And the other way round.
+        let mut demoted = json.clone();
+        demoted["format"] = 1.into();
+        demoted.as_object_mut().unwrap().remove("kind");
+        let forged = SignedNotice::parse(&serde_json::to_vec(&demoted).unwrap()).unwrap();
+        assert_eq!(forged.verify(&trust).unwrap_err().code(), "bad-signature");
+
+        // Kinds that do not fit their format are refused.
+        for (format, kind) in [
+            (1, Some("rollback")),
+            (2, None),
+            (2, Some("release")),
+            (2, Some("x")),
+        ] {
+            let mut bad = json.clone();
+            bad["format"] = format.into();
+            match kind {
+                Some(k) => bad["kind"] = k.into(),
+                None => {
+                    bad.as_object_mut().unwrap().remove("kind");
+                }
+            }
+            assert!(
+                matches!(
+                    SignedNotice::parse(&serde_json::to_vec(&bad).unwrap()),
+                    Err(NoticeError::BadField { field: "kind", .. })
+                ),
+                "format {format} kind {kind:?}"
+            );
+        }
     }
 }

@@ -17,7 +17,7 @@ use edgeplug_bundle::{BundleLimits, SecretKey};
 use semver::Version;
 
 use crate::broker::{BrokerOptions, Session, ephemeral_client_id};
-use crate::notice::{Notice, SignedNotice};
+use crate::notice::{Notice, NoticeKind, SignedNotice};
 use crate::oci::{Pushed, Registry, RegistryOptions};
 
 /// How long to wait for a topic's retained notice after subscribing.
@@ -93,7 +93,8 @@ pub async fn announce(
     audience: &Audience,
     key: &SecretKey,
 ) -> anyhow::Result<SignedNotice> {
-    let mut notice = Notice {
+    let notice = Notice {
+        kind: NoticeKind::Release,
         plugin: name.to_string(),
         version: version.clone(),
         repository: pushed.repository.clone(),
@@ -104,6 +105,18 @@ pub async fn announce(
         gateway: audience.gateway.clone(),
         issued_at: crate::unix_now(),
     };
+    announce_notice(notice, broker, key).await
+}
+
+/// Signs `notice` with `key` and publishes it on its topic, retained; its sequence is chosen
+/// here (see the module docs) and its `issued_at` set to now: what [`announce`] does for a
+/// release, and a staged rollout for a rollback.
+pub async fn announce_notice(
+    mut notice: Notice,
+    broker: &BrokerOptions,
+    key: &SecretKey,
+) -> anyhow::Result<SignedNotice> {
+    notice.issued_at = crate::unix_now();
     notice.validate()?;
     let topic = notice.topic();
     let mut session = Session::connect(broker, &ephemeral_client_id("edgeplug-publish")).await?;

@@ -200,6 +200,7 @@ mod tests {
         gateway: Option<&str>,
     ) -> SignedNotice {
         Notice {
+            kind: crate::notice::NoticeKind::Release,
             plugin: "digits".into(),
             version: version.parse().unwrap(),
             repository: "edgeplug/digits".into(),

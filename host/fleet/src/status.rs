@@ -89,6 +89,10 @@ pub struct PluginStatus {
     pub requests: u64,
     #[serde(default)]
     pub errors: u64,
+    /// The 99th percentile of their latency in milliseconds (from the gateway's latency
+    /// histogram, so as coarse as its buckets); absent before the first request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
 }
 
 /// A refusal or failure, for operators.
@@ -160,6 +164,9 @@ pub fn render_table(statuses: &[Result<GatewayStatus, (String, String)>]) -> Str
         "ACTIVE".to_string(),
         "DESIRED".to_string(),
         "STATE".to_string(),
+        "REQUESTS".to_string(),
+        "ERRORS".to_string(),
+        "P99 MS".to_string(),
         "LAST ERROR".to_string(),
     ]];
     for status in statuses {
@@ -167,6 +174,9 @@ pub fn render_table(statuses: &[Result<GatewayStatus, (String, String)>]) -> Str
             Err((topic, reason)) => rows.push([
                 topic.clone(),
                 "?".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -183,6 +193,9 @@ pub fn render_table(statuses: &[Result<GatewayStatus, (String, String)>]) -> Str
                     rows.push([
                         s.gateway.clone(),
                         s.health.as_str().into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
                         "-".into(),
                         "-".into(),
                         "-".into(),
@@ -206,13 +219,18 @@ pub fn render_table(statuses: &[Result<GatewayStatus, (String, String)>]) -> Str
                         p.active.clone().unwrap_or_else(|| "-".into()),
                         p.desired.clone().unwrap_or_else(|| "-".into()),
                         p.state.clone(),
+                        p.requests.to_string(),
+                        p.errors.to_string(),
+                        p.p99_ms
+                            .map(|v| format!("{v:.1}"))
+                            .unwrap_or_else(|| "-".into()),
                         if i == 0 { error.clone() } else { String::new() },
                     ]);
                 }
             }
         }
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 10];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -225,7 +243,7 @@ pub fn render_table(statuses: &[Result<GatewayStatus, (String, String)>]) -> Str
             .zip(widths)
             .enumerate()
             .map(|(i, (cell, w))| {
-                if i == 6 {
+                if i == 9 {
                     cell.clone()
                 } else {
                     format!("{cell:<w$}")
@@ -254,6 +272,7 @@ mod tests {
                 state: "retrying".into(),
                 requests: 5,
                 errors: 0,
+                p99_ms: Some(2.5),
             },
         );
         status.last_error = Some(ErrorReport {
@@ -280,6 +299,10 @@ mod tests {
             lines[1].contains("gw-1") && lines[1].contains("error") && lines[1].contains("0.3.0")
         );
         assert!(lines[1].contains("digest-mismatch: bad bytes"));
+        assert!(
+            lines[0].contains("P99 MS") && lines[1].contains(" 2.5 "),
+            "{table}"
+        );
         assert!(lines[2].contains("gw-2") && lines[2].contains("offline"));
         assert!(lines[3].contains("unreadable"));
     }

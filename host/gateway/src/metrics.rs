@@ -63,6 +63,35 @@ impl VersionMetrics {
             .sum()
     }
 
+    /// The `q` quantile (0 < q <= 1) of the latency in milliseconds, if there was a request:
+    /// interpolated linearly inside the histogram bucket it falls in, as Prometheus's
+    /// `histogram_quantile` does (so it is as coarse as the buckets). A quantile beyond the
+    /// last bucket reads as that bucket's bound. What the fleet's status reports as p99.
+    pub fn latency_quantile_ms(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        // Requests over the last bound are counted in `requests` only.
+        let total = self.requests().max(counts.iter().sum());
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        let mut lower = 0.0;
+        for (count, bound) in counts.iter().zip(BUCKETS) {
+            if *count > 0 && (below + count) as f64 >= rank {
+                let within = (rank - below as f64) / *count as f64;
+                return Some((lower + (bound - lower) * within) * 1e3);
+            }
+            below += count;
+            lower = bound;
+        }
+        Some(BUCKETS[BUCKETS.len() - 1] * 1e3)
+    }
+
     /// Mean latency in milliseconds, if there was a request.
     pub fn mean_latency_ms(&self) -> Option<f64> {
         let n = self.requests();
@@ -305,6 +334,26 @@ mod tests {
         ));
         assert!(text.contains("edgeplug_requests_refused_total{status=\"503\"} 1"));
         assert_eq!(m.errors(), 1);
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_the_histogram() {
+        let m = VersionMetrics::default();
+        assert_eq!(m.latency_quantile_ms(0.99), None);
+        // 98 fast requests (0.5 ms bucket), 2 slow ones (50-100 ms bucket).
+        for _ in 0..98 {
+            m.observe(Duration::from_micros(200), None);
+        }
+        for _ in 0..2 {
+            m.observe(Duration::from_millis(80), Some("deadline-exceeded"));
+        }
+        let p50 = m.latency_quantile_ms(0.5).unwrap();
+        assert!(p50 > 0.0 && p50 <= 0.5, "{p50}");
+        let p99 = m.latency_quantile_ms(0.99).unwrap();
+        assert!((50.0..=100.0).contains(&p99), "{p99}");
+        // Beyond the last bucket: its bound.
+        m.observe(Duration::from_secs(60), None);
+        assert_eq!(m.latency_quantile_ms(1.0), Some(10_000.0));
     }
 
     #[test]

@@ -12,4 +12,5 @@ mod hardening;
 mod isolation;
 mod lifecycle;
 mod models;
+mod rollout;
 mod runtime;
