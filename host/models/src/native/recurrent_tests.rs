@@ -675,3 +675,41 @@ fn sunspots_forecasts_match_onnxruntime() {
         assert!((rmse - 20.01).abs() < 0.005, "{isa:?}: RMSE {rmse}");
     }
 }
+
+/// Reverse and bidirectional layers with real sequence lengths and initial
+/// states, which tract cannot run: the native graphs against onnxruntime's
+/// outputs (`tests/fixtures/recurrent/make_recurrent_fixtures.py`), every
+/// output, on every ISA. Also pins the reference's reading of the ONNX
+/// definitions (zero `Y` past a row's length, `Y_h` at its last step).
+#[test]
+fn reverse_and_sequence_length_graphs_match_onnxruntime() {
+    for name in [
+        "lstm_reverse",
+        "lstm_bidirectional",
+        "gru_reverse",
+        "gru_bidirectional",
+        "gru_lbr_bidirectional",
+    ] {
+        let dir = "tests/fixtures/recurrent";
+        let bytes = repo_file(&format!("{dir}/{name}.onnx"));
+        let (xs, x) = read_npy_f32(&repo_file(&format!("{dir}/{name}_x.npy")));
+        let x = Tensor::from_f32(xs, x).unwrap();
+        let outputs = if name.starts_with("lstm") { 3 } else { 2 };
+        for isa in Isa::all_available() {
+            let native = NativeModel::load_with_isa(&bytes, isa).expect("native covers the node");
+            let got = native.run(&[&x]).unwrap();
+            assert_eq!(got.len(), outputs, "{name}");
+            for (k, g) in got.iter().enumerate() {
+                let (ws, w) = read_npy_f32(&repo_file(&format!("{dir}/{name}_out{k}.npy")));
+                assert_eq!(g.shape(), ws.as_slice(), "{name} output {k}");
+                close(
+                    &format!("{name} {isa:?} output {k}"),
+                    g.as_f32().unwrap(),
+                    &w,
+                    1e-5,
+                )
+                .unwrap();
+            }
+        }
+    }
+}
