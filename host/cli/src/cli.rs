@@ -54,6 +54,14 @@ enum Command {
     /// robustness against malformed input, determinism, limits and latency. Exit status 0
     /// when every check passed.
     Conformance(crate::cli_conformance::ConformanceArgs),
+    /// Creates a plugin directory from a template (Cargo.toml, src/lib.rs, plugin.toml, a
+    /// self-test) that builds, passes conformance and signs as is.
+    New(crate::cli_new::NewArgs),
+    /// Builds a Rust plugin's component for wasm32-wasip2 with the `plugin` profile and puts
+    /// it where plugin.toml says; refuses a Cargo.toml whose version is not plugin.toml's.
+    Build(crate::cli_build::BuildArgs),
+    /// Self-test vectors: `edgeplug selftest record DIR` writes their expected answers.
+    Selftest(crate::cli_selftest::SelftestArgs),
     /// Extracts the initializers of an ONNX model into a safetensors weights file and lists
     /// the graph's nodes, for porting a model to the native `ops` interface.
     Weights(WeightsArgs),
@@ -112,7 +120,18 @@ fn init_tracing() {
         .try_init();
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Parses `args` (the program name first) and runs them, in this process: what the binary does,
+/// for tests. A command line clap refuses is an error with clap's message.
+pub fn run_args<I, T>(args: I) -> anyhow::Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run(Cli::try_parse_from(args)?)
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_plugin(args),
         Command::Weights(args) => extract_weights(args),
@@ -126,6 +145,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fleet(args) => crate::cli_fleet::run(args),
         Command::Rollout(args) => crate::cli_rollout::run(args),
         Command::Conformance(args) => crate::cli_conformance::run(args),
+        Command::New(args) => crate::cli_new::run(args),
+        Command::Build(args) => crate::cli_build::run(args),
+        Command::Selftest(args) => crate::cli_selftest::run(args),
     }
 }
 

@@ -114,6 +114,13 @@ pub fn run_keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
 pub fn run_pack(args: PackArgs) -> anyhow::Result<ExitCode> {
     let limits = BundleLimits::default();
     let key = args.key.as_deref().map(SecretKey::load).transpose()?;
+    // A component taken from elsewhere (--member) is the caller's choice; the directory's own
+    // must not be older than the crate it was built from.
+    let component_overridden = edgeplug_bundle::manifest::Manifest::load(&args.dir)
+        .is_ok_and(|m| args.members.iter().any(|(path, _)| *path == m.component));
+    if !component_overridden {
+        crate::cli_build::refuse_stale_component(&args.dir)?;
+    }
     let sources = args.members.into_iter().collect();
     let packed = bundle::pack_dir_with(&args.dir, &sources, &limits)
         .with_context(|| format!("cannot pack {}", args.dir.display()))?;

@@ -37,6 +37,11 @@ pub struct ConformanceArgs {
 pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::cli::local_runtime(args.cache_dir, args.model_dir)?;
     let mut target = Target::from_path(&args.plugin);
+    if let Target::Dir { dir, .. } = &target
+        && args.component.is_none()
+    {
+        crate::cli_build::refuse_stale_component(dir)?;
+    }
     if let Some(component) = args.component {
         match &mut target {
             Target::Dir { component: c, .. } => *c = Some(component),

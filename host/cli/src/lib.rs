@@ -14,11 +14,14 @@
 
 pub mod cli;
 pub mod cli_bench;
+pub mod cli_build;
 pub mod cli_bundle;
 pub mod cli_conformance;
 pub mod cli_fleet;
+pub mod cli_new;
 pub mod cli_publish;
 pub mod cli_rollout;
+pub mod cli_selftest;
 pub mod cli_serve;
 pub mod cli_token;
 pub mod client;

@@ -1,0 +1,331 @@
+//! `edgeplug build`: the plugin's component, built with the right target and profile and put
+//! where `plugin.toml` says; and the check that keeps a stale component from being packed or
+//! checked.
+//!
+//! The version has one home, `plugin.toml`: the bundle, the gateway's anti-downgrade and the
+//! describe() check all read it, and plugins in other languages have no Cargo.toml. A Rust
+//! plugin's `describe()` reports `CARGO_PKG_VERSION`, so the build refuses a Cargo.toml that
+//! says otherwise and names the file to fix.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use edgeplug_bundle::manifest::Manifest;
+
+/// The target every plugin is built for.
+pub const TARGET: &str = "wasm32-wasip2";
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The plugin directory, holding plugin.toml and the crate's Cargo.toml.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The cargo profile (the template's Cargo.toml defines `plugin`: release without DWARF).
+    #[arg(long, default_value = "plugin")]
+    pub profile: String,
+    /// Pass --offline to cargo (build from the local registry cache only).
+    #[arg(long)]
+    pub offline: bool,
+    /// cargo's target directory (default: cargo's, usually DIR/target); plugins built into
+    /// one share their compiled dependencies.
+    #[arg(long)]
+    pub target_dir: Option<PathBuf>,
+}
+
+/// What `cargo metadata` says about the plugin's package.
+struct Package {
+    version: String,
+    /// The name of the `cdylib` target, which is the `.wasm` file's stem.
+    lib_name: String,
+    manifest_path: PathBuf,
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn package(dir: &Path) -> anyhow::Result<Package> {
+    let manifest_path = dir.join("Cargo.toml");
+    if !manifest_path.is_file() {
+        bail!(
+            "{} has no Cargo.toml: `edgeplug build` builds Rust plugins (`edgeplug new` makes one)",
+            dir.display()
+        );
+    }
+    let output = cargo()
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest_path)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo (is Rust installed?)")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed on {}", manifest_path.display());
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata gave no JSON")?;
+    let wanted = std::fs::canonicalize(&manifest_path)
+        .with_context(|| format!("cannot resolve {}", manifest_path.display()))?;
+    let package = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["manifest_path"]
+                .as_str()
+                .and_then(|m| std::fs::canonicalize(m).ok())
+                .is_some_and(|m| m == wanted)
+        })
+        .with_context(|| format!("{} defines no package", manifest_path.display()))?;
+    let lib_name = package["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| {
+            t["crate_types"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "cdylib"))
+        })
+        .and_then(|t| t["name"].as_str())
+        .with_context(|| {
+            format!(
+                "{} has no cdylib library: add `[lib] crate-type = [\"cdylib\"]`",
+                manifest_path.display()
+            )
+        })?;
+    Ok(Package {
+        version: package["version"].as_str().unwrap_or_default().to_string(),
+        lib_name: lib_name.to_string(),
+        manifest_path,
+    })
+}
+
+/// Refuses a Cargo.toml whose version is not plugin.toml's, naming the file to fix.
+fn check_version(manifest: &Manifest, package: &Package) -> anyhow::Result<()> {
+    let version = manifest.version.to_string();
+    if package.version != version {
+        bail!(
+            "version mismatch: plugin.toml says {version} and {} says {}. plugin.toml is where \
+             the version lives (the bundle and the gateway read it); set `version = \"{version}\"` \
+             in {} (describe() reports it through CARGO_PKG_VERSION)",
+            package.manifest_path.display(),
+            package.version,
+            package.manifest_path.display(),
+        );
+    }
+    Ok(())
+}
+
+/// Builds the plugin in `dir` and copies the component to where plugin.toml says; returns
+/// that path.
+pub fn build(args: &BuildArgs) -> anyhow::Result<PathBuf> {
+    let manifest = Manifest::load(&args.dir)
+        .with_context(|| format!("{} is not a plugin directory", args.dir.display()))?;
+    let package = package(&args.dir)?;
+    check_version(&manifest, &package)?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--target", TARGET, "--profile", &args.profile])
+        .args(["--message-format", "json-render-diagnostics"])
+        .arg("--manifest-path")
+        .arg(&package.manifest_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if args.offline {
+        cmd.arg("--offline");
+    }
+    if let Some(target_dir) = &args.target_dir {
+        cmd.arg("--target-dir").arg(target_dir);
+    }
+    let output = cmd
+        .output()
+        .context("cannot run cargo (is Rust installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "cargo build failed ({}); if it says the target is missing: `rustup target add {TARGET}`",
+            output.status
+        );
+    }
+    let wasm = built_wasm(&output.stdout, &package)?;
+    let dest = args.dir.join(&manifest.component);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    // Written in full, then renamed: a gateway or `edgeplug run` reading the component never
+    // sees half of one. A fresh file also gets a fresh mtime, which the staleness check reads.
+    edgeplug_bundle::write_file_atomic(&dest, &bytes)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(dest)
+}
+
+/// The `.wasm` cargo's JSON messages name for the package's cdylib.
+fn built_wasm(stdout: &[u8], package: &Package) -> anyhow::Result<PathBuf> {
+    let wanted = std::fs::canonicalize(&package.manifest_path)?;
+    let mut found = None;
+    for line in stdout.split(|&b| b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact"
+            || message["target"]["name"] != package.lib_name.as_str()
+            || message["manifest_path"]
+                .as_str()
+                .and_then(|m| std::fs::canonicalize(m).ok())
+                .is_none_or(|m| m != wanted)
+        {
+            continue;
+        }
+        for file in message["filenames"].as_array().into_iter().flatten() {
+            if let Some(file) = file.as_str().filter(|f| f.ends_with(".wasm")) {
+                found = Some(PathBuf::from(file));
+            }
+        }
+    }
+    found.context("cargo built no .wasm for the plugin's library (is it a cdylib?)")
+}
+
+/// `edgeplug build`.
+pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let dest = build(&args)?;
+    let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+    println!("built {} ({size} bytes)", dest.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The newest of a Rust plugin's sources (Cargo.toml, build.rs, everything under src/): the
+/// path and its modification time, or `None` when `dir` holds no crate.
+fn newest_source(dir: &Path) -> anyhow::Result<Option<(PathBuf, SystemTime)>> {
+    if !dir.join("Cargo.toml").is_file() {
+        return Ok(None);
+    }
+    let mut newest: Option<(PathBuf, SystemTime)> = None;
+    let mut pending = vec![
+        dir.join("Cargo.toml"),
+        dir.join("build.rs"),
+        dir.join("src"),
+    ];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // build.rs and src/ are optional
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+            {
+                pending.push(entry?.path());
+            }
+        } else {
+            let modified = meta.modified()?;
+            if newest.as_ref().is_none_or(|(_, t)| modified > *t) {
+                newest = Some((path, modified));
+            }
+        }
+    }
+    Ok(newest)
+}
+
+/// Refuses the component plugin.toml names in `dir` when a source of the plugin's crate
+/// changed after it was built, so a stale component is never packed or checked. A directory
+/// without a crate (a prebuilt component), or whose manifest does not load (the caller reports
+/// that), passes.
+pub fn refuse_stale_component(dir: &Path) -> anyhow::Result<()> {
+    let Ok(manifest) = Manifest::load(dir) else {
+        return Ok(());
+    };
+    let component = dir.join(&manifest.component);
+    let Ok(built) = std::fs::metadata(&component).and_then(|m| m.modified()) else {
+        return Ok(()); // missing: the caller says so
+    };
+    if let Some((source, changed)) = newest_source(dir)?
+        && changed > built
+    {
+        bail!(
+            "{} is older than its sources ({} changed after it was built): run `edgeplug build {}` first",
+            component.display(),
+            source.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn set_mtime(path: &Path, time: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_component_older_than_a_source_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(
+            dir.join("plugin.toml"),
+            "name = \"p\"\nversion = \"0.1.0\"\nworld = \"edgeplug:plugin/plugin@0.1.0\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("Cargo.toml"), "[package]\n").unwrap();
+        std::fs::create_dir_all(dir.join("src/nested")).unwrap();
+        std::fs::write(dir.join("src/lib.rs"), "").unwrap();
+        std::fs::write(dir.join("src/nested/m.rs"), "").unwrap();
+        std::fs::write(dir.join("plugin.wasm"), "\0asm").unwrap();
+        let now = SystemTime::now();
+        for f in ["Cargo.toml", "src/lib.rs", "src/nested/m.rs"] {
+            set_mtime(&dir.join(f), now - Duration::from_secs(60));
+        }
+        set_mtime(&dir.join("plugin.wasm"), now);
+        refuse_stale_component(dir).unwrap();
+
+        set_mtime(&dir.join("src/nested/m.rs"), now + Duration::from_secs(5));
+        let err = refuse_stale_component(dir).unwrap_err().to_string();
+        assert!(err.contains("older than its sources"), "{err}");
+        assert!(err.contains("m.rs"), "{err}");
+        assert!(err.contains("edgeplug build"), "{err}");
+
+        // No crate: a prebuilt component is whatever it is.
+        std::fs::remove_file(dir.join("Cargo.toml")).unwrap();
+        refuse_stale_component(dir).unwrap();
+    }
+
+    #[test]
+    fn a_cargo_version_other_than_the_manifests_names_the_file_to_fix() {
+        let manifest = Manifest::parse(
+            "name = \"p\"\nversion = \"0.2.0\"\nworld = \"edgeplug:plugin/plugin@0.1.0\"\n",
+        )
+        .unwrap();
+        let package = Package {
+            version: "0.1.0".into(),
+            lib_name: "p".into(),
+            manifest_path: PathBuf::from("/x/p/Cargo.toml"),
+        };
+        let err = check_version(&manifest, &package).unwrap_err().to_string();
+        assert!(err.contains("plugin.toml says 0.2.0"), "{err}");
+        assert!(err.contains("/x/p/Cargo.toml says 0.1.0"), "{err}");
+        assert!(
+            err.contains("set `version = \"0.2.0\"` in /x/p/Cargo.toml"),
+            "{err}"
+        );
+        let same = Package {
+            version: "0.2.0".into(),
+            ..package
+        };
+        check_version(&manifest, &same).unwrap();
+    }
+}

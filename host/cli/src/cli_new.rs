@@ -1,0 +1,283 @@
+//! `edgeplug new`: a plugin directory from a template, ready to build, check and sign.
+//!
+//! The templates are files under `host/cli/templates/`, compiled into the binary, so the
+//! command needs nothing but itself and the SDK it points the new crate at.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+/// Which plugin to start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Template {
+    /// JSON in, JSON out: doubles an array of numbers on a host kernel.
+    Minimal,
+    /// A PNG or JPEG decoded in the sandbox, its mean brightness computed on the host.
+    Image,
+    /// A named float32 tensor (Open Inference Protocol v2) or a `.npy` body in, a softmax out.
+    Tensor,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// The plugin's name (1-64 characters of a-z, 0-9 and '-', starting with a letter); also
+    /// the directory created, unless --dir says otherwise.
+    pub name: String,
+    /// What the plugin starts as.
+    #[arg(long, value_enum, default_value = "minimal")]
+    pub template: Template,
+    /// The directory to create (default: ./NAME). It must not exist or be empty.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Depend on the SDK at this path (default: this edgeplug checkout's guest-sdk).
+    #[arg(long, value_name = "P", conflicts_with = "sdk_git")]
+    pub path_to_sdk: Option<PathBuf>,
+    /// Depend on the SDK from this git repository (the edgeplug repository) instead of a path.
+    #[arg(long, value_name = "URL")]
+    pub sdk_git: Option<String>,
+}
+
+/// A template's files: (path in the new plugin, contents).
+fn files(template: Template) -> Vec<(&'static str, &'static [u8])> {
+    let common: [(&str, &[u8]); 2] = [
+        ("Cargo.toml", include_bytes!("../templates/Cargo.toml.tmpl")),
+        (".gitignore", include_bytes!("../templates/gitignore.tmpl")),
+    ];
+    let own: [(&str, &[u8]); 4] = match template {
+        Template::Minimal => [
+            (
+                "src/lib.rs",
+                include_str!("../templates/minimal/lib.rs").as_bytes(),
+            ),
+            (
+                "plugin.toml",
+                include_str!("../templates/minimal/plugin.toml").as_bytes(),
+            ),
+            (
+                "selftest/input.json",
+                include_bytes!("../templates/minimal/selftest/input.json"),
+            ),
+            (
+                "selftest/input.expect.json",
+                include_bytes!("../templates/minimal/selftest/input.expect.json"),
+            ),
+        ],
+        Template::Image => [
+            (
+                "src/lib.rs",
+                include_str!("../templates/image/lib.rs").as_bytes(),
+            ),
+            (
+                "plugin.toml",
+                include_str!("../templates/image/plugin.toml").as_bytes(),
+            ),
+            // a binary file: bytes, not text
+            (
+                "selftest/input.png",
+                include_bytes!("../templates/image/selftest/input.png"),
+            ),
+            (
+                "selftest/input.expect.json",
+                include_bytes!("../templates/image/selftest/input.expect.json"),
+            ),
+        ],
+        Template::Tensor => [
+            (
+                "src/lib.rs",
+                include_str!("../templates/tensor/lib.rs").as_bytes(),
+            ),
+            (
+                "plugin.toml",
+                include_str!("../templates/tensor/plugin.toml").as_bytes(),
+            ),
+            (
+                "selftest/input.npy",
+                include_bytes!("../templates/tensor/selftest/input.npy"),
+            ),
+            (
+                "selftest/input.expect.json",
+                include_bytes!("../templates/tensor/selftest/input.expect.json"),
+            ),
+        ],
+    };
+    common.into_iter().chain(own).collect()
+}
+
+/// The SDK dependency line of the new Cargo.toml.
+fn sdk_dependency(args: &NewArgs) -> anyhow::Result<String> {
+    if let Some(url) = &args.sdk_git {
+        return Ok(format!("edgeplug-sdk = {{ git = {url:?} }}"));
+    }
+    let path = match &args.path_to_sdk {
+        Some(path) => path.clone(),
+        // The checkout this binary was built from; gone if the binary was copied elsewhere.
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-sdk"),
+    };
+    let path = std::fs::canonicalize(&path).with_context(|| {
+        format!(
+            "the SDK is not at {}: pass --path-to-sdk (an edgeplug checkout's guest-sdk) or --sdk-git URL",
+            path.display()
+        )
+    })?;
+    if !path.join("Cargo.toml").is_file() || !path.join("wit").is_dir() {
+        bail!(
+            "{} is not edgeplug's guest-sdk (no Cargo.toml and wit/ there)",
+            path.display()
+        );
+    }
+    let path = path
+        .to_str()
+        .with_context(|| format!("the SDK path {} is not UTF-8", path.display()))?;
+    // A registry version would go here too once the SDK is published.
+    Ok(format!("edgeplug-sdk = {{ path = {path:?} }}"))
+}
+
+/// What a plugin name must be: the manifest's rule (a-z, 0-9, '-', at most 64) and cargo's
+/// (a package name starts with a letter).
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        bail!(
+            "plugin name {name:?} must be 1-64 characters of a-z, 0-9 and '-', start with a letter and not end with '-'"
+        );
+    }
+    Ok(())
+}
+
+/// Writes the plugin directory; returns it.
+pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
+    check_name(&args.name)?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
+    if dir.exists() {
+        let empty = dir.is_dir()
+            && std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .next()
+                .is_none();
+        if !empty {
+            bail!(
+                "{} already exists and is not an empty directory",
+                dir.display()
+            );
+        }
+    }
+    let sdk = sdk_dependency(args)?;
+    let extra = match args.template {
+        Template::Image => "serde_json = \"1\"\n",
+        Template::Minimal | Template::Tensor => "",
+    };
+    for (path, contents) in files(args.template) {
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let contents: Vec<u8> = match std::str::from_utf8(contents) {
+            // Only the text files have placeholders; the binary inputs go as they are.
+            Ok(text) if !path.starts_with("selftest/") => text
+                .replace("{{name}}", &args.name)
+                .replace("{{sdk_dependency}}", &sdk)
+                .replace("{{extra_dependencies}}", extra)
+                .into_bytes(),
+            _ => contents.to_vec(),
+        };
+        std::fs::write(&target, contents)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    Ok(dir)
+}
+
+/// `edgeplug new`.
+pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let dir = create(&args)?;
+    let shown = dir.display();
+    println!("created {shown} ({:?} template)", args.template);
+    println!("next:");
+    println!("  edgeplug build {shown}");
+    println!("  edgeplug conformance {shown}");
+    println!("  edgeplug keygen --out keys && edgeplug pack {shown} --key keys/signing.key");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(name: &str, dir: &Path, template: Template) -> NewArgs {
+        NewArgs {
+            name: name.to_string(),
+            template,
+            dir: Some(dir.to_path_buf()),
+            path_to_sdk: None,
+            sdk_git: None,
+        }
+    }
+
+    #[test]
+    fn every_template_fills_its_placeholders() {
+        let tmp = tempfile::tempdir().unwrap();
+        for template in [Template::Minimal, Template::Image, Template::Tensor] {
+            let dir = tmp.path().join(format!("{template:?}"));
+            create(&args("my-plugin", &dir, template)).unwrap();
+            for file in ["Cargo.toml", "plugin.toml", "src/lib.rs", ".gitignore"] {
+                let text = std::fs::read_to_string(dir.join(file)).unwrap();
+                assert!(!text.contains("{{"), "{template:?} {file}: {text}");
+            }
+            let manifest = edgeplug_bundle::manifest::Manifest::load(&dir).unwrap();
+            assert_eq!(manifest.name, "my-plugin");
+            for test in &manifest.self_tests {
+                assert!(
+                    dir.join(&test.input).is_file(),
+                    "{template:?}: {}",
+                    test.input
+                );
+                assert!(
+                    dir.join(&test.expect).is_file(),
+                    "{template:?}: {}",
+                    test.expect
+                );
+            }
+            let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+            assert!(cargo.contains("name = \"my-plugin\""), "{cargo}");
+            assert!(cargo.contains("edgeplug-sdk = { path = \"/"), "{cargo}");
+        }
+    }
+
+    #[test]
+    fn a_git_sdk_is_a_git_dependency() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = args("p", &tmp.path().join("p"), Template::Minimal);
+        a.sdk_git = Some("https://example.org/edgeplug.git".into());
+        create(&a).unwrap();
+        let cargo = std::fs::read_to_string(tmp.path().join("p/Cargo.toml")).unwrap();
+        assert!(
+            cargo.contains("edgeplug-sdk = { git = \"https://example.org/edgeplug.git\" }"),
+            "{cargo}"
+        );
+    }
+
+    #[test]
+    fn bad_names_and_existing_directories_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["", "My", "9lives", "a_b", "trailing-", &"a".repeat(65)] {
+            let err = create(&args(name, &tmp.path().join("x"), Template::Minimal)).unwrap_err();
+            assert!(err.to_string().contains("plugin name"), "{name}: {err}");
+        }
+        std::fs::write(tmp.path().join("file"), "x").unwrap();
+        let err = create(&args("p", tmp.path(), Template::Minimal)).unwrap_err();
+        assert!(err.to_string().contains("not an empty directory"), "{err}");
+        let mut a = args("p", &tmp.path().join("q"), Template::Minimal);
+        a.path_to_sdk = Some(tmp.path().join("nowhere"));
+        let err = create(&a).unwrap_err();
+        assert!(err.to_string().contains("--path-to-sdk"), "{err}");
+    }
+}
