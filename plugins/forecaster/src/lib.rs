@@ -2,7 +2,7 @@
 //!
 //! The plugin parses and checks the window here, in the sandbox; the model,
 //! `sunspots_lstm.onnx` (an ONNX `LSTM`, hidden size 32, with its normalization inside the
-//! graph), runs in the host through tract.
+//! graph), runs in the host on the native backend's fused LSTM (tract if the host cannot).
 //!
 //! # Requests
 //!
