@@ -2,6 +2,7 @@
 
 mod access;
 mod architecture;
+mod author;
 mod classifier;
 mod conformance;
 mod digits;
