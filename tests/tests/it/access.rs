@@ -392,7 +392,6 @@ async fn tokens_are_revoked_by_editing_the_file_and_no_action_runs_unaudited() {
 
 struct Pki {
     dir: tempfile::TempDir,
-    server_ca: rcgen::Certificate,
 }
 
 /// PEM files in a temp dir: a CA for admin clients (`client-ca.pem`), a client certificate
@@ -431,10 +430,7 @@ fn make_pki() -> Pki {
     let server = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     write("server.pem", server.cert.pem());
     write("server.key", server.signing_key.serialize_pem());
-    Pki {
-        dir,
-        server_ca: server.cert,
-    }
+    Pki { dir }
 }
 
 /// An HTTP/1.1 connection over TLS to `gw`, presenting `client` (certificate and key PEM

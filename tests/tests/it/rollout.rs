@@ -144,7 +144,7 @@ fn request_loop(
         let started = Instant::now();
         let mut i = 0usize;
         while !*stop.borrow() && started.elapsed() < 3 * DEADLINE {
-            let (body, content_type) = if i % 2 == 0 {
+            let (body, content_type) = if i.is_multiple_of(2) {
                 (seven.clone(), "application/json")
             } else {
                 (photo.clone(), "image/png")
