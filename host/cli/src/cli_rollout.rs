@@ -16,7 +16,7 @@ use crate::cli_publish::{BrokerArgs, split_registry};
 pub struct RolloutArgs {
     /// The signed bundle (.epk) to roll out.
     pub bundle: PathBuf,
-    /// Where to push it: HOST[:PORT]/REPOSITORY.
+    /// Where to push it: HOST/REPOSITORY or HOST:PORT/REPOSITORY.
     #[arg(long)]
     pub registry: String,
     /// The group to roll it out to (its gateways are those with a live retained status).

@@ -6,7 +6,7 @@
 //! [`Isa::Avx512`] runs AVX-512 VNNI (`vpdpbusd`: 64 `u8×s8` multiply-adds per
 //! instruction, four times the f32 FMA rate) when the CPU has it
 //! ([`vnni_available`]), else the portable path; [`Isa::Portable`] is plain
-//! Rust. Both produce exactly the bytes [`reference`] does (integer
+//! Rust. Both produce exactly the bytes [`reference`](mod@reference) does (integer
 //! accumulation is exact and the requantization is the same `f32`
 //! arithmetic), and the tests hold them to that.
 //!
