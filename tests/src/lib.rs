@@ -2,6 +2,7 @@
 //! how to load a plugin into a runtime.
 
 pub mod browser;
+pub mod fleet;
 pub mod gateway;
 pub mod load;
 pub mod servers;

@@ -23,75 +23,24 @@ use edgeplug_fleet::notice::Notice;
 use edgeplug_fleet::oci::{Registry, RegistryOptions};
 use edgeplug_fleet::publish::{self, Audience, Published};
 use edgeplug_fleet::status::{GatewayStatus, Health};
-use edgeplug_fleet::{Agent, topics};
+use edgeplug_fleet::topics;
 use edgeplug_tests::fixture;
-use edgeplug_tests::gateway::{TestGateway, digits_bundle, header, json_of, req};
+use edgeplug_tests::fleet::{self, DEADLINE, Member, eventually};
+use edgeplug_tests::gateway::{digits_bundle, header, json_of, req};
 use edgeplug_tests::servers::{TestBroker, TestRegistry};
 use hyper::body::Bytes;
 
 const GROUP: &str = "line-1";
 const REPOSITORY: &str = "edgeplug/digits";
-/// Generous: only there to turn a hang into a failure.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Member {
-    id: &'static str,
-    gateway: TestGateway,
-    agent: Option<Agent>,
-}
-
-impl Member {
-    fn active(&self) -> Option<String> {
-        self.gateway
-            .gateway
-            .registry
-            .get("digits")
-            .map(|a| a.version.to_string())
-    }
-}
 
 /// A gateway trusting `publisher`, with a fleet agent following `GROUP`.
 async fn join(
-    id: &'static str,
+    id: &str,
     publisher: &SecretKey,
     registry: &TestRegistry,
     broker: &TestBroker,
 ) -> Member {
-    let fleet = format!(
-        "[fleet]\nbroker = \"{}\"\nclient_id = \"{id}\"\ngroup = \"{GROUP}\"\n\
-         registry = \"{}\"\nregistry_plain_http = true\npull_jitter_ms = 200\n\
-         retry_min_ms = 200\nretry_max_ms = 1000\nkeep_alive_secs = 5\n",
-        broker.url(),
-        registry.host()
-    );
-    let gateway = TestGateway::start(&fleet).await;
-    std::fs::write(
-        gateway.dir.path().join("trust/publisher.pub"),
-        publisher.public_key().to_pem(),
-    )
-    .unwrap();
-    let agent = edgeplug_fleet::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
-        .await
-        .unwrap()
-        .expect("the configuration has [fleet]");
-    Member {
-        id,
-        gateway,
-        agent: Some(agent),
-    }
-}
-
-/// Waits until `check` holds, failing with `what` after [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < DEADLINE, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Member::join(id, GROUP, publisher, registry, broker, "").await
 }
 
 async fn all_on(members: &[&Member], version: &str) {
@@ -105,12 +54,7 @@ async fn all_on(members: &[&Member], version: &str) {
 
 /// The fleet's retained statuses, by gateway id.
 async fn statuses(broker: &BrokerOptions) -> Vec<GatewayStatus> {
-    edgeplug_fleet::status::read_fleet(broker, GROUP, Duration::from_millis(300))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.expect("every status parses"))
-        .collect()
+    fleet::statuses(broker, GROUP).await
 }
 
 /// Waits until every gateway in `ids` reports `code` as its last error.
@@ -239,7 +183,7 @@ async fn a_fleet_follows_signed_notices_and_refuses_the_rest() {
     let mut d = join("gw-d", &publisher, &registry, &broker).await;
     all_on(&[&d], "0.2.0").await;
     let all = [&a, &b, &c, &d];
-    let ids: Vec<&str> = all.iter().map(|m| m.id).collect();
+    let ids: Vec<&str> = all.iter().map(|m| m.id.as_str()).collect();
     eventually("every gateway reports ok on 0.2.0", || async {
         let statuses = statuses(&broker_options).await;
         statuses.len() == 4

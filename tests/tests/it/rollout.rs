@@ -24,84 +24,31 @@ use edgeplug_fleet::oci::RegistryOptions;
 use edgeplug_fleet::publish::{self, Audience};
 use edgeplug_fleet::rollout::{self, Event, Gate, Outcome, RolloutOptions};
 use edgeplug_fleet::status::GatewayStatus;
-use edgeplug_fleet::{Agent, topics};
+use edgeplug_fleet::topics;
 use edgeplug_tests::fixture;
-use edgeplug_tests::gateway::{TestGateway, bundle_with, digits_bundle, header, json_of, req};
+use edgeplug_tests::fleet::{self, DEADLINE, Member, eventually};
+use edgeplug_tests::gateway::{bundle_with, digits_bundle, header, json_of, req};
 use edgeplug_tests::servers::{TestBroker, TestRegistry};
 use hyper::body::Bytes;
 use tokio::sync::watch;
 
 const GROUP: &str = "rollout-1";
 const REPOSITORY: &str = "edgeplug/digits";
-/// Generous: only there to turn a hang into a failure.
-const DEADLINE: Duration = Duration::from_secs(60);
 
-struct Member {
-    id: String,
-    gateway: TestGateway,
-    _agent: Agent,
-}
-
-impl Member {
-    fn active(&self) -> Option<String> {
-        self.gateway
-            .gateway
-            .registry
-            .get("digits")
-            .map(|a| a.version.to_string())
-    }
-}
-
+/// A gateway of the group, publishing its status every 250 ms: the rollout's gate reads
+/// fresh figures within its 2 s soak.
 async fn join(
     id: &str,
     publisher: &SecretKey,
     registry: &TestRegistry,
     broker: &TestBroker,
 ) -> Member {
-    // A status every 250 ms: the rollout's gate reads fresh figures within its 2 s soak.
-    let fleet = format!(
-        "[fleet]\nbroker = \"{}\"\nclient_id = \"{id}\"\ngroup = \"{GROUP}\"\n\
-         registry = \"{}\"\nregistry_plain_http = true\npull_jitter_ms = 100\n\
-         retry_min_ms = 200\nretry_max_ms = 1000\nkeep_alive_secs = 5\nstatus_interval_ms = 250\n",
-        broker.url(),
-        registry.host()
-    );
-    let gateway = TestGateway::start(&fleet).await;
-    std::fs::write(
-        gateway.dir.path().join("trust/publisher.pub"),
-        publisher.public_key().to_pem(),
-    )
-    .unwrap();
-    let agent = edgeplug_fleet::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
-        .await
-        .unwrap()
-        .expect("the configuration has [fleet]");
-    Member {
-        id: id.to_string(),
-        gateway,
-        _agent: agent,
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < DEADLINE, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let extra = "status_interval_ms = 250\n";
+    Member::join(id, GROUP, publisher, registry, broker, extra).await
 }
 
 async fn statuses(broker: &BrokerOptions) -> Vec<GatewayStatus> {
-    edgeplug_fleet::status::read_fleet(broker, GROUP, Duration::from_millis(300))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.expect("every status parses"))
-        .collect()
+    fleet::statuses(broker, GROUP).await
 }
 
 /// The retained payload of `topic` (empty if none).
