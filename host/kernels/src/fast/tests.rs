@@ -17,7 +17,7 @@ fn clamp_of(kind: u8) -> (f32, f32) {
 
 /// The geometry of a random convolution case, the kernel shrunk so that at
 /// least one window fits the padded input. `pads` is `[top, left, bottom, right]`.
-fn fitted_geometry(
+pub(crate) fn fitted_geometry(
     c: usize,
     [h, w]: [usize; 2],
     kernel: [usize; 2],

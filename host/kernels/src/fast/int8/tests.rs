@@ -4,8 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::Padding;
-use crate::fast::DwGeometry;
+use crate::fast::tests::fitted_geometry as fitted;
 
 /// Deterministic bytes (splitmix64), so a failing case reproduces from its seed.
 fn bytes(seed: u64, n: usize) -> Vec<u8> {
@@ -92,28 +91,6 @@ impl Case {
             hi,
         }
     }
-}
-
-fn fitted(
-    c: usize,
-    [h, w]: [usize; 2],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pads: [usize; 4],
-) -> DwGeometry {
-    let pad = Padding {
-        top: pads[0],
-        left: pads[1],
-        bottom: pads[2],
-        right: pads[3],
-    };
-    let fit = |k: usize, input: usize, pa: usize, pb: usize, d: usize| {
-        k.min((input + pa + pb - 1) / d + 1)
-    };
-    let kh = fit(kernel[0], h, pad.top, pad.bottom, dilation[0]);
-    let kw = fit(kernel[1], w, pad.left, pad.right, dilation[1]);
-    DwGeometry::new(c, h, w, [kh, kw], stride, dilation, pad).expect("fits")
 }
 
 proptest! {
