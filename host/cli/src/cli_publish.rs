@@ -46,10 +46,8 @@ impl BrokerArgs {
 pub struct PublishArgs {
     /// The signed bundle (.epk) to publish.
     pub bundle: PathBuf,
-    /// Where to push it: HOST/REPOSITORY or HOST:PORT/REPOSITORY, e.g.
-    /// registry.example/edgeplug/digits.
-    #[arg(long)]
-    pub registry: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// The group to announce it to.
     #[arg(long)]
     pub group: String,
@@ -60,6 +58,17 @@ pub struct PublishArgs {
     /// gateways must trust its public key.
     #[arg(long)]
     pub key: PathBuf,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// Registry arguments shared by `publish` and `rollout`.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Where to push it: HOST/REPOSITORY or HOST:PORT/REPOSITORY, e.g.
+    /// registry.example/edgeplug/digits.
+    #[arg(long)]
+    pub registry: String,
     /// Talk plain HTTP to the registry (a test registry; never across a network).
     #[arg(long)]
     pub plain_http: bool,
@@ -69,12 +78,30 @@ pub struct PublishArgs {
     /// A file whose first line is the registry password.
     #[arg(long, requires = "registry_username")]
     pub registry_password_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub broker: BrokerArgs,
+}
+
+impl RegistryArgs {
+    /// The registry's connection options and the repository, trusting `ca_file` (the
+    /// broker's --cacert, which also serves an https registry).
+    pub fn options(&self, ca_file: Option<PathBuf>) -> anyhow::Result<(RegistryOptions, String)> {
+        let (host, repository) = split_registry(&self.registry)?;
+        let options = RegistryOptions {
+            host,
+            plain_http: self.plain_http,
+            username: self.registry_username.clone(),
+            password: self
+                .registry_password_file
+                .as_deref()
+                .map(edgeplug_fleet::config::read_secret)
+                .transpose()?,
+            ca_file,
+        };
+        Ok((options, repository))
+    }
 }
 
 /// `HOST:PORT/REPOSITORY` split at its first `/`.
-pub(crate) fn split_registry(reference: &str) -> anyhow::Result<(String, String)> {
+fn split_registry(reference: &str) -> anyhow::Result<(String, String)> {
     let (host, repository) = reference.split_once('/').with_context(|| {
         format!("--registry {reference:?} must be HOST[:PORT]/REPOSITORY, e.g. registry.example/edgeplug/digits")
     })?;
@@ -90,18 +117,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let bundle = std::fs::read(&args.bundle)
         .with_context(|| format!("cannot read {}", args.bundle.display()))?;
     let key = edgeplug_bundle::SecretKey::load(&args.key)?;
-    let (host, repository) = split_registry(&args.registry)?;
-    let registry = RegistryOptions {
-        host,
-        plain_http: args.plain_http,
-        username: args.registry_username.clone(),
-        password: args
-            .registry_password_file
-            .as_deref()
-            .map(edgeplug_fleet::config::read_secret)
-            .transpose()?,
-        ca_file: args.broker.cacert.clone(),
-    };
+    let (registry, repository) = args.registry.options(args.broker.cacert.clone())?;
     let broker = args.broker.options()?;
     let audience = Audience {
         group: args.group.clone(),

@@ -7,18 +7,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use edgeplug_fleet::oci::RegistryOptions;
 use edgeplug_fleet::rollout::{self, Gate, Outcome, RolloutOptions};
 
-use crate::cli_publish::{BrokerArgs, split_registry};
+use crate::cli_publish::{BrokerArgs, RegistryArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
     /// The signed bundle (.epk) to roll out.
     pub bundle: PathBuf,
-    /// Where to push it: HOST/REPOSITORY or HOST:PORT/REPOSITORY.
-    #[arg(long)]
-    pub registry: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// The group to roll it out to (its gateways are those with a live retained status).
     #[arg(long)]
     pub group: String,
@@ -49,15 +47,6 @@ pub struct RolloutArgs {
     /// Where the rollout records its progress; run the same command again to resume it.
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Talk plain HTTP to the registry (a test registry; never across a network).
-    #[arg(long)]
-    pub plain_http: bool,
-    /// Registry user name (HTTP basic authentication).
-    #[arg(long)]
-    pub registry_username: Option<String>,
-    /// A file whose first line is the registry password.
-    #[arg(long, requires = "registry_username")]
-    pub registry_password_file: Option<PathBuf>,
     #[command(flatten)]
     pub broker: BrokerArgs,
 }
@@ -65,19 +54,9 @@ pub struct RolloutArgs {
 impl RolloutArgs {
     /// The library's options (everything but the bundle and the key).
     pub fn options(&self) -> anyhow::Result<RolloutOptions> {
-        let (host, repository) = split_registry(&self.registry)?;
+        let (registry, repository) = self.registry.options(self.broker.cacert.clone())?;
         Ok(RolloutOptions {
-            registry: RegistryOptions {
-                host,
-                plain_http: self.plain_http,
-                username: self.registry_username.clone(),
-                password: self
-                    .registry_password_file
-                    .as_deref()
-                    .map(edgeplug_fleet::config::read_secret)
-                    .transpose()?,
-                ca_file: self.broker.cacert.clone(),
-            },
+            registry,
             repository,
             broker: self.broker.options()?,
             group: self.group.clone(),
