@@ -386,7 +386,7 @@ impl SignedNotice {
 mod tests {
     use super::*;
 
-    fn notice() -> Notice {
+    pub(super) fn notice() -> Notice {
         Notice {
             kind: NoticeKind::Release,
             plugin: "digits".into(),
@@ -516,18 +516,11 @@ mod tests {
 mod rollback_tests {
     use super::*;
 
+    /// The tests' notice, pinned to one gateway as a rollout's are.
     fn release() -> Notice {
         Notice {
-            kind: NoticeKind::Release,
-            plugin: "digits".into(),
-            version: Version::new(0, 2, 0),
-            repository: "edgeplug/digits".into(),
-            digest: format!("sha256:{}", "ab".repeat(32)),
-            size: 1234,
-            sequence: 7,
-            group: "g1".into(),
             gateway: Some("gw-1".into()),
-            issued_at: 1_700_000_000,
+            ..super::tests::notice()
         }
     }
 
