@@ -16,9 +16,9 @@ use super::NativeModel;
 use crate::model::Model;
 use edgeplug_kernels::{Tensor, testutil};
 
-const FLOAT: i32 = 1;
+pub(super) const FLOAT: i32 = 1;
 
-fn value_info(name: &str, shape: &[i64]) -> ValueInfoProto {
+pub(super) fn value_info(name: &str, shape: &[i64]) -> ValueInfoProto {
     let dim = shape
         .iter()
         .map(|&d| Dimension {
@@ -48,7 +48,7 @@ fn ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
-fn int(name: &str, v: i64) -> AttributeProto {
+pub(super) fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,

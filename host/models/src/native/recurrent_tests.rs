@@ -9,12 +9,10 @@ use proptest::prelude::*;
 use prost::Message;
 use tract_onnx::pb::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-    attribute_proto::AttributeType,
-    tensor_shape_proto::{Dimension, dimension::Value as DimValue},
-    type_proto::{Tensor as TypeTensor, Value as TypeValue},
+    ValueInfoProto, attribute_proto::AttributeType,
 };
 
+use super::graph_tests::{FLOAT, int as int_attr};
 use super::recurrent::{Cell, Direction, Layer, Recurrent};
 use super::tests::read_npy_f32;
 use super::{NativeError, NativeModel};
@@ -263,28 +261,11 @@ fn layers_that_do_not_fit_are_refused() {
 
 // ---- whole ONNX graphs ----
 
-const FLOAT: i32 = 1;
 const INT32: i32 = 6;
 
 fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
-    let dim = shape
-        .iter()
-        .map(|&d| Dimension {
-            value: Some(DimValue::DimValue(d as i64)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(TypeValue::TensorType(TypeTensor {
-                elem_type: FLOAT,
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    super::graph_tests::value_info(name, &shape)
 }
 
 fn floats(name: &str, dims: &[usize], v: &[f32]) -> TensorProto {
@@ -302,15 +283,6 @@ fn string_attr(name: &str, v: &str) -> AttributeProto {
         name: name.into(),
         r#type: AttributeType::String as i32,
         s: v.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
         ..Default::default()
     }
 }
