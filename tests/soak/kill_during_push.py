@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from soaklib import REPO, Bundles, free_port, log, request, version_of, vkey
+from soaklib import REPO, Bundles, Client, free_port, log, request, version_of, vkey
 
 TOKEN = "soak-token"
 KEEP_VERSIONS = 3
@@ -60,63 +60,41 @@ def active_of(port):
 
 
 class Load:
-    """Clients posting a digit in a loop, for the whole run, counting what they get."""
+    """Clients posting a seven in a loop, for the whole run, counting what they get."""
 
     def __init__(self, port, clients, body):
-        self.port = port
-        self.body = body
         self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.ok = 0
-        self.wrong = []
-        self.statuses = {}
-        self.connection_errors = 0
-        self.threads = [
-            threading.Thread(target=self.client, daemon=True) for _ in range(clients)
+        self.clients = [
+            Client(port, "digits", "application/json", body, lambda a: a["label"] == 7, self.stop)
+            for _ in range(clients)
         ]
-        for t in self.threads:
-            t.start()
+        for c in self.clients:
+            c.start()
 
-    def client(self):
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                conn.request(
-                    "POST",
-                    "/v1/plugins/digits/infer",
-                    body=self.body,
-                    headers={"content-type": "application/json"},
-                )
-                response = conn.getresponse()
-                data = response.read()
-                with self.lock:
-                    self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
-                    if response.status == 200:
-                        try:
-                            label = json.loads(data)["label"]
-                        except (ValueError, KeyError):
-                            label = None
-                        if label == 7:
-                            self.ok += 1
-                        else:
-                            self.wrong.append(data[:200])
-                if response.getheader("connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException):
-                with self.lock:
-                    self.connection_errors += 1
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.05)
+    @property
+    def ok(self):
+        return sum(c.right for c in self.clients)
+
+    @property
+    def wrong(self):
+        return [w for c in self.clients for w in c.wrong]
+
+    @property
+    def statuses(self):
+        total = {}
+        for c in self.clients:
+            for s, n in c.statuses.items():
+                total[s] = total.get(s, 0) + n
+        return total
+
+    @property
+    def connection_errors(self):
+        return sum(c.connection_errors for c in self.clients)
 
     def close(self):
         self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
+        for c in self.clients:
+            c.join(timeout=60)
 
 
 class Admin:

@@ -25,7 +25,6 @@ plugin. A benchmark-style script, not part of the test suite.
 """
 
 import argparse
-import array
 import http.client
 import json
 import os
@@ -38,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from soaklib import REPO, Bundles, free_port, log, request, version_of
+from soaklib import REPO, Bundles, Client, free_port, log, request, version_of
 
 TOKEN = "soak-token"
 SAMPLE_EVERY = 5.0  # seconds
@@ -66,56 +65,6 @@ def checks():
             lambda a: abs(a["forecast"] - forecast["forecast"]) <= 1e-3,
         ),
     }
-
-
-class Client(threading.Thread):
-    """Posts one plugin's input in a loop on a keep-alive connection, checking each answer."""
-
-    def __init__(self, port, plugin, content_type, body, check, stop):
-        super().__init__(daemon=True)
-        self.port, self.plugin = port, plugin
-        self.content_type, self.body, self.check = content_type, body, check
-        self.stop = stop
-        self.latencies = array.array("f")  # seconds, one per answered request
-        self.statuses = {}
-        self.wrong = []
-        self.connection_errors = 0
-
-    def run(self):
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-                began = time.perf_counter()
-                conn.request(
-                    "POST",
-                    f"/v1/plugins/{self.plugin}/infer",
-                    body=self.body,
-                    headers={"content-type": self.content_type},
-                )
-                response = conn.getresponse()
-                data = response.read()
-                self.latencies.append(time.perf_counter() - began)
-                self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
-                if response.status == 200:
-                    try:
-                        right = self.check(json.loads(data))
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        right = False
-                    if not right:
-                        self.wrong.append(data[:200])
-                if response.getheader("connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException):
-                self.connection_errors += 1
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.05)
-        if conn is not None:
-            conn.close()
 
 
 class BadInput(threading.Thread):

@@ -1,10 +1,13 @@
-"""What the soak scripts share: signed digits bundles of any version, plain HTTP requests, a free
-port, timestamped log lines."""
+"""What the soak scripts share: signed digits bundles of any version, plain HTTP requests, a
+client posting in a loop and checking answers, a free port, timestamped log lines."""
 
+import array
 import http.client
+import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -119,3 +122,56 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Client(threading.Thread):
+    """Posts one plugin's input in a loop on a keep-alive connection, checking each answer."""
+
+    def __init__(self, port, plugin, content_type, body, check, stop):
+        super().__init__(daemon=True)
+        self.port, self.plugin = port, plugin
+        self.content_type, self.body, self.check = content_type, body, check
+        self.stop = stop
+        self.latencies = array.array("f")  # seconds, one per answered request
+        self.statuses = {}
+        self.right = 0
+        self.wrong = []
+        self.connection_errors = 0
+
+    def run(self):
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                began = time.perf_counter()
+                conn.request(
+                    "POST",
+                    f"/v1/plugins/{self.plugin}/infer",
+                    body=self.body,
+                    headers={"content-type": self.content_type},
+                )
+                response = conn.getresponse()
+                data = response.read()
+                self.latencies.append(time.perf_counter() - began)
+                self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+                if response.status == 200:
+                    try:
+                        right = self.check(json.loads(data))
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        right = False
+                    if right:
+                        self.right += 1
+                    else:
+                        self.wrong.append(data[:200])
+                if response.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException):
+                self.connection_errors += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+        if conn is not None:
+            conn.close()
