@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use edgeplug_bundle::SecretKey;
 use edgeplug_fleet::Agent;
-use edgeplug_fleet::broker::BrokerOptions;
 use edgeplug_fleet::status::GatewayStatus;
+use edgeplug_mqtt::BrokerOptions;
 
 use crate::gateway::TestGateway;
 use crate::servers::{TestBroker, TestRegistry};

@@ -5,6 +5,8 @@ pub mod browser;
 pub mod fleet;
 pub mod gateway;
 pub mod load;
+pub mod mqtt;
+pub mod relay;
 pub mod servers;
 
 use std::path::{Path, PathBuf};

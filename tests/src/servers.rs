@@ -148,6 +148,11 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub fn start() -> TestBroker {
+        TestBroker::start_with("")
+    }
+
+    /// A broker whose mosquitto.conf ends with `extra` (a bridge, limits).
+    pub fn start_with(extra: &str) -> TestBroker {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -173,8 +178,13 @@ impl TestBroker {
             dir.path().join("mosquitto.conf"),
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nlog_dest stderr\nlog_type error\nlog_type warning\n",
-                data.display()
+                 persistence_location {}/\nlog_dest stderr\nlog_type error\nlog_type warning\n{}{extra}",
+                data.display(),
+                if std::env::var_os("EDGEPLUG_TEST_BROKER_LOGS").is_some() {
+                    "log_type all\n"
+                } else {
+                    ""
+                }
             ),
         )
         .unwrap();
@@ -230,5 +240,12 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         self.stop();
+        // For debugging a test: EDGEPLUG_TEST_BROKER_LOGS=DIR keeps every broker's log there.
+        if let Ok(dir) = std::env::var("EDGEPLUG_TEST_BROKER_LOGS") {
+            let _ = std::fs::copy(
+                self.dir.path().join("mosquitto.log"),
+                Path::new(&dir).join(format!("mosquitto-{}.log", self.port)),
+            );
+        }
     }
 }

@@ -45,6 +45,10 @@ enum Command {
     /// p99) the gateways report; a failed gate sends the waves done back with signed
     /// rollbacks. Resumable with --state.
     Rollout(crate::cli_rollout::RolloutArgs),
+    /// Prints the mosquitto bridge configuration that stores this gateway's results on its
+    /// local broker and forwards them to the center's (persistent, QoS 1), for the local
+    /// broker's mosquitto.conf.
+    BridgeConfig(crate::cli_bridge::BridgeConfigArgs),
     /// Makes a scoped admin token for a gateway's tokens_file: prints the secret once, and
     /// the entry (its SHA-256 and scopes) or appends it to --tokens-file.
     Token(crate::cli_token::TokenArgs),
@@ -111,7 +115,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `EDGEPLUG_LOG` (default `warn`); what the binary does first.
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEPLUG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -141,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Push(args) => crate::cli_serve::run_push(args),
         Command::Rollback(args) => crate::cli_serve::run_rollback(args),
         Command::Token(args) => crate::cli_token::run(args),
+        Command::BridgeConfig(args) => crate::cli_bridge::run(args),
         Command::Publish(args) => crate::cli_publish::run(args),
         Command::Fleet(args) => crate::cli_fleet::run(args),
         Command::Rollout(args) => crate::cli_rollout::run(args),

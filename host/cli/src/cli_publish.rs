@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use edgeplug_fleet::broker::BrokerOptions;
 use edgeplug_fleet::oci::RegistryOptions;
 use edgeplug_fleet::publish::{self, Audience};
+use edgeplug_mqtt::BrokerOptions;
 
 /// Broker connection arguments shared by `publish` and `fleet status`.
 #[derive(Debug, clap::Args)]
@@ -35,7 +35,7 @@ impl BrokerArgs {
         options.password = self
             .password_file
             .as_deref()
-            .map(edgeplug_fleet::config::read_secret)
+            .map(edgeplug_mqtt::read_secret)
             .transpose()?;
         options.ca_file = self.cacert.clone();
         Ok(options)
@@ -92,7 +92,7 @@ impl RegistryArgs {
             password: self
                 .registry_password_file
                 .as_deref()
-                .map(edgeplug_fleet::config::read_secret)
+                .map(edgeplug_mqtt::read_secret)
                 .transpose()?,
             ca_file,
         };

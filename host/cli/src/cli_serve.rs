@@ -118,7 +118,15 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             config_dir.unwrap_or(std::path::Path::new(".")),
         )
         .await?;
+        // With [[triggers]], messages on the local broker run plugins (edgeplug_triggers).
+        let triggers = edgeplug_triggers::start_if_configured(
+            gateway.clone(),
+            config_dir.unwrap_or(std::path::Path::new(".")),
+        )?;
         edgeplug_gateway::serve(listener, gateway, edgeplug_gateway::shutdown_signal()).await?;
+        if let Some(triggers) = triggers {
+            triggers.stop().await;
+        }
         if let Some(agent) = fleet {
             agent.stop().await;
         }

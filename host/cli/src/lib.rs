@@ -8,12 +8,15 @@
 //! - `edgeplug-gateway`: `edgeplug serve` over HTTP, its registry and hot swap.
 //! - `edgeplug-fleet`: `edgeplug publish`, `edgeplug fleet status` and the gateway's fleet
 //!   agent (OCI registry, MQTT broker, signed notices).
+//! - `edgeplug-mqtt`: the MQTT client side the fleet and the triggers share.
+//! - `edgeplug-triggers`: MQTT messages that run plugins, and the bridge to the center.
 //!
 //! See ARCHITECTURE.md at the repository root for the invariants and how `cargo tree`
 //! proves them.
 
 pub mod cli;
 pub mod cli_bench;
+pub mod cli_bridge;
 pub mod cli_build;
 pub mod cli_bundle;
 pub mod cli_conformance;

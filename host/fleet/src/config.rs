@@ -32,6 +32,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 
+use edgeplug_mqtt::read_secret;
+
 /// The parsed `[fleet]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,7 +130,7 @@ impl FleetConfig {
     fn validate(&self) -> anyhow::Result<()> {
         crate::check_fleet_name("client_id", &self.client_id)?;
         crate::check_fleet_name("group", &self.group)?;
-        crate::broker::BrokerUrl::parse(&self.broker)?;
+        edgeplug_mqtt::BrokerUrl::parse(&self.broker)?;
         anyhow::ensure!(
             !self.registry.is_empty() && !self.registry.contains(['/', ' ']),
             "registry must be HOST[:PORT], got {:?}",
@@ -162,9 +164,9 @@ impl FleetConfig {
     }
 
     /// The broker connection this configuration describes.
-    pub fn broker_options(&self) -> anyhow::Result<crate::broker::BrokerOptions> {
-        Ok(crate::broker::BrokerOptions {
-            url: crate::broker::BrokerUrl::parse(&self.broker)?,
+    pub fn broker_options(&self) -> anyhow::Result<edgeplug_mqtt::BrokerOptions> {
+        Ok(edgeplug_mqtt::BrokerOptions {
+            url: edgeplug_mqtt::BrokerUrl::parse(&self.broker)?,
             username: self.username.clone(),
             password: self.password_file.as_deref().map(read_secret).transpose()?,
             ca_file: self.ca_file.clone(),
@@ -189,15 +191,6 @@ impl FleetConfig {
     pub fn pull_jitter(&self) -> Duration {
         Duration::from_millis(self.pull_jitter_ms)
     }
-}
-
-/// The first line of a secret file.
-pub fn read_secret(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the secret file {}", path.display()))?;
-    let secret = text.lines().next().unwrap_or("").trim_end().to_string();
-    anyhow::ensure!(!secret.is_empty(), "{} holds no secret", path.display());
-    Ok(secret)
 }
 
 #[cfg(test)]

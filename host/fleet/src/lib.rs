@@ -21,7 +21,8 @@
 //! - [`config`]: the `[fleet]` table of the gateway configuration.
 //! - [`notice`]: the signed notice, its canonical bytes and its checks.
 //! - [`oci`]: push an `.epk` as an OCI artifact; pull one by digest.
-//! - [`broker`]: MQTT connection options (URL, TLS, credentials) and retained-topic helpers.
+//! - MQTT connection options (URL, TLS, credentials) and retained-topic helpers are the
+//!   `edgeplug-mqtt` crate's, shared with the gateway's triggers.
 //! - [`publish`]: the publisher's side: push, then announce.
 //! - [`agent`]: the gateway's side: follow, reconcile, report. [`state`] is what it persists.
 //! - [`status`]: the status a gateway publishes, and reading the fleet's as a table.
@@ -29,7 +30,6 @@
 //!   back by signed rollback notices when a gate fails.
 
 pub mod agent;
-pub mod broker;
 pub mod config;
 pub mod notice;
 pub mod oci;

@@ -16,9 +16,9 @@ use anyhow::Context as _;
 use edgeplug_bundle::{BundleLimits, SecretKey};
 use semver::Version;
 
-use crate::broker::{BrokerOptions, Session, ephemeral_client_id};
 use crate::notice::{Notice, NoticeKind, SignedNotice};
 use crate::oci::{Pushed, Registry, RegistryOptions};
+use edgeplug_mqtt::{BrokerOptions, Session, ephemeral_client_id};
 
 /// How long to wait for a topic's retained notice after subscribing.
 const RETAINED_QUIET: Duration = Duration::from_millis(500);

@@ -46,12 +46,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tokio::time::Instant;
 
-use crate::broker::{BrokerOptions, Session, ephemeral_client_id};
 use crate::notice::{Notice, NoticeKind, SignedNotice};
 use crate::oci::{Registry, RegistryOptions};
 use crate::publish::{Audience, announce, announce_notice, bundle_identity, unpin};
 use crate::status::{GatewayStatus, Health};
 use crate::topics::{self, NoticeTopic};
+use edgeplug_mqtt::{BrokerOptions, Session, ephemeral_client_id};
 
 /// One stage: a cumulative number of gateways, or a cumulative share of them.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{BrokerOptions, Session, ephemeral_client_id};
 use crate::topics;
+use edgeplug_mqtt::{BrokerOptions, Session, ephemeral_client_id};
 
 /// What a gateway says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -98,6 +98,11 @@ pub struct Config {
     /// `[fleet]`: kept as an opaque table and parsed (strictly) by the `edgeplug-fleet`
     /// crate, which depends on this one and not the reverse. Default: none (no fleet agent).
     pub fleet: Option<toml::Table>,
+    /// `[mqtt]` (the local broker the triggers subscribe to) and `[[triggers]]` (which messages
+    /// run which plugin): opaque here like `[fleet]`, parsed by the `edgeplug-triggers` crate.
+    /// Default: none (no triggers).
+    pub mqtt: Option<toml::Table>,
+    pub triggers: Vec<toml::Table>,
 }
 
 /// `[tls]`: certificate chain and private key, both PEM.
@@ -171,6 +176,8 @@ impl Default for Config {
             tls: None,
             limits: LimitsConfig::default(),
             fleet: None,
+            mqtt: None,
+            triggers: Vec::new(),
         }
     }
 }

@@ -236,6 +236,42 @@ pub async fn dispatch(
         );
         return Err(saturated(&plugin, &what));
     };
+    dispatch_with_permit(gw, plugin, request, started, permit).await
+}
+
+/// [`dispatch`] for a caller that queues instead of being refused (the MQTT triggers, whose
+/// messages wait at the broker anyway): waits for one of the version's permits, first come
+/// first served, so a message is never starved by the requests that keep arriving.
+pub async fn dispatch_queued(
+    gw: &Gateway,
+    plugin: Arc<ActivePlugin>,
+    request: InferRequest,
+    started: Instant,
+) -> Result<InferResponse, DispatchError> {
+    let Ok(permit) = plugin.permits.clone().acquire_owned().await else {
+        return Err(DispatchError::Saturated(format!(
+            "plugin {} {} is closing",
+            plugin.name(),
+            plugin.version
+        )));
+    };
+    dispatch_with_permit(gw, plugin, request, started, permit).await
+}
+
+async fn dispatch_with_permit(
+    gw: &Gateway,
+    plugin: Arc<ActivePlugin>,
+    request: InferRequest,
+    started: Instant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<InferResponse, DispatchError> {
+    let saturated = |plugin: &ActivePlugin, what: &str| {
+        DispatchError::Saturated(format!(
+            "plugin {} {} is serving {what}; retry later",
+            plugin.name(),
+            plugin.version,
+        ))
+    };
     let demoted = plugin.demotion.is_demoted();
     if !demoted
         && plugin.fast_path.allows()

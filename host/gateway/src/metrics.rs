@@ -99,9 +99,17 @@ impl VersionMetrics {
     }
 }
 
+/// Metrics kept by a crate built on the gateway (the triggers), rendered after the gateway's
+/// own, so one scrape of `/metrics` sees everything while the gateway knows nothing of them.
+pub trait MetricsSource: std::fmt::Debug + Send + Sync {
+    /// Appends complete families (`# HELP`, `# TYPE`, samples) in the text exposition format.
+    fn render(&self, out: &mut String);
+}
+
 /// Every metric of the gateway.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    sources: Mutex<Vec<Arc<dyn MetricsSource>>>,
     versions: Mutex<BTreeMap<(String, String), Arc<VersionMetrics>>>,
     events: Mutex<BTreeMap<(&'static str, String, String), u64>>,
     /// Requests refused before reaching a plugin (unknown plugin, saturated, too large...),
@@ -119,6 +127,14 @@ impl Metrics {
             .entry((name.to_string(), version.to_string()))
             .or_default()
             .clone()
+    }
+
+    /// Adds `source`'s families to every rendering from now on.
+    pub fn add_source(&self, source: Arc<dyn MetricsSource>) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(source);
     }
 
     /// A swap (`kind` = "push"), a rollback or a removal.
@@ -292,12 +308,20 @@ impl Metrics {
                 "edgeplug_requests_refused_total{{status=\"{status}\"}} {n}"
             );
         }
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for source in sources {
+            source.render(&mut out);
+        }
         out
     }
 }
 
 /// Escapes a label value.
-fn esc(value: &str) -> String {
+pub fn esc(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -82,13 +82,22 @@ fn only_the_gateway_and_the_push_client_speak_http() {
 }
 
 #[test]
-fn only_the_fleet_crate_speaks_mqtt_and_oci_and_the_gateway_knows_no_fleet() {
-    assert_eq!(direct_dependents("rumqttc"), ["edgeplug-fleet"]);
+fn only_the_fleet_and_the_triggers_speak_mqtt_and_the_gateway_knows_neither() {
+    assert_eq!(
+        direct_dependents("rumqttc"),
+        ["edgeplug-fleet", "edgeplug-mqtt", "edgeplug-triggers"]
+    );
     assert_eq!(direct_dependents("oci-client"), ["edgeplug-fleet"]);
-    // The fleet drives the gateway's registry; the gateway never depends on the fleet.
+    // The fleet and the triggers drive the gateway; the gateway depends on neither.
     let gateway = cargo_tree(&["-p", "edgeplug-gateway"]);
     assert!(gateway.iter().any(|d| d == "hyper"), "the tree was read");
-    for forbidden in ["edgeplug-fleet", "rumqttc", "oci-client"] {
+    for forbidden in [
+        "edgeplug-fleet",
+        "edgeplug-triggers",
+        "edgeplug-mqtt",
+        "rumqttc",
+        "oci-client",
+    ] {
         assert!(
             !gateway.iter().any(|d| d == forbidden),
             "edgeplug-gateway depends on {forbidden}"

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use edgeplug::client::{ChunkedBody, Connection};
 use edgeplug_bundle::SecretKey;
-use edgeplug_fleet::broker::{BrokerOptions, Session};
 use edgeplug_fleet::notice::Notice;
 use edgeplug_fleet::oci::{Registry, RegistryOptions};
 use edgeplug_fleet::publish::{self, Audience, Published};
 use edgeplug_fleet::status::{GatewayStatus, Health};
 use edgeplug_fleet::topics;
+use edgeplug_mqtt::{BrokerOptions, Session};
 use edgeplug_tests::fixture;
 use edgeplug_tests::fleet::{self, DEADLINE, Member, eventually};
 use edgeplug_tests::gateway::{digits_bundle, header, json_of, req};

@@ -37,6 +37,7 @@ fn serve_child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
+    edgeplug::cli::init_tracing();
     let mut lines = spec.lines();
     let config = PathBuf::from(lines.next().expect("a configuration path"));
     let args = edgeplug::cli_serve::ServeArgs {
@@ -57,7 +58,7 @@ fn serve_child() {
 }
 
 /// A gateway running `serve` in a child process.
-struct ServedGateway {
+pub(crate) struct ServedGateway {
     child: Child,
     addr: SocketAddr,
     /// Everything the child wrote to stderr so far.
@@ -66,14 +67,14 @@ struct ServedGateway {
 
 /// Why a child did not come up: it exited first, with this status and stderr.
 #[derive(Debug)]
-struct DidNotStart {
+pub(crate) struct DidNotStart {
     status: ExitStatus,
     stderr: String,
 }
 
 impl ServedGateway {
     /// Runs `serve --config config --install install...` and waits until it listens.
-    fn start(config: &Path, install: &[PathBuf]) -> Result<ServedGateway, DidNotStart> {
+    pub(crate) fn start(config: &Path, install: &[PathBuf]) -> Result<ServedGateway, DidNotStart> {
         let mut spec = config.display().to_string();
         for path in install {
             spec.push('\n');
@@ -142,12 +143,18 @@ impl ServedGateway {
         }
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// SIGKILL: the gateway dies at once, whatever it was doing.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then the exit status (the gateway finishes in-flight requests and exits 0).
-    fn stop(mut self) -> ExitStatus {
+    pub(crate) fn stop(mut self) -> ExitStatus {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet, so
         // the pid cannot name another process.
@@ -195,7 +202,7 @@ impl ServedGateway {
         kib * 1024
     }
 
-    async fn send(&self, request: hyper::Request<ChunkedBody>) -> Response<Bytes> {
+    pub(crate) async fn send(&self, request: hyper::Request<ChunkedBody>) -> Response<Bytes> {
         let url = format!("http://{}/", self.addr).parse().unwrap();
         let mut connection = Connection::open(&url, None).await.unwrap();
         connection.send(request).await.unwrap()

@@ -15,3 +15,4 @@ mod lifecycle;
 mod models;
 mod rollout;
 mod runtime;
+mod triggers;

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use edgeplug::client::{ChunkedBody, Connection};
 use edgeplug_bundle::SecretKey;
-use edgeplug_fleet::broker::{BrokerOptions, Session, ephemeral_client_id};
 use edgeplug_fleet::notice::{NoticeKind, SignedNotice};
 use edgeplug_fleet::oci::RegistryOptions;
 use edgeplug_fleet::publish::{self, Audience};
 use edgeplug_fleet::rollout::{self, Event, Gate, Outcome, RolloutOptions};
 use edgeplug_fleet::status::GatewayStatus;
 use edgeplug_fleet::topics;
+use edgeplug_mqtt::{BrokerOptions, Session, ephemeral_client_id};
 use edgeplug_tests::fixture;
 use edgeplug_tests::fleet::{self, DEADLINE, Member, eventually};
 use edgeplug_tests::gateway::{bundle_with, digits_bundle, header, json_of, req};

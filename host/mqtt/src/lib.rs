@@ -1,5 +1,9 @@
-//! The MQTT side shared by the publisher, the agent and `fleet status`: broker URLs, TLS and
-//! credentials, and a short-lived [`Session`] that reads retained topics and publishes.
+//! The MQTT client side every MQTT user in edgeplug shares (the fleet's publisher, agent and
+//! `fleet status`; the gateway's triggers): broker URLs, TLS and credentials
+//! ([`BrokerOptions`]), and a short-lived [`Session`] that reads retained topics and publishes.
+//!
+//! Only this crate and the crates that hold long-lived connections (`edgeplug-fleet`,
+//! `edgeplug-triggers`) depend on `rumqttc`; it knows nothing of plugins or gateways.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -136,6 +140,15 @@ pub fn tls_client_config(ca: Option<&Path>) -> anyhow::Result<rustls::ClientConf
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// The first line of a secret file (a password), which must not be empty.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim_end().to_string();
+    anyhow::ensure!(!secret.is_empty(), "{} holds no secret", path.display());
+    Ok(secret)
 }
 
 /// A random client id with `prefix`, for short-lived sessions (publisher, status reader).

@@ -1,0 +1,580 @@
+//! The triggers at work: one persistent MQTT 5 session on the local broker, each message run
+//! through its plugin, its result published, then the message acknowledged.
+//!
+//! Why nothing accepted is lost: acknowledgements are manual, and a message's PUBACK is queued
+//! only after its result's PUBLISH, on the same connection. rumqttc writes requests in the
+//! order they were queued (it stops reading its queue altogether while its outgoing window is
+//! full), TCP keeps that order, and the broker handles one connection's packets in order, so
+//! by the time the broker forgets a message it holds the result. A gateway that dies before
+//! that point has its message redelivered (the session persists, `clean_start = false`) to
+//! itself when it comes back, or to another member of a shared subscription; the result then
+//! carries the same id, so the center drops the duplicate.
+//!
+//! Back-pressure: the MQTT 5 receive maximum (`in_flight`) bounds the QoS 1 and 2 messages the
+//! broker sends before one is acknowledged, and as many slots run them; the rest wait at the
+//! broker. A plugin at its concurrency limit (HTTP requests share it) makes the message wait
+//! its turn for a permit, first come first served, never fail: acknowledgements go out in
+//! arrival order (see [`crate::acks`]), so one starved message would hold back every later
+//! acknowledgement. QoS 0 messages, which the broker does not count, are dropped and
+//! counted when every slot is busy: at-most-once is what QoS 0 promises.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use tokio::sync::{Semaphore, watch};
+
+use edgeplug_gateway::Gateway;
+use edgeplug_gateway::lanes::{self, DispatchError};
+use edgeplug_runtime::InferRequest;
+
+use crate::acks::{AckOrder, Due, Ticket};
+use crate::config::{Trigger, TriggersConfig};
+use crate::envelope::{self, Answered, Output};
+use crate::metrics::TriggerMetrics;
+use crate::topic;
+
+/// The triggers of a running gateway.
+pub struct Triggers {
+    shared: Arc<Shared>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    gateway: Arc<Gateway>,
+    config: TriggersConfig,
+    client: AsyncClient,
+    metrics: Arc<TriggerMetrics>,
+    /// One per message being run; `in_flight` of them.
+    slots: Arc<Semaphore>,
+    /// The QoS 1/2 messages taken and not yet acknowledged on the wire.
+    ack_order: Mutex<AckOrder>,
+    /// Acknowledgements due, in order, to the task that queues them with rumqttc (unbounded:
+    /// never more than the messages taken, and one must never be dropped).
+    acks_due: tokio::sync::mpsc::UnboundedSender<Due>,
+    stopping: watch::Sender<bool>,
+    /// When the last message arrived, in ms since `epoch`; 0 if none since connecting.
+    last_message_ms: AtomicU64,
+    epoch: Instant,
+    /// Set by the stall watchdog before it disconnects, so that the connection loop
+    /// reconnects instead of ending.
+    reconnect_requested: AtomicBool,
+}
+
+/// Longest wait between two tries of a message whose plugin is saturated.
+const SATURATED_RETRY_MAX: Duration = Duration::from_millis(200);
+/// How long [`Triggers::stop`] lets the messages being run finish.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+impl Triggers {
+    /// Connects (in the background: a broker that is down is retried with backoff while the
+    /// gateway serves HTTP) and starts running messages.
+    pub fn start(gateway: Arc<Gateway>, config: TriggersConfig) -> anyhow::Result<Triggers> {
+        let broker = config.mqtt.broker_options()?;
+        let mut options = broker.mqtt_options(&config.mqtt.client_id)?;
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(config.mqtt.session_expiry_secs))
+            .set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_secs))
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(config.mqtt.in_flight))
+            .set_max_packet_size(Some(config.mqtt.max_message_kib.saturating_mul(1024)));
+        let (client, events) = AsyncClient::new(options, usize::from(config.mqtt.in_flight) * 4);
+        let metrics = Arc::new(TriggerMetrics::new(
+            config
+                .triggers
+                .iter()
+                .map(|t| (t.config.topic.clone(), t.config.plugin.clone()))
+                .collect(),
+        ));
+        gateway.metrics.add_source(metrics.clone());
+        let (acks_due, due_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(queue_acknowledgements(client.clone(), due_rx));
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(usize::from(config.mqtt.in_flight))),
+            gateway,
+            config,
+            client,
+            metrics,
+            ack_order: Mutex::new(AckOrder::default()),
+            acks_due,
+            stopping: watch::channel(false).0,
+            last_message_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            reconnect_requested: AtomicBool::new(false),
+        });
+        tracing::info!(
+            broker = %broker.url,
+            triggers = shared.config.triggers.len(),
+            "MQTT triggers starting"
+        );
+        let connection = tokio::spawn(connection_loop(shared.clone(), events));
+        if shared.config.mqtt.stall_reconnect_secs > 0 {
+            tokio::spawn(stall_watchdog(shared.clone()));
+        }
+        Ok(Triggers { shared, connection })
+    }
+
+    /// The triggers' metrics (also rendered into the gateway's `/metrics`).
+    pub fn metrics(&self) -> &TriggerMetrics {
+        &self.shared.metrics
+    }
+
+    /// Stops taking messages, lets the ones being run finish and publish (up to 30 s), then
+    /// disconnects. Messages not yet acknowledged stay with the broker for the next start.
+    pub async fn stop(self) {
+        self.shared.stopping.send_replace(true);
+        let all = u32::from(self.shared.config.mqtt.in_flight);
+        let drained = tokio::time::timeout(STOP_GRACE, self.shared.slots.acquire_many(all)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                "stopping the triggers with messages still running; the broker will redeliver them"
+            );
+        }
+        let _ = self.shared.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.connection).await;
+    }
+}
+
+async fn connection_loop(shared: Arc<Shared>, mut events: EventLoop) {
+    let mut backoff = Duration::from_millis(250);
+    let mut first_connection = true;
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(250);
+                shared.last_message_ms.store(0, Ordering::Relaxed);
+                shared.metrics.connected.store(1, Ordering::Relaxed);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "triggers connected to the broker"
+                );
+                // Subscribe on this process's first connection whatever the broker kept (the
+                // configuration may have changed), and whenever it lost the session. Not from
+                // this task: a full request queue would wait for this very loop to drain it.
+                if first_connection || !ack.session_present {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { shared.subscribe().await });
+                }
+                first_connection = false;
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => shared.accept(publish),
+            // The acknowledgement is on its way to the broker: from now on that packet id may
+            // name a new message.
+            Ok(Event::Outgoing(
+                rumqttc::Outgoing::PubAck(pkid) | rumqttc::Outgoing::PubRec(pkid),
+            )) => shared.ack_order().written(pkid),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                for code in &ack.return_codes {
+                    if !matches!(code, SubscribeReasonCode::Success(_)) {
+                        tracing::error!(
+                            ?code,
+                            "the broker refused a trigger's subscription: check its ACL and that it speaks MQTT 5"
+                        );
+                    }
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                shared.metrics.connected.store(0, Ordering::Relaxed);
+                // The broker closes the connection now; the next poll reconnects.
+                if !shared.reconnect_requested.swap(false, Ordering::SeqCst) {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.metrics.connected.store(0, Ordering::Relaxed);
+                shared.ack_order().connection_lost();
+                if *shared.stopping.borrow() {
+                    return;
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "triggers lost the broker");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Queues the acknowledgements with rumqttc in the order they fall due, waiting for room in
+/// its request queue.
+async fn queue_acknowledgements(
+    client: AsyncClient,
+    mut due: tokio::sync::mpsc::UnboundedReceiver<Due>,
+) {
+    while let Some(due) = due.recv().await {
+        let qos = if due.exactly_once {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let mut ack = Publish::new("", qos, Vec::new(), None);
+        ack.pkid = due.pkid;
+        if client.ack(&ack).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reconnects when the broker has gone silent after traffic with nothing left running: what a
+/// broker that lost count of its in-flight quota looks like (see `config`'s
+/// `stall_reconnect_secs`). A persistent session loses nothing by it.
+async fn stall_watchdog(shared: Arc<Shared>) {
+    let stall = Duration::from_secs(shared.config.mqtt.stall_reconnect_secs);
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(stall / 4) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let last = shared.last_message_ms.load(Ordering::Relaxed);
+        let now = shared.epoch.elapsed().as_millis() as u64;
+        let idle = last > 0 && now.saturating_sub(last) >= stall.as_millis() as u64;
+        if idle
+            && shared.metrics.connected.load(Ordering::Relaxed) == 1
+            && shared.metrics.in_flight.load(Ordering::Relaxed) == 0
+            && shared.ack_order().is_empty()
+        {
+            tracing::info!(
+                idle_secs = stall.as_secs(),
+                "the broker went silent after traffic; reconnecting in case it stalled"
+            );
+            shared
+                .metrics
+                .stall_reconnects
+                .fetch_add(1, Ordering::Relaxed);
+            shared.last_message_ms.store(0, Ordering::Relaxed);
+            shared.reconnect_requested.store(true, Ordering::SeqCst);
+            if shared.client.disconnect().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Shared {
+    async fn subscribe(&self) {
+        for trigger in &self.config.triggers {
+            let qos = match trigger.config.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            let filter = Filter::new(trigger.subscription.clone(), qos);
+            if let Err(e) = self.client.subscribe_many([filter]).await {
+                tracing::error!(error = %e, "the MQTT client stopped");
+                return;
+            }
+        }
+    }
+
+    /// Takes a message from the connection: finds its trigger and runs it in its own task.
+    fn accept(self: &Arc<Self>, publish: Publish) {
+        self.last_message_ms.store(
+            (self.epoch.elapsed().as_millis() as u64).max(1),
+            Ordering::Relaxed,
+        );
+        if *self.stopping.borrow() {
+            // Not acknowledged: the broker keeps it for the next start.
+            return;
+        }
+        let ticket = if publish.qos == QoS::AtMostOnce {
+            None
+        } else {
+            let exactly_once = publish.qos == QoS::ExactlyOnce;
+            match self
+                .ack_order()
+                .take(publish.pkid, exactly_once, publish.dup)
+            {
+                Some(ticket) => Some(ticket),
+                None => {
+                    // A resent copy of a message still held: its acknowledgement answers for
+                    // both.
+                    self.metrics
+                        .redeliveries_skipped
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        };
+        let topic_name = String::from_utf8_lossy(&publish.topic).into_owned();
+        let Some(index) = self
+            .config
+            .triggers
+            .iter()
+            .position(|t| topic::matches(&t.config.topic, &topic_name))
+        else {
+            self.metrics.unmatched.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(topic = %topic_name, "message matches no trigger; acknowledged and dropped");
+            self.finish(ticket, true);
+            return;
+        };
+        let counters = &self.metrics.per_trigger[index];
+        counters.messages.fetch_add(1, Ordering::Relaxed);
+        let slot = if ticket.is_some() {
+            None
+        } else {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        };
+        let shared = self.clone();
+        tokio::spawn(async move {
+            // The broker sends at most `in_flight` unacknowledged messages, so for them a slot
+            // is (nearly always) free at once.
+            let slot = match slot {
+                Some(slot) => slot,
+                None => match shared.slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
+            shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            let acknowledge = shared.run(index, publish).await;
+            shared.finish(ticket, acknowledge);
+            shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+    }
+
+    /// Runs one message and publishes its result(s): whether it may be acknowledged.
+    async fn run(&self, index: usize, publish: Publish) -> bool {
+        let started = Instant::now();
+        let received_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let trigger = &self.config.triggers[index];
+        let counters = &self.metrics.per_trigger[index];
+        let topic_name = String::from_utf8_lossy(&publish.topic).into_owned();
+        let properties = publish.properties.clone().unwrap_or_default();
+        let device = trigger
+            .device_level
+            .and_then(|level| topic::level(&topic_name, level));
+        let message_id = properties
+            .user_properties
+            .iter()
+            .find(|(key, _)| key == "message-id")
+            .map(|(_, value)| value.as_str());
+        let id = envelope::result_id(
+            &topic_name,
+            &publish.payload,
+            properties.correlation_data.as_deref(),
+            message_id,
+        );
+        let content_type = trigger
+            .config
+            .content_type
+            .clone()
+            .or_else(|| properties.content_type.clone())
+            .unwrap_or_else(|| "application/octet-stream".to_string());
+        let ran = self
+            .invoke(
+                trigger,
+                index,
+                content_type,
+                publish.payload.to_vec(),
+                started,
+            )
+            .await;
+        let Some((version, result)) = ran else {
+            // Stopping while the plugin was saturated: left unacknowledged for the next start.
+            return false;
+        };
+        let output = match &result {
+            Ok(response) => {
+                counters.answered.fetch_add(1, Ordering::Relaxed);
+                Output::Body {
+                    content_type: &response.content_type,
+                    body: &response.body,
+                }
+            }
+            Err((code, message)) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                Output::Error { code, message }
+            }
+        };
+        let gateway_id = &self.config.mqtt.client_id;
+        let record = envelope::record(
+            &Answered {
+                id: &id,
+                gateway: gateway_id,
+                device,
+                topic: &topic_name,
+                plugin: &trigger.config.plugin,
+                version: version.as_deref(),
+                received_unix_ms,
+                latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            },
+            &output,
+        );
+        let mut published = true;
+        if let Some(template) = &trigger.result_topic {
+            let result_topic = template.render(&topic::Fields {
+                device: device.unwrap_or_default(),
+                plugin: &trigger.config.plugin,
+                version: version.as_deref().unwrap_or("none"),
+                gateway: gateway_id,
+            });
+            published &= self.publish(result_topic, record.clone(), &id, None).await;
+        }
+        if let Some(response_topic) = &properties.response_topic {
+            match check_response_topic(response_topic) {
+                Ok(()) => {
+                    published &= self
+                        .publish(
+                            response_topic.clone(),
+                            record,
+                            &id,
+                            properties.correlation_data.clone(),
+                        )
+                        .await;
+                }
+                Err(e) => tracing::warn!(topic = %topic_name, error = %e, "response topic refused"),
+            }
+        }
+        published
+    }
+
+    /// A message is done: its acknowledgement (if `acknowledge`) is due once those of the
+    /// messages received before it are (see [`crate::acks`]). Queued after its results, so
+    /// the broker holds them before it forgets the message.
+    fn finish(&self, ticket: Option<Ticket>, acknowledge: bool) {
+        let Some(ticket) = ticket else { return };
+        // Under the lock, so that acknowledgements are queued in the order they are due.
+        let mut order = self.ack_order();
+        for due in order.finish(ticket, acknowledge) {
+            if self.acks_due.send(due).is_err() {
+                // The MQTT client stopped: the broker resends the message next time.
+                order.written(due.pkid);
+            }
+        }
+    }
+
+    fn ack_order(&self) -> std::sync::MutexGuard<'_, AckOrder> {
+        self.ack_order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the plugin, waiting while it is saturated. `None` if the gateway began stopping
+    /// meanwhile; else the version that ran (if one did) and its answer or the failure's code
+    /// and message.
+    async fn invoke(
+        &self,
+        trigger: &Trigger,
+        index: usize,
+        content_type: String,
+        body: Vec<u8>,
+        started: Instant,
+    ) -> Option<(
+        Option<String>,
+        Result<edgeplug_runtime::InferResponse, (String, String)>,
+    )> {
+        let name = &trigger.config.plugin;
+        let mut wait = Duration::from_millis(2);
+        loop {
+            // Looked up on every try: a hot swap may have happened while this one waited.
+            let Some(plugin) = self.gateway.registry.get(name) else {
+                return Some((
+                    None,
+                    Err((
+                        "plugin-not-found".into(),
+                        format!("no plugin named {name:?} is active"),
+                    )),
+                ));
+            };
+            let version = plugin.version.to_string();
+            let limit = plugin.plugin.shared().limits().request_bytes;
+            if body.len() as u64 > limit as u64 {
+                return Some((
+                    Some(version),
+                    Err((
+                        "request-too-large".into(),
+                        format!(
+                            "the message is {} bytes; {name} takes at most {limit}",
+                            body.len()
+                        ),
+                    )),
+                ));
+            }
+            let request = InferRequest {
+                content_type: content_type.clone(),
+                body: body.clone(),
+                tensors: Vec::new(),
+            };
+            match lanes::dispatch_queued(&self.gateway, plugin, request, started).await {
+                Ok(response) => return Some((Some(version), Ok(response))),
+                Err(DispatchError::Failed(e)) => {
+                    return Some((Some(version), Err((e.code().to_string(), e.message()))));
+                }
+                Err(DispatchError::Saturated(_)) => {
+                    self.metrics.per_trigger[index]
+                        .saturated_waits
+                        .fetch_add(1, Ordering::Relaxed);
+                    if *self.stopping.borrow() {
+                        return None;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(SATURATED_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Publishes a result record, QoS 1. False if the client has stopped.
+    async fn publish(
+        &self,
+        topic: String,
+        record: Vec<u8>,
+        id: &str,
+        correlation: Option<bytes::Bytes>,
+    ) -> bool {
+        let properties = PublishProperties {
+            content_type: Some("application/json".into()),
+            correlation_data: correlation,
+            user_properties: vec![("id".into(), id.to_string())],
+            ..Default::default()
+        };
+        match self
+            .client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, record, properties)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot publish a trigger's result; the message stays with the broker");
+                false
+            }
+        }
+    }
+}
+
+/// A device's response topic is where the gateway publishes on its behalf: never a
+/// `$`-topic, never edgeplug's own fleet topics, never a wildcard.
+fn check_response_topic(name: &str) -> anyhow::Result<()> {
+    topic::check_name(name)?;
+    anyhow::ensure!(
+        !name.starts_with('$') && !name.starts_with("edgeplug/"),
+        "{name:?}: responses are not published to $-topics or under edgeplug/"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_topics_stay_out_of_reserved_space() {
+        assert!(check_response_topic("replies/cam-1/42").is_ok());
+        for bad in ["$SYS/x", "edgeplug/fleet/g/plugins/digits", "replies/+", ""] {
+            assert!(check_response_topic(bad).is_err(), "{bad:?}");
+        }
+    }
+}
