@@ -39,6 +39,9 @@
 //! ```
 //! Relative paths in a file are resolved against the file's directory; the built-in defaults
 //! are relative to the working directory.
+//!
+//! `[fleet]`, `[mqtt]` and `[[triggers]]` are parsed by the crates that use them
+//! (`edgeplug_fleet::config`, `edgeplug_triggers::config`), which depend on this one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
