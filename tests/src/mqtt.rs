@@ -13,6 +13,8 @@ use serde_json::Value;
 /// A message a collector received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When the collector got it.
+    pub at: std::time::Instant,
     pub topic: String,
     pub payload: Vec<u8>,
     pub correlation: Option<Vec<u8>>,
@@ -36,6 +38,9 @@ fn options(port: u16, client_id: &str, persistent: bool) -> MqttOptions {
         .set_keep_alive(Duration::from_secs(5))
         .set_clean_start(!persistent)
         .set_max_packet_size(Some(16 << 20));
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     if persistent {
         options.set_session_expiry_interval(Some(3600));
     }
@@ -46,6 +51,8 @@ fn options(port: u16, client_id: &str, persistent: bool) -> MqttOptions {
 /// outlives disconnections (what a center's consumer does), and it reconnects by itself.
 pub struct Collector {
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Notified on every message.
+    pub arrived: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,6 +68,8 @@ impl Collector {
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
         let sink = received.clone();
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let notify = arrived.clone();
         let task = tokio::spawn(async move {
             let mut subscribed_tx = Some(subscribed_tx);
             let mut pending_subacks = filters.len();
@@ -83,6 +92,7 @@ impl Collector {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         sink.lock().unwrap().push(Received {
+                            at: std::time::Instant::now(),
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.to_vec(),
                             correlation: p
@@ -90,6 +100,7 @@ impl Collector {
                                 .and_then(|p| p.correlation_data)
                                 .map(|c| c.to_vec()),
                         });
+                        notify.notify_one();
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -100,7 +111,11 @@ impl Collector {
             .await
             .expect("the collector subscribed within 20 s")
             .expect("the collector's task runs");
-        Collector { received, task }
+        Collector {
+            received,
+            arrived,
+            task,
+        }
     }
 
     /// Messages received on topics matching `prefix`.

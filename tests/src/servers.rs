@@ -177,7 +177,7 @@ impl TestBroker {
         std::fs::write(
             dir.path().join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\n\
                  persistence_location {}/\nlog_dest stderr\nlog_type error\nlog_type warning\n{}{extra}",
                 data.display(),
                 if std::env::var_os("EDGEPLUG_TEST_BROKER_LOGS").is_some() {

@@ -100,6 +100,11 @@ impl BrokerOptions {
     pub fn mqtt_options(&self, client_id: &str) -> anyhow::Result<MqttOptions> {
         let mut options = MqttOptions::new(client_id, self.url.host.clone(), self.url.port);
         options.set_keep_alive(Duration::from_secs(30));
+        // Small packets both ways (a result, then an acknowledgement): with Nagle's algorithm
+        // and the peer's delayed ACKs each such exchange can wait 40 ms.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         if self.url.tls {
             let config = tls_client_config(self.ca_file.as_deref())?;
             options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));

@@ -37,6 +37,9 @@ pub struct TriggerMetrics {
     pub unmatched: AtomicU64,
     /// 1 while connected to the broker.
     pub connected: AtomicI64,
+    /// Subscriptions the broker granted (one per trigger once they are all in place; they
+    /// persist in the session across reconnections).
+    pub subscribed: AtomicI64,
     /// Reconnections after the broker went silent (see `config`'s `stall_reconnect_secs`).
     pub stall_reconnects: AtomicU64,
 }
@@ -55,6 +58,7 @@ impl TriggerMetrics {
             unmatched: AtomicU64::new(0),
             connected: AtomicI64::new(0),
             stall_reconnects: AtomicU64::new(0),
+            subscribed: AtomicI64::new(0),
         }
     }
 }
@@ -121,6 +125,12 @@ impl MetricsSource for TriggerMetrics {
                 "counter",
                 "Broker redeliveries of a message still running, left to the running copy.",
                 self.redeliveries_skipped.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "edgeplug_trigger_subscriptions",
+                "gauge",
+                "Trigger subscriptions the broker granted.",
+                self.subscribed.load(Ordering::Relaxed),
             ),
             (
                 "edgeplug_trigger_stall_reconnects_total",

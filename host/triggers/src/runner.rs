@@ -169,7 +169,14 @@ async fn connection_loop(shared: Arc<Shared>, mut events: EventLoop) {
             )) => shared.ack_order().written(pkid),
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 for code in &ack.return_codes {
-                    if !matches!(code, SubscribeReasonCode::Success(_)) {
+                    if matches!(code, SubscribeReasonCode::Success(_)) {
+                        let granted = shared.metrics.subscribed.load(Ordering::Relaxed);
+                        let all = shared.config.triggers.len() as i64;
+                        shared
+                            .metrics
+                            .subscribed
+                            .store((granted + 1).min(all), Ordering::Relaxed);
+                    } else {
                         tracing::error!(
                             ?code,
                             "the broker refused a trigger's subscription: check its ACL and that it speaks MQTT 5"
