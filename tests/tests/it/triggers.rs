@@ -406,3 +406,96 @@ async fn results_reach_the_center_after_an_outage_and_a_broker_restart() {
     );
     triggers.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_sharing_a_stream_lose_nothing_when_one_is_killed() {
+    const MESSAGES: usize = 2000;
+    let broker = gateway_broker();
+    let collector = Collector::start(broker.port, "center", &["results/#"], true).await;
+    let mut members = Vec::new();
+    for id in ["gw-s1", "gw-s2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = format!("{}share = \"pool\"\n", trigger_config(&broker, id));
+        let (key, config) = write_gateway_dir(dir.path(), &shared);
+        let bundle = dir.path().join("digits.epk");
+        std::fs::write(&bundle, digits_bundle(&key, "1.0.0")).unwrap();
+        let served =
+            ServedGateway::start(&config, std::slice::from_ref(&bundle)).expect("serve starts");
+        members.push((dir, config, bundle, served));
+    }
+    let device = Device::connect(broker.port, "dev-fleet").await;
+    await_subscribed(&device, &collector).await;
+    // Both members' subscriptions are in place once each has answered a probe of its own.
+    let started = Instant::now();
+    loop {
+        let answering: BTreeSet<String> = collector
+            .on("results/")
+            .iter()
+            .map(|r| r.json()["gateway"].as_str().unwrap().to_string())
+            .collect();
+        if answering.len() == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < edgeplug_tests::fleet::DEADLINE,
+            "only {answering:?} answered probes"
+        );
+        device
+            .publish_with_id("devices/dev-0/digits", digits()[0].0.clone(), "probe")
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut expected = publish_digits(&device, MESSAGES).await;
+    expected.insert("probe".into(), digits()[0].1);
+    let total = MESSAGES + 1;
+    eventually("the load under way", || async {
+        distinct_ids(&collector.on("results/")).0.len() >= 100
+    })
+    .await;
+    let (dir, config, bundle, killed) = members.remove(0);
+    killed.kill();
+    let at_kill = distinct_ids(&collector.on("results/")).0.len();
+    assert!(at_kill < total, "everything was answered before the kill");
+    // The survivor takes the stream; what the broker had in flight to the dead member waits
+    // in its session (mosquitto does not hand a shared message on to another member), until
+    // it comes back.
+    let mut last = 0;
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_secs(3) {
+        let now = distinct_ids(&collector.on("results/")).0.len();
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waiting = total - last;
+    let back =
+        ServedGateway::start(&config, std::slice::from_ref(&bundle)).expect("serve restarts");
+    eventually("every message answered", || async {
+        distinct_ids(&collector.on("results/")).0.len() >= total
+    })
+    .await;
+    let records = collector.on("results/");
+    assert_all_answered(&records, &expected);
+    let (distinct, duplicates) = distinct_ids(&records);
+    assert_eq!(distinct.len(), total);
+    let mut by_gateway: BTreeMap<String, usize> = BTreeMap::new();
+    for record in &records {
+        *by_gateway
+            .entry(record.json()["gateway"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(
+        by_gateway.get("gw-s2").copied().unwrap_or(0) > MESSAGES / 4,
+        "the survivor did not take the stream: {by_gateway:?}"
+    );
+    eprintln!(
+        "shared stream: killed gw-s1 after {at_kill} results; {waiting} waited for it to come back; {total} answered, {duplicates} duplicates; records by gateway {by_gateway:?}"
+    );
+    back.stop();
+    for (_, _, _, served) in members {
+        served.stop();
+    }
+    drop(dir);
+}
