@@ -4,7 +4,8 @@
 //! - [`config`]: the `[mqtt]` table and `[[triggers]]` entries of the gateway configuration.
 //! - [`topic`]: topic filters, matching, the device's level, result topic templates.
 //! - [`envelope`]: the JSON record published for each message, and its deduplication id.
-//! - [`runner`]: the session, acknowledgement after publication, back-pressure.
+//! - [`runner`]: the session, acknowledgement after publication, back-pressure; `message`
+//!   one message's run and publication.
 //! - [`acks`]: packet ids held until acknowledged, so a resent message is neither lost nor
 //!   acknowledged twice.
 //! - [`bridge`]: the mosquitto bridge that stores results and forwards them to the center.
@@ -20,6 +21,7 @@ pub mod acks;
 pub mod bridge;
 pub mod config;
 pub mod envelope;
+mod message;
 pub mod metrics;
 pub mod runner;
 pub mod topic;

@@ -20,20 +20,17 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use tokio::sync::{Semaphore, watch};
 
 use edgeplug_gateway::Gateway;
-use edgeplug_gateway::lanes::{self, DispatchError};
-use edgeplug_runtime::InferRequest;
 
 use crate::acks::{AckOrder, Due, Ticket};
-use crate::config::{Trigger, TriggersConfig};
-use crate::envelope::{self, Answered, Output};
+use crate::config::TriggersConfig;
 use crate::metrics::TriggerMetrics;
 use crate::topic;
 
@@ -43,29 +40,29 @@ pub struct Triggers {
     connection: tokio::task::JoinHandle<()>,
 }
 
-struct Shared {
-    gateway: Arc<Gateway>,
-    config: TriggersConfig,
-    client: AsyncClient,
-    metrics: Arc<TriggerMetrics>,
+pub(crate) struct Shared {
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) config: TriggersConfig,
+    pub(crate) client: AsyncClient,
+    pub(crate) metrics: Arc<TriggerMetrics>,
     /// One per message being run; `in_flight` of them.
-    slots: Arc<Semaphore>,
+    pub(crate) slots: Arc<Semaphore>,
     /// The QoS 1/2 messages taken and not yet acknowledged on the wire.
-    ack_order: Mutex<AckOrder>,
+    pub(crate) ack_order: Mutex<AckOrder>,
     /// Acknowledgements due, in order, to the task that queues them with rumqttc (unbounded:
     /// never more than the messages taken, and one must never be dropped).
-    acks_due: tokio::sync::mpsc::UnboundedSender<Due>,
-    stopping: watch::Sender<bool>,
+    pub(crate) acks_due: tokio::sync::mpsc::UnboundedSender<Due>,
+    pub(crate) stopping: watch::Sender<bool>,
     /// When the last message arrived, in ms since `epoch`; 0 if none since connecting.
-    last_message_ms: AtomicU64,
-    epoch: Instant,
+    pub(crate) last_message_ms: AtomicU64,
+    pub(crate) epoch: Instant,
     /// Set by the stall watchdog before it disconnects, so that the connection loop
     /// reconnects instead of ending.
-    reconnect_requested: AtomicBool,
+    pub(crate) reconnect_requested: AtomicBool,
 }
 
 /// Longest wait between two tries of a message whose plugin is saturated.
-const SATURATED_RETRY_MAX: Duration = Duration::from_millis(200);
+pub(crate) const SATURATED_RETRY_MAX: Duration = Duration::from_millis(200);
 /// How long [`Triggers::stop`] lets the messages being run finish.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -351,105 +348,6 @@ impl Shared {
         });
     }
 
-    /// Runs one message and publishes its result(s): whether it may be acknowledged.
-    async fn run(&self, index: usize, publish: Publish) -> bool {
-        let started = Instant::now();
-        let received_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let trigger = &self.config.triggers[index];
-        let counters = &self.metrics.per_trigger[index];
-        let topic_name = String::from_utf8_lossy(&publish.topic).into_owned();
-        let properties = publish.properties.clone().unwrap_or_default();
-        let device = trigger
-            .device_level
-            .and_then(|level| topic::level(&topic_name, level));
-        let message_id = properties
-            .user_properties
-            .iter()
-            .find(|(key, _)| key == "message-id")
-            .map(|(_, value)| value.as_str());
-        let id = envelope::result_id(
-            &topic_name,
-            &publish.payload,
-            properties.correlation_data.as_deref(),
-            message_id,
-        );
-        let content_type = trigger
-            .config
-            .content_type
-            .clone()
-            .or_else(|| properties.content_type.clone())
-            .unwrap_or_else(|| "application/octet-stream".to_string());
-        let ran = self
-            .invoke(
-                trigger,
-                index,
-                content_type,
-                publish.payload.to_vec(),
-                started,
-            )
-            .await;
-        let Some((version, result)) = ran else {
-            // Stopping while the plugin was saturated: left unacknowledged for the next start.
-            return false;
-        };
-        let output = match &result {
-            Ok(response) => {
-                counters.answered.fetch_add(1, Ordering::Relaxed);
-                Output::Body {
-                    content_type: &response.content_type,
-                    body: &response.body,
-                }
-            }
-            Err((code, message)) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                Output::Error { code, message }
-            }
-        };
-        let gateway_id = &self.config.mqtt.client_id;
-        let record = envelope::record(
-            &Answered {
-                id: &id,
-                gateway: gateway_id,
-                device,
-                topic: &topic_name,
-                plugin: &trigger.config.plugin,
-                version: version.as_deref(),
-                received_unix_ms,
-                latency_ms: started.elapsed().as_secs_f64() * 1e3,
-            },
-            &output,
-        );
-        let mut published = true;
-        if let Some(template) = &trigger.result_topic {
-            let result_topic = template.render(&topic::Fields {
-                device: device.unwrap_or_default(),
-                plugin: &trigger.config.plugin,
-                version: version.as_deref().unwrap_or("none"),
-                gateway: gateway_id,
-            });
-            published &= self.publish(result_topic, record.clone(), &id, None).await;
-        }
-        if let Some(response_topic) = &properties.response_topic {
-            match check_response_topic(response_topic) {
-                Ok(()) => {
-                    published &= self
-                        .publish(
-                            response_topic.clone(),
-                            record,
-                            &id,
-                            properties.correlation_data.clone(),
-                        )
-                        .await;
-                }
-                Err(e) => tracing::warn!(topic = %topic_name, error = %e, "response topic refused"),
-            }
-        }
-        published
-    }
-
     /// A message is done: its acknowledgement (if `acknowledge`) is due once those of the
     /// messages received before it are (see [`crate::acks`]). Queued after its results, so
     /// the broker holds them before it forgets the message.
@@ -467,121 +365,5 @@ impl Shared {
 
     fn ack_order(&self) -> std::sync::MutexGuard<'_, AckOrder> {
         self.ack_order.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs the plugin, waiting while it is saturated. `None` if the gateway began stopping
-    /// meanwhile; else the version that ran (if one did) and its answer or the failure's code
-    /// and message.
-    async fn invoke(
-        &self,
-        trigger: &Trigger,
-        index: usize,
-        content_type: String,
-        body: Vec<u8>,
-        started: Instant,
-    ) -> Option<(
-        Option<String>,
-        Result<edgeplug_runtime::InferResponse, (String, String)>,
-    )> {
-        let name = &trigger.config.plugin;
-        let mut wait = Duration::from_millis(2);
-        loop {
-            // Looked up on every try: a hot swap may have happened while this one waited.
-            let Some(plugin) = self.gateway.registry.get(name) else {
-                return Some((
-                    None,
-                    Err((
-                        "plugin-not-found".into(),
-                        format!("no plugin named {name:?} is active"),
-                    )),
-                ));
-            };
-            let version = plugin.version.to_string();
-            let limit = plugin.plugin.shared().limits().request_bytes;
-            if body.len() as u64 > limit as u64 {
-                return Some((
-                    Some(version),
-                    Err((
-                        "request-too-large".into(),
-                        format!(
-                            "the message is {} bytes; {name} takes at most {limit}",
-                            body.len()
-                        ),
-                    )),
-                ));
-            }
-            let request = InferRequest {
-                content_type: content_type.clone(),
-                body: body.clone(),
-                tensors: Vec::new(),
-            };
-            match lanes::dispatch_queued(&self.gateway, plugin, request, started).await {
-                Ok(response) => return Some((Some(version), Ok(response))),
-                Err(DispatchError::Failed(e)) => {
-                    return Some((Some(version), Err((e.code().to_string(), e.message()))));
-                }
-                Err(DispatchError::Saturated(_)) => {
-                    self.metrics.per_trigger[index]
-                        .saturated_waits
-                        .fetch_add(1, Ordering::Relaxed);
-                    if *self.stopping.borrow() {
-                        return None;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(SATURATED_RETRY_MAX);
-                }
-            }
-        }
-    }
-
-    /// Publishes a result record, QoS 1. False if the client has stopped.
-    async fn publish(
-        &self,
-        topic: String,
-        record: Vec<u8>,
-        id: &str,
-        correlation: Option<bytes::Bytes>,
-    ) -> bool {
-        let properties = PublishProperties {
-            content_type: Some("application/json".into()),
-            correlation_data: correlation,
-            user_properties: vec![("id".into(), id.to_string())],
-            ..Default::default()
-        };
-        match self
-            .client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, record, properties)
-            .await
-        {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot publish a trigger's result; the message stays with the broker");
-                false
-            }
-        }
-    }
-}
-
-/// A device's response topic is where the gateway publishes on its behalf: never a
-/// `$`-topic, never edgeplug's own fleet topics, never a wildcard.
-fn check_response_topic(name: &str) -> anyhow::Result<()> {
-    topic::check_name(name)?;
-    anyhow::ensure!(
-        !name.starts_with('$') && !name.starts_with("edgeplug/"),
-        "{name:?}: responses are not published to $-topics or under edgeplug/"
-    );
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn response_topics_stay_out_of_reserved_space() {
-        assert!(check_response_topic("replies/cam-1/42").is_ok());
-        for bad in ["$SYS/x", "edgeplug/fleet/g/plugins/digits", "replies/+", ""] {
-            assert!(check_response_topic(bad).is_err(), "{bad:?}");
-        }
     }
 }
