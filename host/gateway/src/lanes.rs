@@ -213,6 +213,15 @@ pub enum DispatchError {
     Failed(InvokeError),
 }
 
+/// The refusal of a request that found `plugin` busy with `what`.
+fn saturated(plugin: &ActivePlugin, what: &str) -> DispatchError {
+    DispatchError::Saturated(format!(
+        "plugin {} {} is serving {what}; retry later",
+        plugin.name(),
+        plugin.version,
+    ))
+}
+
 /// Runs a request on `plugin`: on the reactor thread for a fast-path version, else off the
 /// reactor, bounded by its permits (refused when all are taken: no queue), at low CPU priority
 /// while the version is demoted. Records demotions and metrics.
@@ -222,13 +231,6 @@ pub async fn dispatch(
     request: InferRequest,
     started: Instant,
 ) -> Result<InferResponse, DispatchError> {
-    let saturated = |plugin: &ActivePlugin, what: &str| {
-        DispatchError::Saturated(format!(
-            "plugin {} {} is serving {what}; retry later",
-            plugin.name(),
-            plugin.version,
-        ))
-    };
     let Ok(permit) = plugin.permits.clone().try_acquire_owned() else {
         let what = format!(
             "its limit of {} requests",
@@ -265,13 +267,6 @@ async fn dispatch_with_permit(
     started: Instant,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<InferResponse, DispatchError> {
-    let saturated = |plugin: &ActivePlugin, what: &str| {
-        DispatchError::Saturated(format!(
-            "plugin {} {} is serving {what}; retry later",
-            plugin.name(),
-            plugin.version,
-        ))
-    };
     let demoted = plugin.demotion.is_demoted();
     if !demoted
         && plugin.fast_path.allows()

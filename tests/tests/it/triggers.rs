@@ -77,19 +77,30 @@ async fn publish_digits(device: &Device, count: usize) -> BTreeMap<String, i64> 
     expected
 }
 
-/// Sends a probe (id `probe`) until its result arrives: the broker keeps messages only for a
-/// subscription that exists, and the gateway subscribes after it starts listening.
-async fn await_subscribed(device: &Device, collector: &Collector) {
+/// Sends a probe (id `probe`) until `gateways` different gateways have answered one: the
+/// broker keeps messages only for a subscription that exists, and a gateway subscribes after it
+/// starts listening.
+async fn await_subscribed(device: &Device, collector: &Collector, gateways: usize) {
     let started = Instant::now();
-    while collector.count() == 0 {
+    loop {
+        let answering: BTreeSet<String> = collector
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.json()["gateway"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if answering.len() >= gateways {
+            return;
+        }
         assert!(
             started.elapsed() < edgeplug_tests::fleet::DEADLINE,
-            "the gateway never answered the probe"
+            "only {answering:?} answered probes"
         );
         device
             .publish_with_id("devices/dev-0/digits", digits()[0].0.clone(), "probe")
             .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -269,7 +280,7 @@ async fn a_gateway_killed_mid_load_loses_no_message() {
         ServedGateway::start(&config, std::slice::from_ref(&bundle)).expect("serve starts");
     let device = Device::connect(broker.port, "dev-fleet").await;
     // The broker keeps messages only for a subscription that exists: wait for the gateway's.
-    await_subscribed(&device, &collector).await;
+    await_subscribed(&device, &collector, 1).await;
     let mut expected = publish_digits(&device, MESSAGES).await;
     expected.insert("probe".into(), digits()[0].1);
     let total = MESSAGES + 1;
@@ -357,7 +368,7 @@ async fn results_reach_the_center_after_an_outage_and_a_broker_restart() {
             .unwrap();
     // The gateway subscribed and the bridge is up: a first result crosses.
     let device = Device::connect(local.port, "dev-fleet").await;
-    await_subscribed(&device, &at_center).await;
+    await_subscribed(&device, &at_center, 1).await;
     // Let the last probes settle: only then does a count that moves prove a leak.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let probes = at_center.count();
@@ -424,27 +435,8 @@ async fn gateways_sharing_a_stream_lose_nothing_when_one_is_killed() {
         members.push((dir, config, bundle, served));
     }
     let device = Device::connect(broker.port, "dev-fleet").await;
-    await_subscribed(&device, &collector).await;
     // Both members' subscriptions are in place once each has answered a probe of its own.
-    let started = Instant::now();
-    loop {
-        let answering: BTreeSet<String> = collector
-            .on("results/")
-            .iter()
-            .map(|r| r.json()["gateway"].as_str().unwrap().to_string())
-            .collect();
-        if answering.len() == 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < edgeplug_tests::fleet::DEADLINE,
-            "only {answering:?} answered probes"
-        );
-        device
-            .publish_with_id("devices/dev-0/digits", digits()[0].0.clone(), "probe")
-            .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_subscribed(&device, &collector, 2).await;
     let mut expected = publish_digits(&device, MESSAGES).await;
     expected.insert("probe".into(), digits()[0].1);
     let total = MESSAGES + 1;
