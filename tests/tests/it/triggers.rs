@@ -4,12 +4,15 @@
 //! - A trigger runs its plugin on each message and publishes a record naming the gateway,
 //!   device, plugin and version; a malformed message gets an error record and the next one
 //!   an answer; MQTT 5 request/response gets its answer on the response topic with its
-//!   correlation data; a hot swap reaches the next message; `/metrics` counts all of it.
+//!   correlation data; a message over the plugin's size limit gets a `request-too-large`
+//!   record; a hot swap reaches the next message; `/metrics` counts all of it.
 //! - A gateway SIGKILLed in the middle of a load loses no message: started again, it gets the
 //!   unacknowledged ones from its persistent session, and every message has its result.
 //! - Store-and-forward: 1,000 messages while the center's uplink is down for 30 s and the
 //!   gateway's broker restarts once: all 1,000 results reach the center when the link returns
 //!   (through the mosquitto bridge `edgeplug bridge-config` writes).
+//! - Two gateways share a stream (MQTT 5 shared subscription); one is SIGKILLed mid-load:
+//!   nothing is lost, the survivor takes its half, the dead one's share waits for its return.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -227,6 +230,24 @@ async fn triggers_run_plugins_and_say_who_answered() {
     assert_eq!(reply.json()["output"]["label"], 7);
     assert_eq!(reply.json()["device"], "cam-3");
 
+    // Over the plugin's request limit (1 MiB here): refused before it runs, with a record.
+    device
+        .publish(
+            "devices/cam-5/digits",
+            vec![b' '; 2 << 20],
+            PublishProperties::default(),
+        )
+        .await;
+    eventually("the oversized message's record", || async {
+        collector.on("results/cam-5/").len() == 1
+    })
+    .await;
+    let oversized = collector.on("results/cam-5/")[0].json();
+    assert_eq!(
+        oversized["error"]["code"], "request-too-large",
+        "{oversized}"
+    );
+
     // A hot swap reaches the next message.
     let pushed = gateway
         .push("digits", digits_bundle(&gateway.key, "2.0.0"))
@@ -247,9 +268,9 @@ async fn triggers_run_plugins_and_say_who_answered() {
 
     let metrics = String::from_utf8(gateway.get("/metrics").await.body().to_vec()).unwrap();
     for line in [
-        "edgeplug_trigger_messages_total{topic=\"devices/+/digits\",plugin=\"digits\"} 4",
+        "edgeplug_trigger_messages_total{topic=\"devices/+/digits\",plugin=\"digits\"} 5",
         "edgeplug_trigger_answers_total{topic=\"devices/+/digits\",plugin=\"digits\"} 3",
-        "edgeplug_trigger_failures_total{topic=\"devices/+/digits\",plugin=\"digits\"} 1",
+        "edgeplug_trigger_failures_total{topic=\"devices/+/digits\",plugin=\"digits\"} 2",
         "edgeplug_trigger_broker_connected 1",
         "edgeplug_trigger_subscriptions 1",
         "edgeplug_trigger_in_flight 0",
