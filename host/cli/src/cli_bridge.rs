@@ -8,7 +8,7 @@ use edgeplug_triggers::bridge::{BridgeOptions, mosquitto_conf};
 
 #[derive(Debug, clap::Args)]
 pub struct BridgeConfigArgs {
-    /// The center's broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT].
+    /// The center's broker: `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
     #[arg(long)]
     pub center: String,
     /// The bridge's client id at the center: one per gateway (its session there holds what is
