@@ -28,6 +28,9 @@
 //! #                                      #   once; 0 may drop messages when saturated
 //! # share = "classifiers"                # MQTT 5 shared subscription: gateways in one group
 //! #                                      #   split the stream ($share/classifiers/devices/+/camera)
+//! # format = "raw"                       # "edgex": the message is an EdgeX event, the plugin
+//! #                                      #   runs on its Binary reading, the answer is an EdgeX
+//! #                                      #   event (see `edgex`)
 //! ```
 //!
 //! Why `stall_reconnect_secs`: a broker that loses count of the messages in flight to a
@@ -92,6 +95,19 @@ pub struct TriggerConfig {
     #[serde(default = "defaults::qos")]
     pub qos: u8,
     pub share: Option<String>,
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// What a trigger's messages are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The plugin's request body, as is.
+    #[default]
+    Raw,
+    /// An EdgeX Foundry event (see [`crate::edgex`]).
+    Edgex,
 }
 
 mod defaults {
@@ -341,6 +357,13 @@ mod tests {
         assert_eq!(trigger.device_level, Some(1));
         assert_eq!(trigger.subscription, "devices/+/camera");
         assert_eq!(trigger.config.qos, 1);
+        let edgex = format!("{TRIGGER}format = \"edgex\"\n");
+        assert_eq!(
+            parse(MQTT, &[&edgex]).unwrap().unwrap().triggers[0]
+                .config
+                .format,
+            Format::Edgex
+        );
         let shared = format!("{TRIGGER}share = \"pool\"\n");
         let config = parse(MQTT, &[&shared]).unwrap().unwrap();
         assert_eq!(
@@ -378,6 +401,7 @@ mod tests {
                 "{device}",
             ),
             (MQTT, format!("{TRIGGER}share = \"a/b\"\n"), "share"),
+            (MQTT, format!("{TRIGGER}format = \"xml\"\n"), "format"),
         ] {
             let err = parse(mqtt, &[&trigger]).unwrap_err();
             assert!(format!("{err:#}").contains(needle), "{needle}: {err:#}");

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the `[mqtt]` table and `[[triggers]]` entries of the gateway configuration.
 //! - [`topic`]: topic filters, matching, the device's level, result topic templates.
+//! - [`edgex`]: EdgeX Foundry events in and out (`format = "edgex"`).
 //! - [`envelope`]: the JSON record published for each message, and its deduplication id.
 //! - [`runner`]: the session, acknowledgement after publication, back-pressure; `message`
 //!   one message's run and publication.
@@ -20,6 +21,7 @@
 pub mod acks;
 pub mod bridge;
 pub mod config;
+pub mod edgex;
 pub mod envelope;
 mod message;
 pub mod metrics;

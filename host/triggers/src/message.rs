@@ -11,7 +11,8 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use edgeplug_gateway::lanes::{self, DispatchError};
 use edgeplug_runtime::InferRequest;
 
-use crate::config::Trigger;
+use crate::config::{Format, Trigger};
+use crate::edgex;
 use crate::envelope::{self, Answered, Output};
 use crate::runner::{SATURATED_RETRY_MAX, Shared};
 use crate::topic;
@@ -28,39 +29,59 @@ impl Shared {
         let counters = &self.metrics.per_trigger[index];
         let topic_name = String::from_utf8_lossy(&publish.topic).into_owned();
         let properties = publish.properties.clone().unwrap_or_default();
-        let device = trigger
-            .device_level
-            .and_then(|level| topic::level(&topic_name, level));
         let message_id = properties
             .user_properties
             .iter()
             .find(|(key, _)| key == "message-id")
             .map(|(_, value)| value.as_str());
-        let id = envelope::result_id(
+        let mut id = envelope::result_id(
             &topic_name,
             &publish.payload,
             properties.correlation_data.as_deref(),
             message_id,
         );
-        let content_type = trigger
+        let mut device = trigger
+            .device_level
+            .and_then(|level| topic::level(&topic_name, level))
+            .map(str::to_string);
+        let mut content_type = trigger
             .config
             .content_type
             .clone()
             .or_else(|| properties.content_type.clone())
             .unwrap_or_else(|| "application/octet-stream".to_string());
-        let ran = self
-            .invoke(
-                trigger,
-                index,
-                content_type,
-                publish.payload.to_vec(),
-                started,
-            )
-            .await;
+        let mut body = publish.payload.to_vec();
+        // An EdgeX event names its device, its id and the reading to run on.
+        let edgex = match trigger.config.format {
+            Format::Raw => None,
+            Format::Edgex => Some(edgex::decode(&publish.payload)),
+        };
+        if let Some(Ok(input)) = &edgex {
+            if let Some(event_id) = &input.event_id {
+                id = event_id.clone();
+            }
+            device = Some(input.device.clone());
+            content_type = input.content_type.clone();
+            body = input.body.clone();
+        }
+        let ran = match &edgex {
+            Some(Err(reason)) => Some((
+                None,
+                Err((
+                    "invalid-argument".to_string(),
+                    format!("not an EdgeX event with a Binary reading: {reason}"),
+                )),
+            )),
+            _ => {
+                self.invoke(trigger, index, content_type, body, started)
+                    .await
+            }
+        };
         let Some((version, result)) = ran else {
             // Stopping while the plugin was saturated: left unacknowledged for the next start.
             return false;
         };
+        let device = device.as_deref();
         let output = match &result {
             Ok(response) => {
                 counters.answered.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +109,17 @@ impl Shared {
             },
             &output,
         );
+        // Answered in kind: an EdgeX event carrying the record.
+        let record = match &edgex {
+            Some(Ok(input)) => {
+                let now_ns = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                edgex::answer(input, &trigger.config.plugin, &id, &record, now_ns)
+            }
+            _ => record,
+        };
         let mut published = true;
         if let Some(template) = &trigger.result_topic {
             let result_topic = template.render(&topic::Fields {

@@ -13,6 +13,8 @@
 //!   (through the mosquitto bridge `edgeplug bridge-config` writes).
 //! - Two gateways share a stream (MQTT 5 shared subscription); one is SIGKILLed mid-load:
 //!   nothing is lost, the survivor takes its half, the dead one's share waits for its return.
+//! - An EdgeX event (envelope, base64 payload, Binary PNG reading) is answered with an EdgeX
+//!   event carrying the record; a message that is no EdgeX event gets an error record.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -511,4 +513,121 @@ async fn gateways_sharing_a_stream_lose_nothing_when_one_is_killed() {
         served.stop();
     }
     drop(dir);
+}
+
+/// An EdgeX device service's event (core-contracts v3 `Event` in an `AddEventRequest`, in the
+/// message bus's `MessageEnvelope` with a base64 payload, as EdgeX 3.0 publishes on
+/// `edgex/events/device/<service>/<profile>/<device>/<source>`) carrying a PNG snapshot.
+fn edgex_message(device: &str, event_id: &str, png: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let event = serde_json::json!({
+        "apiVersion": "v3",
+        "id": event_id,
+        "deviceName": device,
+        "profileName": "camera-profile",
+        "sourceName": "snapshot",
+        "origin": 1_796_400_000_000_000_000u64,
+        "readings": [{
+            "id": "3c1f1d2e-9a8b-4c7d-8e6f-5a4b3c2d1e0f",
+            "origin": 1_796_400_000_000_000_000u64,
+            "deviceName": device,
+            "resourceName": "snapshot",
+            "profileName": "camera-profile",
+            "valueType": "Binary",
+            "mediaType": "image/png",
+            "binaryValue": b64(png),
+        }],
+    });
+    let request = serde_json::json!({"apiVersion": "v3", "requestId": "5f0e1d2c-0000-4000-8000-000000000001", "event": event});
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v3",
+        "receivedTopic": "",
+        "correlationID": "9d8c7b6a-0000-4000-8000-000000000002",
+        "requestID": "5f0e1d2c-0000-4000-8000-000000000001",
+        "errorCode": 0,
+        "contentType": "application/json",
+        "payload": b64(request.to_string().as_bytes()),
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgex_events_are_answered_in_kind() {
+    use base64::Engine as _;
+    let broker = gateway_broker();
+    let config = format!(
+        "[mqtt]\nbroker = \"{}\"\nclient_id = \"gw-x1\"\n\n[[triggers]]\n\
+         topic = \"edgex/events/device/+/+/+/+\"\ndevice_level = 6\nplugin = \"digits\"\n\
+         format = \"edgex\"\nresult_topic = \"edgex-results/{{device}}/{{plugin}}\"\n",
+        broker.url()
+    );
+    let gateway = TestGateway::start(&config).await;
+    let pushed = gateway
+        .push("digits", digits_bundle(&gateway.key, "1.0.0"))
+        .await;
+    assert_eq!(pushed.status(), 200, "{:?}", pushed.body());
+    let triggers =
+        edgeplug_triggers::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
+            .unwrap()
+            .unwrap();
+    eventually("the trigger subscribed", || async {
+        triggers.metrics().subscribed.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let collector = Collector::start(broker.port, "center", &["edgex-results/#"], false).await;
+    let device = Device::connect(broker.port, "edgex-device-onvif").await;
+    let png = std::fs::read(fixture("images/adversarial/digit1-gray8.png")).unwrap();
+    let event_id = "6a3b2b1e-6f37-4b39-9f47-0f0cbe1f8d2a";
+    device
+        .publish(
+            "edgex/events/device/device-onvif/camera-profile/cam-9/snapshot",
+            edgex_message("cam-9", event_id, &png),
+            PublishProperties::default(),
+        )
+        .await;
+    device
+        .publish(
+            "edgex/events/device/device-onvif/camera-profile/cam-8/snapshot",
+            br#"{"apiVersion": "v3", "payload": 7}"#.to_vec(),
+            PublishProperties::default(),
+        )
+        .await;
+    eventually("two answers", || async { collector.count() == 2 }).await;
+
+    let answer = collector.on("edgex-results/cam-9/digits")[0].json();
+    assert_eq!(
+        answer["correlationID"],
+        "9d8c7b6a-0000-4000-8000-000000000002"
+    );
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(
+            answer["payload"]
+                .as_str()
+                .expect("a base64 payload, as sent"),
+        )
+        .unwrap();
+    let request: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    let event = &request["event"];
+    assert_eq!(event["deviceName"], "cam-9");
+    assert_eq!(event["sourceName"], "digits");
+    let record = &event["readings"][0]["objectValue"];
+    assert_eq!(event["readings"][0]["valueType"], "Object");
+    assert_eq!(record["output"]["label"], 1, "{record}");
+    assert_eq!(
+        record["id"], event_id,
+        "the EdgeX event's id is the result's id"
+    );
+    assert_eq!(record["device"], "cam-9");
+    // Not an EdgeX event: a plain error record, and the trigger goes on.
+    let refused = collector.on("edgex-results/cam-8/digits")[0].json();
+    assert_eq!(refused["error"]["code"], "invalid-argument", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("EdgeX"),
+        "{refused}"
+    );
+    triggers.stop().await;
 }
