@@ -40,7 +40,7 @@
 //! Relative paths in a file are resolved against the file's directory; the built-in defaults
 //! are relative to the working directory.
 //!
-//! `[fleet]`, `[mqtt]` and `[[triggers]]` are parsed by the crates that use them
+//! `[fleet]`, `[mqtt]`, `[[triggers]]` and `[[cameras]]` are parsed by the crates that use them
 //! (`edgeplug_fleet::config`, `edgeplug_triggers::config`), which depend on this one.
 
 use std::net::SocketAddr;
@@ -106,6 +106,8 @@ pub struct Config {
     /// Default: none (no triggers).
     pub mqtt: Option<toml::Table>,
     pub triggers: Vec<toml::Table>,
+    /// `[[cameras]]`: MJPEG streams sampled into plugins, parsed by `edgeplug-triggers` too.
+    pub cameras: Vec<toml::Table>,
 }
 
 /// `[tls]`: certificate chain and private key, both PEM.
@@ -181,6 +183,7 @@ impl Default for Config {
             fleet: None,
             mqtt: None,
             triggers: Vec::new(),
+            cameras: Vec::new(),
         }
     }
 }

@@ -33,6 +33,18 @@
 //! #                                      #   event (see `edgex`)
 //! ```
 //!
+//! ```toml
+//! [[cameras]]                            # an MJPEG-over-HTTP stream sampled into a plugin
+//! name = "dock-3"                        # the device name in results
+//! url = "http://10.0.0.7/video.mjpg"     # http:// (a camera on the local network)
+//! plugin = "image-classifier"
+//! # fps = 2.0                            # frames run per second at most; the others are
+//! #                                      #   dropped and counted, never queued
+//! # result_topic = "results/{device}/{plugin}"
+//! # content_type = "image/jpeg"
+//! # max_frame_kib = 4096
+//! ```
+//!
 //! Why `stall_reconnect_secs`: a broker that loses count of the messages in flight to a
 //! client stops sending it QoS 1 messages for good while its queue grows. mosquitto before
 //! 2.0.13 did (Debian 12 ships 2.0.11): its in-flight bookkeeping assumed acknowledgements in
@@ -126,8 +138,78 @@ mod defaults {
     pub fn stall_reconnect_secs() -> u64 {
         30
     }
+    pub fn fps() -> f64 {
+        2.0
+    }
+    pub fn jpeg() -> String {
+        "image/jpeg".into()
+    }
+    pub fn max_frame_kib() -> u32 {
+        4096
+    }
     pub fn qos() -> u8 {
         1
+    }
+}
+
+/// One parsed `[[cameras]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub name: String,
+    pub url: String,
+    pub plugin: String,
+    #[serde(default = "defaults::fps")]
+    pub fps: f64,
+    pub result_topic: Option<String>,
+    #[serde(default = "defaults::jpeg")]
+    pub content_type: String,
+    #[serde(default = "defaults::max_frame_kib")]
+    pub max_frame_kib: u32,
+}
+
+/// A camera ready to run.
+#[derive(Debug, Clone)]
+pub struct Camera {
+    pub config: CameraConfig,
+    pub result_topic: Option<Template>,
+}
+
+impl Camera {
+    fn new(config: CameraConfig) -> anyhow::Result<Camera> {
+        anyhow::ensure!(
+            !config.name.is_empty() && !config.name.contains(['/', '+', '#']),
+            "name {:?} must be a topic level (no '/', '+' or '#')",
+            config.name
+        );
+        anyhow::ensure!(
+            config.url.starts_with("http://"),
+            "url {:?}: only http:// streams are read (a camera on the local network)",
+            config.url
+        );
+        config
+            .url
+            .parse::<hyper::Uri>()
+            .with_context(|| format!("url {:?}", config.url))?;
+        anyhow::ensure!(!config.plugin.is_empty(), "plugin must not be empty");
+        anyhow::ensure!(
+            config.fps > 0.0 && config.fps <= 120.0,
+            "fps must be above 0 and at most 120"
+        );
+        anyhow::ensure!(
+            (1..=64 * 1024).contains(&config.max_frame_kib),
+            "max_frame_kib must be 1 to 65536"
+        );
+        let result_topic = config
+            .result_topic
+            .as_deref()
+            .map(Template::parse)
+            .transpose()
+            .context("result_topic")?;
+        Ok(Camera {
+            config,
+            result_topic,
+        })
     }
 }
 
@@ -147,22 +229,28 @@ pub struct Trigger {
 pub struct TriggersConfig {
     pub mqtt: MqttConfig,
     pub triggers: Vec<Trigger>,
+    pub cameras: Vec<Camera>,
 }
 
 impl TriggersConfig {
-    /// Parses the gateway configuration's opaque `[mqtt]` and `[[triggers]]`: `None` when
-    /// there are no triggers. Triggers without `[mqtt]`, or `[mqtt]` without triggers, is an
-    /// error (one of them is surely a mistake).
+    /// Parses the gateway configuration's opaque `[mqtt]`, `[[triggers]]` and `[[cameras]]`:
+    /// `None` when there are neither triggers nor cameras. Those without `[mqtt]` (where
+    /// results go), or `[mqtt]` without either, is an error (one of them is surely a mistake).
     pub fn from_gateway(
         mqtt: Option<&toml::Table>,
         triggers: &[toml::Table],
+        cameras: &[toml::Table],
         base: &Path,
     ) -> anyhow::Result<Option<TriggersConfig>> {
-        let mqtt = match (mqtt, triggers.is_empty()) {
+        let mqtt = match (mqtt, triggers.is_empty() && cameras.is_empty()) {
             (None, true) => return Ok(None),
-            (None, false) => anyhow::bail!("[[triggers]] need an [mqtt] table naming the broker"),
+            (None, false) => {
+                anyhow::bail!("[[triggers]] and [[cameras]] need an [mqtt] table naming the broker")
+            }
             (Some(_), true) => {
-                anyhow::bail!("[mqtt] is set but there are no [[triggers]] to use it")
+                anyhow::bail!(
+                    "[mqtt] is set but there are no [[triggers]] or [[cameras]] to use it"
+                )
             }
             (Some(table), false) => table,
         };
@@ -201,7 +289,21 @@ impl TriggersConfig {
                 );
             }
         }
-        Ok(Some(TriggersConfig { mqtt, triggers }))
+        let cameras = cameras
+            .iter()
+            .enumerate()
+            .map(|(i, table)| {
+                let config: CameraConfig = toml::Value::Table(table.clone())
+                    .try_into()
+                    .with_context(|| format!("invalid [[cameras]] entry {}", i + 1))?;
+                Camera::new(config).with_context(|| format!("invalid [[cameras]] entry {}", i + 1))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(TriggersConfig {
+            mqtt,
+            triggers,
+            cameras,
+        }))
     }
 }
 
@@ -336,7 +438,7 @@ mod tests {
     fn parse(mqtt: &str, triggers: &[&str]) -> anyhow::Result<Option<TriggersConfig>> {
         let mqtt: Option<toml::Table> = (!mqtt.is_empty()).then(|| mqtt.parse().unwrap());
         let triggers: Vec<toml::Table> = triggers.iter().map(|t| t.parse().unwrap()).collect();
-        TriggersConfig::from_gateway(mqtt.as_ref(), &triggers, Path::new("/etc/edgeplug"))
+        TriggersConfig::from_gateway(mqtt.as_ref(), &triggers, &[], Path::new("/etc/edgeplug"))
     }
 
     const MQTT: &str = "broker = \"mqtt://127.0.0.1:1883\"\nclient_id = \"gw-1\"\n";
@@ -422,5 +524,22 @@ mod tests {
         );
         let err = parse(MQTT, &[]).unwrap_err();
         assert!(format!("{err:#}").contains("no [[triggers]]"), "{err:#}");
+        let camera = |entry: &str| -> anyhow::Result<Option<TriggersConfig>> {
+            let table: toml::Table = entry.parse().unwrap();
+            let mqtt: toml::Table = MQTT.parse().unwrap();
+            TriggersConfig::from_gateway(Some(&mqtt), &[], &[table], Path::new("."))
+        };
+        const CAMERA: &str =
+            "name = \"dock-3\"\nurl = \"http://10.0.0.7/video.mjpg\"\nplugin = \"p\"\n";
+        assert_eq!(camera(CAMERA).unwrap().unwrap().cameras[0].config.fps, 2.0);
+        for (entry, needle) in [
+            (format!("{CAMERA}fps = 0.0\n"), "fps"),
+            (format!("{CAMERA}colour = 1\n"), "colour"),
+            (CAMERA.replace("http://", "rtsp://"), "http://"),
+            (CAMERA.replace("dock-3", "dock/3"), "name"),
+        ] {
+            let err = camera(&entry).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{needle}: {err:#}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`acks`]: packet ids held until acknowledged, so a resent message is neither lost nor
 //!   acknowledged twice.
 //! - [`bridge`]: the mosquitto bridge that stores results and forwards them to the center.
+//! - [`camera`] and [`mjpeg`]: MJPEG camera streams sampled into plugins (`[[cameras]]`).
 //! - [`metrics`]: the `edgeplug_trigger_*` families in the gateway's `/metrics`.
 //!
 //! A trigger runs its plugin through the gateway's own dispatch (`edgeplug_gateway::lanes`),
@@ -20,11 +21,13 @@
 
 pub mod acks;
 pub mod bridge;
+pub mod camera;
 pub mod config;
 pub mod edgex;
 pub mod envelope;
 mod message;
 pub mod metrics;
+pub mod mjpeg;
 pub mod runner;
 pub mod topic;
 
@@ -43,6 +46,7 @@ pub fn start_if_configured(
     let Some(config) = TriggersConfig::from_gateway(
         gateway.config.mqtt.as_ref(),
         &gateway.config.triggers,
+        &gateway.config.cameras,
         config_dir,
     )?
     else {

@@ -11,7 +11,7 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use edgeplug_gateway::lanes::{self, DispatchError};
 use edgeplug_runtime::InferRequest;
 
-use crate::config::{Format, Trigger};
+use crate::config::Format;
 use crate::edgex;
 use crate::envelope::{self, Answered, Output};
 use crate::runner::{SATURATED_RETRY_MAX, Shared};
@@ -73,8 +73,15 @@ impl Shared {
                 )),
             )),
             _ => {
-                self.invoke(trigger, index, content_type, body, started)
-                    .await
+                let saturated = &self.metrics.per_trigger[index].saturated_waits;
+                self.invoke(
+                    &trigger.config.plugin,
+                    saturated,
+                    content_type,
+                    body,
+                    started,
+                )
+                .await
             }
         };
         let Some((version, result)) = ran else {
@@ -151,10 +158,10 @@ impl Shared {
     /// Runs the plugin, waiting while it is saturated. `None` if the gateway began stopping
     /// meanwhile; else the version that ran (if one did) and its answer or the failure's code
     /// and message.
-    async fn invoke(
+    pub(crate) async fn invoke(
         &self,
-        trigger: &Trigger,
-        index: usize,
+        name: &str,
+        saturated_waits: &std::sync::atomic::AtomicU64,
         content_type: String,
         body: Vec<u8>,
         started: Instant,
@@ -162,7 +169,6 @@ impl Shared {
         Option<String>,
         Result<edgeplug_runtime::InferResponse, (String, String)>,
     )> {
-        let name = &trigger.config.plugin;
         let mut wait = Duration::from_millis(2);
         loop {
             // Looked up on every try: a hot swap may have happened while this one waited.
@@ -200,9 +206,7 @@ impl Shared {
                     return Some((Some(version), Err((e.code().to_string(), e.message()))));
                 }
                 Err(DispatchError::Saturated(_)) => {
-                    self.metrics.per_trigger[index]
-                        .saturated_waits
-                        .fetch_add(1, Ordering::Relaxed);
+                    saturated_waits.fetch_add(1, Ordering::Relaxed);
                     if *self.stopping.borrow() {
                         return None;
                     }
@@ -214,7 +218,7 @@ impl Shared {
     }
 
     /// Publishes a result record, QoS 1. False if the client has stopped.
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         topic: String,
         record: Vec<u8>,

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use edgeplug_gateway::metrics::{MetricsSource, esc};
 
+use crate::camera::CameraCounters;
+
 /// Counters of one trigger.
 #[derive(Debug, Default)]
 pub struct TriggerCounters {
@@ -28,6 +30,8 @@ pub struct TriggerCounters {
 pub struct TriggerMetrics {
     filters: Vec<(String, String)>,
     pub per_trigger: Vec<TriggerCounters>,
+    cameras: Vec<(String, String)>,
+    pub per_camera: Vec<CameraCounters>,
     /// Messages being run now.
     pub in_flight: AtomicI64,
     /// Redeliveries of a message still being run, skipped (the running copy acknowledges it).
@@ -45,9 +49,12 @@ pub struct TriggerMetrics {
 }
 
 impl TriggerMetrics {
-    /// `triggers` are (topic filter, plugin) pairs in configuration order.
-    pub fn new(triggers: Vec<(String, String)>) -> TriggerMetrics {
+    /// `triggers` are (topic filter, plugin) pairs, `cameras` (name, plugin) pairs, in
+    /// configuration order.
+    pub fn new(triggers: Vec<(String, String)>, cameras: Vec<(String, String)>) -> TriggerMetrics {
         TriggerMetrics {
+            per_camera: cameras.iter().map(|_| CameraCounters::default()).collect(),
+            cameras,
             per_trigger: triggers
                 .iter()
                 .map(|_| TriggerCounters::default())
@@ -65,6 +72,8 @@ impl TriggerMetrics {
 
 /// Picks one counter of a trigger.
 type CounterOf = fn(&TriggerCounters) -> &AtomicU64;
+/// Picks one counter of a camera.
+type CameraCounterOf = fn(&CameraCounters) -> &AtomicU64;
 
 impl MetricsSource for TriggerMetrics {
     fn render(&self, out: &mut String) {
@@ -104,6 +113,66 @@ impl MetricsSource for TriggerMetrics {
                     esc(filter),
                     esc(plugin),
                     counter(counters).load(Ordering::Relaxed)
+                );
+            }
+        }
+        let camera_families: [(&str, &str, CameraCounterOf); 6] = [
+            (
+                "edgeplug_camera_frames_total",
+                "Frames read from a camera's stream.",
+                |c| &c.frames,
+            ),
+            (
+                "edgeplug_camera_frames_run_total",
+                "Frames run through the camera's plugin.",
+                |c| &c.run,
+            ),
+            (
+                "edgeplug_camera_frames_dropped_rate_total",
+                "Frames replaced by a newer one before the sampler took them (over the rate).",
+                |c| &c.dropped_rate,
+            ),
+            (
+                "edgeplug_camera_frames_dropped_busy_total",
+                "Frames dropped because the plugin was still busy with the last one.",
+                |c| &c.dropped_busy,
+            ),
+            (
+                "edgeplug_camera_failures_total",
+                "Frames whose run failed.",
+                |c| &c.failed,
+            ),
+            (
+                "edgeplug_camera_saturated_waits_total",
+                "Times a frame waited for its plugin's concurrency limit.",
+                |c| &c.saturated_waits,
+            ),
+        ];
+        if !self.cameras.is_empty() {
+            for (name, help, counter) in camera_families {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for ((camera, plugin), counters) in self.cameras.iter().zip(&self.per_camera) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{camera=\"{}\",plugin=\"{}\"}} {}",
+                        esc(camera),
+                        esc(plugin),
+                        counter(counters).load(Ordering::Relaxed)
+                    );
+                }
+            }
+            let name = "edgeplug_camera_connected";
+            let _ = writeln!(
+                out,
+                "# HELP {name} 1 while the camera's stream is open.\n# TYPE {name} gauge"
+            );
+            for ((camera, plugin), counters) in self.cameras.iter().zip(&self.per_camera) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{camera=\"{}\",plugin=\"{}\"}} {}",
+                    esc(camera),
+                    esc(plugin),
+                    counters.connected.load(Ordering::Relaxed)
                 );
             }
         }

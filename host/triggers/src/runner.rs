@@ -86,6 +86,11 @@ impl Triggers {
                 .iter()
                 .map(|t| (t.config.topic.clone(), t.config.plugin.clone()))
                 .collect(),
+            config
+                .cameras
+                .iter()
+                .map(|c| (c.config.name.clone(), c.config.plugin.clone()))
+                .collect(),
         ));
         gateway.metrics.add_source(metrics.clone());
         let (acks_due, due_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -109,7 +114,10 @@ impl Triggers {
             "MQTT triggers starting"
         );
         let connection = tokio::spawn(connection_loop(shared.clone(), events));
-        if shared.config.mqtt.stall_reconnect_secs > 0 {
+        for index in 0..shared.config.cameras.len() {
+            tokio::spawn(crate::camera::run_camera(shared.clone(), index));
+        }
+        if shared.config.mqtt.stall_reconnect_secs > 0 && !shared.config.triggers.is_empty() {
             tokio::spawn(stall_watchdog(shared.clone()));
         }
         Ok(Triggers { shared, connection })

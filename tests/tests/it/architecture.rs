@@ -77,8 +77,11 @@ fn only_the_binary_crate_parses_command_lines() {
 }
 
 #[test]
-fn only_the_gateway_and_the_push_client_speak_http() {
-    assert_eq!(direct_dependents("hyper"), ["edgeplug", "edgeplug-gateway"]);
+fn only_the_gateway_the_push_client_and_the_camera_sources_speak_http() {
+    assert_eq!(
+        direct_dependents("hyper"),
+        ["edgeplug", "edgeplug-gateway", "edgeplug-triggers"]
+    );
 }
 
 #[test]

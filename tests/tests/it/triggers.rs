@@ -15,6 +15,8 @@
 //!   nothing is lost, the survivor takes its half, the dead one's share waits for its return.
 //! - An EdgeX event (envelope, base64 payload, Binary PNG reading) is answered with an EdgeX
 //!   event carrying the record; a message that is no EdgeX event gets an error record.
+//! - A camera's MJPEG stream (served by the test, 30 frames/s) is sampled at 5 fps into the
+//!   plugin; every other frame is dropped and counted, never queued.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -628,6 +630,132 @@ async fn edgex_events_are_answered_in_kind() {
             .unwrap()
             .contains("EdgeX"),
         "{refused}"
+    );
+    triggers.stop().await;
+}
+
+/// An MJPEG-over-HTTP camera on 127.0.0.1: serves one stream of `frames` JPEG frames at
+/// `fps`, each with its `Content-Length`, then closes; the address and a count of frames sent.
+async fn mjpeg_camera(
+    jpeg: Vec<u8>,
+    frames: usize,
+    fps: u32,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the gateway closed before its request");
+            request.extend_from_slice(&buffer[..n]);
+        }
+        assert!(request.starts_with(b"GET /video.mjpg HTTP/1.1\r\n"));
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\
+                  Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(fps)));
+        for _ in 0..frames {
+            ticker.tick().await;
+            let head = format!(
+                "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                jpeg.len()
+            );
+            if stream.write_all(head.as_bytes()).await.is_err()
+                || stream.write_all(&jpeg).await.is_err()
+                || stream.write_all(b"\r\n").await.is_err()
+            {
+                return;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        // The listener goes with this task: the camera is gone for good.
+    });
+    (addr, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_stream_is_sampled_and_the_rest_dropped_and_counted() {
+    const FRAMES: usize = 120;
+    let png = std::fs::read(fixture("images/adversarial/digit1-gray8.png")).unwrap();
+    let mut jpeg = Vec::new();
+    image::load_from_memory(&png)
+        .unwrap()
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let (camera, sent) = mjpeg_camera(jpeg, FRAMES, 30).await;
+    let broker = gateway_broker();
+    let config = format!(
+        "[mqtt]\nbroker = \"{}\"\nclient_id = \"gw-c1\"\n\n[[cameras]]\nname = \"dock-3\"\n\
+         url = \"http://{camera}/video.mjpg\"\nplugin = \"digits\"\nfps = 5.0\n\
+         result_topic = \"results/{{device}}/{{plugin}}\"\n",
+        broker.url()
+    );
+    let collector = Collector::start(broker.port, "center", &["results/#"], false).await;
+    let gateway = TestGateway::start(&config).await;
+    let pushed = gateway
+        .push("digits", digits_bundle(&gateway.key, "1.0.0"))
+        .await;
+    assert_eq!(pushed.status(), 200, "{:?}", pushed.body());
+    let triggers =
+        edgeplug_triggers::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
+            .unwrap()
+            .unwrap();
+    let counters = || {
+        let c = &triggers.metrics().per_camera[0];
+        [
+            c.frames.load(Ordering::SeqCst),
+            c.run.load(Ordering::SeqCst),
+            c.dropped_rate.load(Ordering::SeqCst),
+            c.dropped_busy.load(Ordering::SeqCst),
+        ]
+    };
+    eventually("the whole stream read", || async {
+        sent.load(Ordering::SeqCst) == FRAMES && counters()[0] == FRAMES as u64
+    })
+    .await;
+    // Every frame read is run or dropped, once the sampler took the last one.
+    eventually("every frame accounted for", || async {
+        let [frames, run, rate, busy] = counters();
+        frames == run + rate + busy && collector.count() as u64 == run
+    })
+    .await;
+    let [frames, run, rate, busy] = counters();
+    // 5 of the 30 frames a second, over the 4 s the stream lasted.
+    assert!(
+        (10..=30).contains(&run),
+        "{run} of {frames} frames run at 5 fps over 4 s"
+    );
+    assert!(rate + busy >= 80, "{rate} + {busy} dropped of {frames}");
+    let records = collector.on("results/dock-3/digits");
+    assert_eq!(records.len() as u64, run);
+    for record in &records {
+        let json = record.json();
+        assert_eq!(json["device"], "dock-3");
+        assert_eq!(json["topic"], "camera/dock-3");
+        assert_eq!(json["output"]["label"], 1, "{json}");
+    }
+    let metrics = String::from_utf8(gateway.get("/metrics").await.body().to_vec()).unwrap();
+    let line =
+        format!("edgeplug_camera_frames_run_total{{camera=\"dock-3\",plugin=\"digits\"}} {run}");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "{line:?} not in:\n{metrics}"
+    );
+    eprintln!(
+        "camera: {frames} frames read, {run} run, {rate} dropped over the rate, {busy} dropped busy"
     );
     triggers.stop().await;
 }
