@@ -70,111 +70,131 @@ impl TriggerMetrics {
     }
 }
 
-/// Picks one counter of a trigger.
-type CounterOf = fn(&TriggerCounters) -> &AtomicU64;
-/// Picks one counter of a camera.
-type CameraCounterOf = fn(&CameraCounters) -> &AtomicU64;
+/// One family of per-item series: name, type, help, and the value it reads from an item's
+/// counters.
+type Family<C> = (&'static str, &'static str, &'static str, fn(&C) -> i64);
+
+/// Writes `families`, each with one sample per item: `items` are (label value, plugin) pairs
+/// in the order of `counters`, labelled `label` and `plugin`.
+fn per_item<C>(
+    out: &mut String,
+    label: &str,
+    items: &[(String, String)],
+    counters: &[C],
+    families: &[Family<C>],
+) {
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for ((item, plugin), counters) in items.iter().zip(counters) {
+            let _ = writeln!(
+                out,
+                "{name}{{{label}=\"{}\",plugin=\"{}\"}} {}",
+                esc(item),
+                esc(plugin),
+                value(counters)
+            );
+        }
+    }
+}
+
+/// A counter's value as a sample.
+fn read(counter: &AtomicU64) -> i64 {
+    counter.load(Ordering::Relaxed) as i64
+}
 
 impl MetricsSource for TriggerMetrics {
     fn render(&self, out: &mut String) {
-        let families: [(&str, &str, CounterOf); 5] = [
+        let trigger_families: [Family<TriggerCounters>; 5] = [
             (
                 "edgeplug_trigger_messages_total",
+                "counter",
                 "MQTT messages received by a trigger.",
-                |c| &c.messages,
+                |c| read(&c.messages),
             ),
             (
                 "edgeplug_trigger_answers_total",
+                "counter",
                 "Results published for a plugin's answer.",
-                |c| &c.answered,
+                |c| read(&c.answered),
             ),
             (
                 "edgeplug_trigger_failures_total",
+                "counter",
                 "Results published for a failed message (plugin error, no such plugin, too large).",
-                |c| &c.failed,
+                |c| read(&c.failed),
             ),
             (
                 "edgeplug_trigger_dropped_total",
+                "counter",
                 "QoS 0 messages dropped because every slot was busy.",
-                |c| &c.dropped,
+                |c| read(&c.dropped),
             ),
             (
                 "edgeplug_trigger_saturated_waits_total",
+                "counter",
                 "Times a message waited for its plugin's concurrency limit.",
-                |c| &c.saturated_waits,
+                |c| read(&c.saturated_waits),
             ),
         ];
-        for (name, help, counter) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((filter, plugin), counters) in self.filters.iter().zip(&self.per_trigger) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{topic=\"{}\",plugin=\"{}\"}} {}",
-                    esc(filter),
-                    esc(plugin),
-                    counter(counters).load(Ordering::Relaxed)
-                );
-            }
-        }
-        let camera_families: [(&str, &str, CameraCounterOf); 6] = [
+        per_item(
+            out,
+            "topic",
+            &self.filters,
+            &self.per_trigger,
+            &trigger_families,
+        );
+        let camera_families: [Family<CameraCounters>; 7] = [
             (
                 "edgeplug_camera_frames_total",
+                "counter",
                 "Frames read from a camera's stream.",
-                |c| &c.frames,
+                |c| read(&c.frames),
             ),
             (
                 "edgeplug_camera_frames_run_total",
+                "counter",
                 "Frames run through the camera's plugin.",
-                |c| &c.run,
+                |c| read(&c.run),
             ),
             (
                 "edgeplug_camera_frames_dropped_rate_total",
+                "counter",
                 "Frames replaced by a newer one before the sampler took them (over the rate).",
-                |c| &c.dropped_rate,
+                |c| read(&c.dropped_rate),
             ),
             (
                 "edgeplug_camera_frames_dropped_busy_total",
+                "counter",
                 "Frames dropped because the plugin was still busy with the last one.",
-                |c| &c.dropped_busy,
+                |c| read(&c.dropped_busy),
             ),
             (
                 "edgeplug_camera_failures_total",
+                "counter",
                 "Frames whose run failed.",
-                |c| &c.failed,
+                |c| read(&c.failed),
             ),
             (
                 "edgeplug_camera_saturated_waits_total",
+                "counter",
                 "Times a frame waited for its plugin's concurrency limit.",
-                |c| &c.saturated_waits,
+                |c| read(&c.saturated_waits),
+            ),
+            (
+                "edgeplug_camera_connected",
+                "gauge",
+                "1 while the camera's stream is open.",
+                |c| c.connected.load(Ordering::Relaxed),
             ),
         ];
         if !self.cameras.is_empty() {
-            for (name, help, counter) in camera_families {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                for ((camera, plugin), counters) in self.cameras.iter().zip(&self.per_camera) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{camera=\"{}\",plugin=\"{}\"}} {}",
-                        esc(camera),
-                        esc(plugin),
-                        counter(counters).load(Ordering::Relaxed)
-                    );
-                }
-            }
-            let name = "edgeplug_camera_connected";
-            let _ = writeln!(
+            per_item(
                 out,
-                "# HELP {name} 1 while the camera's stream is open.\n# TYPE {name} gauge"
+                "camera",
+                &self.cameras,
+                &self.per_camera,
+                &camera_families,
             );
-            for ((camera, plugin), counters) in self.cameras.iter().zip(&self.per_camera) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{camera=\"{}\",plugin=\"{}\"}} {}",
-                    esc(camera),
-                    esc(plugin),
-                    counters.connected.load(Ordering::Relaxed)
-                );
-            }
         }
         for (name, kind, help, value) in [
             (
