@@ -52,6 +52,20 @@ fn gateway_broker() -> TestBroker {
     TestBroker::start_with("max_queued_messages 100000\n")
 }
 
+/// A gateway with `config` serving digits 1.0.0, and its triggers started.
+async fn digits_gateway(config: &str) -> (TestGateway, edgeplug_triggers::Triggers) {
+    let gateway = TestGateway::start(config).await;
+    let pushed = gateway
+        .push("digits", digits_bundle(&gateway.key, "1.0.0"))
+        .await;
+    assert_eq!(pushed.status(), 200, "{:?}", pushed.body());
+    let triggers =
+        edgeplug_triggers::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
+            .unwrap()
+            .expect("the configuration has triggers or cameras");
+    (gateway, triggers)
+}
+
 /// The 540 held-out digits as JSON bodies, with their labels.
 fn digits() -> Vec<(Vec<u8>, i64)> {
     let raw = npy("digits/digits_test_raw.npy");
@@ -158,15 +172,7 @@ fn assert_all_answered(records: &[Received], expected: &BTreeMap<String, i64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_run_plugins_and_say_who_answered() {
     let broker = gateway_broker();
-    let gateway = TestGateway::start(&trigger_config(&broker, "gw-t1")).await;
-    let pushed = gateway
-        .push("digits", digits_bundle(&gateway.key, "1.0.0"))
-        .await;
-    assert_eq!(pushed.status(), 200, "{:?}", pushed.body());
-    let triggers =
-        edgeplug_triggers::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
-            .unwrap()
-            .expect("the configuration has triggers");
+    let (gateway, triggers) = digits_gateway(&trigger_config(&broker, "gw-t1")).await;
     let collector =
         Collector::start(broker.port, "center", &["results/#", "replies/#"], false).await;
     let device = Device::connect(broker.port, "cam-fleet").await;
@@ -382,15 +388,7 @@ async fn results_reach_the_center_after_an_outage_and_a_broker_restart() {
         .unwrap();
     let mut local = TestBroker::start_with(&bridge);
     let at_center = Collector::start(center.port, "data-lake", &["results/#"], true).await;
-    let gateway = TestGateway::start(&trigger_config(&local, "gw-b1")).await;
-    let pushed = gateway
-        .push("digits", digits_bundle(&gateway.key, "1.0.0"))
-        .await;
-    assert_eq!(pushed.status(), 200, "{:?}", pushed.body());
-    let triggers =
-        edgeplug_triggers::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
-            .unwrap()
-            .unwrap();
+    let (_gateway, triggers) = digits_gateway(&trigger_config(&local, "gw-b1")).await;
     // The gateway subscribed and the bridge is up: a first result crosses.
     let device = Device::connect(local.port, "dev-fleet").await;
     await_subscribed(&device, &at_center, 1).await;
@@ -564,15 +562,7 @@ async fn edgex_events_are_answered_in_kind() {
          format = \"edgex\"\nresult_topic = \"edgex-results/{{device}}/{{plugin}}\"\n",
         broker.url()
     );
-    let gateway = TestGateway::start(&config).await;
-    let pushed = gateway
-        .push("digits", digits_bundle(&gateway.key, "1.0.0"))
-        .await;
-    assert_eq!(pushed.status(), 200, "{:?}", pushed.body());
-    let triggers =
-        edgeplug_triggers::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
-            .unwrap()
-            .unwrap();
+    let (_gateway, triggers) = digits_gateway(&config).await;
     eventually("the trigger subscribed", || async {
         triggers.metrics().subscribed.load(Ordering::Relaxed) == 1
     })
@@ -704,15 +694,7 @@ async fn a_camera_stream_is_sampled_and_the_rest_dropped_and_counted() {
         broker.url()
     );
     let collector = Collector::start(broker.port, "center", &["results/#"], false).await;
-    let gateway = TestGateway::start(&config).await;
-    let pushed = gateway
-        .push("digits", digits_bundle(&gateway.key, "1.0.0"))
-        .await;
-    assert_eq!(pushed.status(), 200, "{:?}", pushed.body());
-    let triggers =
-        edgeplug_triggers::start_if_configured(gateway.gateway.clone(), gateway.dir.path())
-            .unwrap()
-            .unwrap();
+    let (gateway, triggers) = digits_gateway(&config).await;
     let counters = || {
         let c = &triggers.metrics().per_camera[0];
         [
