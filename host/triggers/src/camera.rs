@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Empty};
@@ -177,10 +177,7 @@ impl Shared {
         let camera = &self.config.cameras[index];
         let counters = &self.metrics.per_camera[index];
         let started = Instant::now();
-        let received_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let received_unix_ms = envelope::since_epoch().as_millis() as u64;
         let plugin = &camera.config.plugin;
         let Some((version, result)) = self
             .invoke(

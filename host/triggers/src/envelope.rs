@@ -37,6 +37,13 @@ pub fn result_id(
     hex::encode(&hash.finalize()[..16])
 }
 
+/// The time since the Unix epoch, what records carry (zero if the clock is before it).
+pub fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// Who answered which message.
 #[derive(Debug, Clone)]
 pub struct Answered<'a> {

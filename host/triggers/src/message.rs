@@ -3,7 +3,7 @@
 //! may then be acknowledged is the runner's business.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
@@ -21,10 +21,7 @@ impl Shared {
     /// Runs one message and publishes its result(s): whether it may be acknowledged.
     pub(crate) async fn run(&self, index: usize, publish: Publish) -> bool {
         let started = Instant::now();
-        let received_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let received_unix_ms = envelope::since_epoch().as_millis() as u64;
         let trigger = &self.config.triggers[index];
         let counters = &self.metrics.per_trigger[index];
         let topic_name = String::from_utf8_lossy(&publish.topic).into_owned();
@@ -119,10 +116,7 @@ impl Shared {
         // Answered in kind: an EdgeX event carrying the record.
         let record = match &edgex {
             Some(Ok(input)) => {
-                let now_ns = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
+                let now_ns = envelope::since_epoch().as_nanos() as u64;
                 edgex::answer(input, &trigger.config.plugin, &id, &record, now_ns)
             }
             _ => record,
