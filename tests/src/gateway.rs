@@ -142,6 +142,28 @@ pub fn bundle_with(key: &SecretKey, version: &str, tweak: impl FnOnce(&Path)) ->
     bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
 }
 
+/// A signed bundle of the example plugin in `plugins/<name>` as it ships (its manifest and
+/// every file it names), with its freshly built component `wasm`.
+pub fn example_bundle(key: &SecretKey, name: &str, wasm: &str) -> Vec<u8> {
+    let source = repo().join("plugins").join(name);
+    let manifest = edgeplug_bundle::manifest::Manifest::load(&source).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(source.join("plugin.toml"), dir.path().join("plugin.toml")).unwrap();
+    for path in manifest.referenced_files() {
+        let to = dir.path().join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let from = if path == manifest.component {
+            PathBuf::from(wasm)
+        } else {
+            source.join(path)
+        };
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    }
+    let limits = BundleLimits::default();
+    let packed = bundle::pack_dir(dir.path(), &limits).unwrap();
+    bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
+}
+
 // ---- a gateway on 127.0.0.1:0 ----
 
 pub struct TestGateway {

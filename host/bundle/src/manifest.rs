@@ -37,6 +37,11 @@ pub struct Manifest {
     /// Resource limits the plugin asks for; the gateway caps them. Defaults: see [`Limits`].
     #[serde(default)]
     pub limits: Limits,
+    /// Class names of an output, by output name: a file of the plugin with one label per
+    /// line, the label of class `i` on line `i` (0-based). Clients see them through the Open
+    /// Inference Protocol's classification extension. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Inputs with expected outputs, run before a version is activated. Default: none.
     #[serde(default, rename = "self-test")]
     pub self_tests: Vec<SelfTest>,
@@ -283,11 +288,12 @@ impl Manifest {
         Ok(())
     }
 
-    /// Every file the manifest refers to: component, models, weights, self-test files.
+    /// Every file the manifest refers to: component, models, weights, labels, self-test files.
     pub fn referenced_files(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.component.as_str())
             .chain(self.grants.models.values().map(String::as_str))
             .chain(self.grants.weights.iter().map(String::as_str))
+            .chain(self.labels.values().map(String::as_str))
             .chain(
                 self.self_tests
                     .iter()

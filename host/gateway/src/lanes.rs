@@ -224,12 +224,15 @@ fn saturated(plugin: &ActivePlugin, what: &str) -> DispatchError {
 
 /// Runs a request on `plugin`: on the reactor thread for a fast-path version, else off the
 /// reactor, bounded by its permits (refused when all are taken: no queue), at low CPU priority
-/// while the version is demoted. Records demotions and metrics.
+/// while the version is demoted. Records demotions and metrics. A client's `timeout` (from
+/// `started`) shorter than the plugin's deadline ends the run when it passes, as
+/// [`InvokeError::TimedOut`], which is not held against the plugin.
 pub async fn dispatch(
     gw: &Gateway,
     plugin: Arc<ActivePlugin>,
     request: InferRequest,
     started: Instant,
+    timeout: Option<Duration>,
 ) -> Result<InferResponse, DispatchError> {
     let Ok(permit) = plugin.permits.clone().try_acquire_owned() else {
         let what = format!(
@@ -238,7 +241,7 @@ pub async fn dispatch(
         );
         return Err(saturated(&plugin, &what));
     };
-    dispatch_with_permit(gw, plugin, request, started, permit).await
+    dispatch_with_permit(gw, plugin, request, started, timeout, permit).await
 }
 
 /// [`dispatch`] for a caller that queues instead of being refused (the MQTT triggers, whose
@@ -257,7 +260,7 @@ pub async fn dispatch_queued(
             plugin.version
         )));
     };
-    dispatch_with_permit(gw, plugin, request, started, permit).await
+    dispatch_with_permit(gw, plugin, request, started, None, permit).await
 }
 
 async fn dispatch_with_permit(
@@ -265,10 +268,15 @@ async fn dispatch_with_permit(
     plugin: Arc<ActivePlugin>,
     request: InferRequest,
     started: Instant,
+    timeout: Option<Duration>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<InferResponse, DispatchError> {
     let demoted = plugin.demotion.is_demoted();
+    // A client's timeout shorter than the fast path's budget would read as the plugin being
+    // slow: such a request goes to the pool.
+    let roomy = timeout.is_none_or(|t| t.saturating_sub(started.elapsed()) >= FAST_PATH_BUDGET);
     if !demoted
+        && roomy
         && plugin.fast_path.allows()
         && request.body.len() <= FAST_PATH_MAX_BODY
         && request.tensors.is_empty()
@@ -283,6 +291,7 @@ async fn dispatch_with_permit(
             }
             result => {
                 drop(permit);
+                plugin.metrics.observe_run(started.elapsed());
                 return finish(gw, &plugin, result, started);
             }
         }
@@ -291,8 +300,13 @@ async fn dispatch_with_permit(
     let quick = Duration::from_micros(gw.config.fast_path_us);
     let job = move || {
         let ran = Instant::now();
-        let result = task_plugin.plugin.infer(request);
-        task_plugin.fast_path.observe(ran.elapsed(), quick);
+        let result = match timeout {
+            None => task_plugin.plugin.infer(request),
+            Some(timeout) => run_within(&task_plugin, request, started, timeout),
+        };
+        let took = ran.elapsed();
+        task_plugin.fast_path.observe(took, quick);
+        task_plugin.metrics.observe_run(took);
         drop(permit);
         result
     };
@@ -324,6 +338,34 @@ async fn dispatch_with_permit(
 }
 
 /// Records a finished request (demotion, metrics).
+/// One run that ends when the client's `timeout` from `started` passes, if the plugin's own
+/// deadline has not ended it first.
+fn run_within(
+    plugin: &ActivePlugin,
+    request: InferRequest,
+    started: Instant,
+    timeout: Duration,
+) -> Result<InferResponse, InvokeError> {
+    let timed_out = || InvokeError::TimedOut {
+        timeout_us: timeout.as_micros() as u64,
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    let plugin_deadline = Duration::from_millis(plugin.plugin.shared().limits().deadline_ms);
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    if left >= plugin_deadline {
+        return plugin.plugin.infer(request);
+    }
+    plugin
+        .plugin
+        .infer_within(request, left)
+        .map_err(|e| match e {
+            InvokeError::DeadlineExceeded { .. } => timed_out(),
+            other => other,
+        })
+}
+
 fn finish(
     gw: &Gateway,
     plugin: &ActivePlugin,

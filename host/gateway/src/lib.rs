@@ -6,7 +6,9 @@
 //! - [`http`]: routes, status codes and JSON; the only module that knows HTTP.
 //! - [`body`]: the request-body policy every endpoint goes through (size limit refused
 //!   before reading, read deadline).
-//! - [`oip`]: Open Inference Protocol v2 JSON tensors; [`multipart`]: `/predict`'s form.
+//! - [`oip`]: the Open Inference Protocol v2's meaning (JSON and binary tensors,
+//!   classification), apart from its transport; [`multipart`]: `/predict`'s form;
+//!   [`media`]: what an unlabeled body holds.
 //! - [`metrics`]: Prometheus counters and histograms.
 //!
 //! The server is a function, [`serve`], over a bound listener, so tests run it on
@@ -18,6 +20,7 @@ pub mod body;
 pub mod config;
 pub mod http;
 pub mod lanes;
+pub mod media;
 pub mod metrics;
 pub mod multipart;
 pub mod oip;

@@ -26,7 +26,34 @@ pub struct VersionMetrics {
     requests: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
     latency_us_sum: AtomicU64,
+    /// The part of `latency_us_sum` spent by failed requests.
+    failed_us_sum: AtomicU64,
+    /// Runs of the plugin and the time they took (the rest of a request's latency is reading
+    /// and decoding its body and waiting for a lane).
+    runs: AtomicU64,
+    run_us_sum: AtomicU64,
+    /// When the last request finished, in milliseconds since the Unix epoch.
+    last_unix_ms: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A count and the total time it took, for Triton's statistics extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CountAndTime {
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// A version's request statistics in the shape of Triton's statistics extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InferenceStats {
+    pub success: CountAndTime,
+    pub fail: CountAndTime,
+    /// Time of requests outside the plugin's run: body, decoding, waiting for a lane.
+    pub queue: CountAndTime,
+    /// The plugin's runs (its preprocessing, model and postprocessing all happen there).
+    pub compute: CountAndTime,
+    pub last_unix_ms: u64,
 }
 
 impl VersionMetrics {
@@ -37,15 +64,56 @@ impl VersionMetrics {
         if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.latency_us_sum
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let us = latency.as_micros() as u64;
+        self.latency_us_sum.fetch_add(us, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_unix_ms.fetch_max(now, Ordering::Relaxed);
         if let Some(code) = error {
+            self.failed_us_sum.fetch_add(us, Ordering::Relaxed);
             *self
                 .errors
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(code.to_string())
                 .or_default() += 1;
+        }
+    }
+
+    /// Records one run of the plugin (part of a request [`VersionMetrics::observe`] records).
+    pub fn observe_run(&self, took: Duration) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.run_us_sum
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The counters in the shape of Triton's statistics extension.
+    pub fn inference_stats(&self) -> InferenceStats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let requests = self.requests();
+        let failed = self.errors();
+        let total_ns = load(&self.latency_us_sum) * 1000;
+        let failed_ns = load(&self.failed_us_sum) * 1000;
+        let run_ns = load(&self.run_us_sum) * 1000;
+        InferenceStats {
+            success: CountAndTime {
+                count: requests.saturating_sub(failed),
+                ns: total_ns.saturating_sub(failed_ns),
+            },
+            fail: CountAndTime {
+                count: failed,
+                ns: failed_ns,
+            },
+            queue: CountAndTime {
+                count: requests,
+                ns: total_ns.saturating_sub(run_ns),
+            },
+            compute: CountAndTime {
+                count: load(&self.runs),
+                ns: run_ns,
+            },
+            last_unix_ms: load(&self.last_unix_ms),
         }
     }
 

@@ -19,6 +19,10 @@ pub enum InvokeError {
     ResponseTooLarge { size: usize, limit: usize },
     #[error("deadline of {deadline_ms} ms exceeded")]
     DeadlineExceeded { deadline_ms: u64 },
+    /// The client's own timeout passed first (shorter than the plugin's deadline): not the
+    /// plugin's fault.
+    #[error("the request's timeout of {timeout_us} µs passed before it was answered")]
+    TimedOut { timeout_us: u64 },
     #[error("plugin exceeded its linear memory limit of {limit_bytes} bytes")]
     MemoryExhausted { limit_bytes: usize },
     #[error("plugin exceeded its host tensor memory limit of {limit_bytes} bytes")]
@@ -59,6 +63,7 @@ impl InvokeError {
             InvokeError::RequestTooLarge { .. } => "request-too-large",
             InvokeError::ResponseTooLarge { .. } => "response-too-large",
             InvokeError::DeadlineExceeded { .. } => "deadline-exceeded",
+            InvokeError::TimedOut { .. } => "timeout",
             InvokeError::MemoryExhausted { .. } => "memory-exhausted",
             InvokeError::TensorMemoryExhausted { .. } => "tensor-memory-exhausted",
             InvokeError::Trap { .. } => "trap",
@@ -88,7 +93,7 @@ impl InvokeError {
                 | PluginErrorCode::Internal => 500,
             },
             InvokeError::RequestTooLarge { .. } => 413,
-            InvokeError::DeadlineExceeded { .. } => 504,
+            InvokeError::DeadlineExceeded { .. } | InvokeError::TimedOut { .. } => 504,
             InvokeError::MemoryExhausted { .. } | InvokeError::TensorMemoryExhausted { .. } => 507,
             InvokeError::ResponseTooLarge { .. }
             | InvokeError::Trap { .. }
@@ -118,7 +123,9 @@ impl InvokeError {
             InvokeError::Trap { .. }
             | InvokeError::BrokenContract(_)
             | InvokeError::ResponseTooLarge { .. } => Some(Misconduct::Failed),
-            InvokeError::Plugin { .. } | InvokeError::RequestTooLarge { .. } => None,
+            InvokeError::Plugin { .. }
+            | InvokeError::RequestTooLarge { .. }
+            | InvokeError::TimedOut { .. } => None,
         }
     }
 

@@ -124,6 +124,7 @@ pub struct PluginShared {
     limits: EffectiveLimits,
     models: BTreeMap<String, Arc<Model>>,
     weights: Weights,
+    labels: BTreeMap<String, Vec<String>>,
 }
 
 impl PluginShared {
@@ -155,11 +156,22 @@ impl PluginShared {
         for path in &manifest.grants.weights {
             weights.add_file(path, files.get(path)?)?;
         }
+        let mut labels = BTreeMap::new();
+        for (output, path) in &manifest.labels {
+            let text = std::str::from_utf8(files.get(path)?).with_context(|| {
+                format!("the labels of output {output:?} ({path}) are not UTF-8 text")
+            })?;
+            labels.insert(
+                output.clone(),
+                text.lines().map(|l| l.trim_end().to_string()).collect(),
+            );
+        }
         Ok(PluginShared {
             limits: EffectiveLimits::new(&manifest.limits, cap),
             manifest,
             models,
             weights,
+            labels,
         })
     }
 
@@ -177,6 +189,11 @@ impl PluginShared {
 
     pub fn limits(&self) -> EffectiveLimits {
         self.limits
+    }
+
+    /// The class names the manifest declares for an output, the label of class `i` at `i`.
+    pub fn labels(&self, output: &str) -> Option<&[String]> {
+        self.labels.get(output).map(Vec::as_slice)
     }
 
     /// Bytes held by the shared weights (models are held by tract and not counted here).

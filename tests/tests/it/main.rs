@@ -4,6 +4,7 @@ mod access;
 mod architecture;
 mod author;
 mod classifier;
+mod clients;
 mod conformance;
 mod digits;
 mod fleet;

@@ -9,7 +9,8 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/v2/health/live`, `/v2/health/ready`, `/v2` | Open Inference Protocol v2 |
 //! | GET | `/v2/models/{name}[/versions/{v}]`, `.../ready` | model metadata from `describe()`, readiness |
-//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | JSON tensors in and out |
+//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | tensors in and out: JSON, or binary after a JSON header |
+//! | GET | `/v2/models[/{name}[/versions/{v}]]/stats` | Triton's statistics extension |
 //! | GET | `/v1/admin/plugins` | the listing, for a token with scope `read` |
 //! | PUT | `/v1/admin/plugins/{name}` | push a bundle (bearer token) |
 //! | POST | `/v1/admin/plugins/{name}/rollback` | roll back (bearer token) |
@@ -41,18 +42,17 @@ use edgeplug_bundle::{BundleError, StoreError};
 use edgeplug_runtime::LoadError;
 use edgeplug_runtime::{InferRequest, InferResponse, InvokeError};
 
+mod v2;
+
 pub type Body = Full<Bytes>;
 
-const PAGE: &str = include_str!("page.html");
+const PAGE: &str = include_str!("../page.html");
 
 /// Room for the multipart framing around `/predict`'s file.
 const MULTIPART_OVERHEAD: usize = 64 << 10;
 /// The largest body of an endpoint that reads none (GET, rollback, removal). Such a body is
 /// never read; a larger one is refused so that nothing reads megabytes for nothing.
 const SMALL_BODY_LIMIT: usize = 64 << 10;
-/// A v2 body larger than this is decoded on the blocking pool: parsing megabytes of JSON
-/// would hold a reactor thread, and every connection waiting on it, for seconds.
-const V2_INLINE_DECODE: usize = 64 << 10;
 
 /// An answer with a status other than 200, built where the failure is found.
 struct Failure {
@@ -257,6 +257,7 @@ enum Endpoint<'a> {
     V2Metadata(&'a str, Option<&'a str>),
     V2Ready(&'a str, Option<&'a str>),
     V2Infer(&'a str, Option<&'a str>),
+    V2Stats(Option<&'a str>, Option<&'a str>),
     V2NotFound,
     Admin,
     NotAllowed,
@@ -275,6 +276,7 @@ impl<'a> Endpoint<'a> {
             (&M::GET, ["v2", "health", "live"]) => Endpoint::Live,
             (&M::GET, ["v2", "health", "ready"]) => Endpoint::Ready,
             (&M::GET, ["v2"]) => Endpoint::Server,
+            (&M::GET, ["v2", "models", "stats"]) => Endpoint::V2Stats(None, None),
             (_, ["v2", "models", name, rest @ ..]) => {
                 let (version, rest) = match rest {
                     ["versions", v, rest @ ..] => (Some(*v), rest),
@@ -284,6 +286,7 @@ impl<'a> Endpoint<'a> {
                     (&M::GET, []) => Endpoint::V2Metadata(name, version),
                     (&M::GET, ["ready"]) => Endpoint::V2Ready(name, version),
                     (&M::POST, ["infer"]) => Endpoint::V2Infer(name, version),
+                    (&M::GET, ["stats"]) => Endpoint::V2Stats(Some(name), version),
                     _ => Endpoint::V2NotFound,
                 }
             }
@@ -311,6 +314,7 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Server
             | Endpoint::V2Metadata(..)
             | Endpoint::V2Ready(..)
+            | Endpoint::V2Stats(..)
             | Endpoint::V2NotFound
             | Endpoint::NotAllowed
             | Endpoint::NotFound => false,
@@ -352,12 +356,13 @@ async fn route(
         Endpoint::Ready => Ok(json_response(StatusCode::OK, &json!({"ready": true}))),
         Endpoint::Server => Ok(json_response(
             StatusCode::OK,
-            &json!({"name": "edgeplug", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+            &json!({"name": "edgeplug", "version": env!("CARGO_PKG_VERSION"), "extensions": v2::EXTENSIONS}),
         )),
-        Endpoint::V2Metadata(name, version) => v2_metadata(gw, name, version),
-        Endpoint::V2Ready(name, version) => v2_ready(gw, name, version),
-        Endpoint::V2Infer(name, version) => v2_infer(gw, request, name, version, started).await,
-        Endpoint::V2NotFound => Err(v2_fail(StatusCode::NOT_FOUND, "no such v2 endpoint")),
+        Endpoint::V2Metadata(name, version) => v2::v2_metadata(gw, name, version),
+        Endpoint::V2Ready(name, version) => v2::v2_ready(gw, name, version),
+        Endpoint::V2Infer(name, version) => v2::v2_infer(gw, request, name, version, started).await,
+        Endpoint::V2Stats(name, version) => v2::v2_stats(gw, name, version),
+        Endpoint::V2NotFound => Err(v2::v2_fail(StatusCode::NOT_FOUND, "no such v2 endpoint")),
         Endpoint::Admin => admin(gw, request, method, segments).await,
         Endpoint::NotAllowed => Err(fail(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -421,7 +426,18 @@ async fn run(
     request: InferRequest,
     started: Instant,
 ) -> Result<InferResponse, Failure> {
-    lanes::dispatch(gw, plugin, request, started)
+    run_within(gw, plugin, request, started, None).await
+}
+
+/// [`run`] under the client's own timeout, if it gave one.
+async fn run_within(
+    gw: &Gateway,
+    plugin: Arc<ActivePlugin>,
+    request: InferRequest,
+    started: Instant,
+    timeout: Option<std::time::Duration>,
+) -> Result<InferResponse, Failure> {
+    lanes::dispatch(gw, plugin, request, started, timeout)
         .await
         .map_err(|e| match e {
             lanes::DispatchError::Saturated(message) => Failure {
@@ -511,7 +527,7 @@ async fn predict(
                 "the form has no file field named \"image\"",
             )
         })?;
-    let content_type = sniff_image(image.data)
+    let content_type = crate::media::sniff_image(image.data)
         .map(String::from)
         .or(image.content_type.clone())
         .unwrap_or_else(|| "application/octet-stream".into());
@@ -540,139 +556,6 @@ async fn predict(
         .cloned()
         .unwrap_or(value);
     let mut response = json_response(StatusCode::OK, &json!({"prediction": prediction}));
-    version_headers(&mut response, &plugin);
-    Ok(response)
-}
-
-fn sniff_image(data: &[u8]) -> Option<&'static str> {
-    if data.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some("image/jpeg")
-    } else {
-        None
-    }
-}
-
-// ---- Open Inference Protocol v2 ----
-
-fn v2_fail(status: StatusCode, message: impl Into<String>) -> Failure {
-    Failure {
-        status,
-        body: json!({"error": message.into()}),
-        retry_after: false,
-    }
-}
-
-/// A failure in v2's shape: `{"error": message}`.
-fn v2_shape(f: Failure) -> Failure {
-    Failure {
-        body: json!({"error": f.body["error"]["message"].as_str().unwrap_or("failed")}),
-        ..f
-    }
-}
-
-fn v2_lookup(
-    gw: &Gateway,
-    name: &str,
-    version: Option<&str>,
-) -> Result<Arc<ActivePlugin>, Failure> {
-    let plugin = gw
-        .registry
-        .get(name)
-        .ok_or_else(|| v2_fail(StatusCode::NOT_FOUND, format!("model {name:?} not found")))?;
-    if let Some(v) = version
-        && v != plugin.version.to_string()
-    {
-        return Err(v2_fail(
-            StatusCode::NOT_FOUND,
-            format!(
-                "model {name:?} version {v:?} is not the active version {}",
-                plugin.version
-            ),
-        ));
-    }
-    Ok(plugin)
-}
-
-fn v2_metadata(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Response<Body>, Failure> {
-    let plugin = v2_lookup(gw, name, version)?;
-    let info = plugin.plugin.info();
-    let spec = |s: &edgeplug_models::model::TensorSpec| json!({"name": s.name, "datatype": super::oip::datatype(s.element_type), "shape": s.shape});
-    let versions: Vec<String> = gw
-        .registry
-        .loaded_versions(name)
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "name": name,
-            "versions": versions,
-            "platform": "edgeplug-wasm",
-            "inputs": info.inputs.iter().map(spec).collect::<Vec<_>>(),
-            "outputs": info.outputs.iter().map(spec).collect::<Vec<_>>(),
-            "parameters": {"description": info.description},
-        }),
-    ))
-}
-
-fn v2_ready(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Response<Body>, Failure> {
-    v2_lookup(gw, name, version)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"name": name, "ready": true}),
-    ))
-}
-
-async fn v2_infer(
-    gw: &Gateway,
-    request: Request<RequestBody>,
-    name: &str,
-    version: Option<&str>,
-    started: Instant,
-) -> Result<Response<Body>, Failure> {
-    let plugin = v2_lookup(gw, name, version)?;
-    // The plugin's own limit holds for the JSON text, as for every other way in; the decoded
-    // tensors are held to it again below (a short number can take more room decoded).
-    let limit = plugin.plugin.shared().limits().request_bytes;
-    let body = read_body(gw, request, limit).await.map_err(v2_shape)?;
-    let decoded = if body.len() > V2_INLINE_DECODE {
-        tokio::task::spawn_blocking(move || super::oip::decode(&body))
-            .await
-            .map_err(|e| v2_fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    } else {
-        super::oip::decode(&body)
-    }
-    .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
-    super::oip::check_inputs(&decoded.request, &plugin.plugin.info().inputs)
-        .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
-    let size = decoded.request.body.len()
-        + decoded
-            .request
-            .tensors
-            .iter()
-            .map(|(_, t)| t.byte_size())
-            .sum::<usize>();
-    if size > limit {
-        return Err(v2_fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the inputs take {size} bytes, over the limit of {limit} bytes"),
-        ));
-    }
-    let answer = run(gw, plugin.clone(), decoded.request, started)
-        .await
-        .map_err(v2_shape)?;
-    let out = super::oip::encode(
-        name,
-        &plugin.version.to_string(),
-        decoded.id,
-        &answer,
-        &decoded.outputs,
-    )
-    .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
-    let mut response = json_response(StatusCode::OK, &out);
     version_headers(&mut response, &plugin);
     Ok(response)
 }
