@@ -123,7 +123,15 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             gateway.clone(),
             config_dir.unwrap_or(std::path::Path::new(".")),
         )?;
+        // With [grpc], the Open Inference Protocol is served over gRPC too (edgeplug_grpc).
+        let grpc = edgeplug_grpc::start_if_configured(gateway.clone()).await?;
+        if let Some(grpc) = &grpc {
+            eprintln!("gRPC (inference.GRPCInferenceService) on {}", grpc.addr);
+        }
         edgeplug_gateway::serve(listener, gateway, edgeplug_gateway::shutdown_signal()).await?;
+        if let Some(grpc) = grpc {
+            grpc.stop().await;
+        }
         if let Some(triggers) = triggers {
             triggers.stop().await;
         }

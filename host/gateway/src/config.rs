@@ -40,8 +40,9 @@
 //! Relative paths in a file are resolved against the file's directory; the built-in defaults
 //! are relative to the working directory.
 //!
-//! `[fleet]`, `[mqtt]`, `[[triggers]]` and `[[cameras]]` are parsed by the crates that use them
-//! (`edgeplug_fleet::config`, `edgeplug_triggers::config`), which depend on this one.
+//! `[fleet]`, `[mqtt]`, `[[triggers]]`, `[[cameras]]` and `[grpc]` are parsed by the crates that
+//! use them (`edgeplug_fleet::config`, `edgeplug_triggers::config`, `edgeplug_grpc::config`),
+//! which depend on this one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,6 +109,9 @@ pub struct Config {
     pub triggers: Vec<toml::Table>,
     /// `[[cameras]]`: MJPEG streams sampled into plugins, parsed by `edgeplug-triggers` too.
     pub cameras: Vec<toml::Table>,
+    /// `[grpc]`: the Open Inference Protocol over gRPC, opaque here, parsed by the
+    /// `edgeplug-grpc` crate. Default: none (no gRPC port).
+    pub grpc: Option<toml::Table>,
 }
 
 /// `[tls]`: certificate chain and private key, both PEM.
@@ -184,6 +188,7 @@ impl Default for Config {
             mqtt: None,
             triggers: Vec::new(),
             cameras: Vec::new(),
+            grpc: None,
         }
     }
 }

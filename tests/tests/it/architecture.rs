@@ -109,6 +109,20 @@ fn only_the_fleet_and_the_triggers_speak_mqtt_and_the_gateway_knows_neither() {
 }
 
 #[test]
+fn only_the_grpc_crate_speaks_grpc_and_the_gateway_does_not_know_it() {
+    assert_eq!(direct_dependents("tonic"), ["edgeplug-grpc"]);
+    let gateway = cargo_tree(&["-p", "edgeplug-gateway"]);
+    assert!(gateway.iter().any(|d| d == "hyper"), "the tree was read");
+    // (prost is there, through tract's ONNX reader.)
+    for forbidden in ["edgeplug-grpc", "tonic"] {
+        assert!(
+            !gateway.iter().any(|d| d == forbidden),
+            "edgeplug-gateway depends on {forbidden}"
+        );
+    }
+}
+
+#[test]
 fn only_the_models_crate_runs_tract() {
     assert_eq!(direct_dependents("tract-onnx"), ["edgeplug-models"]);
 }

@@ -31,7 +31,7 @@ fn run_client(script: &str, address: &str) -> Value {
     })
 }
 
-async fn gateway_with_examples() -> TestGateway {
+pub async fn gateway_with_examples() -> TestGateway {
     let gateway = TestGateway::start("").await;
     for (name, bundle) in [
         ("digits", digits_bundle(&gateway.key, "1.0.0")),
@@ -68,44 +68,18 @@ fn ints(value: &Value) -> Vec<usize> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tritonclient_http_with_its_defaults() {
-    let gateway = gateway_with_examples().await;
-    let seen = tokio::task::spawn_blocking({
-        let address = gateway.addr.to_string();
-        move || run_client("triton_http.py", &address)
-    })
-    .await
-    .unwrap();
-
-    assert_eq!(seen["live"], true);
-    assert_eq!(seen["ready"], true);
-    for extension in ["binary_tensor_data", "classification", "statistics"] {
-        assert!(
-            seen["extensions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e == extension),
-            "{extension} in {}",
-            seen["extensions"]
-        );
-    }
-    assert_eq!(seen["digits_ready"], true);
-    assert_eq!(
-        seen["digits_inputs"][0]["shape"],
-        serde_json::json!([1, 1, 16, 16])
-    );
-
-    // Every held-out digit, binary (the defaults) and JSON: the reference network's class.
+/// Every held-out digit's answer: the reference network's class, by tensor and by body.
+fn check_digits(argmaxes: &Value, body_labels: &Value) {
     let reference = f32s("digits/digits_cnn_ref_out.npy");
     let expected: Vec<usize> = reference.chunks(10).map(argmax).collect();
     assert_eq!(expected.len(), 540);
-    assert_eq!(ints(&seen["digits_binary"]), expected);
-    assert_eq!(ints(&seen["digits_json"]), expected);
+    assert_eq!(ints(argmaxes), expected);
     // The body output came back too (binary, length-prefixed) and says the same.
-    assert_eq!(ints(&seen["digits_body_labels"]), expected);
+    assert_eq!(ints(body_labels), expected);
+}
 
+/// The photos, classified through the extension and as reference tensors.
+fn check_photos(seen: &Value) {
     // The photos, encoded, as BYTES: the reference top-1 with its ImageNet label first.
     let labels: Vec<String> =
         std::fs::read_to_string(repo().join("plugins/image-classifier/imagenet_labels.txt"))
@@ -159,6 +133,40 @@ async fn tritonclient_http_with_its_defaults() {
         assert!(worst <= 1e-3, "photo {row}: logits differ by {worst}");
         assert_eq!(argmax(&logits), top1[row]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tritonclient_http_with_its_defaults() {
+    let gateway = gateway_with_examples().await;
+    let seen = tokio::task::spawn_blocking({
+        let address = gateway.addr.to_string();
+        move || run_client("triton_http.py", &address)
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(seen["live"], true);
+    assert_eq!(seen["ready"], true);
+    for extension in ["binary_tensor_data", "classification", "statistics"] {
+        assert!(
+            seen["extensions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e == extension),
+            "{extension} in {}",
+            seen["extensions"]
+        );
+    }
+    assert_eq!(seen["digits_ready"], true);
+    assert_eq!(
+        seen["digits_inputs"][0]["shape"],
+        serde_json::json!([1, 1, 16, 16])
+    );
+
+    check_digits(&seen["digits_binary"], &seen["digits_body_labels"]);
+    check_digits(&seen["digits_json"], &seen["digits_body_labels"]);
+    check_photos(&seen);
 
     // Errors come back as tritonclient exceptions with our reason.
     let timeout = &seen["timeout_error"];
@@ -185,4 +193,55 @@ async fn tritonclient_http_with_its_defaults() {
         stats["compute_infer"]["ns"].as_u64().unwrap() > 0,
         "{stats}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tritonclient_grpc() {
+    let gateway = gateway_with_examples().await;
+    let grpc = crate::grpc::grpc_for(&gateway).await;
+    let seen = tokio::task::spawn_blocking({
+        let address = grpc.addr.to_string();
+        move || run_client("triton_grpc.py", &address)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen["live"], true);
+    assert_eq!(seen["ready"], true);
+    assert_eq!(seen["extensions"], serde_json::json!(["classification"]));
+    assert_eq!(seen["digits_ready"], true);
+    assert_eq!(seen["digits_inputs"][0]["datatype"], "FP32");
+    assert_eq!(
+        seen["digits_inputs"][0]["shape"],
+        serde_json::json!(["1", "1", "16", "16"]),
+        "int64 shapes print as strings in protobuf's JSON"
+    );
+    check_digits(&seen["digits"], &seen["digits_body_labels"]);
+    check_photos(&seen);
+    let timeout = &seen["timeout_error"];
+    assert_eq!(
+        timeout["status"], "StatusCode.DEADLINE_EXCEEDED",
+        "{timeout}"
+    );
+    assert!(
+        timeout["message"].as_str().unwrap().contains("timeout"),
+        "{timeout}"
+    );
+    assert_eq!(seen["shape_error"]["status"], "StatusCode.INVALID_ARGUMENT");
+    let unknown = &seen["unknown_model_error"];
+    assert_eq!(unknown["status"], "StatusCode.NOT_FOUND", "{unknown}");
+    assert!(
+        unknown["message"].as_str().unwrap().contains("nope"),
+        "{unknown}"
+    );
+
+    // gRPC calls show in the gateway's metrics, and its requests in the versions' own.
+    let metrics = String::from_utf8(gateway.get("/metrics").await.into_body().to_vec()).unwrap();
+    assert!(
+        metrics.contains("edgeplug_grpc_calls_total{method=\"ModelInfer\",code=\"OK\"} 548"),
+        "540 digits, 4 photos, 4 tensors:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("edgeplug_grpc_calls_total{method=\"ModelInfer\",code=\"NOT_FOUND\"} 1")
+    );
+    grpc.stop().await;
 }

@@ -10,6 +10,7 @@ mod digits;
 mod fleet;
 mod forecaster;
 mod gateway;
+mod grpc;
 mod hardening;
 mod isolation;
 mod lifecycle;

@@ -48,22 +48,8 @@ fn v2_lookup(
     name: &str,
     version: Option<&str>,
 ) -> Result<Arc<ActivePlugin>, Failure> {
-    let plugin = gw
-        .registry
-        .get(name)
-        .ok_or_else(|| v2_fail(StatusCode::NOT_FOUND, format!("model {name:?} not found")))?;
-    if let Some(v) = version
-        && v != plugin.version.to_string()
-    {
-        return Err(v2_fail(
-            StatusCode::NOT_FOUND,
-            format!(
-                "model {name:?} version {v:?} is not the active version {}",
-                plugin.version
-            ),
-        ));
-    }
-    Ok(plugin)
+    oip::find_model(&gw.registry, name, version)
+        .map_err(|message| v2_fail(StatusCode::NOT_FOUND, message))
 }
 
 pub(super) fn v2_metadata(
@@ -153,13 +139,7 @@ pub(super) async fn v2_infer(
     .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
     oip::check_inputs(&decoded.request, &plugin.plugin.info().inputs)
         .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
-    let size = decoded.request.body.len()
-        + decoded
-            .request
-            .tensors
-            .iter()
-            .map(|(_, t)| t.byte_size())
-            .sum::<usize>();
+    let size = oip::input_bytes(&decoded.request);
     if size > limit {
         return Err(v2_fail(
             StatusCode::PAYLOAD_TOO_LARGE,

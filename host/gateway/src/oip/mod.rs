@@ -17,6 +17,7 @@ pub mod json;
 pub mod raw;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgeplug_kernels::{ElementType, Tensor};
@@ -131,6 +132,35 @@ pub fn assemble(inputs: Vec<Input>) -> Result<InferRequest, BadRequest> {
         }
     }
     Ok(request)
+}
+
+/// The active version of model `name`, if it is `version` (when given); else why not, for a
+/// not-found answer.
+pub fn find_model(
+    registry: &crate::registry::Registry,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<crate::registry::ActivePlugin>, String> {
+    let plugin = registry
+        .get(name)
+        .ok_or_else(|| format!("model {name:?} not found"))?;
+    match version {
+        Some(v) if !v.is_empty() && v != plugin.version.to_string() => Err(format!(
+            "model {name:?} version {v:?} is not the active version {}",
+            plugin.version
+        )),
+        _ => Ok(plugin),
+    }
+}
+
+/// Bytes the decoded inputs take (body and tensors), held to the plugin's request limit.
+pub fn input_bytes(request: &InferRequest) -> usize {
+    request.body.len()
+        + request
+            .tensors
+            .iter()
+            .map(|(_, t)| t.byte_size())
+            .sum::<usize>()
 }
 
 /// Checks that every tensor input is one the model declares (the BYTES body is not a tensor).
