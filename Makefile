@@ -20,9 +20,10 @@ test-setup: setup
 	command -v chromium > /dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
 # The fleet tests start a real OCI registry (CNCF distribution) and MQTT broker of their own.
 	{ command -v mosquitto && command -v docker-registry; } > /dev/null || { apt-get update && apt-get install -y --no-install-recommends docker-registry mosquitto; }
-# The standard clients the protocol tests drive: Triton's Python client (HTTP and gRPC).
-	python3 -c 'import numpy, tritonclient.http, tritonclient.grpc' 2> /dev/null || \
-		python3 -m pip install --quiet 'numpy' 'tritonclient[http,grpc]==2.73.0'
+# The standard clients the protocol tests drive: Triton's Python clients (HTTP and gRPC) and
+# KServe's.
+	python3 -c 'import numpy, tritonclient.http, tritonclient.grpc, kserve' 2> /dev/null || \
+		python3 -m pip install --quiet 'numpy' 'tritonclient[http,grpc]==2.73.0' 'kserve==0.21.0'
 
 plugins: setup
 	$(CARGO) build --profile plugin --target wasm32-wasip2 --target-dir $(WASM_TARGET) $(foreach p,$(PLUGINS),-p edgeplug-plugin-$(p))

@@ -1,5 +1,6 @@
 //! Standard clients against a gateway serving the example plugins unchanged: Triton's own
-//! Python client (`tritonclient`, installed by `make test-setup`), with its defaults.
+//! Python clients (`tritonclient.http` with its defaults, `tritonclient.grpc`) and KServe's
+//! (`kserve`: REST and gRPC), all installed by `make test-setup`.
 
 use std::process::Command;
 
@@ -10,11 +11,16 @@ use serde_json::Value;
 
 use crate::classifier::MODELS;
 
-/// Runs a client script from `tests/clients` against `gateway`; its JSON report.
+/// Runs a client script from `tests/clients` against `address`; its JSON report.
 fn run_client(script: &str, address: &str) -> Value {
+    run_client_with(script, &[address])
+}
+
+/// Runs a client script from `tests/clients` with `addresses` and the fixtures directory.
+fn run_client_with(script: &str, addresses: &[&str]) -> Value {
     let output = Command::new("python3")
         .arg(repo().join("tests/clients").join(script))
-        .arg(address)
+        .args(addresses)
         .arg(fixture(""))
         .output()
         .expect("python3 runs (make test-setup installs the clients)");
@@ -243,5 +249,43 @@ async fn tritonclient_grpc() {
     assert!(
         metrics.contains("edgeplug_grpc_calls_total{method=\"ModelInfer\",code=\"NOT_FOUND\"} 1")
     );
+    grpc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kserve_python_clients_rest_and_grpc() {
+    let gateway = gateway_with_examples().await;
+    let grpc = crate::grpc::grpc_for(&gateway).await;
+    let seen = tokio::task::spawn_blocking({
+        let (http, grpc) = (gateway.addr.to_string(), grpc.addr.to_string());
+        move || run_client_with("kserve_clients.py", &[&http, &grpc])
+    })
+    .await
+    .unwrap();
+    let reference = f32s("digits/digits_cnn_ref_out.npy");
+    let expected: Vec<usize> = reference.chunks(10).map(argmax).collect();
+    assert_eq!(ints(&seen["rest_digits"]), expected);
+    assert_eq!(ints(&seen["grpc_digits"]), expected);
+    let reference = f32s(MODELS[0].reference);
+    for key in ["rest_logits", "grpc_logits"] {
+        let rows = seen[key].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{key}");
+        for (row, logits) in rows.iter().enumerate() {
+            let logits: Vec<f32> = logits
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let want = &reference[row * 1000..(row + 1) * 1000];
+            let worst = logits
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-3, "{key} photo {row}: logits differ by {worst}");
+            assert_eq!(argmax(&logits), MODELS[0].top1[row], "{key} photo {row}");
+        }
+    }
     grpc.stop().await;
 }
