@@ -23,6 +23,8 @@ pub struct Target {
     pub method: hyper::Method,
     pub path: String,
     pub content_type: Option<String>,
+    /// Further request headers.
+    pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
 
@@ -33,6 +35,7 @@ impl Target {
             method: hyper::Method::GET,
             path: path.to_string(),
             content_type: None,
+            headers: Vec::new(),
             body: Bytes::new(),
         }
     }
@@ -48,8 +51,15 @@ impl Target {
             method: hyper::Method::POST,
             path: path.to_string(),
             content_type: Some(content_type.to_string()),
+            headers: Vec::new(),
             body: body.into(),
         }
+    }
+
+    /// The target with one more request header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Target {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -61,7 +71,8 @@ pub struct LoadResult {
     pub statuses: BTreeMap<u16, usize>,
     /// Requests that got no answer at all (connection errors).
     pub transport_errors: usize,
-    latencies: Vec<Duration>,
+    /// Every answered request's latency (sorted once the run is over).
+    pub latencies: Vec<Duration>,
 }
 
 impl LoadResult {
@@ -108,6 +119,7 @@ pub fn run_in_child(target: &Target, connections: usize, duration: Duration) -> 
         .arg(target.method.as_str())
         .arg(&target.path)
         .arg(target.content_type.as_deref().unwrap_or(""))
+        .arg(serde_json::to_string(&target.headers).expect("headers serialize"))
         .arg(connections.to_string())
         .arg(duration.as_nanos().to_string())
         .stdin(std::process::Stdio::piped())
@@ -130,7 +142,17 @@ pub fn run_in_child(target: &Target, connections: usize, duration: Duration) -> 
 pub fn serve_child_load() {
     use std::io::{Read, Write};
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [flag, addr, method, path, content_type, connections, nanos] = &args[..] else {
+    let [
+        flag,
+        addr,
+        method,
+        path,
+        content_type,
+        headers,
+        connections,
+        nanos,
+    ] = &args[..]
+    else {
         return;
     };
     if flag != CHILD_FLAG {
@@ -145,6 +167,7 @@ pub fn serve_child_load() {
         method: method.parse().expect("a method"),
         path: path.clone(),
         content_type: (!content_type.is_empty()).then(|| content_type.clone()),
+        headers: serde_json::from_str(headers).expect("headers"),
         body: body.into(),
     };
     let result = run(
@@ -158,8 +181,8 @@ pub fn serve_child_load() {
     std::process::exit(0);
 }
 
-/// The result as one JSON object, latencies in nanoseconds.
-fn encode(result: &LoadResult) -> Vec<u8> {
+/// The result as one JSON object, latencies in nanoseconds (what a load child prints).
+pub fn encode(result: &LoadResult) -> Vec<u8> {
     let latencies: Vec<u64> = result
         .latencies
         .iter()
@@ -174,7 +197,8 @@ fn encode(result: &LoadResult) -> Vec<u8> {
     .expect("serializable")
 }
 
-fn decode(bytes: &[u8]) -> LoadResult {
+/// The result a load child printed.
+pub fn decode(bytes: &[u8]) -> LoadResult {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).expect("the load child prints JSON");
     let nanos = |v: &serde_json::Value| Duration::from_nanos(v.as_u64().expect("nanoseconds"));
@@ -250,6 +274,9 @@ async fn connection(target: Target, deadline: Instant) -> LoadResult {
             .header("host", target.addr.to_string());
         if let Some(content_type) = &target.content_type {
             request = request.header("content-type", content_type);
+        }
+        for (name, value) in &target.headers {
+            request = request.header(name, value);
         }
         let request = request
             .body(Full::new(target.body.clone()))
