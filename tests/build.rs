@@ -27,6 +27,7 @@ const TEST_PLUGINS: &[&str] = &[
     "forbidden-import",
     "nondeterministic",
     "counter",
+    "wasi-nn-classifier",
 ];
 
 fn main() {

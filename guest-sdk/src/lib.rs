@@ -52,7 +52,11 @@ mod model;
 pub mod npy;
 mod ops;
 mod plugin;
-pub mod preprocess;
+/// Decoding and preprocessing of photos, bit-exact with Pillow (the `edgeplug-preprocess`
+/// crate, which wasi:nn guests can use without this SDK).
+pub use edgeplug_preprocess as preprocess;
+#[cfg(test)]
+mod preprocess_tests;
 mod tensor;
 
 pub use model::Model;

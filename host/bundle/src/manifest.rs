@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 /// the host accepts the same package version.
 pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.0";
 
+/// The other world a plugin may target: a WASI command (`wasi:cli/command`, what a `main`
+/// compiled for `wasm32-wasip2` is), run once per request with the body on stdin and the
+/// answer on stdout; it reaches models through `wasi:nn`.
+pub const COMMAND_WORLD: &str = "wasi:cli/command@0.2.0";
+
 /// The manifest's file name, in a plugin directory and in a bundle.
 pub const MANIFEST_FILE: &str = "plugin.toml";
 
@@ -26,7 +31,8 @@ pub struct Manifest {
     /// One line for humans. Default: empty.
     #[serde(default)]
     pub description: String,
-    /// The WIT world the component targets; must be [`WORLD`].
+    /// The WIT world the component targets: [`WORLD`], or [`COMMAND_WORLD`] for a WASI
+    /// command (a wasi:nn guest, for one).
     pub world: String,
     /// Path of the component inside the plugin. Default: `plugin.wasm`.
     #[serde(default = "default_component")]
@@ -205,7 +211,9 @@ pub enum ManifestError {
     Parse(#[from] toml::de::Error),
     #[error("plugin name {0:?} must be 1-64 characters of a-z, 0-9 and '-'")]
     BadName(String),
-    #[error("plugin targets WIT world {found:?}, this host implements {WORLD:?}")]
+    #[error(
+        "plugin targets WIT world {found:?}, this host implements {WORLD:?} and {COMMAND_WORLD:?}"
+    )]
     WrongWorld { found: String },
     #[error(
         "path {0:?} in plugin.toml must be a plain relative path (no '..', no absolute path, no backslash)"
@@ -232,6 +240,11 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Whether the plugin is a WASI command rather than an edgeplug handler.
+    pub fn is_command(&self) -> bool {
+        self.world == COMMAND_WORLD
+    }
+
     /// Reads `plugin.toml` from a plugin directory.
     pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
@@ -252,7 +265,7 @@ impl Manifest {
         if !name_ok {
             return Err(ManifestError::BadName(self.name.clone()));
         }
-        if self.world != WORLD {
+        if self.world != WORLD && self.world != COMMAND_WORLD {
             return Err(ManifestError::WrongWorld {
                 found: self.world.clone(),
             });

@@ -2,6 +2,7 @@
 //! version, and a fresh `Store` per request, so no state leaks from one request to the next.
 
 mod cache;
+mod command_output;
 pub mod conformance;
 pub mod content_type;
 mod error;
@@ -11,6 +12,7 @@ mod plugin;
 pub mod selftest;
 mod state;
 mod stderr;
+pub mod wasi_nn;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +28,7 @@ pub use state::LimitHit;
 
 use glue::{Plugin, PluginPre, handler};
 use state::{LimitExceeded, StoreState};
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
 
 use edgeplug_kernels::Tensor;
 use edgeplug_models::model::TensorSpec;
@@ -47,6 +50,7 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:clocks/",
     "wasi:filesystem/",
     "wasi:random/",
+    "wasi:nn/",
 ];
 
 /// Host-wide settings of the runtime.
@@ -108,6 +112,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow_of)?;
         Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(anyhow_of)?;
+        wasi_nn::add_to_linker(&mut linker).map_err(anyhow_of)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -190,7 +195,11 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(world_mismatch)?;
-        let pre = PluginPre::new(pre).map_err(world_mismatch)?;
+        let entry = if manifest.is_command() {
+            Entry::Command(CommandPre::new(pre).map_err(world_mismatch)?)
+        } else {
+            Entry::Handler(PluginPre::new(pre).map_err(world_mismatch)?)
+        };
         let shared = Arc::new(
             PluginShared::load(files, &self.config.limit_caps, &self.config.models)
                 .map_err(|e| LoadError::Model(format!("{e:#}")))?,
@@ -198,7 +207,7 @@ impl Runtime {
         let mut plugin = LoadedPlugin {
             engine: self.engine.clone(),
             _component: component,
-            pre,
+            entry,
             shared,
             info: PluginInfo {
                 name: String::new(),
@@ -209,7 +218,18 @@ impl Runtime {
             },
             warm: std::sync::Mutex::default(),
         };
-        plugin.info = plugin.call_describe().map_err(LoadError::Describe)?;
+        plugin.info = match &plugin.entry {
+            Entry::Handler(pre) => plugin.call_describe(pre).map_err(LoadError::Describe)?,
+            // A command has no describe(): what it is comes from its manifest, and it takes
+            // a body, no tensors.
+            Entry::Command(_) => PluginInfo {
+                name: manifest.name.clone(),
+                version: manifest.version.to_string(),
+                description: manifest.description.clone(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            },
+        };
         Ok(plugin)
     }
 }
@@ -314,12 +334,18 @@ pub struct LoadedPlugin {
     /// same bytes; while this lives, the cache knows it is in use. Dropping the last
     /// `LoadedPlugin` of a component frees its code and memory images.
     _component: Arc<Component>,
-    pre: PluginPre<StoreState>,
+    entry: Entry,
     shared: Arc<PluginShared>,
     info: PluginInfo,
     /// Instances kept for the next requests (`requests_per_instance` > 1), at most
     /// [`MAX_KEPT_INSTANCES`] and never more than the requests that can run at once.
     warm: std::sync::Mutex<Vec<WarmInstance>>,
+}
+
+/// How a plugin is entered: an edgeplug handler's `infer`, or a WASI command's `run`.
+enum Entry {
+    Handler(PluginPre<StoreState>),
+    Command(CommandPre<StoreState>),
 }
 
 /// Instances one plugin version keeps at most: each holds a slot of the pooling allocator,
@@ -353,17 +379,20 @@ impl LoadedPlugin {
     }
 
     fn new_store_with_deadline(&self, deadline_ms: u64) -> Store<StoreState> {
-        let mut store = Store::new(&self.engine, StoreState::new(self.shared.clone()));
+        self.store_of(StoreState::new(self.shared.clone()), deadline_ms)
+    }
+
+    fn store_of(&self, state: StoreState, deadline_ms: u64) -> Store<StoreState> {
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline_ticks(deadline_ms));
         store.epoch_deadline_trap();
         store
     }
 
-    fn call_describe(&self) -> Result<PluginInfo, InvokeError> {
+    fn call_describe(&self, pre: &PluginPre<StoreState>) -> Result<PluginInfo, InvokeError> {
         let mut store = self.new_store();
-        let instance = self
-            .pre
+        let instance = pre
             .instantiate(&mut store)
             .map_err(|e| self.classify(&store, e))?;
         let info = instance
@@ -432,6 +461,10 @@ impl LoadedPlugin {
             };
             return (Err(e), RequestStats::default());
         }
+        let pre = match &self.entry {
+            Entry::Handler(pre) => pre,
+            Entry::Command(pre) => return self.run_command(pre, request, deadline_ms),
+        };
         let kept = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (mut store, instance, served) = match kept {
             Some(WarmInstance {
@@ -445,7 +478,7 @@ impl LoadedPlugin {
             }
             None => {
                 let mut store = self.new_store_with_deadline(deadline_ms);
-                match self.pre.instantiate(&mut store) {
+                match pre.instantiate(&mut store) {
                     Ok(instance) => (store, instance, 0),
                     Err(e) => {
                         let e = self.classify(&store, e);
@@ -472,6 +505,77 @@ impl LoadedPlugin {
                 });
             }
         }
+        (result, stats)
+    }
+
+    /// One request to a WASI command: a fresh instance whose `run` reads the body on stdin and
+    /// writes the answer on stdout (the content type is in `CONTENT_TYPE`, as for CGI; the
+    /// answer may start with CGI headers, see [`command_output`]). A command that fails
+    /// (exits with an error) is `internal`, with what it wrote on stderr as the message.
+    fn run_command(
+        &self,
+        pre: &CommandPre<StoreState>,
+        request: InferRequest,
+        deadline_ms: u64,
+    ) -> (Result<InferResponse, InvokeError>, RequestStats) {
+        if let Some((name, _)) = request.tensors.first() {
+            let e = InvokeError::Plugin {
+                code: PluginErrorCode::InvalidArgument,
+                message: format!(
+                    "plugin {} is a WASI command: it takes a body on stdin, not tensors (got {name:?})",
+                    self.info.name
+                ),
+            };
+            return (Err(e), RequestStats::default());
+        }
+        let limit = self.shared.limits().response_bytes;
+        // One byte over the limit is enough to know the answer is too large.
+        let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(limit + 1);
+        let state = StoreState::for_command(
+            self.shared.clone(),
+            request.body,
+            &request.content_type,
+            stdout.clone(),
+        );
+        let mut store = self.store_of(state, deadline_ms);
+        let ran = pre
+            .instantiate(&mut store)
+            .and_then(|command| command.wasi_cli_run().call_run(&mut store));
+        let stats = self.stats(&store);
+        let exit = match ran {
+            Ok(Ok(())) => 0,
+            Ok(Err(())) => 1,
+            Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) => exit.0,
+                None if stdout.contents().len() > limit => {
+                    let e = InvokeError::ResponseTooLarge {
+                        size: stdout.contents().len(),
+                        limit,
+                    };
+                    return (Err(e), stats);
+                }
+                None => return (Err(self.classify(&store, e)), stats),
+            },
+        };
+        let body = stdout.contents().to_vec();
+        let result = if exit != 0 {
+            let said = store.data().stderr.text();
+            let message = match said.trim() {
+                "" => "the command exited with an error".to_string(),
+                said => said.to_string(),
+            };
+            Err(InvokeError::Plugin {
+                code: PluginErrorCode::Internal,
+                message,
+            })
+        } else if body.len() > limit {
+            Err(InvokeError::ResponseTooLarge {
+                size: body.len(),
+                limit,
+            })
+        } else {
+            command_output::parse(body)
+        };
         (result, stats)
     }
 

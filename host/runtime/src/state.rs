@@ -64,6 +64,26 @@ impl StoreState {
         }
     }
 
+    /// The state of one request to a WASI command: the body on stdin, `stdout` collecting the
+    /// answer, the content type in the environment as `CONTENT_TYPE` (as CGI does), and the
+    /// plugin's name as the program name. Still no files, sockets or other environment.
+    pub fn for_command(
+        plugin: Arc<PluginShared>,
+        body: Vec<u8>,
+        content_type: &str,
+        stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    ) -> StoreState {
+        let mut state = StoreState::new(plugin);
+        state.wasi = WasiCtx::builder()
+            .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(body))
+            .stdout(stdout)
+            .stderr(state.stderr.clone())
+            .env("CONTENT_TYPE", content_type)
+            .args(&[state.plugin.name()])
+            .build();
+        state
+    }
+
     /// Starts another request on a kept instance: what the last one hit or wrote is
     /// forgotten, and its peaks restart from what the instance holds now (tensors the plugin
     /// kept stay charged to its budget).
@@ -80,30 +100,42 @@ impl StoreState {
 
     /// Stores a new tensor for the guest, charging it to the request's tensor budget.
     pub fn push_tensor(&mut self, tensor: Tensor) -> Result<Resource<Tensor>, HostError> {
-        let size = tensor.byte_size();
+        self.charge_tensor_bytes(tensor.byte_size())
+            .map_err(HostError::Trap)?;
+        Ok(self.table.push(tensor)?)
+    }
+
+    /// Charges `size` bytes of host tensor memory to the request; past its budget, the
+    /// request ends (the trap names the limit).
+    pub(crate) fn charge_tensor_bytes(&mut self, size: usize) -> wasmtime::Result<()> {
         let total = self.tensor_bytes.saturating_add(size);
         if total > self.tensor_budget {
             let hit = LimitHit::TensorMemory {
                 limit_bytes: self.tensor_budget,
             };
             self.limit_hit = Some(hit);
-            return Err(HostError::Trap(wasmtime::Error::new(LimitExceeded(hit))));
+            return Err(wasmtime::Error::new(LimitExceeded(hit)));
         }
         self.tensor_bytes = total;
         self.peak_tensor_bytes = self.peak_tensor_bytes.max(total);
-        Ok(self.table.push(tensor)?)
+        Ok(())
+    }
+
+    /// Gives back what [`StoreState::charge_tensor_bytes`] charged.
+    pub(crate) fn release_tensor_bytes(&mut self, size: usize) {
+        self.tensor_bytes = self.tensor_bytes.saturating_sub(size);
     }
 
     pub fn drop_tensor(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
         let tensor = self.table.delete(tensor)?;
-        self.tensor_bytes = self.tensor_bytes.saturating_sub(tensor.byte_size());
+        self.release_tensor_bytes(tensor.byte_size());
         Ok(())
     }
 
     /// Takes a tensor the guest handed back (a response tensor) out of the table.
     pub fn take_tensor(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Tensor> {
         let tensor = self.table.delete(tensor)?;
-        self.tensor_bytes = self.tensor_bytes.saturating_sub(tensor.byte_size());
+        self.release_tensor_bytes(tensor.byte_size());
         Ok(tensor)
     }
 

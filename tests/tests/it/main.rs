@@ -18,3 +18,4 @@ mod models;
 mod rollout;
 mod runtime;
 mod triggers;
+mod wasi_nn;

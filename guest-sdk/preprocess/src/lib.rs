@@ -30,8 +30,6 @@ use image::{DynamicImage, GrayImage, RgbImage};
 
 mod decode;
 mod resize;
-#[cfg(test)]
-mod tests;
 
 pub use decode::decode;
 pub use resize::{
@@ -75,7 +73,7 @@ impl Default for DecodeLimits {
 }
 
 /// Why preprocessing failed. Every variant is the client's fault: `?` in a plugin's `infer`
-/// turns it into an [`Error`](crate::Error) with code invalid-argument (HTTP 400).
+/// turns it into an `edgeplug_sdk::Error` with code invalid-argument (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreprocessError {
     /// The input has zero bytes.

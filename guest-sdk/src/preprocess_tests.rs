@@ -5,8 +5,8 @@ use image::{
     Rgba, RgbaImage,
 };
 
-use super::*;
 use crate::npy::{self, NpyData};
+use crate::preprocess::*;
 
 /// `tests/fixtures/images`, found by walking up from the crate's manifest directory (the crate
 /// lives at different depths in the workspace and in scratch builds).
