@@ -1,0 +1,137 @@
+//! wasi:nn throughput on one graph: the wasi:nn guest (tests/plugins/wasi-nn-classifier,
+//! MobileNetV2 on chelsea.png) with 1 and 2 concurrent clients, with edgeplug's graphs
+//! (computes in parallel) and with every compute under one lock, as the wasi-nn backends of
+//! wasmtime and WasmEdge hold per graph. Requests/s and p50/p99, in one run, alternated.
+//!
+//! `cargo bench -p edgeplug-tests --bench wasi_nn` (each run `EDGEPLUG_BENCH_SECS`, default 5 s;
+//! `EDGEPLUG_BENCH_ROUNDS` rounds, default 3; medians printed, and written to
+//! `target/bench/wasi_nn.json`). The clients call the runtime directly, one thread each, so the
+//! figures are the plugin's own (preprocessing in the sandbox, the graph in the host).
+
+use std::time::{Duration, Instant};
+
+use edgeplug_runtime::{InferRequest, LoadedPlugin, PluginFiles};
+use edgeplug_tests::{WASI_NN_CLASSIFIER_WASM, fixture, repo, runtime};
+
+fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo().join("tests/plugins/wasi-nn-classifier");
+    std::fs::copy(source.join("plugin.toml"), dir.path().join("plugin.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("selftest")).unwrap();
+    for file in ["selftest/chelsea.png", "selftest/chelsea.expect.json"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::copy(
+        repo().join("plugins/image-classifier/mobilenetv2.onnx"),
+        dir.path().join("mobilenetv2.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(WASI_NN_CLASSIFIER_WASM, dir.path().join("plugin.wasm")).unwrap();
+    dir
+}
+
+/// `clients` threads, each a closed loop of requests for `duration`: requests/s and the
+/// sorted latencies.
+fn load(
+    plugin: &LoadedPlugin,
+    request: &InferRequest,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Vec<Duration>) {
+    let started = Instant::now();
+    let latencies: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    while started.elapsed() < duration {
+                        let sent = Instant::now();
+                        let answer = plugin.infer(request.clone()).expect("the guest answers");
+                        assert!(answer.body.starts_with(b"{\"top5\":[{\"class\":285"));
+                        mine.push(sent.elapsed());
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let mut latencies = latencies;
+    latencies.sort();
+    (latencies.len() as f64 / elapsed.as_secs_f64(), latencies)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let duration = Duration::from_secs(env("EDGEPLUG_BENCH_SECS", 5));
+    let rounds = env("EDGEPLUG_BENCH_ROUNDS", 3) as usize;
+    let dir = plugin_dir();
+    let runtime = runtime();
+    let plugin = runtime
+        .load(&PluginFiles::from_dir(dir.path(), None).unwrap())
+        .unwrap();
+    let request = InferRequest {
+        content_type: "image/png".into(),
+        body: std::fs::read(fixture("images/chelsea.png")).unwrap(),
+        tensors: Vec::new(),
+    };
+    let cases = [
+        ("parallel", false, 1),
+        ("parallel", false, 2),
+        ("one lock", true, 1),
+        ("one lock", true, 2),
+    ];
+    for &(_, lock, clients) in &cases {
+        edgeplug_runtime::wasi_nn::serialize_graphs(lock);
+        load(&plugin, &request, clients, Duration::from_secs(1));
+    }
+    let mut figures = vec![(Vec::new(), Vec::new(), Vec::new()); cases.len()];
+    for _ in 0..rounds {
+        for (case, figure) in cases.iter().zip(&mut figures) {
+            edgeplug_runtime::wasi_nn::serialize_graphs(case.1);
+            let (per_second, latencies) = load(&plugin, &request, case.2, duration);
+            let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+            figure.0.push(per_second);
+            figure.1.push(quantile(0.5).as_secs_f64() * 1e3);
+            figure.2.push(quantile(0.99).as_secs_f64() * 1e3);
+        }
+    }
+    edgeplug_runtime::wasi_nn::serialize_graphs(false);
+    println!(
+        "wasi:nn MobileNetV2 on chelsea.png, {rounds} rounds of {duration:?} alternated, medians:"
+    );
+    println!(
+        "{:<10} {:>8} {:>9} {:>9} {:>9}",
+        "graph", "clients", "req/s", "p50 ms", "p99 ms"
+    );
+    let mut json = Vec::new();
+    for ((name, _, clients), (per_second, p50, p99)) in cases.iter().zip(&mut figures) {
+        let (per_second, p50, p99) = (median(per_second), median(p50), median(p99));
+        println!("{name:<10} {clients:>8} {per_second:>9.1} {p50:>9.2} {p99:>9.2}");
+        json.push(serde_json::json!({"graph": name, "clients": clients, "per_second": per_second, "p50_ms": p50, "p99_ms": p99}));
+    }
+    let out = repo().join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("wasi_nn.json"),
+        serde_json::to_vec_pretty(&json).unwrap(),
+    )
+    .unwrap();
+}
