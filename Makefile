@@ -41,6 +41,7 @@ dist:
 # target/dev/trust). The state directory is fresh on every run; Ctrl-C stops the gateway.
 DEV := target/dev
 LISTEN ?= 127.0.0.1:8080
+GRPC_LISTEN ?= 127.0.0.1:8081
 DEV_TOKEN := dev-token
 SERVE_PLUGINS = $(patsubst plugins/%/plugin.toml,%,$(wildcard plugins/*/plugin.toml))
 
@@ -52,10 +53,10 @@ run: plugins host
 	cp $(DEV)/keys/dev.pub $(DEV)/trust/dev.pub
 	$(foreach p,$(SERVE_PLUGINS),./target/release/edgeplug pack plugins/$(p) --key $(DEV)/keys/dev.key \
 		--out $(DEV)/bundles/$(p).epk > /dev/null &&) true
-	printf 'listen = "$(LISTEN)"\nstate_dir = "state"\ntrust_dir = "trust"\nadmin_token = "$(DEV_TOKEN)"\ndefault_plugin = "digits"\n' \
+	printf 'listen = "$(LISTEN)"\nstate_dir = "state"\ntrust_dir = "trust"\nadmin_token = "$(DEV_TOKEN)"\ndefault_plugin = "digits"\n[grpc]\nlisten = "$(GRPC_LISTEN)"\n' \
 		> $(DEV)/gateway.toml
 	rm -rf $(DEV)/state
-	@echo "Open http://$(LISTEN)/ or try:"
+	@echo "Open http://$(LISTEN)/ (Open Inference Protocol over gRPC on $(GRPC_LISTEN)) or try:"
 	@echo "  curl -F image=@tests/fixtures/images/adversarial/digit1-gray8.png http://$(LISTEN)/predict"
 	@echo "  curl -H 'content-type: image/png' --data-binary @tests/fixtures/images/chelsea.png http://$(LISTEN)/v1/plugins/image-classifier/infer"
 	EDGEPLUG_LOG=$${EDGEPLUG_LOG:-info} ./target/release/edgeplug serve --config $(DEV)/gateway.toml \
