@@ -9,11 +9,13 @@
 //! - [`oip`]: the Open Inference Protocol v2's meaning (JSON and binary tensors,
 //!   classification), apart from its transport; [`multipart`]: `/predict`'s form;
 //!   [`media`]: what an unlabeled body holds.
-//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`metrics`]: Prometheus counters and histograms; [`activity`]: each plugin's last ten
+//!   minutes and version history, for the web page.
 //!
 //! The server is a function, [`serve`], over a bound listener, so tests run it on
 //! `127.0.0.1:0`.
 
+pub mod activity;
 pub mod audit;
 pub mod auth;
 pub mod body;

@@ -35,6 +35,8 @@ pub struct VersionMetrics {
     /// When the last request finished, in milliseconds since the Unix epoch.
     last_unix_ms: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// The plugin's recent activity, shared with its other versions (the web page's charts).
+    activity: Arc<crate::activity::PluginActivity>,
 }
 
 /// A count and the total time it took, for Triton's statistics extension.
@@ -70,6 +72,7 @@ impl VersionMetrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.last_unix_ms.fetch_max(now, Ordering::Relaxed);
+        self.activity.record(latency, error.is_some());
         if let Some(code) = error {
             self.failed_us_sum.fetch_add(us, Ordering::Relaxed);
             *self
@@ -183,6 +186,8 @@ pub struct Metrics {
     /// Requests refused before reaching a plugin (unknown plugin, saturated, too large...),
     /// by HTTP status.
     refused: Mutex<BTreeMap<u16, u64>>,
+    /// Each plugin's recent requests and version history, for the web page.
+    pub activities: crate::activity::Activities,
 }
 
 impl Metrics {
@@ -193,7 +198,12 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry((name.to_string(), version.to_string()))
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(VersionMetrics {
+                    activity: self.activities.plugin(name),
+                    ..VersionMetrics::default()
+                })
+            })
             .clone()
     }
 
@@ -207,6 +217,7 @@ impl Metrics {
 
     /// A swap (`kind` = "push"), a rollback or a removal.
     pub fn event(&self, kind: &'static str, plugin: &str, version: &str) {
+        self.activities.event(plugin, kind, version);
         *self
             .events
             .lock()

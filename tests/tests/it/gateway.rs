@@ -876,3 +876,96 @@ async fn web_page_classifies_an_uploaded_photo_in_a_headless_browser() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_each_plugins_activity_and_version_history() {
+    let Some(chromium) = chromium_for_test() else {
+        return;
+    };
+    let mut gw = TestGateway::start("").await;
+    for version in ["1.0.0", "2.0.0"] {
+        assert_status(
+            &gw.push("digits", digits_bundle(&gw.key, version)).await,
+            200,
+        );
+    }
+    assert_status(&gw.rollback("digits").await, 200);
+    // 24 answers and 3 refusals by the plugin: 27 requests it ran.
+    let seven = std::fs::read(fixture("digits/seven.json")).unwrap();
+    for _ in 0..24 {
+        assert_status(
+            &gw.post(
+                "/v1/plugins/digits/infer",
+                "application/json",
+                seven.clone(),
+            )
+            .await,
+            200,
+        );
+    }
+    for _ in 0..3 {
+        assert_status(
+            &gw.post("/v1/plugins/digits/infer", "application/json", "[1, 2]")
+                .await,
+            400,
+        );
+    }
+    // The same figures from the endpoint the page reads.
+    let report = json_of(&gw.get("/v1/plugins/digits/activity").await);
+    let slots = report["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 60);
+    let sum = |key: &str| slots.iter().map(|s| s[key].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("requests"), sum("errors")), (27, 3));
+    assert_status(&gw.get("/v1/plugins/nope/activity").await, 404);
+
+    let url = format!("http://{}/", gw.addr);
+    let seen = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
+        let mut browser = Browser::launch(&chromium).map_err(|e| e.to_string())?;
+        let page = browser.open(&url)?;
+        let total = browser.wait_for(
+            &page,
+            "document.querySelector('#activity-digits')?.dataset.total",
+        )?;
+        let bars = browser.eval(
+            &page,
+            "[...document.querySelectorAll('#activity-digits svg.rate rect.req')].map(r => [+r.dataset.requests, +r.dataset.errors])",
+        )?;
+        let latencies = browser.eval(
+            &page,
+            "[...document.querySelectorAll('#activity-digits svg.latency rect')].map(r => +r.dataset.count)",
+        )?;
+        let history = browser.eval(
+            &page,
+            "[...document.querySelectorAll('#activity-digits ol.history li')].map(li => li.className + ' ' + li.textContent.split(' ').slice(-1)[0])",
+        )?;
+        let caption = browser.eval(
+            &page,
+            "document.querySelector('#activity-digits figcaption').textContent",
+        )?;
+        Ok(vec![total, bars, latencies, history, caption])
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("the browser session failed: {e}"));
+    assert_eq!(seen[0], json!("27"), "requests in the last ten minutes");
+    let bars: Vec<(u64, u64)> = serde_json::from_value(seen[1].clone()).unwrap();
+    assert_eq!(bars.len(), 60, "one bar per 10 s slot");
+    let drawn: (u64, u64) = bars
+        .iter()
+        .fold((0, 0), |(r, e), (br, be)| (r + br, e + be));
+    assert_eq!(drawn, (27, 3), "the bars add up to the requests and errors");
+    let latencies: Vec<u64> = serde_json::from_value(seen[2].clone()).unwrap();
+    assert_eq!(latencies.len(), 13, "12 bounds and the open bucket");
+    assert_eq!(latencies.iter().sum::<u64>(), 27, "{latencies:?}");
+    assert_eq!(
+        seen[3],
+        json!(["push 1.0.0", "push 2.0.0", "rollback 1.0.0"]),
+        "the version history, oldest first"
+    );
+    assert!(
+        seen[4].as_str().unwrap().starts_with("27 requests"),
+        "{}",
+        seen[4]
+    );
+    gw.stop().await;
+}

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | GET | `/` | the web page (with its Content-Security-Policy) |
 //! | GET | `/v1/plugins` | plugins, active and kept versions, signer, load time, stats |
+//! | GET | `/v1/plugins/{name}/activity` | the last ten minutes' requests, latency histogram, version history |
 //! | POST | `/v1/plugins/{name}/infer` | body and content type to the plugin, its response back |
 //! | POST | `/predict` | multipart form, file field `image`, to `default_plugin`: `{"prediction": label}` |
 //! | GET | `/metrics` | Prometheus text |
@@ -248,6 +249,7 @@ fn check_host(request: &Request<RequestBody>) -> Result<(), Failure> {
 enum Endpoint<'a> {
     Page,
     List,
+    Activity(&'a str),
     Metrics,
     Live,
     Ready,
@@ -270,6 +272,7 @@ impl<'a> Endpoint<'a> {
         match (method, segments) {
             (&M::GET, []) | (&M::GET, ["index.html"]) => Endpoint::Page,
             (&M::GET, ["v1", "plugins"]) => Endpoint::List,
+            (&M::GET, ["v1", "plugins", name, "activity"]) => Endpoint::Activity(name),
             (&M::POST, ["v1", "plugins", name, "infer"]) => Endpoint::Invoke(name),
             (&M::POST, ["predict"]) => Endpoint::Predict,
             (&M::GET, ["metrics"]) => Endpoint::Metrics,
@@ -308,6 +311,7 @@ impl<'a> Endpoint<'a> {
             }
             Endpoint::Page
             | Endpoint::List
+            | Endpoint::Activity(_)
             | Endpoint::Metrics
             | Endpoint::Live
             | Endpoint::Ready
@@ -342,6 +346,7 @@ async fn route(
             Ok(response)
         }
         Endpoint::List => list(gw).await,
+        Endpoint::Activity(name) => activity(gw, name),
         Endpoint::Invoke(name) => invoke(gw, request, name, started).await,
         Endpoint::Predict => predict(gw, request, started).await,
         Endpoint::Metrics => {
@@ -569,6 +574,21 @@ async fn list(gw: &Arc<Gateway>) -> Result<Response<Body>, Failure> {
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| admin_failure(&e))?;
     Ok(json_response(StatusCode::OK, &json!({"plugins": listing})))
+}
+
+/// A plugin's last ten minutes (requests and errors per slot, latency histogram) and its
+/// version history, for the web page's charts.
+fn activity(gw: &Gateway, name: &str) -> Result<Response<Body>, Failure> {
+    let known = gw.registry.get(name).is_some() || gw.registry.names().iter().any(|n| n == name);
+    if !known {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no plugin {name:?}"),
+        ));
+    }
+    let report = gw.metrics.activities.report(name);
+    Ok(json_response(StatusCode::OK, &json!(report)))
 }
 
 /// Who is asking, from the request's headers and connection alone (never its body): the
