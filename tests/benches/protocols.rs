@@ -128,9 +128,16 @@ fn serve_grpc_child() {
         let deadline = started + duration;
         let mut tasks = Vec::new();
         for _ in 0..connections {
-            let mut client = GrpcInferenceServiceClient::connect(url.clone())
-                .await
+            // The client's windows as large as the server's (HTTP/2's default is 64 KiB).
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
                 .unwrap()
+                .initial_stream_window_size(edgeplug_grpc::STREAM_WINDOW)
+                .initial_connection_window_size(edgeplug_grpc::STREAM_WINDOW * 2)
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .unwrap();
+            let mut client = GrpcInferenceServiceClient::new(channel)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
             let request = request.clone();

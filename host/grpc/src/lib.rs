@@ -29,6 +29,9 @@ use tokio::net::TcpListener;
 
 pub use config::GrpcConfig;
 
+/// The HTTP/2 flow-control window of each call (the connection's is twice this).
+pub const STREAM_WINDOW: u32 = 4 << 20;
+
 /// A running gRPC server.
 pub struct GrpcServer {
     /// Where it listens.
@@ -80,8 +83,13 @@ pub fn start(
     let server = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(service)
         .max_decoding_message_size(decoding)
         .max_encoding_message_size(encoding);
+    // HTTP/2's default 64 KiB flow-control window would stall an image tensor (588 KiB for
+    // 224x224x3 float32) on nine round trips of WINDOW_UPDATE; a window as large as a plugin's
+    // usual request lets it arrive in one flight.
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(STREAM_WINDOW * 2))
         .tcp_nodelay(true);
     if let Some(tls) = &gateway.config.tls {
         let cert = std::fs::read(&tls.cert)
