@@ -93,26 +93,41 @@ fn main() {
     let plugin = runtime
         .load(&PluginFiles::from_dir(dir.path(), None).unwrap())
         .unwrap();
-    let request = InferRequest {
+    let photo = InferRequest {
         content_type: "image/png".into(),
         body: std::fs::read(fixture("images/chelsea.png")).unwrap(),
         tensors: Vec::new(),
     };
-    let cases = [
-        ("parallel", false, 1),
-        ("parallel", false, 2),
-        ("one lock", true, 1),
-        ("one lock", true, 2),
-    ];
-    for &(_, lock, clients) in &cases {
+    // Chelsea preprocessed as the image classifier does: the first row of the reference input.
+    let tensor = match edgeplug_tests::npy("imagenet/mobilenetv2_input.npy").data {
+        edgeplug_sdk::npy::NpyData::F32(v) => v[..3 * 224 * 224]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        _ => panic!("float32 expected"),
+    };
+    let tensor = InferRequest {
+        content_type: "application/octet-stream".into(),
+        body: tensor,
+        tensors: Vec::new(),
+    };
+    let mut cases = Vec::new();
+    for (input, request) in [("photo", &photo), ("tensor", &tensor)] {
+        for (graph, lock) in [("parallel", false), ("one lock", true)] {
+            for clients in [1, 2] {
+                cases.push((input, request, graph, lock, clients));
+            }
+        }
+    }
+    for &(_, request, _, lock, clients) in &cases {
         edgeplug_runtime::wasi_nn::serialize_graphs(lock);
-        load(&plugin, &request, clients, Duration::from_secs(1));
+        load(&plugin, request, clients, Duration::from_secs(1));
     }
     let mut figures = vec![(Vec::new(), Vec::new(), Vec::new()); cases.len()];
     for _ in 0..rounds {
         for (case, figure) in cases.iter().zip(&mut figures) {
-            edgeplug_runtime::wasi_nn::serialize_graphs(case.1);
-            let (per_second, latencies) = load(&plugin, &request, case.2, duration);
+            edgeplug_runtime::wasi_nn::serialize_graphs(case.3);
+            let (per_second, latencies) = load(&plugin, case.1, case.4, duration);
             let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
             figure.0.push(per_second);
             figure.1.push(quantile(0.5).as_secs_f64() * 1e3);
@@ -121,17 +136,20 @@ fn main() {
     }
     edgeplug_runtime::wasi_nn::serialize_graphs(false);
     println!(
-        "wasi:nn MobileNetV2 on chelsea.png, {rounds} rounds of {duration:?} alternated, medians:"
+        "wasi:nn MobileNetV2 on chelsea, {rounds} rounds of {duration:?} alternated, medians:"
     );
     println!(
-        "{:<10} {:>8} {:>9} {:>9} {:>9}",
-        "graph", "clients", "req/s", "p50 ms", "p99 ms"
+        "{:<8} {:<10} {:>8} {:>9} {:>9} {:>9}",
+        "input", "graph", "clients", "req/s", "p50 ms", "p99 ms"
     );
     let mut json = Vec::new();
-    for ((name, _, clients), (per_second, p50, p99)) in cases.iter().zip(&mut figures) {
+    for ((input, _, graph, _, clients), (per_second, p50, p99)) in cases.iter().zip(&mut figures) {
         let (per_second, p50, p99) = (median(per_second), median(p50), median(p99));
-        println!("{name:<10} {clients:>8} {per_second:>9.1} {p50:>9.2} {p99:>9.2}");
-        json.push(serde_json::json!({"graph": name, "clients": clients, "per_second": per_second, "p50_ms": p50, "p99_ms": p99}));
+        println!("{input:<8} {graph:<10} {clients:>8} {per_second:>9.1} {p50:>9.2} {p99:>9.2}");
+        json.push(
+            serde_json::json!({"input": input, "graph": graph, "clients": clients,
+            "per_second": per_second, "p50_ms": p50, "p99_ms": p99}),
+        );
     }
     let out = repo().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
