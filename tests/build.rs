@@ -28,6 +28,7 @@ const TEST_PLUGINS: &[&str] = &[
     "nondeterministic",
     "counter",
     "wasi-nn-classifier",
+    "trainer",
 ];
 
 fn main() {

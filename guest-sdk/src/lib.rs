@@ -58,6 +58,7 @@ pub use edgeplug_preprocess as preprocess;
 #[cfg(test)]
 mod preprocess_tests;
 mod tensor;
+pub mod train;
 
 pub use model::Model;
 pub use ops::{Activation, Conv2d, Gemm, Padding, Pool2d};

@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 
 /// The WIT world this host implements. A manifest names the world it was built against;
 /// the host accepts the same package version.
-pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.0";
+pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.1";
+
+/// Every version of the plugin world this host serves: 0.1.1 added the `train` interface,
+/// and a plugin built against 0.1.0 (which imports none of it) runs unchanged.
+pub const PLUGIN_WORLDS: [&str; 2] = ["edgeplug:plugin/plugin@0.1.0", WORLD];
 
 /// The other world a plugin may target: a WASI command (`wasi:cli/command`, what a `main`
 /// compiled for `wasm32-wasip2` is), run once per request with the body on stdin and the
@@ -265,7 +269,7 @@ impl Manifest {
         if !name_ok {
             return Err(ManifestError::BadName(self.name.clone()));
         }
-        if self.world != WORLD && self.world != COMMAND_WORLD {
+        if !PLUGIN_WORLDS.contains(&self.world.as_str()) && self.world != COMMAND_WORLD {
             return Err(ManifestError::WrongWorld {
                 found: self.world.clone(),
             });

@@ -15,6 +15,7 @@ wasmtime::component::bindgen!({
     with: {
         "edgeplug:plugin/types.tensor": edgeplug_kernels::Tensor,
         "edgeplug:plugin/model.model": super::state::OpenModel,
+        "edgeplug:plugin/train.head": super::glue_train::TrainHead,
     },
     imports: { default: trappable },
     trappable_error_type: {
@@ -22,6 +23,7 @@ wasmtime::component::bindgen!({
     },
 });
 
+pub(crate) use edgeplug::plugin::train;
 use edgeplug::plugin::{log, model, ops, types};
 pub use exports::edgeplug::plugin::handler;
 pub use types::{ElementType as WitElementType, Error as WitError, ErrorCode as WitErrorCode};
@@ -66,7 +68,7 @@ impl From<wasmtime::Error> for HostError {
     }
 }
 
-type HostResult<T> = Result<T, HostError>;
+pub(crate) type HostResult<T> = Result<T, HostError>;
 
 pub fn to_element_type(ty: WitElementType) -> tensor::ElementType {
     match ty {

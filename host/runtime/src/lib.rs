@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod content_type;
 mod error;
 pub mod glue;
+mod glue_train;
 pub mod model_store;
 mod plugin;
 pub mod selftest;

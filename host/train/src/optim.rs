@@ -138,16 +138,33 @@ impl Optimizer {
         };
         let lr = self.config.lr;
         let t = self.steps + 1;
+        // Only the state the optimizer needs: momentum one copy of the weights, Adam two.
+        let (moments, squares) = match self.config.kind {
+            OptimizerKind::Sgd => (false, false),
+            OptimizerKind::Momentum { .. } => (true, false),
+            OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => (true, true),
+        };
+        let zeros = || {
+            params
+                .iter()
+                .map(|p| vec![0.0; p.len()])
+                .collect::<Vec<_>>()
+        };
         let mut first = self.first.clone();
         let mut second = self.second.clone();
-        if first.is_empty() {
-            first = params.iter().map(|p| vec![0.0; p.len()]).collect();
-            second = first.clone();
+        if moments && first.is_empty() {
+            first = zeros();
+        }
+        if squares && second.is_empty() {
+            second = zeros();
         }
         let mut updated = Vec::with_capacity(params.len());
         for (i, (param, grad)) in params.iter().zip(&grads.0).enumerate() {
             let mut values = param.as_f32()?.to_vec();
-            let (m, v) = (&mut first[i], &mut second[i]);
+            let mut none = Vec::new();
+            let m = first.get_mut(i).unwrap_or(&mut none);
+            let mut none_either = Vec::new();
+            let v = second.get_mut(i).unwrap_or(&mut none_either);
             match self.config.kind {
                 OptimizerKind::Sgd => {
                     for (p, g) in values.iter_mut().zip(grad) {

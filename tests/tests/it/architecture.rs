@@ -125,8 +125,17 @@ fn only_the_grpc_crate_speaks_grpc_and_the_gateway_does_not_know_it() {
 #[test]
 fn training_needs_only_the_kernels() {
     let deps = cargo_tree(&["-p", "edgeplug-train"]);
-    assert!(deps.iter().any(|d| d == "edgeplug-kernels"), "the tree was read");
-    for forbidden in ["wasmtime", "tract-onnx", "hyper", "tokio", "edgeplug-runtime"] {
+    assert!(
+        deps.iter().any(|d| d == "edgeplug-kernels"),
+        "the tree was read"
+    );
+    for forbidden in [
+        "wasmtime",
+        "tract-onnx",
+        "hyper",
+        "tokio",
+        "edgeplug-runtime",
+    ] {
         assert!(
             !deps.iter().any(|d| d == forbidden),
             "edgeplug-train depends on {forbidden}: {deps:?}"

@@ -17,5 +17,6 @@ mod lifecycle;
 mod models;
 mod rollout;
 mod runtime;
+mod train;
 mod triggers;
 mod wasi_nn;

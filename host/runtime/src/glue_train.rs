@@ -1,0 +1,172 @@
+//! The `train` interface: thin glue that checks, converts and delegates to
+//! [`edgeplug_train`], which knows nothing of WIT. A head's weights, the gradients of a step
+//! and the optimizer's state are host memory charged to the request's tensor budget (exceeding
+//! it is a trap naming the limit, like any host tensor); a step or setting the guest got wrong
+//! is a WIT error.
+
+use wasmtime::component::Resource;
+
+use super::glue::train;
+use super::glue::{HostError, HostResult, WitErrorCode};
+use super::state::StoreState;
+use edgeplug_kernels::Tensor;
+use edgeplug_train::{Head, HeadSpec, Optimizer, OptimizerConfig, OptimizerKind, TrainError};
+
+/// A head the guest created, with its optimizer and what it is charged.
+pub struct TrainHead {
+    head: Head,
+    optimizer: Optimizer,
+    /// Bytes charged to the tensor budget: weights plus the optimizer state it will hold.
+    charged: usize,
+}
+
+impl From<TrainError> for HostError {
+    fn from(e: TrainError) -> HostError {
+        match e {
+            TrainError::Tensor(e) => e.into(),
+            TrainError::Shape(_) => HostError::guest(WitErrorCode::ShapeMismatch, e.to_string()),
+            TrainError::Label { .. } | TrainError::NonFinite(_) | TrainError::Config(_) => {
+                HostError::guest(WitErrorCode::InvalidArgument, e.to_string())
+            }
+        }
+    }
+}
+
+fn optimizer_config(o: &train::Optimizer) -> OptimizerConfig {
+    let kind = match o.kind {
+        train::OptimizerKind::Sgd => OptimizerKind::Sgd,
+        train::OptimizerKind::Momentum => OptimizerKind::Momentum { beta: o.beta1 },
+        train::OptimizerKind::Adam => OptimizerKind::Adam {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.epsilon,
+        },
+        train::OptimizerKind::Adamw => OptimizerKind::AdamW {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.epsilon,
+            weight_decay: o.weight_decay,
+        },
+    };
+    OptimizerConfig {
+        kind,
+        lr: o.learning_rate,
+        clip_norm: o.clip_norm,
+    }
+}
+
+/// The optimizer state a head will hold, in multiples of its weights.
+fn state_copies(kind: OptimizerKind) -> usize {
+    match kind {
+        OptimizerKind::Sgd => 0,
+        OptimizerKind::Momentum { .. } => 1,
+        OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => 2,
+    }
+}
+
+impl StoreState {
+    fn labels(labels: &[u32]) -> Vec<usize> {
+        labels.iter().map(|&l| l as usize).collect()
+    }
+}
+
+impl train::Host for StoreState {}
+
+impl train::HostHead for StoreState {
+    fn create(
+        &mut self,
+        spec: train::HeadSpec,
+        optimizer: train::Optimizer,
+    ) -> HostResult<Resource<TrainHead>> {
+        let seed = spec.seed;
+        let spec = HeadSpec {
+            features: spec.features as usize,
+            classes: spec.classes as usize,
+            hidden: spec.hidden.map(|h| h as usize),
+        };
+        // Charge the head (and the optimizer state it will hold) before allocating it, so a
+        // head larger than the budget is refused without being built.
+        let weights: usize = spec
+            .param_shapes()
+            .iter()
+            .map(|s| s.iter().product::<usize>().saturating_mul(4))
+            .sum();
+        let config = optimizer_config(&optimizer);
+        let charged = weights.saturating_mul(1 + state_copies(config.kind));
+        self.charge_tensor_bytes(charged)?;
+        let made =
+            Optimizer::new(config).and_then(|optimizer| Ok((Head::new(spec, seed)?, optimizer)));
+        let (head, optimizer) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                self.release_tensor_bytes(charged);
+                return Err(e.into());
+            }
+        };
+        Ok(self.table.push(TrainHead {
+            head,
+            optimizer,
+            charged,
+        })?)
+    }
+
+    fn forward(
+        &mut self,
+        head: Resource<TrainHead>,
+        features: Resource<Tensor>,
+    ) -> HostResult<Resource<Tensor>> {
+        let x = self.table.get(&features)?;
+        let logits = self.table.get(&head)?.head.forward(x)?;
+        self.push_tensor(logits)
+    }
+
+    fn step(
+        &mut self,
+        head: Resource<TrainHead>,
+        features: Resource<Tensor>,
+        labels: Vec<u32>,
+    ) -> HostResult<train::StepReport> {
+        let labels = StoreState::labels(&labels);
+        let x = self.table.get(&features)?.clone();
+        let (loss, grads) = self.table.get(&head)?.head.loss_and_grad(&x, &labels)?;
+        // The gradients are held for the step only.
+        let transient = grads.byte_size();
+        self.charge_tensor_bytes(transient)?;
+        let trained = self.table.get_mut(&head)?;
+        let result = trained.optimizer.step(&mut trained.head, &grads);
+        self.release_tensor_bytes(transient);
+        let report = result?;
+        Ok(train::StepReport {
+            loss,
+            grad_norm: report.grad_norm,
+            clipped: report.clipped,
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        head: Resource<TrainHead>,
+        features: Resource<Tensor>,
+        labels: Vec<u32>,
+    ) -> HostResult<train::Evaluation> {
+        let labels = StoreState::labels(&labels);
+        let x = self.table.get(&features)?;
+        let e = self.table.get(&head)?.head.evaluate(x, &labels)?;
+        Ok(train::Evaluation {
+            loss: e.loss,
+            correct: e.correct as u32,
+            total: e.total as u32,
+        })
+    }
+
+    fn weights(&mut self, head: Resource<TrainHead>) -> HostResult<Vec<Resource<Tensor>>> {
+        let params = self.table.get(&head)?.head.params().to_vec();
+        params.into_iter().map(|p| self.push_tensor(p)).collect()
+    }
+
+    fn drop(&mut self, head: Resource<TrainHead>) -> wasmtime::Result<()> {
+        let head = self.table.delete(head)?;
+        self.release_tensor_bytes(head.charged);
+        Ok(())
+    }
+}
