@@ -94,7 +94,7 @@ impl Head {
         Ok(Head(train::Head::create(spec, optimizer)?))
     }
 
-    /// Logits [batch, classes] of features [batch, features].
+    /// Logits `[batch, classes]` of features `[batch, features]`.
     pub fn forward(&self, features: &Tensor) -> Result<Tensor, Error> {
         Ok(Tensor(self.0.forward(&features.0)?))
     }
@@ -110,7 +110,7 @@ impl Head {
         self.0.evaluate(&features.0, labels)
     }
 
-    /// The weights, layer by layer: weight [inputs, outputs], then bias [outputs].
+    /// The weights, layer by layer: weight `[inputs, outputs]`, then bias `[outputs]`.
     pub fn weights(&self) -> Result<Vec<Tensor>, Error> {
         Ok(self.0.weights()?.into_iter().map(Tensor).collect())
     }

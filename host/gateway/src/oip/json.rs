@@ -2,7 +2,7 @@
 //! tensor data (Triton's binary tensor data extension, what `tritonclient.http` sends by
 //! default). With the extension, the JSON header is the first `Inference-Header-Content-Length`
 //! bytes of the body; an input with `parameters.binary_data_size` takes that many bytes of the
-//! rest, in input order, in the [`raw`](super::raw) layout. An output is answered binary when
+//! rest, in input order, in the [`raw`] layout. An output is answered binary when
 //! its `parameters.binary_data` is true, or, when it is not named, when the request's
 //! `parameters.binary_data_output` is.
 //!
