@@ -6,8 +6,8 @@
 //! - AdamW: `p -= lr·λ·p`, then Adam's step.
 //!
 //! With `clip_norm`, the gradients are first scaled by `min(1, clip / (‖g‖ + 1e-6))`, ‖g‖
-//! their global L2 norm (PyTorch's `clip_grad_norm_`). A step computes the new weights and
-//! state aside and commits them only if every value is finite.
+//! their global L2 norm (PyTorch's `clip_grad_norm_`). A step writes the new weights and
+//! state to new buffers in one pass and commits them only if every value is finite.
 
 use edgeplug_kernels::Tensor;
 
@@ -138,47 +138,50 @@ impl Optimizer {
         };
         let lr = self.config.lr;
         let t = self.steps + 1;
-        // Only the state the optimizer needs: momentum one copy of the weights, Adam two.
-        let (moments, squares) = match self.config.kind {
-            OptimizerKind::Sgd => (false, false),
-            OptimizerKind::Momentum { .. } => (true, false),
-            OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => (true, true),
-        };
-        let zeros = || {
-            params
-                .iter()
-                .map(|p| vec![0.0; p.len()])
-                .collect::<Vec<_>>()
-        };
-        let mut first = self.first.clone();
-        let mut second = self.second.clone();
-        if moments && first.is_empty() {
-            first = zeros();
-        }
-        if squares && second.is_empty() {
-            second = zeros();
-        }
+        // The new weights and state are written to new buffers in one pass over the old ones
+        // (no copy first), and replace them only once all of it is finite.
         let mut updated = Vec::with_capacity(params.len());
+        let mut first = Vec::new();
+        let mut second = Vec::new();
         for (i, (param, grad)) in params.iter().zip(&grads.0).enumerate() {
-            let mut values = param.as_f32()?.to_vec();
-            let mut none = Vec::new();
-            let m = first.get_mut(i).unwrap_or(&mut none);
-            let mut none_either = Vec::new();
-            let v = second.get_mut(i).unwrap_or(&mut none_either);
-            match self.config.kind {
-                OptimizerKind::Sgd => {
-                    for (p, g) in values.iter_mut().zip(grad) {
-                        *p -= lr * (g * scale);
-                    }
-                }
+            let old = param.as_f32()?;
+            let values: Vec<f32> = match self.config.kind {
+                OptimizerKind::Sgd => old
+                    .iter()
+                    .zip(grad)
+                    .map(|(p, g)| p - lr * (g * scale))
+                    .collect(),
                 OptimizerKind::Momentum { beta } => {
-                    for ((p, g), m) in values.iter_mut().zip(grad).zip(m.iter_mut()) {
-                        *m = beta * *m + g * scale;
-                        *p -= lr * *m;
-                    }
+                    let m_old = self.first.get(i);
+                    let mut m = Vec::with_capacity(old.len());
+                    let values = old
+                        .iter()
+                        .zip(grad)
+                        .enumerate()
+                        .map(|(j, (p, g))| {
+                            let prev = m_old.map_or(0.0, |m| m[j]);
+                            let next = beta * prev + g * scale;
+                            m.push(next);
+                            p - lr * next
+                        })
+                        .collect();
+                    first.push(m);
+                    values
                 }
                 OptimizerKind::Adam { beta1, beta2, eps } => {
-                    adam(&mut values, grad, scale, m, v, (lr, beta1, beta2, eps), t);
+                    let (values, m, v) = adam(
+                        old,
+                        grad,
+                        scale,
+                        self.first.get(i),
+                        self.second.get(i),
+                        0.0,
+                        (lr, beta1, beta2, eps),
+                        t,
+                    );
+                    first.push(m);
+                    second.push(v);
+                    values
                 }
                 OptimizerKind::AdamW {
                     beta1,
@@ -186,12 +189,21 @@ impl Optimizer {
                     eps,
                     weight_decay,
                 } => {
-                    for p in values.iter_mut() {
-                        *p -= lr * weight_decay * *p;
-                    }
-                    adam(&mut values, grad, scale, m, v, (lr, beta1, beta2, eps), t);
+                    let (values, m, v) = adam(
+                        old,
+                        grad,
+                        scale,
+                        self.first.get(i),
+                        self.second.get(i),
+                        weight_decay,
+                        (lr, beta1, beta2, eps),
+                        t,
+                    );
+                    first.push(m);
+                    second.push(v);
+                    values
                 }
-            }
+            };
             if values.iter().any(|x| !x.is_finite()) {
                 return Err(TrainError::NonFinite("an updated weight"));
             }
@@ -208,24 +220,47 @@ impl Optimizer {
     }
 }
 
+/// One Adam step of one parameter: its new values, first and second moments. With a
+/// `weight_decay`, the decoupled decay of AdamW comes first.
+#[allow(clippy::too_many_arguments)]
 fn adam(
-    values: &mut [f32],
+    old: &[f32],
     grad: &[f32],
     scale: f32,
-    m: &mut [f32],
-    v: &mut [f32],
+    m_old: Option<&Vec<f32>>,
+    v_old: Option<&Vec<f32>>,
+    weight_decay: f32,
     (lr, beta1, beta2, eps): (f32, f32, f32, f32),
     t: u32,
-) {
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let t = t.min(i32::MAX as u32) as i32;
     let correction1 = 1.0 - beta1.powi(t);
     let correction2 = 1.0 - beta2.powi(t);
-    for (((p, g), m), v) in values.iter_mut().zip(grad).zip(m).zip(v) {
+    let n = old.len();
+    let zeros;
+    let (m_prev, v_prev): (&[f32], &[f32]) = match (m_old, v_old) {
+        (Some(m), Some(v)) => (m, v),
+        _ => {
+            zeros = vec![0.0; n];
+            (&zeros, &zeros)
+        }
+    };
+    let (mut values, mut m, mut v) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    // Zipped slices, no indexing: the loop vectorizes.
+    for ((((((out, p), g), mo), vo), mn), vn) in values
+        .iter_mut()
+        .zip(old)
+        .zip(grad)
+        .zip(m_prev)
+        .zip(v_prev)
+        .zip(m.iter_mut())
+        .zip(v.iter_mut())
+    {
+        let p = p - lr * weight_decay * p;
         let g = g * scale;
-        *m = beta1 * *m + (1.0 - beta1) * g;
-        *v = beta2 * *v + (1.0 - beta2) * g * g;
-        let m_hat = *m / correction1;
-        let v_hat = *v / correction2;
-        *p -= lr * m_hat / (v_hat.sqrt() + eps);
+        *mn = beta1 * mo + (1.0 - beta1) * g;
+        *vn = beta2 * vo + (1.0 - beta2) * g * g;
+        *out = p - lr * (*mn / correction1) / ((*vn / correction2).sqrt() + eps);
     }
+    (values, m, v)
 }
