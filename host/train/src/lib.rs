@@ -9,9 +9,12 @@
 //! - The same seed and the same samples give bit-identical weights: initialization uses
 //!   [`rng::SplitMix64`] (not a library generator whose stream may change between versions),
 //!   and every product runs single-threaded in a fixed order.
+//! - A checkpoint ([`checkpoint`]) is written crash-safe and signed with the device key by
+//!   the bundle crate's signing code; one that does not verify is never loaded.
 //! - Everything a head holds (weights, gradients, optimizer state) is counted by
 //!   `byte_size` methods, so the caller can charge it to a plugin's host-memory limit.
 
+pub mod checkpoint;
 pub mod head;
 pub mod optim;
 pub mod rng;
