@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod head;
 pub mod optim;
 pub mod rng;
+pub mod samples;
 
 pub use head::{Evaluation, Grads, Head, HeadSpec};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind, StepReport};
