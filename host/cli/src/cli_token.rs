@@ -17,7 +17,8 @@ pub struct TokenArgs {
     #[arg(long)]
     pub name: String,
     /// What it may do: `read` (list plugins), `deploy:PLUGIN` (push and roll back that
-    /// plugin) or `admin` (everything). Repeatable.
+    /// plugin), `feedback:PLUGIN` (send labeled samples for that plugin's training) or
+    /// `admin` (everything). Repeatable.
     #[arg(long = "scope", value_name = "SCOPE", required = true)]
     pub scopes: Vec<Scope>,
     /// Append the entry to this token file (created with mode 0600 if missing) and print only

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `read` | `GET /v1/admin/plugins` |
 //! | `deploy:NAME` | push and roll back plugin `NAME` (`PUT`, `POST .../rollback`) |
+//! | `feedback:NAME` | send labeled samples for plugin `NAME` (`POST .../feedback`) |
 //! | `admin` | everything, removing a plugin included |
 //!
 //! The token file (`tokens_file` in the configuration, TOML, unknown keys are errors) holds
@@ -47,6 +48,8 @@ pub enum Scope {
     Read,
     /// Push and roll back this one plugin.
     Deploy(String),
+    /// Send labeled samples (feedback) for this one plugin.
+    Feedback(String),
     /// Every admin operation on every plugin.
     Admin,
 }
@@ -58,15 +61,24 @@ impl std::str::FromStr for Scope {
         match s {
             "read" => Ok(Scope::Read),
             "admin" => Ok(Scope::Admin),
-            _ => match s.strip_prefix("deploy:") {
-                Some(name) if is_plugin_name(name) => Ok(Scope::Deploy(name.to_string())),
-                Some(name) => Err(format!(
-                    "scope {s:?}: plugin name {name:?} must be 1-64 characters of a-z, 0-9 and '-'"
-                )),
-                None => Err(format!(
-                    "unknown scope {s:?} (read, deploy:PLUGIN or admin)"
-                )),
-            },
+            _ => {
+                let (kind, name) = s.split_once(':').unwrap_or((s, ""));
+                if !matches!(kind, "deploy" | "feedback") {
+                    return Err(format!(
+                        "unknown scope {s:?} (read, deploy:PLUGIN, feedback:PLUGIN or admin)"
+                    ));
+                }
+                if !is_plugin_name(name) {
+                    return Err(format!(
+                        "scope {s:?}: plugin name {name:?} must be 1-64 characters of a-z, 0-9 and '-'"
+                    ));
+                }
+                Ok(if kind == "deploy" {
+                    Scope::Deploy(name.to_string())
+                } else {
+                    Scope::Feedback(name.to_string())
+                })
+            }
         }
     }
 }
@@ -76,6 +88,7 @@ impl std::fmt::Display for Scope {
         match self {
             Scope::Read => f.write_str("read"),
             Scope::Deploy(name) => write!(f, "deploy:{name}"),
+            Scope::Feedback(name) => write!(f, "feedback:{name}"),
             Scope::Admin => f.write_str("admin"),
         }
     }
@@ -97,6 +110,8 @@ pub enum AdminOp<'a> {
     Push(&'a str),
     Rollback(&'a str),
     Remove(&'a str),
+    /// A labeled sample for the plugin's training.
+    Feedback(&'a str),
 }
 
 impl AdminOp<'_> {
@@ -107,6 +122,7 @@ impl AdminOp<'_> {
             AdminOp::Push(_) => "push",
             AdminOp::Rollback(_) => "rollback",
             AdminOp::Remove(_) => "remove",
+            AdminOp::Feedback(_) => "feedback",
         }
     }
 
@@ -114,7 +130,9 @@ impl AdminOp<'_> {
     pub fn plugin(&self) -> Option<&str> {
         match *self {
             AdminOp::List => None,
-            AdminOp::Push(p) | AdminOp::Rollback(p) | AdminOp::Remove(p) => Some(p),
+            AdminOp::Push(p) | AdminOp::Rollback(p) | AdminOp::Remove(p) | AdminOp::Feedback(p) => {
+                Some(p)
+            }
         }
     }
 }
@@ -126,6 +144,7 @@ impl Scope {
             (Scope::Admin, _) => true,
             (Scope::Read, AdminOp::List) => true,
             (Scope::Deploy(name), AdminOp::Push(p) | AdminOp::Rollback(p)) => name == p,
+            (Scope::Feedback(name), AdminOp::Feedback(p)) => name == p,
             _ => false,
         }
     }

@@ -16,6 +16,8 @@
 //! audit_keep = 4                         # rotated audit logs kept (audit.log.1 ...)
 //! default_plugin = "digits"          # the plugin answering POST /predict; unset: 404
 //! keep_versions = 3                  # versions kept per plugin, the active one included
+//! feedback_max_samples = 2000        # labeled samples kept per plugin (feedback), oldest go first
+//! feedback_max_mib = 64              # ...and the disk they may take
 //! fast_path_us = 50                  # plugins answering within this run on the reactor; 0: never
 //! cache_max_mib = 256                # compiled components kept in state_dir/cache, MiB
 //!
@@ -86,6 +88,10 @@ pub struct Config {
     pub default_plugin: Option<String>,
     /// Versions kept on disk per plugin, the active one included (at least 1). Default: 3.
     pub keep_versions: usize,
+    /// Labeled samples kept per plugin from `POST /v1/admin/plugins/{name}/feedback` (the
+    /// oldest go first), and the bytes they may take, MiB. Defaults: 2000 and 64.
+    pub feedback_max_samples: usize,
+    pub feedback_max_mib: u64,
     /// A plugin version whose last 64 requests each ran within this many microseconds runs
     /// its small requests on the reactor thread (under a 10 ms budget), saving two thread
     /// wake-ups each. About the cost of those wake-ups: longer runs gain more from running in
@@ -180,6 +186,8 @@ impl Default for Config {
             audit_keep: 4,
             default_plugin: None,
             keep_versions: 3,
+            feedback_max_samples: 2000,
+            feedback_max_mib: 64,
             fast_path_us: 50,
             cache_max_mib: 256,
             tls: None,

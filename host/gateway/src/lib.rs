@@ -57,6 +57,9 @@ pub struct Gateway {
     pub demoted: lanes::LowPriorityPool,
     /// Where pushes, rollbacks and removals run.
     pub admin: lanes::LowPriorityPool,
+    /// Each plugin's labeled samples (`state_dir/samples/NAME.samples`), opened on first use.
+    pub samples:
+        std::sync::Mutex<std::collections::BTreeMap<String, edgeplug_train::samples::SampleStore>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -130,7 +133,36 @@ impl Gateway {
             demoted: lanes::LowPriorityPool::new("edgeplug-demoted", 1, 4, 19)?,
             // Nice 10 still gets ~10% of a busy core, so a push under full load finishes.
             admin: lanes::LowPriorityPool::new("edgeplug-admin", 1, 16, 10)?,
+            samples: std::sync::Mutex::default(),
         }))
+    }
+
+    /// Keeps a labeled sample of plugin `name` on disk; how many samples and bytes it then
+    /// holds. Blocking (an fsync): call it off the reactor.
+    pub fn add_sample(
+        &self,
+        name: &str,
+        sample: &edgeplug_train::samples::Sample,
+    ) -> Result<(usize, u64), edgeplug_train::samples::SampleError> {
+        use edgeplug_train::samples::{Retention, SampleStore};
+        let mut stores = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let store = match stores.entry(name.to_string()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let dir = self.config.state_dir.join("samples");
+                std::fs::create_dir_all(&dir)?;
+                let retention = Retention {
+                    max_samples: self.config.feedback_max_samples,
+                    max_bytes: self.config.feedback_max_mib << 20,
+                };
+                e.insert(SampleStore::open(
+                    &dir.join(format!("{name}.samples")),
+                    retention,
+                )?)
+            }
+        };
+        store.add(sample)?;
+        Ok((store.len(), store.bytes()))
     }
 
     /// Whether this gateway speaks TLS.

@@ -130,3 +130,103 @@ fn a_component_built_against_wit_0_1_0_runs_unchanged() {
         .unwrap();
     assert_eq!(answer.body, b"still here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_is_kept_on_disk_bounded_and_only_with_its_scope() {
+    use base64::Engine as _;
+    use edgeplug_gateway::auth::{Scope, TokenEntry};
+    use edgeplug_tests::gateway::{TOKEN, TestGateway, assert_status, digits_bundle, req};
+
+    const LABELER: &str = "labeler-secret-0123456789abcdef0123456789abcdef";
+    const DEPLOYER: &str = "deployer-secret-0123456789abcdef0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: String = [
+        ("labeler", LABELER, Scope::Feedback("digits".into())),
+        ("deployer", DEPLOYER, Scope::Deploy("digits".into())),
+    ]
+    .into_iter()
+    .map(|(name, secret, scope)| {
+        TokenEntry::for_secret(name, secret, vec![scope])
+            .unwrap()
+            .to_toml()
+            + "\n"
+    })
+    .collect();
+    std::fs::write(dir.path().join("tokens.toml"), tokens).unwrap();
+    let gw = TestGateway::start_in(
+        dir,
+        "tokens_file = \"tokens.toml\"\nfeedback_max_samples = 3\n",
+    )
+    .await;
+    assert_status(
+        &gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await,
+        200,
+    );
+    let seven = std::fs::read(fixture("digits/seven.json")).unwrap();
+    let body = |label: u32, input: &str| {
+        json!({"label": label, "input": input, "content_type": "application/json"}).to_string()
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&seven);
+    let send = |token: Option<&'static str>, path: &'static str, text: String| {
+        let mut request = req("POST", path).header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        gw.send(
+            request
+                .body(edgeplug::client::ChunkedBody::new(text.into_bytes()))
+                .unwrap(),
+        )
+    };
+    const PATH: &str = "/v1/admin/plugins/digits/feedback";
+    for (i, want) in [1, 2, 3, 3, 3].into_iter().enumerate() {
+        let answer = send(Some(LABELER), PATH, body(7, &encoded)).await;
+        assert_status(&answer, 200);
+        let answer: Value = serde_json::from_slice(answer.body()).unwrap();
+        assert_eq!(answer["samples"], want, "after {} samples", i + 1);
+    }
+    assert_status(&send(Some(DEPLOYER), PATH, body(7, &encoded)).await, 403);
+    assert_status(&send(None, PATH, body(7, &encoded)).await, 401);
+    assert_status(
+        &send(Some(LABELER), PATH, body(7, "not base64!")).await,
+        400,
+    );
+    assert_status(
+        &send(
+            Some(LABELER),
+            PATH,
+            json!({"label": 1, "inputs": ""}).to_string(),
+        )
+        .await,
+        400,
+    );
+    assert_status(
+        &send(
+            Some(TOKEN),
+            "/v1/admin/plugins/nope/feedback",
+            body(1, &encoded),
+        )
+        .await,
+        404,
+    );
+    // On disk: the newest three, as sent.
+    let store = edgeplug_train::samples::SampleStore::open(
+        &gw.gateway.config.state_dir.join("samples/digits.samples"),
+        edgeplug_train::samples::Retention {
+            max_samples: 100,
+            max_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    let samples = store.samples().unwrap();
+    assert_eq!(samples.len(), 3);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.label == 7 && s.input == seven && s.content_type == "application/json")
+    );
+    // Every attempt is audited, the refused ones too.
+    let audit = edgeplug_gateway::audit::read(gw.gateway.audit.path()).unwrap();
+    let feedback = audit.iter().filter(|r| r.action == "feedback").count();
+    assert!(feedback >= 8, "{feedback} feedback records");
+}

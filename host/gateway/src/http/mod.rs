@@ -16,6 +16,7 @@
 //! | PUT | `/v1/admin/plugins/{name}` | push a bundle (bearer token) |
 //! | POST | `/v1/admin/plugins/{name}/rollback` | roll back (bearer token) |
 //! | DELETE | `/v1/admin/plugins/{name}` | remove (bearer token) |
+//! | POST | `/v1/admin/plugins/{name}/feedback` | a labeled sample for training (scope `feedback:NAME`) |
 //!
 //! `HEAD` works wherever `GET` does. Every request goes through the body policy of
 //! [`super::body`] before anything reads or parses its body: each endpoint knows its size
@@ -665,9 +666,10 @@ async fn admin_audited(
         (&Method::PUT, ["v1", "admin", "plugins", name]) => AdminOp::Push(name),
         (&Method::POST, ["v1", "admin", "plugins", name, "rollback"]) => AdminOp::Rollback(name),
         (&Method::DELETE, ["v1", "admin", "plugins", name]) => AdminOp::Remove(name),
+        (&Method::POST, ["v1", "admin", "plugins", name, "feedback"]) => AdminOp::Feedback(name),
         (_, ["v1", "admin", "plugins"])
         | (_, ["v1", "admin", "plugins", _])
-        | (_, ["v1", "admin", "plugins", _, "rollback"]) => {
+        | (_, ["v1", "admin", "plugins", _, "rollback" | "feedback"]) => {
             record.outcome = audit::Outcome::Failed;
             return Err(fail(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -714,6 +716,13 @@ async fn admin_audited(
             record.bundle_sha256 = Some(edgeplug_bundle::manifest::Sha256::of(&body).to_string());
             AdminAction::Push(body.to_vec())
         }
+        AdminOp::Feedback(name) => {
+            let result = feedback(gw, request, name).await;
+            if result.is_ok() {
+                record.outcome = audit::Outcome::Ok;
+            }
+            return result;
+        }
         AdminOp::Rollback(_) | AdminOp::Remove(_) => {
             body::check_declared(&request, SMALL_BODY_LIMIT).map_err(body_failure)?;
             if matches!(op, AdminOp::Rollback(_)) {
@@ -755,6 +764,88 @@ async fn admin_audited(
             }
             tracing::warn!(plugin = %name, token = %who.name, error = %e, "admin operation refused");
             Err(admin_failure(&e))
+        }
+    }
+}
+
+/// `POST /v1/admin/plugins/{name}/feedback`: `{"label": n, "input": base64, "content_type":
+/// "..."}` keeps a labeled sample of an active plugin on the gateway's disk (bounded:
+/// `feedback_max_samples`, `feedback_max_mib`), for its training. The input is held to the
+/// plugin's request limit, as if it were sent to it.
+async fn feedback(
+    gw: &Arc<Gateway>,
+    request: Request<RequestBody>,
+    name: &str,
+) -> Result<Response<Body>, Failure> {
+    use base64::Engine as _;
+    let plugin = gw.registry.get(name).ok_or_else(|| {
+        fail(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no active plugin {name:?}"),
+        )
+    })?;
+    let limit = plugin.plugin.shared().limits().request_bytes;
+    // Base64 takes 4 bytes per 3, plus the JSON around it.
+    let body = read_body(gw, request, limit / 3 * 4 + 4 + SMALL_BODY_LIMIT).await?;
+    let bad = |message: String| fail(StatusCode::BAD_REQUEST, "invalid-argument", message);
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Feedback {
+        label: u32,
+        input: String,
+        #[serde(default)]
+        content_type: Option<String>,
+    }
+    let sent: Feedback = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "feedback must be {{\"label\", \"input\" (base64), \"content_type\"}}: {e}"
+        ))
+    })?;
+    let input = base64::engine::general_purpose::STANDARD
+        .decode(sent.input.as_bytes())
+        .map_err(|e| bad(format!("input is not base64: {e}")))?;
+    if input.len() > limit {
+        return Err(fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request-too-large",
+            format!(
+                "the input of {} bytes is over the plugin's limit of {limit} bytes",
+                input.len()
+            ),
+        ));
+    }
+    let sample = edgeplug_train::samples::Sample {
+        label: sent.label,
+        content_type: sent.content_type.unwrap_or_else(|| {
+            crate::media::sniff_image(&input)
+                .unwrap_or("application/octet-stream")
+                .into()
+        }),
+        input,
+    };
+    let task_gw = gw.clone();
+    let task_name = name.to_string();
+    let kept = tokio::task::spawn_blocking(move || task_gw.add_sample(&task_name, &sample))
+        .await
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match kept {
+        Ok((samples, bytes)) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"plugin": name, "samples": samples, "bytes": bytes}),
+        )),
+        Err(edgeplug_train::samples::SampleError::TooLarge { size, cap }) => Err(fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request-too-large",
+            format!("a sample of {size} bytes is over the store's cap of {cap} bytes"),
+        )),
+        Err(e) => {
+            tracing::error!(plugin = %name, error = %e, "feedback not stored");
+            Err(fail(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                e.to_string(),
+            ))
         }
     }
 }
