@@ -13,23 +13,10 @@
 use std::time::{Duration, Instant};
 
 use edgeplug_runtime::{InferRequest, LoadedPlugin, PluginFiles};
-use edgeplug_tests::{WASI_NN_CLASSIFIER_WASM, fixture, repo, runtime};
+use edgeplug_tests::{fixture, repo, runtime};
 
 fn plugin_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let source = repo().join("tests/plugins/wasi-nn-classifier");
-    std::fs::copy(source.join("plugin.toml"), dir.path().join("plugin.toml")).unwrap();
-    std::fs::create_dir(dir.path().join("selftest")).unwrap();
-    for file in ["selftest/chelsea.png", "selftest/chelsea.expect.json"] {
-        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
-    }
-    std::fs::copy(
-        repo().join("plugins/image-classifier/mobilenetv2.onnx"),
-        dir.path().join("mobilenetv2.onnx"),
-    )
-    .unwrap();
-    std::fs::copy(WASI_NN_CLASSIFIER_WASM, dir.path().join("plugin.wasm")).unwrap();
-    dir
+    edgeplug_tests::gateway::wasi_nn_plugin_dir()
 }
 
 /// `clients` threads, each a closed loop of requests for `duration`: requests/s and the

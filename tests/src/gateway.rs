@@ -164,6 +164,29 @@ pub fn example_bundle(key: &SecretKey, name: &str, wasm: &str) -> Vec<u8> {
     bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
 }
 
+/// The wasi:nn guest's plugin directory (`tests/plugins/wasi-nn-classifier`) with the graph
+/// it loads by name (MobileNetV2 from the image classifier) and its built component.
+pub fn wasi_nn_plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo().join("tests/plugins/wasi-nn-classifier");
+    std::fs::copy(source.join("plugin.toml"), dir.path().join("plugin.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("selftest")).unwrap();
+    for file in ["selftest/chelsea.png", "selftest/chelsea.expect.json"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::copy(
+        repo().join("plugins/image-classifier/mobilenetv2.onnx"),
+        dir.path().join("mobilenetv2.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(
+        crate::WASI_NN_CLASSIFIER_WASM,
+        dir.path().join("plugin.wasm"),
+    )
+    .unwrap();
+    dir
+}
+
 // ---- a gateway on 127.0.0.1:0 ----
 
 pub struct TestGateway {

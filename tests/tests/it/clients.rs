@@ -84,6 +84,33 @@ fn check_digits(argmaxes: &Value, body_labels: &Value) {
     assert_eq!(ints(body_labels), expected);
 }
 
+/// A client's logits for the four reference tensors: onnxruntime's within 1e-3, and its
+/// top-1.
+fn check_reference_logits(rows: &Value, what: &str) {
+    let reference = f32s(MODELS[0].reference);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{what}");
+    for (row, logits) in rows.iter().enumerate() {
+        let logits: Vec<f32> = logits
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let want = &reference[row * 1000..(row + 1) * 1000];
+        let worst = logits
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-3,
+            "{what} photo {row}: logits differ by {worst}"
+        );
+        assert_eq!(argmax(&logits), MODELS[0].top1[row], "{what} photo {row}");
+    }
+}
+
 /// The photos, classified through the extension and as reference tensors.
 fn check_photos(seen: &Value) {
     // The photos, encoded, as BYTES: the reference top-1 with its ImageNet label first.
@@ -119,26 +146,7 @@ fn check_photos(seen: &Value) {
         );
     }
 
-    // The reference inputs as FP32 tensors: onnxruntime's logits within 1e-3.
-    let reference = f32s(MODELS[0].reference);
-    let got = seen["tensor_logits"].as_array().unwrap();
-    assert_eq!(got.len(), 4);
-    for (row, logits) in got.iter().enumerate() {
-        let logits: Vec<f32> = logits
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let want = &reference[row * 1000..(row + 1) * 1000];
-        let worst = logits
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 1e-3, "photo {row}: logits differ by {worst}");
-        assert_eq!(argmax(&logits), top1[row]);
-    }
+    check_reference_logits(&seen["tensor_logits"], "tensor");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,26 +274,8 @@ async fn kserve_python_clients_rest_and_grpc() {
     let expected: Vec<usize> = reference.chunks(10).map(argmax).collect();
     assert_eq!(ints(&seen["rest_digits"]), expected);
     assert_eq!(ints(&seen["grpc_digits"]), expected);
-    let reference = f32s(MODELS[0].reference);
     for key in ["rest_logits", "grpc_logits"] {
-        let rows = seen[key].as_array().unwrap();
-        assert_eq!(rows.len(), 4, "{key}");
-        for (row, logits) in rows.iter().enumerate() {
-            let logits: Vec<f32> = logits
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            let want = &reference[row * 1000..(row + 1) * 1000];
-            let worst = logits
-                .iter()
-                .zip(want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(worst <= 1e-3, "{key} photo {row}: logits differ by {worst}");
-            assert_eq!(argmax(&logits), MODELS[0].top1[row], "{key} photo {row}");
-        }
+        check_reference_logits(&seen[key], key);
     }
     grpc.stop().await;
 }
