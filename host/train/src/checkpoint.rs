@@ -3,8 +3,8 @@
 //! key by the same code that signs bundles (a detached Ed25519 signature in its own domain),
 //! so a head is trusted like a version: nothing unverified is loaded.
 //!
-//! Layout: `EPHEAD1\n`, the header's length (u32 LE), the header (JSON: [`Checkpoint`]'s
-//! metadata), the weights (f32 LE, in [`HeadSpec::param_shapes`] order), then the 64-byte
+//! Layout: `EPHEAD1\n`, the header's length (u32 LE), the header (JSON: the
+//! [`Metadata`]), the weights (f32 LE, in [`HeadSpec::param_shapes`] order), then the 64-byte
 //! signature over everything before it.
 
 use std::path::Path;
