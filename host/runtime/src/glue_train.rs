@@ -55,19 +55,8 @@ fn optimizer_config(o: &train::Optimizer) -> OptimizerConfig {
     }
 }
 
-/// The optimizer state a head will hold, in multiples of its weights.
-fn state_copies(kind: OptimizerKind) -> usize {
-    match kind {
-        OptimizerKind::Sgd => 0,
-        OptimizerKind::Momentum { .. } => 1,
-        OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => 2,
-    }
-}
-
-impl StoreState {
-    fn labels(labels: &[u32]) -> Vec<usize> {
-        labels.iter().map(|&l| l as usize).collect()
-    }
+fn class_indices(labels: &[u32]) -> Vec<usize> {
+    labels.iter().map(|&l| l as usize).collect()
 }
 
 impl train::Host for StoreState {}
@@ -91,13 +80,11 @@ impl train::HostHead for StoreState {
             .iter()
             .map(|s| s.iter().product::<usize>().saturating_mul(4))
             .sum();
-        let config = optimizer_config(&optimizer);
-        let charged = weights.saturating_mul(1 + state_copies(config.kind));
+        let optimizer = Optimizer::new(optimizer_config(&optimizer))?;
+        let charged = weights.saturating_mul(1 + optimizer.state_copies());
         self.charge_tensor_bytes(charged)?;
-        let made =
-            Optimizer::new(config).and_then(|optimizer| Ok((Head::new(spec, seed)?, optimizer)));
-        let (head, optimizer) = match made {
-            Ok(made) => made,
+        let (head, optimizer) = match Head::new(spec, seed) {
+            Ok(head) => (head, optimizer),
             Err(e) => {
                 self.release_tensor_bytes(charged);
                 return Err(e.into());
@@ -126,7 +113,7 @@ impl train::HostHead for StoreState {
         features: Resource<Tensor>,
         labels: Vec<u32>,
     ) -> HostResult<train::StepReport> {
-        let labels = StoreState::labels(&labels);
+        let labels = class_indices(&labels);
         let x = self.table.get(&features)?.clone();
         let (loss, grads) = self.table.get(&head)?.head.loss_and_grad(&x, &labels)?;
         // The gradients are held for the step only.
@@ -149,7 +136,7 @@ impl train::HostHead for StoreState {
         features: Resource<Tensor>,
         labels: Vec<u32>,
     ) -> HostResult<train::Evaluation> {
-        let labels = StoreState::labels(&labels);
+        let labels = class_indices(&labels);
         let x = self.table.get(&features)?;
         let e = self.table.get(&head)?.head.evaluate(x, &labels)?;
         Ok(train::Evaluation {

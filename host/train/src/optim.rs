@@ -103,6 +103,16 @@ impl Optimizer {
         self.steps
     }
 
+    /// Copies of the weights its state holds: none for SGD, the velocity for momentum, two
+    /// moments for Adam and AdamW.
+    pub fn state_copies(&self) -> usize {
+        match self.config.kind {
+            OptimizerKind::Sgd => 0,
+            OptimizerKind::Momentum { .. } => 1,
+            OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => 2,
+        }
+    }
+
     /// Bytes of the optimizer's state.
     pub fn byte_size(&self) -> usize {
         self.first
@@ -152,43 +162,18 @@ impl Optimizer {
                     .map(|(p, g)| p - lr * (g * scale))
                     .collect(),
                 OptimizerKind::Momentum { beta } => {
-                    let m_old = self.first.get(i);
-                    let mut m = Vec::with_capacity(old.len());
-                    let values = old
-                        .iter()
-                        .zip(grad)
-                        .enumerate()
-                        .map(|(j, (p, g))| {
-                            let prev = m_old.map_or(0.0, |m| m[j]);
-                            let next = beta * prev + g * scale;
-                            m.push(next);
-                            p - lr * next
-                        })
-                        .collect();
+                    let (values, m) = momentum(old, grad, scale, self.first.get(i), beta, lr);
                     first.push(m);
                     values
                 }
-                OptimizerKind::Adam { beta1, beta2, eps } => {
-                    let (values, m, v) = adam(
-                        old,
-                        grad,
-                        scale,
-                        self.first.get(i),
-                        self.second.get(i),
-                        0.0,
-                        (lr, beta1, beta2, eps),
-                        t,
-                    );
-                    first.push(m);
-                    second.push(v);
-                    values
-                }
-                OptimizerKind::AdamW {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
+                OptimizerKind::Adam { beta1, beta2, eps }
+                | OptimizerKind::AdamW {
+                    beta1, beta2, eps, ..
                 } => {
+                    let weight_decay = match self.config.kind {
+                        OptimizerKind::AdamW { weight_decay, .. } => weight_decay,
+                        _ => 0.0,
+                    };
                     let (values, m, v) = adam(
                         old,
                         grad,
@@ -218,6 +203,37 @@ impl Optimizer {
             clipped: scale < 1.0,
         })
     }
+}
+
+/// One momentum step of one parameter: its new values and velocity.
+fn momentum(
+    old: &[f32],
+    grad: &[f32],
+    scale: f32,
+    m_old: Option<&Vec<f32>>,
+    beta: f32,
+    lr: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let zeros;
+    let m_prev: &[f32] = match m_old {
+        Some(m) => m,
+        None => {
+            zeros = vec![0.0; old.len()];
+            &zeros
+        }
+    };
+    let (mut values, mut m) = (vec![0.0; old.len()], vec![0.0; old.len()]);
+    for ((((out, p), g), mo), mn) in values
+        .iter_mut()
+        .zip(old)
+        .zip(grad)
+        .zip(m_prev)
+        .zip(m.iter_mut())
+    {
+        *mn = beta * mo + g * scale;
+        *out = p - lr * *mn;
+    }
+    (values, m)
 }
 
 /// One Adam step of one parameter: its new values, first and second moments. With a
