@@ -50,12 +50,9 @@ pub struct PluginActivity {
 }
 
 impl PluginActivity {
-    /// Records one finished request.
-    pub fn record(&self, latency: Duration, failed: bool) {
-        self.record_at(now_secs(), latency, failed);
-    }
-
-    fn record_at(&self, now: u64, latency: Duration, failed: bool) {
+    /// Records one request that finished at `now` (seconds since the Unix epoch: the caller
+    /// has read the clock already).
+    pub fn record_at(&self, now: u64, latency: Duration, failed: bool) {
         let start = now - now % SLOT_SECS;
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.back().is_none_or(|s| s.start != start) {

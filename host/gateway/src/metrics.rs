@@ -72,7 +72,8 @@ impl VersionMetrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.last_unix_ms.fetch_max(now, Ordering::Relaxed);
-        self.activity.record(latency, error.is_some());
+        self.activity
+            .record_at(now / 1000, latency, error.is_some());
         if let Some(code) = error {
             self.failed_us_sum.fetch_add(us, Ordering::Relaxed);
             *self

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use edgeplug_gateway::oip::{self, BadRequest, Input, InputValue, Output, OutputValue};
+use edgeplug_gateway::oip::{self, BadRequest, Input, InputValue, Output};
 use edgeplug_kernels::Tensor;
 use edgeplug_runtime::InferRequest;
 
@@ -178,14 +178,7 @@ pub fn encode(model: &str, version: &str, id: String, outputs: &[Output]) -> Mod
         ..Default::default()
     };
     for output in outputs {
-        let (datatype, shape, content_type) = match &output.value {
-            OutputValue::Tensor(t) => (oip::datatype(t.element_type()), t.shape().to_vec(), None),
-            OutputValue::Bytes {
-                shape,
-                content_type,
-                ..
-            } => ("BYTES", shape.clone(), *content_type),
-        };
+        let (datatype, shape, content_type) = output.header();
         let mut parameters = HashMap::new();
         if let Some(content_type) = content_type {
             parameters.insert(

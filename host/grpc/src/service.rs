@@ -59,15 +59,10 @@ impl InferenceService {
         let plugin = self.model(&message.model_name, &message.model_version)?;
         let id = message.id.clone();
         let decoded = convert::decode(message).map_err(|e| Status::invalid_argument(e.0))?;
-        oip::check_inputs(&decoded.request, &plugin.plugin.info().inputs)
-            .map_err(|e| Status::invalid_argument(e.0))?;
-        let limit = plugin.plugin.shared().limits().request_bytes;
-        let size = oip::input_bytes(&decoded.request);
-        if size > limit {
-            return Err(Status::resource_exhausted(format!(
-                "the inputs take {size} bytes, over the plugin's limit of {limit} bytes"
-            )));
-        }
+        oip::admit(&decoded.request, &plugin).map_err(|refusal| match refusal {
+            oip::Refusal::Invalid(e) => Status::invalid_argument(e.0),
+            oip::Refusal::TooLarge(message) => Status::resource_exhausted(message),
+        })?;
         // The call's own deadline (grpc-timeout) and the protocol's timeout parameter: the
         // sooner one holds.
         let timeout = match (deadline, decoded.timeout) {

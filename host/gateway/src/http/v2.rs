@@ -126,7 +126,7 @@ pub(super) async fn v2_infer(
         ));
     }
     // The plugin's own limit holds for the encoded body, as for every other way in; the
-    // decoded tensors are held to it again below (a short number can take more room decoded).
+    // decoded inputs are held to it again by `oip::admit`.
     let limit = plugin.plugin.shared().limits().request_bytes;
     let body = read_body(gw, request, limit).await.map_err(v2_shape)?;
     let decoded = if body.len() > V2_INLINE_DECODE {
@@ -137,15 +137,10 @@ pub(super) async fn v2_infer(
         oip::json::decode(&body, header_length)
     }
     .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
-    oip::check_inputs(&decoded.request, &plugin.plugin.info().inputs)
-        .map_err(|e| v2_fail(StatusCode::BAD_REQUEST, e.0))?;
-    let size = oip::input_bytes(&decoded.request);
-    if size > limit {
-        return Err(v2_fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the inputs take {size} bytes, over the limit of {limit} bytes"),
-        ));
-    }
+    oip::admit(&decoded.request, &plugin).map_err(|refusal| match refusal {
+        oip::Refusal::Invalid(e) => v2_fail(StatusCode::BAD_REQUEST, e.0),
+        oip::Refusal::TooLarge(message) => v2_fail(StatusCode::PAYLOAD_TOO_LARGE, message),
+    })?;
     let answer = run_within(
         gw,
         plugin.clone(),

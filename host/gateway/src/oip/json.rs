@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     BadRequest, DATATYPES, Input, InputValue, Output, OutputValue, RequestedOutput, V2Request,
-    assemble, bad, datatype, raw,
+    assemble, bad, raw,
 };
 use edgeplug_kernels::{Tensor, TensorData};
 
@@ -297,14 +297,7 @@ pub fn encode(model: &str, version: &str, id: Option<&str>, outputs: &[Output]) 
     let encoded: Vec<Value> = outputs
         .iter()
         .map(|output| {
-            let (datatype, shape, content_type) = match &output.value {
-                OutputValue::Tensor(t) => (datatype(t.element_type()), t.shape().to_vec(), None),
-                OutputValue::Bytes {
-                    shape,
-                    content_type,
-                    ..
-                } => ("BYTES", shape.clone(), *content_type),
-            };
+            let (datatype, shape, content_type) = output.header();
             let mut entry = Map::new();
             entry.insert("name".into(), json!(output.name));
             entry.insert("datatype".into(), json!(datatype));

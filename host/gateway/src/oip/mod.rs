@@ -153,14 +153,35 @@ pub fn find_model(
     }
 }
 
-/// Bytes the decoded inputs take (body and tensors), held to the plugin's request limit.
-pub fn input_bytes(request: &InferRequest) -> usize {
-    request.body.len()
+/// Why a decoded request may not run on its plugin.
+pub enum Refusal {
+    /// Not what the model takes (answered 400 / INVALID_ARGUMENT).
+    Invalid(BadRequest),
+    /// Its decoded inputs are over the plugin's request limit (413 / RESOURCE_EXHAUSTED).
+    TooLarge(String),
+}
+
+/// Checks a decoded request against its plugin, whatever the transport: every tensor input
+/// is one `describe()` declares, and the decoded inputs (body and tensors) fit the plugin's
+/// request limit (a short number can take more room decoded than as text).
+pub fn admit(
+    request: &InferRequest,
+    plugin: &crate::registry::ActivePlugin,
+) -> Result<(), Refusal> {
+    check_inputs(request, &plugin.plugin.info().inputs).map_err(Refusal::Invalid)?;
+    let limit = plugin.plugin.shared().limits().request_bytes;
+    let size = request.body.len()
         + request
             .tensors
             .iter()
             .map(|(_, t)| t.byte_size())
-            .sum::<usize>()
+            .sum::<usize>();
+    if size > limit {
+        return Err(Refusal::TooLarge(format!(
+            "the inputs take {size} bytes, over the plugin's limit of {limit} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that every tensor input is one the model declares (the BYTES body is not a tensor).
@@ -187,6 +208,21 @@ pub struct Output<'a> {
     pub value: OutputValue<'a>,
     /// Whether the REST form sends it in the binary extension.
     pub binary: bool,
+}
+
+impl Output<'_> {
+    /// The output's v2 datatype, shape, and for the body its media type: what both transports
+    /// put in an output's header.
+    pub fn header(&self) -> (&'static str, Vec<usize>, Option<&str>) {
+        match &self.value {
+            OutputValue::Tensor(t) => (datatype(t.element_type()), t.shape().to_vec(), None),
+            OutputValue::Bytes {
+                shape,
+                content_type,
+                ..
+            } => ("BYTES", shape.clone(), *content_type),
+        }
+    }
 }
 
 pub enum OutputValue<'a> {
