@@ -175,25 +175,13 @@ fn serve_grpc_child() {
     std::process::exit(0);
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     load::serve_child_load();
     serve_grpc_child();
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let env = |name: &str, default: u64| -> u64 {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-    };
-    let duration = Duration::from_secs(env("EDGEPLUG_BENCH_SECS", 5));
-    let rounds = env("EDGEPLUG_BENCH_ROUNDS", 3) as usize;
+    let (duration, rounds) = edgeplug_tests::bench::settings();
     let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -295,7 +283,11 @@ fn main() {
         }
         let mut rows = serde_json::Map::new();
         for (form, (per_second, p50, p99)) in figures.iter_mut().enumerate() {
-            let (per_second, p50, p99) = (median(per_second), median(p50), median(p99));
+            let (per_second, p50, p99) = (
+                edgeplug_tests::bench::median(per_second),
+                edgeplug_tests::bench::median(p50),
+                edgeplug_tests::bench::median(p99),
+            );
             println!(
                 "{:<18} {:<14} {per_second:>9.0} {p50:>9.3} {p99:>9.3}",
                 workload.model, forms[form]

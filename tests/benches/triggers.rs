@@ -31,11 +31,6 @@ struct Figures {
     p99: Duration,
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Closed loop: `OUTSTANDING` messages in flight; each answered one is replaced.
 async fn trigger_load(
     device: &Device,
@@ -84,14 +79,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let env = |name: &str, default: u64| -> u64 {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-    };
-    let duration = Duration::from_secs(env("EDGEPLUG_BENCH_SECS", 5));
-    let rounds = env("EDGEPLUG_BENCH_ROUNDS", 3) as usize;
+    let (duration, rounds) = edgeplug_tests::bench::settings();
     let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -170,7 +158,11 @@ fn main() {
     );
     let mut json = serde_json::Map::new();
     for (name, per_second, p50, p99) in &mut rows {
-        let (per_second, p50, p99) = (median(per_second), median(p50), median(p99));
+        let (per_second, p50, p99) = (
+            edgeplug_tests::bench::median(per_second),
+            edgeplug_tests::bench::median(p50),
+            edgeplug_tests::bench::median(p99),
+        );
         println!("{name:<16} {per_second:>10.0} {p50:>9.3} {p99:>9.3}");
         json.insert(
             name.to_string(),

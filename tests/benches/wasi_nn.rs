@@ -58,23 +58,11 @@ fn load(
     (latencies.len() as f64 / elapsed.as_secs_f64(), latencies)
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let env = |name: &str, default: u64| -> u64 {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-    };
-    let duration = Duration::from_secs(env("EDGEPLUG_BENCH_SECS", 5));
-    let rounds = env("EDGEPLUG_BENCH_ROUNDS", 3) as usize;
+    let (duration, rounds) = edgeplug_tests::bench::settings();
     let dir = plugin_dir();
     let runtime = runtime();
     let plugin = runtime
@@ -131,7 +119,11 @@ fn main() {
     );
     let mut json = Vec::new();
     for ((input, _, graph, _, clients), (per_second, p50, p99)) in cases.iter().zip(&mut figures) {
-        let (per_second, p50, p99) = (median(per_second), median(p50), median(p99));
+        let (per_second, p50, p99) = (
+            edgeplug_tests::bench::median(per_second),
+            edgeplug_tests::bench::median(p50),
+            edgeplug_tests::bench::median(p99),
+        );
         println!("{input:<8} {graph:<10} {clients:>8} {per_second:>9.1} {p50:>9.2} {p99:>9.2}");
         json.push(
             serde_json::json!({"input": input, "graph": graph, "clients": clients,

@@ -13,15 +13,8 @@ import sys
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
-
-def error_of(call):
-    try:
-        call()
-    except InferenceServerException as e:
-        return {"status": e.status(), "message": e.message()}
-    return None
+from common import error_of
 
 
 def main():

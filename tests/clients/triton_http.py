@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
+
+from common import error_of
 
 
 def digits(client, fixtures, binary):
@@ -64,14 +65,6 @@ def tensors(client, fixtures):
         )
         logits.append(result.as_numpy("logits").reshape(-1).tolist())
     return logits
-
-
-def error_of(call):
-    try:
-        call()
-    except InferenceServerException as e:
-        return {"status": e.status(), "message": e.message()}
-    return None
 
 
 def main():

@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: where the built plugins and fixtures are, and
 //! how to load a plugin into a runtime.
 
+pub mod bench;
 pub mod browser;
 pub mod fleet;
 pub mod gateway;

@@ -681,15 +681,43 @@ async fn saturated_plugin_answers_503_with_retry_after() {
     gw.stop().await;
 }
 
+/// A certificate for `localhost` made now, written with its key to a directory of its own.
+pub(crate) struct LocalhostCertificate {
+    pub dir: tempfile::TempDir,
+    pub cert: std::path::PathBuf,
+    pub pem: String,
+}
+
+impl LocalhostCertificate {
+    pub fn new() -> LocalhostCertificate {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let pem = certified.cert.pem();
+        std::fs::write(&cert, &pem).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            certified.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        LocalhostCertificate { dir, cert, pem }
+    }
+
+    /// The gateway's `[tls]` table serving it.
+    pub fn config(&self) -> String {
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            self.cert,
+            self.dir.path().join("key.pem")
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_certificate_made_now() {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let mut gw = TestGateway::start(&format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert, key)).await;
+    let certificate = LocalhostCertificate::new();
+    let cert = certificate.cert.clone();
+    let mut gw = TestGateway::start(&certificate.config()).await;
     assert!(gw.gateway.is_tls());
     let url: Uri = format!("https://localhost:{}/", gw.addr.port())
         .parse()

@@ -268,19 +268,12 @@ async fn grpc_meets_the_same_permits_as_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_tls_with_the_gateways_certificate() {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let gateway = TestGateway::start(&format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n")).await;
+    let certificate = crate::gateway::LocalhostCertificate::new();
+    let gateway = TestGateway::start(&certificate.config()).await;
     let grpc = grpc_for(&gateway).await;
     let url = format!("https://localhost:{}", grpc.addr.port());
     let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(
-            certified.cert.pem(),
-        ))
+        .ca_certificate(tonic::transport::Certificate::from_pem(&certificate.pem))
         .domain_name("localhost");
     let channel = Channel::from_shared(url.clone())
         .unwrap()
