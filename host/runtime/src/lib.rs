@@ -543,22 +543,22 @@ impl LoadedPlugin {
             .instantiate(&mut store)
             .and_then(|command| command.wasi_cli_run().call_run(&mut store));
         let stats = self.stats(&store);
+        // One read of what the command wrote (each `contents()` copies the buffer).
+        let output = stdout.contents();
+        let too_large = || InvokeError::ResponseTooLarge {
+            size: output.len(),
+            limit,
+        };
         let exit = match ran {
             Ok(Ok(())) => 0,
             Ok(Err(())) => 1,
             Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Some(exit) => exit.0,
-                None if stdout.contents().len() > limit => {
-                    let e = InvokeError::ResponseTooLarge {
-                        size: stdout.contents().len(),
-                        limit,
-                    };
-                    return (Err(e), stats);
-                }
+                // Writing past the pipe's capacity traps the guest: the answer was too large.
+                None if output.len() > limit => return (Err(too_large()), stats),
                 None => return (Err(self.classify(&store, e)), stats),
             },
         };
-        let body = stdout.contents().to_vec();
         let result = if exit != 0 {
             let said = store.data().stderr.text();
             let message = match said.trim() {
@@ -569,13 +569,10 @@ impl LoadedPlugin {
                 code: PluginErrorCode::Internal,
                 message,
             })
-        } else if body.len() > limit {
-            Err(InvokeError::ResponseTooLarge {
-                size: body.len(),
-                limit,
-            })
+        } else if output.len() > limit {
+            Err(too_large())
         } else {
-            command_output::parse(body)
+            command_output::parse(Vec::from(output))
         };
         (result, stats)
     }
