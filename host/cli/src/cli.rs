@@ -137,6 +137,9 @@ where
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // A forced kernel ISA this CPU lacks (or a misspelt one) is refused here,
+    // not silently replaced by the best one.
+    edgeplug_kernels::fast::Isa::from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Run(args) => run_plugin(args),
         Command::Weights(args) => extract_weights(args),

@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 
 use edgeplug_kernels::Tensor;
+use edgeplug_kernels::fast::Isa;
 use edgeplug_models::model::Model;
 use edgeplug_models::native::{NativeError, NativeModel};
 
@@ -58,6 +59,11 @@ pub struct BenchArgs {
     /// median time and GFLOP/s.
     #[arg(long)]
     pub profile: bool,
+    /// Kernel instruction set for the native backend and `--peak`: avx512,
+    /// avx2, neon or portable (default: `EDGEPLUG_ISA`, else the best this
+    /// CPU has).
+    #[arg(long)]
+    pub isa: Option<Isa>,
 }
 
 /// The result of one `bench` invocation.
@@ -103,15 +109,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 || args.threads == 0 {
         bail!("--runs and --threads must be at least 1");
     }
+    let isa = match args.isa {
+        Some(isa) if !isa.available() => bail!(
+            "--isa {isa}: this CPU cannot run it; it can run {}",
+            Isa::all_available()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(isa) => isa,
+        None => Isa::detect(),
+    };
     let model = match (&args.model, args.peak) {
         (_, true) => {
-            let isa = edgeplug_kernels::fast::Isa::detect();
             // Median of five half-second bursts: the machine is shared.
             let mut runs: Vec<f64> = (0..5)
                 .map(|_| edgeplug_kernels::fast::fma_peak_gflops(isa, 0.5))
                 .collect();
             runs.sort_by(f64::total_cmp);
-            let isa = format!("{isa:?}").to_lowercase();
+            let isa = isa.name();
             if args.json {
                 println!(
                     "{}",
@@ -131,7 +148,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let start = Instant::now();
     let engine = match args.backend {
-        BenchBackend::Native => match NativeModel::load(&bytes) {
+        BenchBackend::Native => match NativeModel::load_with_isa(&bytes, isa) {
             Ok(m) => Engine::Native(m),
             Err(NativeError::Unsupported { op, node }) => {
                 let message = format!(
@@ -160,10 +177,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let (isa, spec) = match &engine {
-        Engine::Native(m) => (
-            Some(format!("{:?}", m.isa()).to_lowercase()),
-            m.inputs().to_vec(),
-        ),
+        Engine::Native(m) => (Some(m.isa().name().to_string()), m.inputs().to_vec()),
         Engine::Tract(m) => (None, m.inputs().to_vec()),
     };
     let [spec] = spec.as_slice() else {

@@ -268,6 +268,15 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.forget_dropped();
         let mut out = String::new();
+        out.push_str(
+            "# HELP edgeplug_kernel_isa The instruction set the native kernels run with (EDGEPLUG_ISA, else the best this CPU has).\n",
+        );
+        out.push_str("# TYPE edgeplug_kernel_isa gauge\n");
+        let _ = writeln!(
+            out,
+            "edgeplug_kernel_isa{{isa=\"{}\"}} 1",
+            edgeplug_kernels::fast::Isa::detect().name()
+        );
         let versions = self
             .versions
             .lock()

@@ -173,6 +173,15 @@ impl Model {
         }
     }
 
+    /// The instruction set the native backend's kernels run with (`None`
+    /// on tract, which chooses its own).
+    pub fn isa(&self) -> Option<edgeplug_kernels::fast::Isa> {
+        match &self.engine {
+            Engine::Native(m) => Some(m.isa()),
+            Engine::Tract(_) => None,
+        }
+    }
+
     /// Runs the model. Inputs are checked against the declared types and shapes first, so a
     /// wrong shape is a clear error rather than a failure deep inside tract.
     pub fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, ModelError> {

@@ -9,6 +9,7 @@
 
 use super::{DwGeometry, Epilogue, Isa};
 
+#[cfg(target_arch = "x86_64")]
 const LANES: usize = 16;
 
 /// Weights `[c, kh·kw]` (ONNX order) rearranged tap-major, `[kh·kw, c]`, the
@@ -58,18 +59,33 @@ pub fn depthwise_nhwc(
         // SAFETY: AVX-512F is present (`usable`); the asserts above cover every
         // pixel and channel the kernel touches (see `avx512::run`).
         Isa::Avx512 => unsafe { avx512::run(g, &Columns::new(g), input, weight, ep, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if let Some(s) = super::simd::Avx2::new() => {
+            let cols = Columns::new(g);
+            // SAFETY: the asserts above cover every pixel and channel the
+            // kernel touches; `cols` is computed from `g`.
+            unsafe {
+                super::generic::depthwise_nhwc(s, g, cols.lo, cols.hi, input, weight, ep, out)
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if let Some(s) = super::simd::Neon::new() => {
+            let cols = Columns::new(g);
+            // SAFETY: as for AVX2.
+            unsafe {
+                super::generic::depthwise_nhwc(s, g, cols.lo, cols.hi, input, weight, ep, out)
+            }
+        }
         _ => portable(g, input, weight, ep, out),
     }
 }
 
 /// Output columns `lo..hi` have every tap inside the image horizontally.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Columns {
     lo: usize,
     hi: usize,
 }
 
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Columns {
     fn new(g: &DwGeometry) -> Columns {
         let [_, sx] = g.stride;
@@ -85,7 +101,7 @@ impl Columns {
 }
 
 /// Input rows (and their tap index `ky`) that output row `oy` reads.
-fn rows_of(g: &DwGeometry, oy: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+pub(super) fn rows_of(g: &DwGeometry, oy: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
     (0..g.kh).filter_map(move |ky| {
         (oy * g.stride[0] + ky * g.dilation[0])
             .checked_sub(g.pad.top)
@@ -96,7 +112,7 @@ fn rows_of(g: &DwGeometry, oy: usize) -> impl Iterator<Item = (usize, usize)> + 
 
 /// Input column of tap `kx` for output column `ox`, if inside the image.
 #[inline(always)]
-fn col_of(g: &DwGeometry, ox: usize, kx: usize) -> Option<usize> {
+pub(super) fn col_of(g: &DwGeometry, ox: usize, kx: usize) -> Option<usize> {
     (ox * g.stride[1] + kx * g.dilation[1])
         .checked_sub(g.pad.left)
         .filter(|&ix| ix < g.w)

@@ -2,20 +2,23 @@
 //! model backend.
 //!
 //! Every kernel takes an [`Isa`]: [`Isa::Avx512`] runs hand-written AVX-512F
-//! code (checked at run time with `is_x86_feature_detected!`), and
-//! [`Isa::Portable`] runs plain Rust with the same blocking, which LLVM
-//! vectorizes for the baseline target. Tests run both against the naive
-//! references. A caller that asks for an ISA the CPU lacks gets the portable
-//! path, so no input can reach an unsupported instruction.
+//! code, [`Isa::Avx2`] and [`Isa::Neon`] run the kernels written once over
+//! their vector types (`generic`, `simd`), and [`Isa::Portable`] runs plain
+//! Rust with the same blocking, which LLVM vectorizes for the baseline
+//! target. Tests run every path the CPU has against the naive references. A
+//! caller that asks for an ISA the CPU lacks gets the portable path, so no
+//! input can reach an unsupported instruction.
 
 mod conv_nchw;
 mod depthwise;
 mod depthwise_nhwc;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_slab;
+mod generic;
 mod im2col;
 pub mod int8;
 mod pointwise;
+mod simd;
 
 pub use conv_nchw::conv_nchw;
 pub use depthwise::{DwGeometry, depthwise};
@@ -30,23 +33,80 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Plain Rust; what CI exercises on any CPU.
     Portable,
+    /// x86-64 AVX2 with FMA, 8 f32 lanes (Intel N100/N305, Atom x6000, most
+    /// x86 gateways).
+    Avx2,
     /// x86-64 AVX-512F, 16 f32 lanes.
     Avx512,
+    /// AArch64 Advanced SIMD, 4 f32 lanes (Raspberry Pi 4/5, Jetson, i.MX 8).
+    Neon,
 }
 
+/// The variable that forces an ISA: `EDGEPLUG_ISA=avx2|avx512|portable|neon`.
+pub const ISA_ENV: &str = "EDGEPLUG_ISA";
+
 impl Isa {
-    /// The best ISA this CPU supports; `EDGEPLUG_FORCE_PORTABLE=1` forces the
-    /// portable path (read once per process).
+    /// Every ISA, in the order tests and benchmarks list them.
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    /// The ISA the kernels run with in this process: the one [`ISA_ENV`]
+    /// names, else the best this CPU supports (decided once per process).
+    /// A forced ISA this CPU lacks, or a name that is no ISA, leaves the
+    /// best one in place; [`Isa::from_env`] reports those as errors, and the
+    /// CLI checks it before it serves.
     pub fn detect() -> Isa {
-        static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| {
-            let forced = std::env::var_os("EDGEPLUG_FORCE_PORTABLE").is_some_and(|v| v != "0");
-            if !forced && Isa::Avx512.available() {
-                Isa::Avx512
-            } else {
-                Isa::Portable
-            }
-        })
+        static CHOSEN: OnceLock<Isa> = OnceLock::new();
+        *CHOSEN.get_or_init(|| Isa::from_env().ok().flatten().unwrap_or_else(Isa::best))
+    }
+
+    /// The best ISA this CPU supports.
+    pub fn best() -> Isa {
+        [Isa::Avx512, Isa::Avx2, Isa::Neon]
+            .into_iter()
+            .find(|i| i.available())
+            .unwrap_or(Isa::Portable)
+    }
+
+    /// The ISA [`ISA_ENV`] forces, if set; an error names what is wrong with
+    /// its value.
+    pub fn from_env() -> Result<Option<Isa>, String> {
+        let Some(v) = std::env::var_os(ISA_ENV) else {
+            return Ok(None);
+        };
+        let v = v.to_string_lossy();
+        let isa = v.parse::<Isa>()?;
+        if !isa.available() {
+            return Err(format!(
+                "{ISA_ENV}={v}: this CPU cannot run {isa}; it can run {}",
+                Isa::all_available()
+                    .iter()
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(Some(isa))
+    }
+
+    /// The ISA's name, as [`ISA_ENV`] takes it and reports show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// FP32 lanes per vector (1 for the portable path, which leaves the
+    /// width to the compiler).
+    pub fn lanes(self) -> usize {
+        match self {
+            Isa::Portable => 1,
+            Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
+            Isa::Neon => 4,
+        }
     }
 
     /// Whether this CPU can run the ISA.
@@ -55,8 +115,12 @@ impl Isa {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx512 => false,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => simd::Avx2::new().is_some(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => simd::Neon::new().is_some(),
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
     }
 
@@ -71,10 +135,23 @@ impl Isa {
 
     /// Every ISA this CPU can run, portable first (for tests and benches).
     pub fn all_available() -> Vec<Isa> {
-        [Isa::Portable, Isa::Avx512]
+        Isa::ALL.into_iter().filter(|i| i.available()).collect()
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Isa, String> {
+        Isa::ALL
             .into_iter()
-            .filter(|i| i.available())
-            .collect()
+            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("{s:?} is no ISA: use avx2, avx512, portable or neon"))
     }
 }
 
@@ -91,6 +168,10 @@ pub fn fma_peak_gflops(isa: Isa, secs: f64) -> f64 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `usable` checked that the CPU has AVX-512F.
             Isa::Avx512 => unsafe { avx512_fma_burst() },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if let Some(s) = simd::Avx2::new() => generic::fma_burst(s, PEAK_ITERS),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon if let Some(s) = simd::Neon::new() => generic::fma_burst(s, PEAK_ITERS),
             _ => portable_fma_burst(),
         };
         flops += f;
@@ -244,7 +325,7 @@ impl Default for Epilogue<'_> {
 
 impl Epilogue<'_> {
     #[inline(always)]
-    fn clamp(&self, v: f32) -> f32 {
+    pub(crate) fn clamp(&self, v: f32) -> f32 {
         // max then min, like the SIMD path; NaN stays NaN here.
         let v = if v < self.lo { self.lo } else { v };
         if v > self.hi { self.hi } else { v }

@@ -13,7 +13,7 @@ use super::{AlignedBuf, Epilogue, Isa};
 /// Rows of A per packed block (and per register tile).
 pub const MR: usize = 8;
 /// Columns per register tile.
-const NR: usize = 48;
+pub(super) const NR: usize = 48;
 
 /// A row-major `[m, k]` matrix packed into blocks of [`MR`] rows, each stored
 /// column by column (`[k][MR]`), the last block zero-padded.
@@ -59,7 +59,7 @@ impl PackedLhs {
         self.k
     }
 
-    fn block(&self, blk: usize) -> &[f32] {
+    pub(super) fn block(&self, blk: usize) -> &[f32] {
         &self.data[blk * self.k * MR..][..self.k * MR]
     }
 }
@@ -124,7 +124,7 @@ impl PackedRhs {
     }
 
     /// Panel `p`: `[k][NR]`.
-    fn panel(&self, p: usize) -> &[f32] {
+    pub(super) fn panel(&self, p: usize) -> &[f32] {
         &self.data[p * self.k * NR..][..self.k * NR]
     }
 }
@@ -172,6 +172,16 @@ pub fn gemm_packed(
         // SAFETY: `usable` checked that the CPU has AVX-512F; the asserts above
         // bound every index the kernel forms (see `avx512::gemm`).
         Isa::Avx512 => unsafe { avx512::gemm(a, b, ldb, n, out, ldo, ep) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the asserts above bound every index the kernel forms.
+        Isa::Avx2 if let Some(s) = super::simd::Avx2::new() => unsafe {
+            super::generic::gemm_packed(s, a, b, ldb, n, out, ldo, ep)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as for AVX2.
+        Isa::Neon if let Some(s) = super::simd::Neon::new() => unsafe {
+            super::generic::gemm_packed(s, a, b, ldb, n, out, ldo, ep)
+        },
         _ => portable_gemm(a, b, ldb, n, out, ldo, ep),
     }
 }
@@ -248,7 +258,7 @@ pub fn gemm_gather(
 
 /// Where the row-major GEMM finds A's element `(i, c)`.
 #[derive(Clone, Copy)]
-enum ARows<'a> {
+pub(super) enum ARows<'a> {
     /// `a[i * lda + c]`.
     Strided { a: &'a [f32], lda: usize },
     /// `a[i * row_step + offsets[c]]`.
@@ -307,6 +317,16 @@ fn gemm_a_rows(
         // SAFETY: `usable` checked that the CPU has AVX-512F; the asserts above
         // bound every index the kernel forms (see `avx512::gemm_rows`).
         Isa::Avx512 => unsafe { avx512::gemm_rows(m, a, b, out, ldo, ep) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the asserts above (and the callers') bound every index.
+        Isa::Avx2 if let Some(s) = super::simd::Avx2::new() => unsafe {
+            super::generic::gemm_rows(s, m, a, b, out, ldo, ep)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as for AVX2.
+        Isa::Neon if let Some(s) = super::simd::Neon::new() => unsafe {
+            super::generic::gemm_rows(s, m, a, b, out, ldo, ep)
+        },
         _ => portable_gemm_rows(m, a, b, out, ldo, ep),
     }
 }
@@ -425,6 +445,16 @@ pub fn matvec(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F is present (checked by `usable`); lengths asserted above.
         Isa::Avx512 => unsafe { avx512::matvec(w, m, k, x, out, ep) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths asserted above.
+        Isa::Avx2 if let Some(s) = super::simd::Avx2::new() => unsafe {
+            super::generic::matvec(s, w, m, k, x, out, ep)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: lengths asserted above.
+        Isa::Neon if let Some(s) = super::simd::Neon::new() => unsafe {
+            super::generic::matvec(s, w, m, k, x, out, ep)
+        },
         _ => {
             for (i, o) in out[..m].iter_mut().enumerate() {
                 let row = &w[i * k..][..k];

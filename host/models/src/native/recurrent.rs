@@ -664,17 +664,34 @@ impl Recurrent {
         };
         fast::gemm_rows(isa, rows, x, self.i, &self.w, pre, dirs * ng, &ep);
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && isa.available() && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX-512F and FMA, checked just above.
-            unsafe { self.recur_avx512(head, pre, gates) };
-            return;
+        if std::arch::is_x86_feature_detected!("fma") {
+            if isa == Isa::Avx512 && isa.available() {
+                // SAFETY: the CPU has AVX-512F and FMA, checked just above.
+                unsafe { self.recur_avx512(head, pre, gates) };
+                return;
+            }
+            if isa == Isa::Avx2 && isa.available() {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                unsafe { self.recur_avx2(head, pre, gates) };
+                return;
+            }
         }
+        // Every AArch64 CPU fuses multiply-adds in one instruction.
+        #[cfg(target_arch = "aarch64")]
+        return self.recur::<Fused>(head, pre, gates);
+        #[allow(unreachable_code)]
         self.recur::<Plain>(head, pre, gates);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,fma")]
     fn recur_avx512(&self, head: &mut [f32], pre: &[f32], gates: &mut [f32]) {
+        self.recur::<Fused>(head, pre, gates);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn recur_avx2(&self, head: &mut [f32], pre: &[f32], gates: &mut [f32]) {
         self.recur::<Fused>(head, pre, gates);
     }
 
@@ -880,7 +897,7 @@ fn matvec_block<M: MulAdd, const W: usize>(
     acc.copy_from_slice(&a);
 }
 
-/// `a·b + c`: fused where the CPU has FMA (inside the AVX-512 path), else a
+/// `a·b + c`: fused where the CPU has FMA (the AVX-512, AVX2 and AArch64 paths), else a
 /// multiply and an add (a software `fmaf` call would be far slower).
 trait MulAdd {
     fn mul_add(a: f32, b: f32, c: f32) -> f32;

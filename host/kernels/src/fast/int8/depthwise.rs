@@ -11,6 +11,7 @@
 use super::super::DwGeometry;
 use super::{Isa, Requant, use_vnni};
 
+#[cfg(target_arch = "x86_64")]
 const LANES: usize = 16;
 
 /// Weights `[c, kh·kw]` (ONNX order) rearranged tap-major, `[kh·kw, c]`, the

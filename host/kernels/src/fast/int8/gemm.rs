@@ -21,6 +21,7 @@ const MR: usize = 6;
 /// Output columns per panel (one vector of 16 `i32`).
 const LANES: usize = 16;
 /// Panels per register tile.
+#[cfg(target_arch = "x86_64")]
 const NV: usize = 4;
 
 /// One 64-byte line: four reduction steps of a 16-column panel.
