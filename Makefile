@@ -10,7 +10,7 @@ PLUGINS := digits image-classifier forecaster
 WASM_TARGET := target/wasm-plugins
 WASM_DIR := $(WASM_TARGET)/wasm32-wasip2/plugin
 
-.PHONY: run test test-setup setup plugins host dist lint smoke deny
+.PHONY: run test test-setup setup plugins host dist lint smoke deny test-aarch64 aarch64-setup
 
 setup:
 	rustup target add wasm32-wasip2
@@ -32,9 +32,23 @@ plugins: setup
 host:
 	$(CARGO) build --release -p edgeplug
 
-# The binary to install on an edge box: LTO, one codegen unit, stripped (target/dist/edgeplug).
-dist:
+# What to install on an edge box, for x86_64 and aarch64 (Raspberry Pi 4/5, Jetson, i.MX 8):
+# the binary built with fat LTO, one codegen unit, stripped, and the example plugins packed
+# into bundles signed with the development key (re-sign for production with your own:
+# `edgeplug pack DIR --key YOUR.key`). Prints every artifact's size. Output: target/dist-out/.
+DIST := target/dist-out
+dist: aarch64-setup plugins host
 	$(CARGO) build --profile dist -p edgeplug
+	$(CARGO) build --profile dist -p edgeplug --target $(AARCH64)
+	rm -rf $(DIST) && mkdir -p $(DIST)/x86_64 $(DIST)/aarch64 $(DIST)/plugins $(DEV)/keys
+	cp target/dist/edgeplug $(DIST)/x86_64/edgeplug
+	cp target/$(AARCH64)/dist/edgeplug $(DIST)/aarch64/edgeplug
+	test -f $(DEV)/keys/dev.key || ./target/release/edgeplug keygen --out $(DEV)/keys --name dev
+	cp $(DEV)/keys/dev.pub $(DIST)/plugins/
+	$(foreach p,$(SERVE_PLUGINS),./target/release/edgeplug pack plugins/$(p) --key $(DEV)/keys/dev.key \
+		--out $(DIST)/plugins/$(p).epk > /dev/null &&) true
+	@file $(DIST)/x86_64/edgeplug $(DIST)/aarch64/edgeplug | sed 's/, BuildID[^,]*//'
+	@find $(DIST) -type f | sort | xargs ls -l | awk '{printf "%8.1f MB  %s\n", $$5 / 1e6, $$9}'
 
 # `make run`: a development gateway on http://$(LISTEN) serving every example plugin, packed
 # and signed with a development key made on first run (target/dev/keys, trusted in
@@ -67,6 +81,28 @@ test: test-setup
 	@# Which SIMD paths the kernel property tests exercised on this machine.
 	$(CARGO) test -q -p edgeplug-kernels --lib -- --nocapture --exact fast::tests::simd_paths_under_test
 	$(MAKE) smoke
+	$(MAKE) test-aarch64
+
+# ARM64 under qemu-aarch64 user-mode emulation (Debian's qemu-user-static; gcc-aarch64-linux-gnu
+# links): the kernel and model tests on the NEON path against the same references, then the
+# example plugins end to end on a cross-built edgeplug (tests/aarch64/qemu_e2e.py). Emulation is
+# for correctness only; it says nothing about speed.
+AARCH64 := aarch64-unknown-linux-gnu
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER ?= aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER ?= qemu-aarch64-static -L /usr/aarch64-linux-gnu
+
+aarch64-setup:
+	rustup target add $(AARCH64)
+	{ command -v qemu-aarch64-static && command -v aarch64-linux-gnu-gcc; } > /dev/null || { apt-get update && \
+		apt-get install -y --no-install-recommends qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross; }
+
+test-aarch64: aarch64-setup plugins
+	$(CARGO) test --target $(AARCH64) -p edgeplug-kernels -p edgeplug-models
+	$(CARGO) test -q --target $(AARCH64) -p edgeplug-kernels --lib -- --nocapture --exact fast::tests::simd_paths_under_test
+	$(CARGO) build --target $(AARCH64) -p edgeplug
+	test -f plugins/digits/weights.safetensors || ./target/debug/edgeplug weights \
+		plugins/digits/digits_cnn.onnx --out plugins/digits/weights.safetensors > /dev/null
+	python3 tests/aarch64/qemu_e2e.py target/$(AARCH64)/debug/edgeplug
 
 # The CLI end to end on a freshly built plugin: a drawn "1" must come out as 1, and a
 # truncated image must give an error line and exit status 2.

@@ -100,6 +100,10 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        tracing::info!(
+            isa = edgeplug_kernels::fast::Isa::detect().name(),
+            "host kernels ready"
+        );
         let engine = match Engine::new(&engine_config(&config, true)) {
             Ok(engine) => engine,
             Err(e) => {
