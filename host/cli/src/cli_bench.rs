@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// median time and GFLOP/s.
     #[arg(long)]
     pub profile: bool,
+    /// Threads one native run may use when cores are idle (intra-op; 0 =
+    /// every core, 1 = never split). Concurrent `--threads` runs count as
+    /// busy cores, so they borrow only what the others leave idle.
+    #[arg(long, default_value_t = 0)]
+    pub intra_op: usize,
     /// Kernel instruction set for the native backend and `--peak`: avx512,
     /// avx2, neon or portable (default: `EDGEPLUG_ISA`, else the best this
     /// CPU has).
@@ -77,6 +82,8 @@ pub struct BenchReport {
     pub runs: usize,
     pub warmup: usize,
     pub threads: usize,
+    /// Threads one run may use (native; `--intra-op` resolved).
+    pub intra_op_threads: usize,
     pub load_ms: f64,
     pub median_ms: f64,
     pub p90_ms: f64,
@@ -121,6 +128,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(isa) => isa,
         None => Isa::detect(),
     };
+    edgeplug_models::native::parallel::set_intra_op_threads(args.intra_op);
     let model = match (&args.model, args.peak) {
         (_, true) => {
             // Median of five half-second bursts: the machine is shared.
@@ -254,6 +262,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         runs: times.len(),
         warmup: args.warmup,
         threads: args.threads,
+        intra_op_threads: edgeplug_models::native::parallel::intra_op_threads(),
         load_ms,
         median_ms: pct(0.5),
         p90_ms: pct(0.9),
@@ -266,7 +275,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} on {:?}{}: median {:.3} ms, p90 {:.3} ms, min {:.3} ms over {} runs ({} thread{}), load {:.0} ms",
+            "{} on {:?}{}: median {:.3} ms, p90 {:.3} ms, min {:.3} ms over {} runs ({} thread{}, up to {} per run), {:.1} runs/s, load {:.0} ms",
             report.model,
             report.backend,
             report
@@ -280,6 +289,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             report.runs,
             report.threads,
             if report.threads == 1 { "" } else { "s" },
+            report.intra_op_threads,
+            report.throughput_per_s,
             report.load_ms
         );
         for l in &report.layers {

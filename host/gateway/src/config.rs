@@ -19,6 +19,7 @@
 //! feedback_max_samples = 2000        # labeled samples kept per plugin (feedback), oldest go first
 //! feedback_max_mib = 64              # ...and the disk they may take
 //! fast_path_us = 50                  # plugins answering within this run on the reactor; 0: never
+//! intra_op_threads = 0               # threads one model run may use when cores are idle; 0: all
 //! cache_max_mib = 256                # compiled components kept in state_dir/cache, MiB
 //!
 //! [tls]                              # optional; without it the gateway speaks plain HTTP
@@ -97,6 +98,11 @@ pub struct Config {
     /// wake-ups each. About the cost of those wake-ups: longer runs gain more from running in
     /// parallel on the pool. 0 disables the fast path. Default: 50.
     pub fast_path_us: u64,
+    /// Threads one native model run may use (itself and idle cores it borrows): a request on
+    /// an idle gateway splits its heavy layers over the idle cores, while under load every
+    /// core runs a request of its own and none is borrowed. 1 never splits; 0 (the default)
+    /// allows every core.
+    pub intra_op_threads: usize,
     /// Bound of the compile cache (`state_dir/cache`), MiB. Entries of versions no longer in
     /// the store are deleted after every push, removal and start; past this bound the least
     /// recently used go too, except those of loaded versions. 0 keeps only those. Default: 256.
@@ -189,6 +195,7 @@ impl Default for Config {
             feedback_max_samples: 2000,
             feedback_max_mib: 64,
             fast_path_us: 50,
+            intra_op_threads: 0,
             cache_max_mib: 256,
             tls: None,
             limits: LimitsConfig::default(),

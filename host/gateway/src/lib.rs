@@ -76,6 +76,7 @@ impl Gateway {
     /// loads the active version of every stored plugin (re-verified and self-tested; one that
     /// fails is logged and left out). Blocking.
     pub fn open(config: Config) -> anyhow::Result<Arc<Gateway>> {
+        edgeplug_models::native::parallel::set_intra_op_threads(config.intra_op_threads);
         std::fs::create_dir_all(&config.trust_dir)
             .with_context(|| format!("cannot create trust_dir {}", config.trust_dir.display()))?;
         std::fs::create_dir_all(&config.model_dir)

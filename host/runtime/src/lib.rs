@@ -458,6 +458,9 @@ impl LoadedPlugin {
         request: InferRequest,
         deadline_ms: u64,
     ) -> (Result<InferResponse, InvokeError>, RequestStats) {
+        // The request's core counts as busy while it runs, so model runs elsewhere do not
+        // borrow it for intra-op threads.
+        let _busy = edgeplug_models::native::parallel::busy();
         let limits = self.shared.limits();
         if request.body.len() > limits.request_bytes {
             let e = InvokeError::RequestTooLarge {

@@ -25,10 +25,35 @@ pub fn conv_nchw(
     out: &mut [f32],
     col: &mut AlignedBuf,
 ) {
+    conv_nchw_rows(isa, g, input, w, ep, 0..g.oh, out, col);
+}
+
+/// [`conv_nchw`] for output rows `rows` only: `out` holds those rows, the
+/// residual is still laid out like the whole output. Threads that split an
+/// image into bands of rows call this.
+///
+/// # Panics
+///
+/// As [`conv_nchw`], and if `rows` ends past the output.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_nchw_rows(
+    isa: Isa,
+    g: &ColGeometry,
+    input: &[f32],
+    w: &PackedRhs,
+    ep: &Epilogue<'_>,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    col: &mut AlignedBuf,
+) {
     let (plane, k, n) = (g.h * g.w, g.c * g.kh * g.kw, w.n());
     assert_eq!(w.k(), k, "conv_nchw: weights for another kernel");
     assert!(input.len() >= g.c * plane, "conv_nchw: input too short");
-    assert!(out.len() >= g.oh * g.ow * n, "conv_nchw: out too short");
+    assert!(rows.end <= g.oh, "conv_nchw: rows past the output");
+    assert!(
+        out.len() >= rows.len() * g.ow * n,
+        "conv_nchw: out too short"
+    );
     let [sy, sx] = g.stride;
     let [dy, dx] = g.dilation;
     // Each tap's position relative to its window's top-left pixel.
@@ -52,17 +77,18 @@ pub fn conv_nchw(
         residual: ep.residual.map(|r| &r[first * n..][..count * n]),
         ..*ep
     };
-    for oy in 0..g.oh {
+    for oy in rows.clone() {
         let top = (oy * sy)
             .checked_sub(g.pad.top)
             .filter(|&t| t + reach_y < g.h);
         let (a, b) = if top.is_some() { (lo, hi) } else { (0, 0) };
-        let row = oy * g.ow;
+        // `row` indexes the whole output (the residual), `orow` this band.
+        let (row, orow) = (oy * g.ow, (oy - rows.start) * g.ow);
         if let Some(top) = top
             && b > a
         {
             let base = top * g.w + a * sx - g.pad.left;
-            let dst = &mut out[(row + a) * n..][..(b - a) * n];
+            let dst = &mut out[(orow + a) * n..][..(b - a) * n];
             let e = part(row + a, b - a);
             gemm_gather(isa, b - a, &input[base..], sx, &offsets, w, dst, n, &e);
         }
@@ -75,7 +101,7 @@ pub fn conv_nchw(
             for (ox, patch) in (x0..x1).zip(col.chunks_exact_mut(k)) {
                 patch_row(g, input, oy, ox, patch);
             }
-            let dst = &mut out[(row + x0) * n..][..count * n];
+            let dst = &mut out[(orow + x0) * n..][..count * n];
             let e = part(row + x0, count);
             gemm_rows(isa, count, &col[..count * k], k, w, dst, n, &e);
         }

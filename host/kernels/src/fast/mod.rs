@@ -20,7 +20,7 @@ pub mod int8;
 mod pointwise;
 mod simd;
 
-pub use conv_nchw::conv_nchw;
+pub use conv_nchw::{conv_nchw, conv_nchw_rows};
 pub use depthwise::{DwGeometry, depthwise};
 pub use depthwise_nhwc::{depthwise_nhwc, depthwise_nhwc_weights};
 pub use im2col::{ColGeometry, im2col, im2col_rows};

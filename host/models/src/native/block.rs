@@ -88,14 +88,25 @@ impl DwBlock {
         (input, output)
     }
 
+    /// Floating-point operations per run.
+    pub fn flops(&self) -> u64 {
+        let g = &self.geom;
+        let mut flops = 2 * (self.batch * g.c * g.oh * g.ow * g.kh * g.kw) as u64;
+        if let Some(e) = &self.expand {
+            flops += 2 * (self.batch * g.h * g.w * e.w.k() * e.w.n()) as u64;
+        }
+        if let Some((w, _)) = &self.project {
+            flops += 2 * (self.batch * g.oh * g.ow * w.k() * w.n()) as u64;
+        }
+        flops
+    }
+
     /// Kind, shape and floating-point operations per run.
     pub fn describe(&self) -> (String, u64) {
         let g = &self.geom;
         let mut name = String::new();
-        let mut flops = 2 * (self.batch * g.c * g.oh * g.ow * g.kh * g.kw) as u64;
         if let Some(e) = &self.expand {
             name += &format!("conv1x1 {}->{} + ", e.w.k(), e.w.n());
-            flops += 2 * (self.batch * g.h * g.w * e.w.k() * e.w.n()) as u64;
         }
         name += &format!(
             "dw{}x{} s{} c{} {}x{}->{}x{}",
@@ -103,14 +114,15 @@ impl DwBlock {
         );
         if let Some((w, _)) = &self.project {
             name += &format!(" + conv1x1 {}->{}", w.k(), w.n());
-            flops += 2 * (self.batch * g.oh * g.ow * w.k() * w.n()) as u64;
         }
-        (name, flops)
+        (name, self.flops())
     }
 
-    /// One image: `x` is `[h, w, c_in]`, `out` `[oh, ow, c_out]`; `residual`
-    /// (laid out like `out`), `lo` and `hi` finish the last stage. `band_in`
-    /// and `band_out` hold at least [`DwBlock::scratch_len`] floats.
+    /// Output rows `oy` of one image: `x` is `[h, w, c_in]`, `out` those
+    /// rows of the `[oh, ow, c_out]` output; `residual` (laid out like the
+    /// whole output), `lo` and `hi` finish the last stage. `band_in` and
+    /// `band_out` hold at least [`DwBlock::scratch_len`] floats. Threads that
+    /// run disjoint row ranges each recompute the expanded rows they share.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -119,6 +131,7 @@ impl DwBlock {
         residual: Option<&[f32]>,
         lo: f32,
         hi: f32,
+        oy: std::ops::Range<usize>,
         out: &mut [f32],
         band_in: &mut [f32],
         band_out: &mut [f32],
@@ -132,8 +145,8 @@ impl DwBlock {
         let per_band = per_band.max(1);
         // Rows `have.0..have.1` of the expanded image are in `band_in`, from row 0.
         let mut have = (0usize, 0usize);
-        for oy0 in (0..g.oh).step_by(per_band) {
-            let oy1 = (oy0 + per_band).min(g.oh);
+        for oy0 in oy.clone().step_by(per_band) {
+            let oy1 = (oy0 + per_band).min(oy.end);
             let first = (oy0 * s).saturating_sub(g.pad.top).min(g.h);
             let last = ((oy1 - 1) * s + span)
                 .saturating_sub(g.pad.top)
@@ -178,8 +191,8 @@ impl DwBlock {
                 ..*g
             };
             let pixels = (oy1 - oy0) * g.ow;
-            let base = oy0 * g.ow * c_out;
-            let residual = residual.map(|r| &r[base..][..pixels * c_out]);
+            let residual = residual.map(|r| &r[oy0 * g.ow * c_out..][..pixels * c_out]);
+            let base = (oy0 - oy.start) * g.ow * c_out;
             match &self.project {
                 None => {
                     let ep = Epilogue {

@@ -6,9 +6,33 @@ pub(super) use super::step::{BinOp, Ep, Operand, RedOp, Slot, Step, UnOp};
 use edgeplug_kernels::Tensor;
 use edgeplug_kernels::fast::{self, AlignedBuf, Epilogue, Isa};
 
+use super::parallel;
+
 /// Output pixels per patch-row batch of [`Step::ConvRows`]: the patch rows
 /// stay in cache between im2col and the GEMM.
 pub(super) const CONV_ROWS: usize = 256;
+
+/// Floating-point operations below which a step is not split for another
+/// thread: handing a band to a helper costs a few microseconds, which this
+/// much work repays (~20 µs on one core).
+const MIN_FLOPS_PER_THREAD: u64 = 2_000_000;
+
+/// Row-band boundaries of a split GEMM fall on multiples of every register
+/// tile's height (AVX-512 8 and 12, AVX2 6, NEON 8), so no band ends in a
+/// partial tile that one thread would not have.
+const BAND_ALIGN: usize = 24;
+
+/// How many threads (up to `threads`) a step of `flops` operations uses.
+fn parts_for(threads: usize, flops: u64) -> usize {
+    threads.min((flops / MIN_FLOPS_PER_THREAD).max(1) as usize)
+}
+
+/// A helper thread's own scratch, like the arena's `col` and `band`.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    col: AlignedBuf,
+    band: AlignedBuf,
+}
 
 /// Calls `f` on each image of a batch: its input (`ilen` values), its part
 /// of the residual and its output (`olen` values each).
@@ -61,6 +85,8 @@ pub(super) struct Arena {
     col: AlignedBuf,
     /// The depthwise output rows of a [`Step::DwBlock`] band.
     band: AlignedBuf,
+    /// Scratch of the helper threads of a split step, one each.
+    helpers: Vec<Scratch>,
 }
 
 impl Program {
@@ -160,6 +186,7 @@ impl Program {
                 .collect(),
             col: AlignedBuf::zeroed(self.col_len),
             band: AlignedBuf::zeroed(self.band_len),
+            helpers: Vec::new(),
         }
     }
 
@@ -167,15 +194,23 @@ impl Program {
         &bufs[self.phys[s]][..self.slot_len[s]]
     }
 
-    /// Runs on checked inputs (one f32 slice per model input, right length).
-    pub fn run(&self, isa: Isa, arena: &mut Arena, inputs: &[&[f32]]) -> Vec<Tensor> {
-        self.run_timed(isa, arena, inputs, None)
+    /// Runs on checked inputs (one f32 slice per model input, right length),
+    /// splitting heavy steps over up to `threads` threads.
+    pub fn run(
+        &self,
+        isa: Isa,
+        threads: usize,
+        arena: &mut Arena,
+        inputs: &[&[f32]],
+    ) -> Vec<Tensor> {
+        self.run_timed(isa, threads, arena, inputs, None)
     }
 
     /// [`Program::run`], adding each step's wall time (seconds) to `times`.
     pub fn run_timed(
         &self,
         isa: Isa,
+        threads: usize,
         arena: &mut Arena,
         inputs: &[&[f32]],
         mut times: Option<&mut [f64]>,
@@ -185,12 +220,22 @@ impl Program {
         }
         let mut col = std::mem::take(&mut arena.col);
         let mut band = std::mem::take(&mut arena.band);
+        let threads = threads.max(1);
+        if arena.helpers.len() < threads - 1 {
+            arena.helpers.resize_with(threads - 1, Scratch::default);
+        }
+        let helpers = &mut arena.helpers[..threads - 1];
         for (i, step) in self.steps.iter().enumerate() {
             let o = step.out();
             let mut out = std::mem::take(&mut arena.bufs[self.phys[o]]);
             let dst = &mut out[..self.slot_len[o]];
             let start = times.is_some().then(std::time::Instant::now);
-            exec(self, isa, step, &arena.bufs, dst, &mut col, &mut band);
+            let scratch = Scratches {
+                col: &mut col,
+                band: &mut band,
+                helpers: &mut *helpers,
+            };
+            exec(self, isa, step, &arena.bufs, dst, scratch);
             if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                 t[i] += start.elapsed().as_secs_f64();
             }
@@ -249,6 +294,28 @@ fn take(
     b
 }
 
+/// The scratch of one step: the run's own, and one per helper thread (their
+/// number is the threads a step may use, minus one).
+struct Scratches<'a> {
+    col: &'a mut AlignedBuf,
+    band: &'a mut AlignedBuf,
+    helpers: &'a mut [Scratch],
+}
+
+impl Scratches<'_> {
+    fn threads(&self) -> usize {
+        1 + self.helpers.len()
+    }
+
+    /// `(col, band)` of each of the first `n` threads.
+    fn per_thread(&mut self, n: usize) -> Vec<(&mut AlignedBuf, &mut AlignedBuf)> {
+        std::iter::once((&mut *self.col, &mut *self.band))
+            .chain(self.helpers.iter_mut().map(|h| (&mut h.col, &mut h.band)))
+            .take(n)
+            .collect()
+    }
+}
+
 /// Runs one step; `out` is the step's output slot, which no input shares.
 fn exec(
     p: &Program,
@@ -256,9 +323,9 @@ fn exec(
     step: &Step,
     bufs: &[AlignedBuf],
     out: &mut [f32],
-    col: &mut AlignedBuf,
-    band: &mut AlignedBuf,
+    mut scratch: Scratches<'_>,
 ) {
+    let threads = scratch.threads();
     match step {
         Step::Pointwise {
             x,
@@ -270,7 +337,24 @@ fn exec(
         } => {
             let x = p.slot(bufs, *x);
             let e = p.ep(bufs, ep, bias);
-            fast::gemm_rows(isa, *pixels, x, w.k(), w, out, w.n(), &e);
+            let (k, n) = (w.k(), w.n());
+            let flops = 2 * (*pixels * k * n) as u64;
+            // A small image (a late layer's 7×7) splits evenly rather than on tile
+            // boundaries: its cost is streaming the weights, not the last tile.
+            let align = if *pixels >= 8 * BAND_ALIGN {
+                BAND_ALIGN
+            } else {
+                1
+            };
+            let ranges = parallel::split(*pixels, parts_for(threads, flops), align);
+            let outs = parallel::split_rows(out, &ranges, n);
+            parallel::run_parts(ranges.into_iter().zip(outs).collect(), |(rows, out)| {
+                let e = Epilogue {
+                    residual: e.residual.map(|r| &r[rows.start * n..][..rows.len() * n]),
+                    ..e
+                };
+                fast::gemm_rows(isa, rows.len(), &x[rows.start * k..], k, w, out, n, &e);
+            });
         }
         Step::Depthwise {
             x,
@@ -308,8 +392,10 @@ fn exec(
             let (k, n) = (w.k(), w.n());
             let (ilen, olen) = (geom.c * geom.h * geom.w, n * positions);
             let rows = CONV_ROWS.min(positions);
-            col.ensure_len(rows * k);
             let e = p.ep(bufs, ep, bias);
+            let flops = 2 * (positions * k * n) as u64;
+            let parts = parts_for(threads, flops);
+            let mut cols = scratch.per_thread(parts);
             per_image(
                 p.slot(bufs, *x),
                 e.residual,
@@ -318,16 +404,22 @@ fn exec(
                 ilen,
                 olen,
                 |x, residual, out| {
-                    for first in (0..positions).step_by(rows) {
-                        let count = rows.min(positions - first);
-                        fast::im2col_rows(isa, geom, x, first, count, col);
-                        let part = first * n..(first + count) * n;
-                        let e = Epilogue {
-                            residual: residual.map(|r| &r[part.clone()]),
-                            ..e
-                        };
-                        fast::gemm_rows(isa, count, col, k, w, &mut out[part], n, &e);
-                    }
+                    let ranges = parallel::split(positions, parts, BAND_ALIGN);
+                    let outs = parallel::split_rows(out, &ranges, n);
+                    let work: Vec<_> = ranges.into_iter().zip(outs).zip(cols.iter_mut()).collect();
+                    parallel::run_parts(work, |((band, out), (col, _))| {
+                        col.ensure_len(rows * k);
+                        for first in band.clone().step_by(rows) {
+                            let count = rows.min(band.end - first);
+                            fast::im2col_rows(isa, geom, x, first, count, col);
+                            let part = (first - band.start) * n..(first - band.start + count) * n;
+                            let e = Epilogue {
+                                residual: residual.map(|r| &r[first * n..][..count * n]),
+                                ..e
+                            };
+                            fast::gemm_rows(isa, count, col, k, w, &mut out[part], n, &e);
+                        }
+                    });
                 },
             );
         }
@@ -342,6 +434,9 @@ fn exec(
         } => {
             let (ilen, olen) = (geom.c * geom.h * geom.w, w.n() * geom.oh * geom.ow);
             let e = p.ep(bufs, ep, bias);
+            let flops = 2 * (geom.oh * geom.ow * w.k() * w.n()) as u64;
+            let parts = parts_for(threads, flops);
+            let mut cols = scratch.per_thread(parts);
             per_image(
                 p.slot(bufs, *x),
                 e.residual,
@@ -350,7 +445,13 @@ fn exec(
                 ilen,
                 olen,
                 |x, residual, out| {
-                    fast::conv_nchw(isa, geom, x, w, &Epilogue { residual, ..e }, out, col);
+                    let e = Epilogue { residual, ..e };
+                    let ranges = parallel::split(geom.oh, parts, 1);
+                    let outs = parallel::split_rows(out, &ranges, geom.ow * w.n());
+                    let work: Vec<_> = ranges.into_iter().zip(outs).zip(cols.iter_mut()).collect();
+                    parallel::run_parts(work, |((rows, out), (col, _))| {
+                        fast::conv_nchw_rows(isa, geom, x, w, &e, rows, out, col);
+                    });
                 },
             );
         }
@@ -360,10 +461,15 @@ fn exec(
             let olen = g.oh * g.ow * block.out_channels();
             let per_band = block.per_band();
             let (input, output) = block.scratch_len(per_band);
-            col.ensure_len(input);
-            band.ensure_len(output);
             let residual = ep.residual.map(|r| p.slot(bufs, r));
             let x = p.slot(bufs, *x);
+            let parts = parts_for(threads, block.flops() / block.batch as u64);
+            let mut bands = scratch.per_thread(parts);
+            for (col, band) in bands.iter_mut() {
+                col.ensure_len(input);
+                band.ensure_len(output);
+            }
+            let row_len = g.ow * block.out_channels();
             per_image(
                 x,
                 residual,
@@ -372,7 +478,14 @@ fn exec(
                 ilen,
                 olen,
                 |x, residual, out| {
-                    block.run(isa, x, residual, ep.lo, ep.hi, out, col, band, per_band);
+                    let ranges = parallel::split(g.oh, parts, 1);
+                    let outs = parallel::split_rows(out, &ranges, row_len);
+                    let work: Vec<_> = ranges.into_iter().zip(outs).zip(bands.iter_mut()).collect();
+                    parallel::run_parts(work, |((rows, out), (col, band))| {
+                        block.run(
+                            isa, x, residual, ep.lo, ep.hi, rows, out, col, band, per_band,
+                        );
+                    });
                 },
             );
         }
@@ -412,6 +525,7 @@ fn exec(
             let k = cpg * geom.kh * geom.kw;
             let (ilen, olen) = (groups * cpg * geom.h * geom.w, groups * opg * positions);
             {
+                let col = &mut *scratch.col;
                 col.ensure_len(k * positions);
                 for b in 0..*batch {
                     for (g, wg) in w.iter().enumerate() {
@@ -453,18 +567,22 @@ fn exec(
             ..
         } => {
             let x = p.slot(bufs, *x);
+            let (k, n) = (*k, *n);
+            let parts = parts_for(threads, 2 * (k * n) as u64);
             for r in 0..*rows {
-                let mut e = p.ep(bufs, ep, bias);
-                e.residual = e.residual.map(|res| &res[r * n..][..*n]);
-                fast::matvec(
-                    isa,
-                    w,
-                    *n,
-                    *k,
-                    &x[r * k..][..*k],
-                    &mut out[r * n..][..*n],
-                    &e,
-                );
+                let e = p.ep(bufs, ep, bias);
+                let x = &x[r * k..][..k];
+                let res = e.residual.map(|res| &res[r * n..][..n]);
+                let ranges = parallel::split(n, parts, 16);
+                let outs = parallel::split_rows(&mut out[r * n..][..n], &ranges, 1);
+                parallel::run_parts(ranges.into_iter().zip(outs).collect(), |(cols, out)| {
+                    let e = Epilogue {
+                        bias: e.bias.map(|b| &b[cols.start..]),
+                        residual: res.map(|r| &r[cols.clone()]),
+                        ..e
+                    };
+                    fast::matvec(isa, &w[cols.start * k..], cols.len(), k, x, out, &e);
+                });
             }
         }
         Step::Binary {

@@ -20,6 +20,7 @@ mod compile;
 mod exec;
 #[cfg(test)]
 mod graph_tests;
+pub mod parallel;
 mod recurrent;
 #[cfg(test)]
 mod recurrent_tests;
@@ -150,11 +151,14 @@ impl NativeModel {
         let mut arena = self.program.new_arena();
         let n = self.program.steps.len();
         let mut samples = vec![Vec::with_capacity(runs); n];
-        self.program.run(self.isa, &mut arena, &data);
+        let _busy = parallel::busy();
+        let helpers = parallel::borrow_idle();
+        self.program
+            .run(self.isa, helpers.threads(), &mut arena, &data);
         for _ in 0..runs.max(1) {
             let mut t = vec![0f64; n];
             self.program
-                .run_timed(self.isa, &mut arena, &data, Some(&mut t));
+                .run_timed(self.isa, helpers.threads(), &mut arena, &data, Some(&mut t));
             for (s, v) in samples.iter_mut().zip(t) {
                 s.push(v);
             }
@@ -215,7 +219,13 @@ impl NativeModel {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| self.program.new_arena());
-        let outputs = self.program.run(self.isa, &mut arena, &data);
+        // This run's core counts as busy, and it borrows the idle ones.
+        let _busy = parallel::busy();
+        let helpers = parallel::borrow_idle();
+        let outputs = self
+            .program
+            .run(self.isa, helpers.threads(), &mut arena, &data);
+        drop(helpers);
         self.arenas
             .lock()
             .unwrap_or_else(|e| e.into_inner())

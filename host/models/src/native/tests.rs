@@ -154,6 +154,36 @@ fn efficientnet_lite0_matches_onnxruntime() {
     }
 }
 
+/// Splitting steps into bands of rows over threads (intra-op) changes no
+/// value: every output element is summed by one thread in the same order.
+#[test]
+fn runs_split_over_threads_are_bit_identical() {
+    for file in [
+        "mobilenetv2.onnx",
+        "efficientnet_lite0.onnx",
+        "digits_cnn.onnx",
+    ] {
+        let model = NativeModel::load(&fixture_or_abs(file)).unwrap();
+        let input = model.program.inputs[0];
+        let len = model.program.slot_len[input];
+        let x: Vec<f32> = (0..len)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let mut arena = model.program.new_arena();
+        let one = model.program.run(model.isa, 1, &mut arena, &[&x]);
+        for threads in [2, 3] {
+            let split = model.program.run(model.isa, threads, &mut arena, &[&x]);
+            for (a, b) in one.iter().zip(&split) {
+                assert_eq!(
+                    a.as_f32().unwrap(),
+                    b.as_f32().unwrap(),
+                    "{file}, {threads} threads"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn repeated_and_concurrent_runs_agree() {
     let model = NativeModel::load(&fixture_or_abs("digits_cnn.onnx")).unwrap();
@@ -272,7 +302,12 @@ proptest::proptest! {
         let mut band_in = vec![f32::NAN; need_in];
         let mut band_out = vec![f32::NAN; need_out];
         let mut got = vec![f32::NAN; g.oh * g.ow * c_out];
-        block.run(isa, &x, residual, lo, hi, &mut got, &mut band_in, &mut band_out, per_band.min(g.oh));
+        // In two bands of rows, as two threads would run them.
+        let mid = g.oh / 2;
+        let (top, bottom) = got.split_at_mut(mid * g.ow * c_out);
+        for (rows, out) in [(0..mid, top), (mid..g.oh, bottom)] {
+            block.run(isa, &x, residual, lo, hi, rows, out, &mut band_in, &mut band_out, per_band.min(g.oh));
+        }
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             proptest::prop_assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{i}: {a} vs {b}");
         }
