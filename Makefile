@@ -1,8 +1,9 @@
 # The two commands that do everything on a fresh machine:
 #   make run    build the host and the example plugins, sign them, and serve them on 127.0.0.1:8080
-#   make test   every test: unit, property, integration (plugins built to wasm), CLI smoke test
+#   make test   every test: unit, property, integration (plugins built to wasm), CLI smoke test,
+#               and the ARM64 build under qemu-aarch64
 #
-# Both install what they need (the wasm32-wasip2 Rust target) themselves.
+# Both install what they need (Rust targets, Debian packages) themselves.
 
 CARGO ?= cargo
 PLUGINS := digits image-classifier forecaster
