@@ -117,15 +117,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         bail!("--runs and --threads must be at least 1");
     }
     let isa = match args.isa {
-        Some(isa) if !isa.available() => bail!(
-            "--isa {isa}: this CPU cannot run it; it can run {}",
-            Isa::all_available()
-                .iter()
-                .map(|i| i.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Some(isa) => isa,
+        Some(isa) => isa
+            .check_available()
+            .map_err(|e| anyhow::anyhow!("--isa {isa}: {e}"))?,
         None => Isa::detect(),
     };
     edgeplug_models::native::parallel::set_intra_op_threads(args.intra_op);

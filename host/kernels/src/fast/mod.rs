@@ -75,17 +75,21 @@ impl Isa {
         };
         let v = v.to_string_lossy();
         let isa = v.parse::<Isa>()?;
-        if !isa.available() {
-            return Err(format!(
-                "{ISA_ENV}={v}: this CPU cannot run {isa}; it can run {}",
-                Isa::all_available()
-                    .iter()
-                    .map(|i| i.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        isa.check_available()
+            .map(Some)
+            .map_err(|e| format!("{ISA_ENV}={v}: {e}"))
+    }
+
+    /// `self` if this CPU can run it, else an error naming the ISAs it can.
+    pub fn check_available(self) -> Result<Isa, String> {
+        if self.available() {
+            return Ok(self);
         }
-        Ok(Some(isa))
+        let can: Vec<&str> = Isa::all_available().iter().map(|i| i.name()).collect();
+        Err(format!(
+            "this CPU cannot run {self}; it can run {}",
+            can.join(", ")
+        ))
     }
 
     /// The ISA's name, as [`ISA_ENV`] takes it and reports show it.
