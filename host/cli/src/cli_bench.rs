@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// busy cores, so they borrow only what the others leave idle.
     #[arg(long, default_value_t = 0)]
     pub intra_op: usize,
+    /// Arithmetic of the native backend's convolutions and GEMMs: f32 or
+    /// bf16 (AVX512-BF16).
+    #[arg(long, default_value = "f32")]
+    pub precision: edgeplug_models::native::Precision,
     /// Kernel instruction set for the native backend and `--peak`: avx512,
     /// avx2, neon or portable (default: `EDGEPLUG_ISA`, else the best this
     /// CPU has).
@@ -79,6 +83,9 @@ pub struct BenchReport {
     /// Kernel instruction set (native only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isa: Option<String>,
+    /// Precision of the convolutions and GEMMs (native only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     pub runs: usize,
     pub warmup: usize,
     pub threads: usize,
@@ -150,7 +157,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let start = Instant::now();
     let engine = match args.backend {
-        BenchBackend::Native => match NativeModel::load_with_isa(&bytes, isa) {
+        BenchBackend::Native => match NativeModel::load_with(&bytes, isa, args.precision) {
             Ok(m) => Engine::Native(m),
             Err(NativeError::Unsupported { op, node }) => {
                 let message = format!(
@@ -178,9 +185,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let (isa, spec) = match &engine {
-        Engine::Native(m) => (Some(m.isa().name().to_string()), m.inputs().to_vec()),
-        Engine::Tract(m) => (None, m.inputs().to_vec()),
+    let (isa, precision, spec) = match &engine {
+        Engine::Native(m) => (
+            Some(m.isa().name().to_string()),
+            Some(m.precision().name().to_string()),
+            m.inputs().to_vec(),
+        ),
+        Engine::Tract(m) => (None, None, m.inputs().to_vec()),
     };
     let [spec] = spec.as_slice() else {
         bail!(
@@ -253,6 +264,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         model: name,
         backend: args.backend,
         isa,
+        precision,
         runs: times.len(),
         warmup: args.warmup,
         threads: args.threads,
@@ -272,11 +284,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "{} on {:?}{}: median {:.3} ms, p90 {:.3} ms, min {:.3} ms over {} runs ({} thread{}, up to {} per run), {:.1} runs/s, load {:.0} ms",
             report.model,
             report.backend,
-            report
-                .isa
-                .as_deref()
-                .map(|i| format!(" ({i})"))
-                .unwrap_or_default(),
+            match (&report.isa, &report.precision) {
+                (Some(i), Some(p)) => format!(" ({i}, {p})"),
+                _ => String::new(),
+            },
             report.median_ms,
             report.p90_ms,
             report.min_ms,

@@ -20,6 +20,7 @@
 //! feedback_max_mib = 64              # ...and the disk they may take
 //! fast_path_us = 50                  # plugins answering within this run on the reactor; 0: never
 //! intra_op_threads = 0               # threads one model run may use when cores are idle; 0: all
+//! precision = "f32"                  # "bf16": native models' GEMMs in bf16 (needs AVX512-BF16)
 //! cache_max_mib = 256                # compiled components kept in state_dir/cache, MiB
 //!
 //! [tls]                              # optional; without it the gateway speaks plain HTTP
@@ -103,6 +104,10 @@ pub struct Config {
     /// core runs a request of its own and none is borrowed. 1 never splits; 0 (the default)
     /// allows every core.
     pub intra_op_threads: usize,
+    /// Arithmetic of the native backend's convolutions and GEMMs: `"f32"` (the default) or
+    /// `"bf16"` (bf16 inputs, f32 sums; on AVX512-BF16, and the gateway refuses to start on a
+    /// CPU without it rather than fall back). Each model logs the precision it runs in.
+    pub precision: String,
     /// Bound of the compile cache (`state_dir/cache`), MiB. Entries of versions no longer in
     /// the store are deleted after every push, removal and start; past this bound the least
     /// recently used go too, except those of loaded versions. 0 keeps only those. Default: 256.
@@ -196,6 +201,7 @@ impl Default for Config {
             feedback_max_mib: 64,
             fast_path_us: 50,
             intra_op_threads: 0,
+            precision: "f32".into(),
             cache_max_mib: 256,
             tls: None,
             limits: LimitsConfig::default(),

@@ -77,6 +77,12 @@ impl Gateway {
     /// fails is logged and left out). Blocking.
     pub fn open(config: Config) -> anyhow::Result<Arc<Gateway>> {
         edgeplug_models::native::parallel::set_intra_op_threads(config.intra_op_threads);
+        let precision: edgeplug_models::native::Precision = config
+            .precision
+            .parse()
+            .map_err(|e| anyhow::anyhow!("precision: {e}"))?;
+        edgeplug_models::native::set_default_precision(precision)
+            .map_err(|e| anyhow::anyhow!("precision = \"{precision}\": {e}"))?;
         std::fs::create_dir_all(&config.trust_dir)
             .with_context(|| format!("cannot create trust_dir {}", config.trust_dir.display()))?;
         std::fs::create_dir_all(&config.model_dir)

@@ -182,6 +182,15 @@ impl Model {
         }
     }
 
+    /// The precision the model's convolutions and GEMMs run in (`f32` on
+    /// tract).
+    pub fn precision(&self) -> crate::native::Precision {
+        match &self.engine {
+            Engine::Native(m) => m.precision(),
+            Engine::Tract(_) => crate::native::Precision::F32,
+        }
+    }
+
     /// Runs the model. Inputs are checked against the declared types and shapes first, so a
     /// wrong shape is a clear error rather than a failure deep inside tract.
     pub fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, ModelError> {

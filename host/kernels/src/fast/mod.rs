@@ -9,6 +9,7 @@
 //! caller that asks for an ISA the CPU lacks gets the portable path, so no
 //! input can reach an unsupported instruction.
 
+pub mod bf16;
 mod conv_nchw;
 mod depthwise;
 mod depthwise_nhwc;

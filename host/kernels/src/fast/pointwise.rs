@@ -8,6 +8,7 @@
 //! blocks of [`MR`] = 8; the panel of B stays in cache while every row block
 //! of A streams past it, and 8×3 accumulators live in registers.
 
+use super::bf16::{self, Bf16Rhs};
 use super::{AlignedBuf, Epilogue, Isa};
 
 /// Rows of A per packed block (and per register tile).
@@ -73,6 +74,8 @@ pub struct PackedRhs {
     k: usize,
     n: usize,
     data: AlignedBuf,
+    /// The same weights as bf16 pairs, when a model runs in bf16.
+    bf16: Option<Bf16Rhs>,
 }
 
 impl PackedRhs {
@@ -91,7 +94,25 @@ impl PackedRhs {
                 data[(p * k + c) * NR + jj] = w[c * n + j];
             }
         }
-        PackedRhs { k, n, data }
+        PackedRhs {
+            k,
+            n,
+            data,
+            bf16: None,
+        }
+    }
+
+    /// Also keeps the weights as bf16: [`gemm_rows`] then multiplies in bf16
+    /// (f32 sums) on AVX512-BF16, and emulates that on the portable path; the
+    /// other paths, which have no bf16 arithmetic, stay f32 (a model asking
+    /// for bf16 on them is refused when it loads).
+    pub fn enable_bf16(&mut self) {
+        self.bf16 = Some(Bf16Rhs::pack(self));
+    }
+
+    /// Whether [`PackedRhs::enable_bf16`] was called.
+    pub fn is_bf16(&self) -> bool {
+        self.bf16.is_some()
     }
 
     /// Packs `w` given transposed, row-major `n × k`: ONNX's out-channel-major
@@ -211,6 +232,15 @@ pub fn gemm_rows(
             k == 0 || (lda >= k && a.len() >= (m - 1) * lda + k),
             "gemm_rows: a too short"
         );
+    }
+    if let Some(b16) = &b.bf16 {
+        match isa.usable() {
+            Isa::Avx512 if bf16::bf16_hardware() => {
+                return bf16::gemm_rows(true, m, a, lda, b, b16, out, ldo, ep);
+            }
+            Isa::Portable => return bf16::gemm_rows(false, m, a, lda, b, b16, out, ldo, ep),
+            _ => {}
+        }
     }
     gemm_a_rows(isa, m, ARows::Strided { a, lda }, b, out, ldo, ep);
 }

@@ -177,6 +177,29 @@ impl Program {
         }
     }
 
+    /// The packed weights of every GEMM that reads row-major activations
+    /// (pointwise steps, dense convolutions, block stages): what bf16
+    /// precision converts.
+    pub fn gemm_weights_mut(&mut self) -> impl Iterator<Item = &mut fast::PackedRhs> {
+        self.steps.iter_mut().flat_map(|step| {
+            let weights: Vec<&mut fast::PackedRhs> = match step {
+                Step::Pointwise { w, .. } | Step::ConvRows { w, .. } => vec![w],
+                Step::DwBlock { block, .. } => {
+                    let block = &mut **block;
+                    block
+                        .expand
+                        .as_mut()
+                        .map(|e| &mut e.w)
+                        .into_iter()
+                        .chain(block.project.as_mut().map(|(w, _)| w))
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            weights
+        })
+    }
+
     pub fn new_arena(&self) -> Arena {
         Arena {
             bufs: self

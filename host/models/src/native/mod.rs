@@ -62,6 +62,90 @@ pub enum NativeError {
         /// What was passed.
         got: String,
     },
+    /// The precision asked for needs arithmetic this kernel path lacks.
+    #[error("{0}")]
+    Precision(String),
+}
+
+/// The arithmetic of a model's convolutions and GEMMs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout: the default, never replaced without being asked.
+    #[default]
+    F32,
+    /// bf16 inputs and weights, f32 sums (AVX512-BF16), for the
+    /// pointwise, dense-conv and block GEMMs; depthwise, pooling and
+    /// elementwise steps stay f32.
+    Bf16,
+}
+
+impl Precision {
+    /// `f32` or `bf16`, as configured and reported.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether `isa` can run this precision: bf16 needs AVX512-BF16 on the
+    /// AVX-512 path (the portable path emulates it, for tests).
+    pub fn check(self, isa: Isa) -> Result<(), String> {
+        let ok = match self {
+            Precision::F32 => true,
+            Precision::Bf16 => {
+                isa == Isa::Portable
+                    || (isa == Isa::Avx512 && edgeplug_kernels::fast::bf16::bf16_hardware())
+            }
+        };
+        if ok {
+            Ok(())
+        } else if edgeplug_kernels::fast::bf16::bf16_hardware() {
+            Err(format!(
+                "precision bf16 runs on the avx512 kernel path; this process runs {isa}"
+            ))
+        } else {
+            Err("precision bf16 needs a CPU with AVX512-BF16; this one has none".to_string())
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Precision, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("{other:?} is no precision: use f32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The precision models load with when none is given (the gateway's
+/// `precision` setting); bf16 when true.
+static DEFAULT_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the precision [`NativeModel::load`] uses, after checking this
+/// process's kernel path can run it.
+pub fn set_default_precision(p: Precision) -> Result<(), String> {
+    p.check(Isa::detect())?;
+    DEFAULT_BF16.store(p == Precision::Bf16, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The precision [`NativeModel::load`] uses.
+pub fn default_precision() -> Precision {
+    if DEFAULT_BF16.load(std::sync::atomic::Ordering::Relaxed) {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
 }
 
 /// One compiled step's share of a run, from [`NativeModel::profile`].
@@ -81,6 +165,7 @@ pub struct NativeModel {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     isa: Isa,
+    precision: Precision,
     arenas: Mutex<Vec<Arena>>,
 }
 
@@ -90,6 +175,7 @@ impl std::fmt::Debug for NativeModel {
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .field("isa", &self.isa)
+            .field("precision", &self.precision)
             .field("steps", &self.program.steps.len())
             .finish()
     }
@@ -104,14 +190,37 @@ impl NativeModel {
     /// Like [`NativeModel::load`], with the kernels' instruction set chosen
     /// (for tests and benchmarks; an ISA the CPU lacks runs portable code).
     pub fn load_with_isa(onnx: &[u8], isa: Isa) -> Result<NativeModel, NativeError> {
-        let compiled = compile::compile(onnx)?;
+        NativeModel::load_with(onnx, isa, default_precision())
+    }
+
+    /// Like [`NativeModel::load_with_isa`], with the precision chosen; one
+    /// the ISA cannot run is an error, never a silent f32.
+    pub fn load_with(
+        onnx: &[u8],
+        isa: Isa,
+        precision: Precision,
+    ) -> Result<NativeModel, NativeError> {
+        let isa = isa.check_available().map(|_| isa).unwrap_or(Isa::Portable);
+        precision.check(isa).map_err(NativeError::Precision)?;
+        let mut compiled = compile::compile(onnx)?;
+        if precision == Precision::Bf16 {
+            for w in compiled.program.gemm_weights_mut() {
+                w.enable_bf16();
+            }
+        }
         Ok(NativeModel {
             program: compiled.program,
             inputs: compiled.inputs,
             outputs: compiled.outputs,
             isa,
+            precision,
             arenas: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The precision the model's convolutions and GEMMs run in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The model's inputs.

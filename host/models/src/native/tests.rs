@@ -138,6 +138,86 @@ fn mobilenetv2_matches_onnxruntime() {
     }
 }
 
+/// bf16 GEMMs (`Precision::Bf16`) against onnxruntime's f32 logits on the
+/// four photos: within 0.35 (logits span about ±20 here; bf16 keeps 8
+/// significant bits of every weight and activation), and the same top-1
+/// wherever f32's own top two are further apart than twice the measured
+/// error; closer than that, the top-1 must still be one of f32's top two
+/// (EfficientNet-Lite0's cat photo: tiger cat 282 over Egyptian cat 285 by
+/// 0.0097). On AVX512-BF16 when the CPU has it; the portable emulation runs
+/// the digits model on every CPU, within 2e-2 of the reference
+/// probabilities.
+#[test]
+fn bf16_keeps_the_top1_and_logits_close() {
+    use super::Precision;
+    if Precision::Bf16.check(Isa::Avx512).is_ok() {
+        for (file, input, reference) in [
+            (
+                "mobilenetv2.onnx",
+                "mobilenetv2_input.npy",
+                "mobilenetv2_ref_out.npy",
+            ),
+            (
+                "efficientnet_lite0.onnx",
+                "efficientnet_lite0_input.npy",
+                "efficientnet_lite0_ref_out.npy",
+            ),
+        ] {
+            let model = NativeModel::load_with(&fixture_or_abs(file), Isa::Avx512, Precision::Bf16)
+                .unwrap();
+            assert_eq!(model.precision(), Precision::Bf16);
+            let (xs, x) = read_npy_f32(&fixture_or_abs(input));
+            let (_, r) = read_npy_f32(&fixture_or_abs(reference));
+            let logits: Vec<Vec<f32>> = (0..4)
+                .map(|i| {
+                    model.run(&[&row(&xs, &x, i)]).unwrap()[0]
+                        .as_f32()
+                        .unwrap()
+                        .to_vec()
+                })
+                .collect();
+            let want: Vec<&[f32]> = r.chunks(1000).take(4).collect();
+            let diff = logits
+                .iter()
+                .zip(&want)
+                .flat_map(|(y, w)| y.iter().zip(w.iter()).map(|(a, b)| (a - b).abs()))
+                .fold(0f32, f32::max);
+            println!("{file} bf16 on avx512: max |Δlogit| {diff}");
+            assert!(diff <= 0.35, "{file}: max |Δlogit| {diff}");
+            for (i, (y, w)) in logits.iter().zip(&want).enumerate() {
+                let mut order: Vec<usize> = (0..w.len()).collect();
+                order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+                let margin = w[order[0]] - w[order[1]];
+                let top = argmax(y);
+                println!(
+                    "  photo {i}: top-1 {top}, f32 {} (margin {margin})",
+                    order[0]
+                );
+                if margin > 2.0 * diff {
+                    assert_eq!(top, order[0], "{file} photo {i}");
+                } else {
+                    assert!(order[..2].contains(&top), "{file} photo {i}: {top}");
+                }
+            }
+        }
+    } else {
+        println!(
+            "bf16 hardware path not run: {}",
+            Precision::Bf16.check(Isa::Avx512).unwrap_err()
+        );
+    }
+    let model = NativeModel::load_with(
+        &fixture_or_abs("digits_cnn.onnx"),
+        Isa::Portable,
+        Precision::Bf16,
+    )
+    .unwrap();
+    let (diff, agree) = check(&model, "digits_test.npy", "digits_cnn_ref_out.npy", 60);
+    println!("digits bf16 emulated: max |Δp| {diff}, argmax agrees on {agree}/60");
+    assert!(diff <= 2e-2, "digits bf16: max |Δp| {diff}");
+    assert!(agree >= 59, "{agree}/60");
+}
+
 #[test]
 fn efficientnet_lite0_matches_onnxruntime() {
     let bytes = fixture_or_abs("efficientnet_lite0.onnx");

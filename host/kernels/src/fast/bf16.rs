@@ -1,0 +1,430 @@
+//! The row-major GEMM ([`super::gemm_rows`]) with bf16 inputs and f32
+//! accumulation, for models that opt in (`precision = "bf16"`): weights and
+//! activations are rounded to bf16 (8 significant bits), each product is
+//! exact in f32 and sums stay f32.
+//!
+//! On AVX512-BF16, `vdpbf16ps` does two multiply-adds per f32 lane (a pair
+//! of reduction steps), so weights are packed as pairs: in a panel of
+//! [`NR`] columns, one `u32` per (reduction pair, column) holding the even
+//! step's bf16 in its low half and the odd step's in its high half. The
+//! activations of a call are converted to the same pairs first (one row of
+//! `k` values → `k/2` pairs, on the calling thread's scratch). The portable
+//! path computes the same rounded products in plain Rust, so the numerics
+//! are tested on any CPU.
+//!
+//! AMX would run these tiles faster still; it is absent from the machines
+//! this was measured on, so only the AVX512-BF16 path exists.
+
+use super::pointwise::NR;
+use super::{Epilogue, PackedRhs};
+
+/// A [`PackedRhs`]'s weights as bf16 pairs, panel by panel (`[k/2][NR]`
+/// `u32`s per panel, the last pair's odd half zero when `k` is odd).
+#[derive(Clone, Debug)]
+pub struct Bf16Rhs {
+    pairs: usize,
+    data: Vec<u32>,
+}
+
+/// `x` rounded to bf16 (to nearest, ties to even; NaN stays NaN).
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 a bf16 stands for.
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+impl Bf16Rhs {
+    /// Rounds `b`'s packed weights to bf16 pairs.
+    pub fn pack(b: &PackedRhs) -> Bf16Rhs {
+        let (k, n) = (b.k(), b.n());
+        let pairs = k.div_ceil(2);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u32; panels * pairs * NR];
+        for p in 0..panels {
+            let panel = b.panel(p);
+            let dst = &mut data[p * pairs * NR..][..pairs * NR];
+            for c in 0..k {
+                let half = if c % 2 == 0 { 0 } else { 16 };
+                for (j, &v) in panel[c * NR..][..NR].iter().enumerate() {
+                    dst[(c / 2) * NR + j] |= u32::from(to_bf16(v)) << half;
+                }
+            }
+        }
+        Bf16Rhs { pairs, data }
+    }
+
+    fn panel(&self, p: usize) -> &[u32] {
+        &self.data[p * self.pairs * NR..][..self.pairs * NR]
+    }
+}
+
+/// Whether this CPU runs the bf16 GEMM in hardware (AVX512-BF16).
+pub fn bf16_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `out = epilogue(bf16(a) · bf16(b))`, shapes as [`super::gemm_rows`]
+/// (`b` the same weights as `w`); `hardware` selects AVX512-BF16, which the
+/// caller checked with [`bf16_hardware`].
+///
+/// # Panics
+///
+/// If a slice is too short for the shapes given.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_rows(
+    hardware: bool,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: &PackedRhs,
+    b: &Bf16Rhs,
+    out: &mut [f32],
+    ldo: usize,
+    ep: &Epilogue<'_>,
+) {
+    let (k, n) = (w.k(), w.n());
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        k == 0 || (lda >= k && a.len() >= (m - 1) * lda + k),
+        "gemm_rows: a too short"
+    );
+    let span = (m - 1) * ldo + n;
+    assert!(ldo >= n && out.len() >= span, "gemm_rows: out too short");
+    if let Some(bias) = ep.bias {
+        assert!(bias.len() >= n, "gemm_rows: bias too short");
+    }
+    if let Some(res) = ep.residual {
+        assert!(res.len() >= span, "gemm_rows: residual too short");
+    }
+    thread_local! {
+        static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    PAIRS.with_borrow_mut(|pairs| {
+        pairs.clear();
+        pairs.resize(m * b.pairs, 0);
+        #[cfg(target_arch = "x86_64")]
+        if hardware && bf16_hardware() {
+            // SAFETY: AVX512-BF16 (and F, BW, VL) checked just above; the
+            // asserts bound every row, column and pair the kernel touches.
+            unsafe {
+                avx512::convert(a, lda, m, k, b.pairs, pairs);
+                avx512::gemm(m, pairs, b, n, out, ldo, ep);
+            }
+            return;
+        }
+        let _ = hardware;
+        for (i, row) in pairs.chunks_exact_mut(b.pairs.max(1)).enumerate().take(m) {
+            for (c, &v) in a[i * lda..][..k].iter().enumerate() {
+                row[c / 2] |= u32::from(to_bf16(v)) << if c % 2 == 0 { 0 } else { 16 };
+            }
+        }
+        portable_gemm(m, pairs, b, n, out, ldo, ep);
+    });
+}
+
+/// The bf16 products summed in f32, in the hardware's order per pair.
+fn portable_gemm(
+    m: usize,
+    a: &[u32],
+    b: &Bf16Rhs,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+    ep: &Epilogue<'_>,
+) {
+    let halves = |p: u32| (from_bf16(p as u16), from_bf16((p >> 16) as u16));
+    for i in 0..m {
+        let arow = &a[i * b.pairs..][..b.pairs];
+        for j in 0..n {
+            let panel = b.panel(j / NR);
+            let mut acc = 0f32;
+            for (kp, &ap) in arow.iter().enumerate() {
+                let ((a0, a1), (b0, b1)) = (halves(ap), halves(panel[kp * NR + j % NR]));
+                acc += a0 * b0 + a1 * b1;
+            }
+            let mut v = acc + ep.bias.map_or(0.0, |bb| bb[j]);
+            if let Some(res) = ep.residual {
+                v += res[i * ldo + j];
+            }
+            out[i * ldo + j] = ep.clamp(v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Bf16Rhs, Epilogue, NR};
+
+    /// Rows of a register tile.
+    const MR: usize = 8;
+
+    /// Rows `0..m` of `a` (`k` values each, stride `lda`) as bf16 pairs,
+    /// `pairs` per row, into `dst` (zeroed, `m * pairs` long).
+    ///
+    /// # Safety
+    ///
+    /// AVX512-F/BW/VL/BF16; `a` holds the rows, `dst` the pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn convert(
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        k: usize,
+        pairs: usize,
+        dst: &mut [u32],
+    ) {
+        for i in 0..m {
+            let src = a[i * lda..][..k].as_ptr();
+            let row = dst[i * pairs..][..pairs].as_mut_ptr().cast::<u16>();
+            for c0 in (0..k).step_by(16) {
+                let n = (k - c0).min(16);
+                let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+                // SAFETY: the first `n` values from c0 are in the row, and the
+                // row of pairs holds `2 * pairs >= k` halves.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(mask, src.add(c0));
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                    _mm256_mask_storeu_epi16(row.add(c0).cast(), mask, h);
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// AVX512-F/BF16; `a` holds `m` rows of `b.pairs` pairs; `out` and the
+    /// residual rows `0..m` at stride `ldo` cover columns `0..n`; the bias
+    /// holds `n` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn gemm(
+        m: usize,
+        a: &[u32],
+        b: &Bf16Rhs,
+        n: usize,
+        out: &mut [f32],
+        ldo: usize,
+        ep: &Epilogue<'_>,
+    ) {
+        for j0 in (0..n).step_by(NR) {
+            let cols = (n - j0).min(NR);
+            let nv = cols.div_ceil(16);
+            let rem = cols - (nv - 1) * 16;
+            let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+            let panel = b.panel(j0 / NR).as_ptr();
+            for i0 in (0..m).step_by(MR) {
+                let t = Tile {
+                    pairs: b.pairs,
+                    a: a[i0 * b.pairs..].as_ptr(),
+                    b: panel,
+                    out: out.as_mut_ptr().wrapping_add(i0 * ldo + j0),
+                    ldo,
+                    rows: (m - i0).min(MR),
+                    mask,
+                    bias: ep.bias.map(|bb| bb.as_ptr().wrapping_add(j0)),
+                    residual: ep.residual.map(|r| r.as_ptr().wrapping_add(i0 * ldo + j0)),
+                    lo: ep.lo,
+                    hi: ep.hi,
+                };
+                // SAFETY: rows i0..i0+rows < m, columns j0..j0+cols <= n, all
+                // inside the caller's spans; the panel holds NR columns.
+                unsafe {
+                    match (t.rows, nv) {
+                        (MR, 3) => tile::<MR, 3>(&t),
+                        (MR, 2) => tile::<MR, 2>(&t),
+                        (MR, _) => tile::<MR, 1>(&t),
+                        (_, 3) => tile::<1, 3>(&t),
+                        (_, 2) => tile::<1, 2>(&t),
+                        _ => tile::<1, 1>(&t),
+                    }
+                }
+            }
+        }
+    }
+
+    struct Tile {
+        pairs: usize,
+        /// Row 0 of the tile's activations (pairs).
+        a: *const u32,
+        b: *const u32,
+        out: *mut f32,
+        ldo: usize,
+        rows: usize,
+        mask: __mmask16,
+        bias: Option<*const f32>,
+        residual: Option<*const f32>,
+        lo: f32,
+        hi: f32,
+    }
+
+    /// `R` rows (a full tile) or one row at a time (`R == 1`, looping over
+    /// `rows`) × `16·NV` columns.
+    ///
+    /// # Safety
+    ///
+    /// As `gemm`'s, for the tile's rows and columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn tile<const R: usize, const NV: usize>(t: &Tile) {
+        let blocks = if R == 1 { t.rows } else { 1 };
+        for r0 in 0..blocks {
+            let mut acc = [[_mm512_setzero_ps(); NV]; R];
+            for kp in 0..t.pairs {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, slot) in bv.iter_mut().enumerate() {
+                    // SAFETY: pair kp of the panel, 16 columns per vector
+                    // (the panel is zero-padded to NR columns).
+                    *slot = unsafe {
+                        _mm512_castsi512_ps(_mm512_loadu_si512(t.b.add(kp * NR + 16 * v).cast()))
+                    };
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    // SAFETY: pair kp of row r0 + r < rows.
+                    let ap = unsafe { *t.a.add((r0 + r) * t.pairs + kp) };
+                    // SAFETY: reinterpreting 512 bits as 32 bf16s.
+                    let av: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(ap as i32)) };
+                    for (x, &bb) in acc_r.iter_mut().zip(&bv) {
+                        // SAFETY: reinterpreting 512 bits as 32 bf16s.
+                        let bh: __m512bh = unsafe { std::mem::transmute(bb) };
+                        *x = _mm512_dpbf16_ps(*x, av, bh);
+                    }
+                }
+            }
+            let (lo, hi) = (_mm512_set1_ps(t.lo), _mm512_set1_ps(t.hi));
+            for (r, acc_r) in acc.iter().enumerate() {
+                let row = r0 + r;
+                // SAFETY: row < rows of the output and residual, the tile's
+                // columns of the bias (masked tail).
+                unsafe {
+                    let orow = t.out.add(row * t.ldo);
+                    for (v, &x) in acc_r.iter().enumerate() {
+                        let mask = if v + 1 == NV { t.mask } else { 0xffff };
+                        let mut y = x;
+                        if let Some(bias) = t.bias {
+                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, bias.add(16 * v)));
+                        }
+                        if let Some(res) = t.residual {
+                            y = _mm512_add_ps(
+                                y,
+                                _mm512_maskz_loadu_ps(mask, res.add(row * t.ldo + 16 * v)),
+                            );
+                        }
+                        y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));
+                        _mm512_mask_storeu_ps(orow.add(16 * v), mask, y);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fast::{Isa, gemm_rows};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        assert_eq!(
+            from_bf16(to_bf16(1.0 + 1.0 / 512.0)),
+            1.0,
+            "a tie goes to even"
+        );
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 512.0)), 1.0 + 4.0 / 512.0);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(-0.0)).to_bits(), (-0.0f32).to_bits());
+    }
+
+    /// Every bf16 path against the exact sum (f64) of the bf16-rounded
+    /// products, and against f32 within bf16's rounding of the inputs.
+    #[test]
+    fn bf16_gemm_matches_rounded_products() {
+        let mut paths = vec![Isa::Portable];
+        if bf16_hardware() {
+            paths.push(Isa::Avx512);
+        }
+        println!("bf16 GEMM paths under test: {paths:?}");
+        for (m, k, n) in [
+            (1, 1, 1),
+            (3, 5, 17),
+            (9, 16, 48),
+            (17, 33, 50),
+            (8, 64, 96),
+            (13, 7, 100),
+        ] {
+            let a = values(m * k, 1 + m as u64);
+            let w = values(k * n, 7 + n as u64);
+            let bias = values(n, 3);
+            let residual = values(m * n, 5);
+            let ep = Epilogue {
+                bias: Some(&bias),
+                residual: Some(&residual),
+                lo: -3.0,
+                hi: 3.0,
+            };
+            let mut packed = PackedRhs::pack(&w, k, n);
+            let mut exact = vec![0f32; m * n];
+            gemm_rows(Isa::Portable, m, &a, k, &packed, &mut exact, n, &ep);
+            packed.enable_bf16();
+            let r = |x: f32| f64::from(from_bf16(to_bf16(x)));
+            for &isa in &paths {
+                let mut got = vec![f32::NAN; m * n];
+                gemm_rows(isa, m, &a, k, &packed, &mut got, n, &ep);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut sum, mut mag, mut mag32) = (0f64, 0f64, 0f64);
+                        for c in 0..k {
+                            let p = r(a[i * k + c]) * r(w[c * n + j]);
+                            sum += p;
+                            mag += p.abs();
+                            mag32 += f64::from(a[i * k + c] * w[c * n + j]).abs();
+                        }
+                        let want = (sum + f64::from(bias[j]) + f64::from(residual[i * n + j]))
+                            .clamp(-3.0, 3.0);
+                        let g = f64::from(got[i * n + j]);
+                        assert!(
+                            (g - want).abs() <= 1e-5 * (mag + 1.0),
+                            "{isa:?} {m}x{k}x{n} ({i},{j}): {g} vs {want}"
+                        );
+                        // Each input is within 2^-9 of itself after rounding.
+                        let f = f64::from(exact[i * n + j]);
+                        assert!(
+                            (g - f).abs() <= 2.0 * mag32 / 256.0 + 1e-5,
+                            "{isa:?}: {g} vs f32 {f}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
