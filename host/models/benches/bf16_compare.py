@@ -43,7 +43,8 @@ def openvino_model(core, model, hint):
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     compiled = core.compile_model(str(ROOT / "tests/fixtures/models" / f"{model}.onnx"), "CPU", config)
-    return compiled, compiled.get_property("INFERENCE_PRECISION_HINT")
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return compiled, getattr(precision, "get_type_name", lambda: str(precision))()
 
 
 def time_openvino(compiled, x, runs):
