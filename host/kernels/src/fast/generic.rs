@@ -33,6 +33,9 @@ struct Tile {
     rows: usize,
     /// Columns of the tile inside the matrix (`<= NV · LANES`).
     cols: usize,
+    /// `b` is a packed panel, zero-padded past `cols`: its rows are read
+    /// whole, without masks.
+    b_padded: bool,
     row_bias: Option<*const f32>,
     col_bias: Option<*const f32>,
     residual: Option<*const f32>,
@@ -45,8 +48,9 @@ struct Tile {
 /// # Safety
 ///
 /// A's rows `0..R`, columns `0..k` are readable; `b` rows `0..k` (stride
-/// `ldb`) and `out`/`residual` rows `0..rows` (stride `ldo`) are valid for
-/// columns `0..cols`; a row bias holds `rows` values, a column bias `cols`.
+/// `ldb`) are valid for columns `0..cols` (`0..NV·LANES` when `b_padded`),
+/// and `out`/`residual` rows `0..rows` (stride `ldo`) for columns `0..cols`;
+/// a row bias holds `rows` values, a column bias `cols`.
 #[inline(always)]
 unsafe fn tile<S: Simd, const R: usize, const NV: usize, const GATHER: bool>(s: S, t: &Tile) {
     let mut masks = [s.mask(S::LANES); NV];
@@ -54,7 +58,7 @@ unsafe fn tile<S: Simd, const R: usize, const NV: usize, const GATHER: bool>(s: 
         *m = s.mask((t.cols - v * S::LANES).min(S::LANES));
     }
     // A masked load costs more than a plain one on AVX2 (`vmaskmovps`).
-    let partial = t.cols < NV * S::LANES;
+    let partial = t.cols < NV * S::LANES && !t.b_padded;
     let mut acc = [[s.zero(); NV]; R];
     let mut bp = t.b;
     let mut ap = t.a;
@@ -189,6 +193,7 @@ unsafe fn gemm_packed_body<S: Simd>(
                     ldo,
                     rows,
                     cols,
+                    b_padded: false,
                     row_bias: ep.bias.map(|bb| bb.as_ptr().wrapping_add(i0)),
                     col_bias: None,
                     residual: ep.residual.map(|r| r.as_ptr().wrapping_add(i0 * ldo + j0)),
@@ -250,6 +255,7 @@ unsafe fn gemm_rows_body<S: Simd>(
                     ldo,
                     rows,
                     cols,
+                    b_padded: true,
                     row_bias: None,
                     col_bias: ep.bias.map(|bb| bb.as_ptr().wrapping_add(j0)),
                     residual: ep.residual.map(|r| r.as_ptr().wrapping_add(i0 * ldo + j0)),
