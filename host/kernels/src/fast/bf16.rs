@@ -5,7 +5,7 @@
 //!
 //! On AVX512-BF16, `vdpbf16ps` does two multiply-adds per f32 lane (a pair
 //! of reduction steps), so weights are packed as pairs: in a panel of
-//! [`NR`] columns, one `u32` per (reduction pair, column) holding the even
+//! 48 columns, one `u32` per (reduction pair, column) holding the even
 //! step's bf16 in its low half and the odd step's in its high half. The
 //! activations of a call are converted to the same pairs first (one row of
 //! `k` values → `k/2` pairs, on the calling thread's scratch). The portable
