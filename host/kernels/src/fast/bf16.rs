@@ -168,6 +168,117 @@ fn portable_gemm(
     }
 }
 
+/// A row-major `[m, k]` matrix (a dense layer's weights) as bf16 pairs,
+/// `k/2` per row (the last pair's odd half zero when `k` is odd): half the
+/// bytes a batch-1 matrix by vector streams from memory.
+#[derive(Clone, Debug)]
+pub struct Bf16Rows {
+    m: usize,
+    k: usize,
+    pairs: usize,
+    data: Vec<u32>,
+}
+
+impl Bf16Rows {
+    /// Rounds row-major `w` (`m × k`) to bf16 pairs.
+    ///
+    /// # Panics
+    ///
+    /// If `w.len() < m * k`.
+    pub fn pack(w: &[f32], m: usize, k: usize) -> Bf16Rows {
+        assert!(
+            w.len() >= m * k,
+            "Bf16Rows::pack: {m}×{k} needs {} values",
+            m * k
+        );
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u32; m * pairs];
+        for (row, dst) in w
+            .chunks_exact(k.max(1))
+            .take(m)
+            .zip(data.chunks_exact_mut(pairs.max(1)))
+        {
+            pack_pairs(row, dst);
+        }
+        Bf16Rows { m, k, pairs, data }
+    }
+
+    /// Rows.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+}
+
+/// `values` as bf16 pairs into `dst` (zeroed, `values.len().div_ceil(2)` long).
+fn pack_pairs(values: &[f32], dst: &mut [u32]) {
+    for (c, &v) in values.iter().enumerate() {
+        dst[c / 2] |= u32::from(to_bf16(v)) << if c % 2 == 0 { 0 } else { 16 };
+    }
+}
+
+/// `out[i] = epilogue(bf16(w[rows.start + i]) · bf16(x))` for the rows
+/// `rows` of `w`; the epilogue's bias and residual are indexed like `out`.
+/// On AVX512-BF16 when `hardware` (checked with [`bf16_hardware`]), else
+/// the portable emulation.
+///
+/// # Panics
+///
+/// If `x` is shorter than `w`'s rows, `rows` ends past them, or `out` or the
+/// epilogue's slices are shorter than `rows`.
+pub fn matvec(
+    hardware: bool,
+    w: &Bf16Rows,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    ep: &Epilogue<'_>,
+) {
+    let m = rows.len();
+    assert!(
+        rows.end <= w.m && x.len() >= w.k && out.len() >= m,
+        "matvec: slices too short"
+    );
+    if let Some(b) = ep.bias {
+        assert!(b.len() >= m, "matvec: bias too short");
+    }
+    if let Some(r) = ep.residual {
+        assert!(r.len() >= m, "matvec: residual too short");
+    }
+    let mut xp = vec![0u32; w.pairs];
+    pack_pairs(&x[..w.k], &mut xp);
+    let data = &w.data[rows.start * w.pairs..rows.end * w.pairs];
+    #[cfg(target_arch = "x86_64")]
+    if hardware && bf16_hardware() {
+        // SAFETY: AVX512-BF16 checked just above; `data` holds `m` rows of
+        // `pairs` pairs, `xp` one, `out` `m` values (asserted).
+        unsafe { avx512::matvec(data, w.pairs, &xp, &mut out[..m]) };
+        finish(out, m, ep);
+        return;
+    }
+    let _ = hardware;
+    let halves = |p: u32| (from_bf16(p as u16), from_bf16((p >> 16) as u16));
+    for (o, row) in out[..m].iter_mut().zip(data.chunks_exact(w.pairs.max(1))) {
+        let mut acc = 0f32;
+        for (&wp, &xv) in row.iter().zip(&xp) {
+            let ((w0, w1), (x0, x1)) = (halves(wp), halves(xv));
+            acc += w0 * x0 + w1 * x1;
+        }
+        *o = acc;
+    }
+    finish(out, m, ep);
+}
+
+/// Adds the bias and residual to the `m` sums in `out` and clamps them.
+fn finish(out: &mut [f32], m: usize, ep: &Epilogue<'_>) {
+    for (i, o) in out[..m].iter_mut().enumerate() {
+        let mut v = *o + ep.bias.map_or(0.0, |b| b[i]);
+        if let Some(r) = ep.residual {
+            v += r[i];
+        }
+        *o = ep.clamp(v);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -256,6 +367,51 @@ mod avx512 {
                         _ => tile::<1, 1>(&t),
                     }
                 }
+            }
+        }
+    }
+
+    /// `out[i] = Σ w[i] · x` over bf16 pairs, four rows at a time (four
+    /// weight streams in flight, `x` loaded once for all four).
+    ///
+    /// # Safety
+    ///
+    /// AVX512-F/BF16; `w` holds `out.len()` rows of `pairs` pairs, `x` `pairs`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn matvec(w: &[u32], pairs: usize, x: &[u32], out: &mut [f32]) {
+        const ROWS: usize = 4;
+        let m = out.len();
+        let (full, rem) = (pairs / 16, pairs % 16);
+        let tail: __mmask16 = ((1u32 << rem) - 1) as u16;
+        for i0 in (0..m).step_by(ROWS) {
+            let nr = (m - i0).min(ROWS);
+            let mut acc = [_mm512_setzero_ps(); ROWS];
+            // Rows past the end repeat the last row (computed, not stored).
+            let rows: [*const u32; ROWS] =
+                std::array::from_fn(|r| w.as_ptr().wrapping_add((i0 + r.min(nr - 1)) * pairs));
+            for v in 0..=full {
+                let mask = if v < full { 0xffff } else { tail };
+                if mask == 0 {
+                    break;
+                }
+                // SAFETY: pairs 16·v.. of `x` and of each row, masked to
+                // the row's `pairs`; 512 bits reinterpreted as 32 bf16s.
+                unsafe {
+                    let xv: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi32(
+                        mask,
+                        x.as_ptr().add(16 * v).cast(),
+                    ));
+                    for (a, row) in acc.iter_mut().zip(&rows) {
+                        let wv: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi32(
+                            mask,
+                            row.add(16 * v).cast(),
+                        ));
+                        *a = _mm512_dpbf16_ps(*a, wv, xv);
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(nr) {
+                out[i0 + r] = _mm512_reduce_add_ps(*a);
             }
         }
     }
@@ -350,6 +506,50 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
             })
             .collect()
+    }
+
+    #[test]
+    fn bf16_matvec_matches_rounded_products() {
+        let mut paths = vec![false];
+        if bf16_hardware() {
+            paths.push(true);
+        }
+        for (m, k) in [(1, 1), (5, 3), (9, 32), (17, 33), (1000, 1280)] {
+            let w = values(m * k, 11 + k as u64);
+            let x = values(k, 13);
+            let bias = values(m, 17);
+            let residual = values(m, 19);
+            let rows = 2.min(m - 1)..m;
+            let ep = Epilogue {
+                bias: Some(&bias[rows.start..]),
+                residual: Some(&residual[rows.start..]),
+                lo: -50.0,
+                hi: 50.0,
+            };
+            let packed = Bf16Rows::pack(&w, m, k);
+            let r = |v: f32| f64::from(from_bf16(to_bf16(v)));
+            for &hardware in &paths {
+                let mut got = vec![f32::NAN; rows.len()];
+                matvec(hardware, &packed, rows.clone(), &x, &mut got, &ep);
+                for (o, i) in rows.clone().enumerate() {
+                    let (mut sum, mut mag) = (0f64, 0f64);
+                    for c in 0..k {
+                        let p = r(w[i * k + c]) * r(x[c]);
+                        sum += p;
+                        mag += p.abs();
+                    }
+                    let want = (sum
+                        + f64::from(bias[rows.start + o])
+                        + f64::from(residual[rows.start + o]))
+                    .clamp(-50.0, 50.0);
+                    let g = f64::from(got[o]);
+                    assert!(
+                        (g - want).abs() <= 1e-5 * (mag + 1.0),
+                        "hw {hardware} {m}x{k} row {i}: {g} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

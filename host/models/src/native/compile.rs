@@ -980,6 +980,7 @@ impl Builder<'_> {
             k,
             n,
             w,
+            w_bf16: None,
             bias,
             ep: Ep::default(),
         });

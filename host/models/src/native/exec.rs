@@ -177,6 +177,19 @@ impl Program {
         }
     }
 
+    /// Adds bf16 copies of every dense layer's weights (see
+    /// [`fast::bf16::Bf16Rows`]).
+    pub fn enable_bf16_dense(&mut self) {
+        for step in &mut self.steps {
+            if let Step::Dense {
+                w, w_bf16, k, n, ..
+            } = step
+            {
+                *w_bf16 = Some(fast::bf16::Bf16Rows::pack(w, *n, *k));
+            }
+        }
+    }
+
     /// The packed weights of every GEMM that reads row-major activations
     /// (pointwise steps, dense convolutions, block stages): what bf16
     /// precision converts.
@@ -585,12 +598,16 @@ fn exec(
             k,
             n,
             w,
+            w_bf16,
             bias,
             ep,
             ..
         } => {
             let x = p.slot(bufs, *x);
             let (k, n) = (*k, *n);
+            // bf16 halves the bytes streamed; AVX512-BF16, else emulated (the
+            // model refused bf16 at load on paths that have neither).
+            let hardware = isa == Isa::Avx512;
             let parts = parts_for(threads, 2 * (k * n) as u64);
             for r in 0..*rows {
                 let e = p.ep(bufs, ep, bias);
@@ -604,7 +621,10 @@ fn exec(
                         residual: res.map(|r| &r[cols.clone()]),
                         ..e
                     };
-                    fast::matvec(isa, &w[cols.start * k..], cols.len(), k, x, out, &e);
+                    match w_bf16 {
+                        Some(wb) => fast::bf16::matvec(hardware, wb, cols, x, out, &e),
+                        None => fast::matvec(isa, &w[cols.start * k..], cols.len(), k, x, out, &e),
+                    }
                 });
             }
         }

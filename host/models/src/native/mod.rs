@@ -207,6 +207,7 @@ impl NativeModel {
             for w in compiled.program.gemm_weights_mut() {
                 w.enable_bf16();
             }
+            compiled.program.enable_bf16_dense();
         }
         Ok(NativeModel {
             program: compiled.program,

@@ -165,6 +165,8 @@ pub(super) enum Step {
         k: usize,
         n: usize,
         w: Vec<f32>,
+        /// The same weights as bf16 pairs, when the model runs in bf16.
+        w_bf16: Option<edgeplug_kernels::fast::bf16::Bf16Rows>,
         bias: Vec<f32>,
         ep: Ep,
     },
