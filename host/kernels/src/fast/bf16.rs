@@ -40,6 +40,24 @@ pub fn from_bf16(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
+/// Reduction step `c`'s value `v` as bf16 in its half of a pair: the low
+/// half for an even step, the high half for an odd one.
+fn in_pair(c: usize, v: f32) -> u32 {
+    u32::from(to_bf16(v)) << (16 * (c % 2))
+}
+
+/// A pair's two values, even step first.
+fn halves(p: u32) -> (f32, f32) {
+    (from_bf16(p as u16), from_bf16((p >> 16) as u16))
+}
+
+/// `values` as bf16 pairs into `dst` (zeroed, `values.len().div_ceil(2)` long).
+fn pack_pairs(values: &[f32], dst: &mut [u32]) {
+    for (c, &v) in values.iter().enumerate() {
+        dst[c / 2] |= in_pair(c, v);
+    }
+}
+
 impl Bf16Rhs {
     /// Rounds `b`'s packed weights to bf16 pairs.
     pub fn pack(b: &PackedRhs) -> Bf16Rhs {
@@ -51,9 +69,8 @@ impl Bf16Rhs {
             let panel = b.panel(p);
             let dst = &mut data[p * pairs * NR..][..pairs * NR];
             for c in 0..k {
-                let half = if c % 2 == 0 { 0 } else { 16 };
                 for (j, &v) in panel[c * NR..][..NR].iter().enumerate() {
-                    dst[(c / 2) * NR + j] |= u32::from(to_bf16(v)) << half;
+                    dst[(c / 2) * NR + j] |= in_pair(c, v);
                 }
             }
         }
@@ -113,12 +130,7 @@ pub(super) fn gemm_rows(
     if let Some(res) = ep.residual {
         assert!(res.len() >= span, "gemm_rows: residual too short");
     }
-    thread_local! {
-        static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    PAIRS.with_borrow_mut(|pairs| {
-        pairs.clear();
-        pairs.resize(m * b.pairs, 0);
+    with_pairs(m * b.pairs, |pairs| {
         #[cfg(target_arch = "x86_64")]
         if hardware && bf16_hardware() {
             // SAFETY: AVX512-BF16 (and F, BW, VL) checked just above; the
@@ -131,9 +143,7 @@ pub(super) fn gemm_rows(
         }
         let _ = hardware;
         for (i, row) in pairs.chunks_exact_mut(b.pairs.max(1)).enumerate().take(m) {
-            for (c, &v) in a[i * lda..][..k].iter().enumerate() {
-                row[c / 2] |= u32::from(to_bf16(v)) << if c % 2 == 0 { 0 } else { 16 };
-            }
+            pack_pairs(&a[i * lda..][..k], row);
         }
         portable_gemm(m, pairs, b, n, out, ldo, ep);
     });
@@ -149,7 +159,6 @@ fn portable_gemm(
     ldo: usize,
     ep: &Epilogue<'_>,
 ) {
-    let halves = |p: u32| (from_bf16(p as u16), from_bf16((p >> 16) as u16));
     for i in 0..m {
         let arow = &a[i * b.pairs..][..b.pairs];
         for j in 0..n {
@@ -209,13 +218,6 @@ impl Bf16Rows {
     }
 }
 
-/// `values` as bf16 pairs into `dst` (zeroed, `values.len().div_ceil(2)` long).
-fn pack_pairs(values: &[f32], dst: &mut [u32]) {
-    for (c, &v) in values.iter().enumerate() {
-        dst[c / 2] |= u32::from(to_bf16(v)) << if c % 2 == 0 { 0 } else { 16 };
-    }
-}
-
 /// `out[i] = epilogue(bf16(w[rows.start + i]) · bf16(x))` for the rows
 /// `rows` of `w`; the epilogue's bias and residual are indexed like `out`.
 /// On AVX512-BF16 when `hardware` (checked with [`bf16_hardware`]), else
@@ -244,28 +246,40 @@ pub fn matvec(
     if let Some(r) = ep.residual {
         assert!(r.len() >= m, "matvec: residual too short");
     }
-    let mut xp = vec![0u32; w.pairs];
-    pack_pairs(&x[..w.k], &mut xp);
     let data = &w.data[rows.start * w.pairs..rows.end * w.pairs];
-    #[cfg(target_arch = "x86_64")]
-    if hardware && bf16_hardware() {
-        // SAFETY: AVX512-BF16 checked just above; `data` holds `m` rows of
-        // `pairs` pairs, `xp` one, `out` `m` values (asserted).
-        unsafe { avx512::matvec(data, w.pairs, &xp, &mut out[..m]) };
-        finish(out, m, ep);
-        return;
-    }
-    let _ = hardware;
-    let halves = |p: u32| (from_bf16(p as u16), from_bf16((p >> 16) as u16));
-    for (o, row) in out[..m].iter_mut().zip(data.chunks_exact(w.pairs.max(1))) {
-        let mut acc = 0f32;
-        for (&wp, &xv) in row.iter().zip(&xp) {
-            let ((w0, w1), (x0, x1)) = (halves(wp), halves(xv));
-            acc += w0 * x0 + w1 * x1;
+    with_pairs(w.pairs, |xp| {
+        pack_pairs(&x[..w.k], xp);
+        #[cfg(target_arch = "x86_64")]
+        if hardware && bf16_hardware() {
+            // SAFETY: AVX512-BF16 checked just above; `data` holds `m` rows
+            // of `pairs` pairs, `xp` one, `out` `m` values (asserted).
+            unsafe { avx512::matvec(data, w.pairs, xp, &mut out[..m]) };
+            return;
         }
-        *o = acc;
-    }
+        let _ = hardware;
+        for (o, row) in out[..m].iter_mut().zip(data.chunks_exact(w.pairs.max(1))) {
+            let mut acc = 0f32;
+            for (&wp, &xv) in row.iter().zip(xp.iter()) {
+                let ((w0, w1), (x0, x1)) = (halves(wp), halves(xv));
+                acc += w0 * x0 + w1 * x1;
+            }
+            *o = acc;
+        }
+    });
     finish(out, m, ep);
+}
+
+/// Runs `f` on this thread's scratch of `len` zeroed pairs, kept between
+/// calls so a GEMM or dense layer allocates nothing per run.
+fn with_pairs<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    thread_local! {
+        static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    PAIRS.with_borrow_mut(|pairs| {
+        pairs.clear();
+        pairs.resize(len, 0);
+        f(pairs)
+    })
 }
 
 /// Adds the bias and residual to the `m` sums in `out` and clamps them.

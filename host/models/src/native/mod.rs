@@ -200,7 +200,7 @@ impl NativeModel {
         isa: Isa,
         precision: Precision,
     ) -> Result<NativeModel, NativeError> {
-        let isa = isa.check_available().map(|_| isa).unwrap_or(Isa::Portable);
+        let isa = isa.check_available().unwrap_or(Isa::Portable);
         precision.check(isa).map_err(NativeError::Precision)?;
         let mut compiled = compile::compile(onnx)?;
         if precision == Precision::Bf16 {
