@@ -54,11 +54,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let duration = Duration::from_secs(seconds);
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let server = edgeplug_tests::bench::server_runtime();
     let hello = server.block_on(hello_world());
     let gw = server.block_on(async {
         let gw = TestGateway::start("[limits]\nconcurrency = 64\n").await;
@@ -395,10 +391,7 @@ impl Table {
                 })
             })
             .collect();
-        let dir = edgeplug_tests::repo().join("target/bench");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(file);
-        std::fs::write(&path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+        let path = edgeplug_tests::bench::write_json(file, &rows);
         println!("wrote {}", path.display());
     }
 }

@@ -25,11 +25,7 @@ fn main() {
         return;
     }
     let (duration, rounds) = edgeplug_tests::bench::settings();
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let server = edgeplug_tests::bench::server_runtime();
     let gw = server.block_on(async {
         let gw = TestGateway::start("").await;
         let bundle = example_bundle(
@@ -87,12 +83,6 @@ fn main() {
             "requests_per_s": rps, "p50_ms": p50,
         }));
     }
-    let dir = edgeplug_tests::repo().join("target/bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("intra_op.json"),
-        serde_json::to_vec_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    edgeplug_tests::bench::write_json("intra_op.json", &json);
     drop(gw);
 }

@@ -182,11 +182,7 @@ fn main() {
         return;
     }
     let (duration, rounds) = edgeplug_tests::bench::settings();
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let server = edgeplug_tests::bench::server_runtime();
     let (gw, grpc) = server.block_on(async {
         let gw = TestGateway::start("").await;
         for (name, bundle) in [
@@ -299,13 +295,7 @@ fn main() {
         }
         json.insert(workload.model.into(), serde_json::Value::Object(rows));
     }
-    let out = edgeplug_tests::repo().join("target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("protocols.json"),
-        serde_json::to_vec_pretty(&serde_json::Value::Object(json)).unwrap(),
-    )
-    .unwrap();
+    edgeplug_tests::bench::write_json("protocols.json", &json);
     server.block_on(grpc.stop());
     drop(gw);
 }

@@ -80,16 +80,8 @@ fn main() {
         return;
     }
     let (duration, rounds) = edgeplug_tests::bench::settings();
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let clients = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let server = edgeplug_tests::bench::server_runtime();
+    let clients = edgeplug_tests::bench::server_runtime();
     let broker = TestBroker::start_with("max_queued_messages 1000000\n");
     let config = format!(
         "[mqtt]\nbroker = \"{}\"\nclient_id = \"gw-bench\"\n\n[[triggers]]\n\
@@ -169,12 +161,6 @@ fn main() {
             serde_json::json!({"per_second": per_second, "p50_ms": p50, "p99_ms": p99}),
         );
     }
-    let out = edgeplug_tests::repo().join("target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("triggers.json"),
-        serde_json::to_vec_pretty(&serde_json::Value::Object(json)).unwrap(),
-    )
-    .unwrap();
+    edgeplug_tests::bench::write_json("triggers.json", &json);
     drop(gw);
 }

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use edgeplug_runtime::{InferRequest, LoadedPlugin, PluginFiles};
-use edgeplug_tests::{fixture, repo, runtime};
+use edgeplug_tests::{fixture, runtime};
 
 fn plugin_dir() -> tempfile::TempDir {
     edgeplug_tests::gateway::wasi_nn_plugin_dir()
@@ -130,11 +130,5 @@ fn main() {
             "per_second": per_second, "p50_ms": p50, "p99_ms": p99}),
         );
     }
-    let out = repo().join("target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("wasi_nn.json"),
-        serde_json::to_vec_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    edgeplug_tests::bench::write_json("wasi_nn.json", &json);
 }

@@ -1,5 +1,5 @@
-//! What the alternated benchmarks (`benches/triggers.rs`, `protocols.rs`, `wasi_nn.rs`) share:
-//! their settings from the environment, and the median of their rounds.
+//! What the benchmarks share: their settings from the environment, the median of their
+//! rounds, the server's runtime and where their JSON results go.
 
 use std::time::Duration;
 
@@ -22,4 +22,23 @@ pub fn settings() -> (Duration, usize) {
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The runtime a benchmarked gateway serves on: one tokio worker, plus the blocking pool that
+/// runs wasm, as on a small edge box.
+pub fn server_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Writes a benchmark's results to `target/bench/FILE` (pretty JSON) and returns the path.
+pub fn write_json(file: &str, value: &impl serde::Serialize) -> std::path::PathBuf {
+    let dir = crate::repo().join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+    path
 }
