@@ -382,15 +382,21 @@ fn exec(
             } else {
                 1
             };
-            let ranges = parallel::split(*pixels, parts_for(threads, flops), align);
-            let outs = parallel::split_rows(out, &ranges, n);
-            parallel::run_parts(ranges.into_iter().zip(outs).collect(), |(rows, out)| {
-                let e = Epilogue {
-                    residual: e.residual.map(|r| &r[rows.start * n..][..rows.len() * n]),
-                    ..e
-                };
-                fast::gemm_rows(isa, rows.len(), &x[rows.start * k..], k, w, out, n, &e);
-            });
+            let split = (parts_for(threads, flops), align);
+            parallel::run_bands(
+                out,
+                *pixels,
+                n,
+                split,
+                std::iter::repeat(()),
+                |rows, out, ()| {
+                    let e = Epilogue {
+                        residual: e.residual.map(|r| &r[rows.start * n..][..rows.len() * n]),
+                        ..e
+                    };
+                    fast::gemm_rows(isa, rows.len(), &x[rows.start * k..], k, w, out, n, &e);
+                },
+            );
         }
         Step::Depthwise {
             x,
@@ -440,22 +446,28 @@ fn exec(
                 ilen,
                 olen,
                 |x, residual, out| {
-                    let ranges = parallel::split(positions, parts, BAND_ALIGN);
-                    let outs = parallel::split_rows(out, &ranges, n);
-                    let work: Vec<_> = ranges.into_iter().zip(outs).zip(cols.iter_mut()).collect();
-                    parallel::run_parts(work, |((band, out), (col, _))| {
-                        col.ensure_len(rows * k);
-                        for first in band.clone().step_by(rows) {
-                            let count = rows.min(band.end - first);
-                            fast::im2col_rows(isa, geom, x, first, count, col);
-                            let part = (first - band.start) * n..(first - band.start + count) * n;
-                            let e = Epilogue {
-                                residual: residual.map(|r| &r[first * n..][..count * n]),
-                                ..e
-                            };
-                            fast::gemm_rows(isa, count, col, k, w, &mut out[part], n, &e);
-                        }
-                    });
+                    let split = (parts, BAND_ALIGN);
+                    parallel::run_bands(
+                        out,
+                        positions,
+                        n,
+                        split,
+                        cols.iter_mut(),
+                        |band, out, (col, _)| {
+                            col.ensure_len(rows * k);
+                            for first in band.clone().step_by(rows) {
+                                let count = rows.min(band.end - first);
+                                fast::im2col_rows(isa, geom, x, first, count, col);
+                                let part =
+                                    (first - band.start) * n..(first - band.start + count) * n;
+                                let e = Epilogue {
+                                    residual: residual.map(|r| &r[first * n..][..count * n]),
+                                    ..e
+                                };
+                                fast::gemm_rows(isa, count, col, k, w, &mut out[part], n, &e);
+                            }
+                        },
+                    );
                 },
             );
         }
@@ -482,12 +494,17 @@ fn exec(
                 olen,
                 |x, residual, out| {
                     let e = Epilogue { residual, ..e };
-                    let ranges = parallel::split(geom.oh, parts, 1);
-                    let outs = parallel::split_rows(out, &ranges, geom.ow * w.n());
-                    let work: Vec<_> = ranges.into_iter().zip(outs).zip(cols.iter_mut()).collect();
-                    parallel::run_parts(work, |((rows, out), (col, _))| {
-                        fast::conv_nchw_rows(isa, geom, x, w, &e, rows, out, col);
-                    });
+                    let row_len = geom.ow * w.n();
+                    parallel::run_bands(
+                        out,
+                        geom.oh,
+                        row_len,
+                        (parts, 1),
+                        cols.iter_mut(),
+                        |rows, out, (col, _)| {
+                            fast::conv_nchw_rows(isa, geom, x, w, &e, rows, out, col);
+                        },
+                    );
                 },
             );
         }
@@ -514,14 +531,18 @@ fn exec(
                 ilen,
                 olen,
                 |x, residual, out| {
-                    let ranges = parallel::split(g.oh, parts, 1);
-                    let outs = parallel::split_rows(out, &ranges, row_len);
-                    let work: Vec<_> = ranges.into_iter().zip(outs).zip(bands.iter_mut()).collect();
-                    parallel::run_parts(work, |((rows, out), (col, band))| {
-                        block.run(
-                            isa, x, residual, ep.lo, ep.hi, rows, out, col, band, per_band,
-                        );
-                    });
+                    parallel::run_bands(
+                        out,
+                        g.oh,
+                        row_len,
+                        (parts, 1),
+                        bands.iter_mut(),
+                        |rows, out, (col, band)| {
+                            block.run(
+                                isa, x, residual, ep.lo, ep.hi, rows, out, col, band, per_band,
+                            );
+                        },
+                    );
                 },
             );
         }
@@ -613,19 +634,27 @@ fn exec(
                 let e = p.ep(bufs, ep, bias);
                 let x = &x[r * k..][..k];
                 let res = e.residual.map(|res| &res[r * n..][..n]);
-                let ranges = parallel::split(n, parts, 16);
-                let outs = parallel::split_rows(&mut out[r * n..][..n], &ranges, 1);
-                parallel::run_parts(ranges.into_iter().zip(outs).collect(), |(cols, out)| {
-                    let e = Epilogue {
-                        bias: e.bias.map(|b| &b[cols.start..]),
-                        residual: res.map(|r| &r[cols.clone()]),
-                        ..e
-                    };
-                    match w_bf16 {
-                        Some(wb) => fast::bf16::matvec(hardware, wb, cols, x, out, &e),
-                        None => fast::matvec(isa, &w[cols.start * k..], cols.len(), k, x, out, &e),
-                    }
-                });
+                let out = &mut out[r * n..][..n];
+                parallel::run_bands(
+                    out,
+                    n,
+                    1,
+                    (parts, 16),
+                    std::iter::repeat(()),
+                    |cols, out, ()| {
+                        let e = Epilogue {
+                            bias: e.bias.map(|b| &b[cols.start..]),
+                            residual: res.map(|r| &r[cols.clone()]),
+                            ..e
+                        };
+                        match w_bf16 {
+                            Some(wb) => fast::bf16::matvec(hardware, wb, cols, x, out, &e),
+                            None => {
+                                fast::matvec(isa, &w[cols.start * k..], cols.len(), k, x, out, &e)
+                            }
+                        }
+                    },
+                );
             }
         }
         Step::Binary {

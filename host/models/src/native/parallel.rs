@@ -131,7 +131,7 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
 }
 
 /// Runs `f` on every part: the first on this thread, the others on the pool.
-pub(super) fn run_parts<P: Send>(parts: Vec<P>, f: impl Fn(P) + Sync) {
+fn run_parts<P: Send>(parts: Vec<P>, f: impl Fn(P) + Sync) {
     let mut rest = parts.into_iter();
     let Some(first) = rest.next() else {
         return;
@@ -151,9 +151,38 @@ pub(super) fn run_parts<P: Send>(parts: Vec<P>, f: impl Fn(P) + Sync) {
     }
 }
 
+/// Splits rows `0..rows` of `out` (`row_len` values each) into at most
+/// `parts` bands whose boundaries are multiples of `align`, and runs
+/// `f(band, the band's rows of out, scratch)` on each, one thread per band,
+/// band `i` with the `i`-th item of `scratch`.
+///
+/// # Panics
+///
+/// If `scratch` has fewer items than there are bands.
+pub(super) fn run_bands<S: Send>(
+    out: &mut [f32],
+    rows: usize,
+    row_len: usize,
+    (parts, align): (usize, usize),
+    scratch: impl IntoIterator<Item = S>,
+    f: impl Fn(Range<usize>, &mut [f32], S) + Sync,
+) {
+    let ranges = split(rows, parts, align);
+    let bands = ranges.len();
+    let outs = split_rows(out, &ranges, row_len);
+    let work: Vec<_> = ranges
+        .into_iter()
+        .zip(outs)
+        .zip(scratch)
+        .map(|((band, out), s)| (band, out, s))
+        .collect();
+    assert_eq!(work.len(), bands, "run_bands: one scratch per band");
+    run_parts(work, |(band, out, s)| f(band, out, s));
+}
+
 /// `0..n` in at most `parts` consecutive ranges of about equal length, every
 /// boundary a multiple of `align`; no range is empty.
-pub(super) fn split(n: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
+fn split(n: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
     let align = align.max(1);
     let units = n.div_ceil(align);
     let parts = parts.clamp(1, units.max(1));
@@ -171,7 +200,7 @@ pub(super) fn split(n: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
 
 /// Splits `out` into the `ranges` of rows (`row_len` values each) they name,
 /// in order; the ranges must be consecutive from 0.
-pub(super) fn split_rows<'a>(
+fn split_rows<'a>(
     mut out: &'a mut [f32],
     ranges: &[Range<usize>],
     row_len: usize,
