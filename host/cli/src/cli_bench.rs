@@ -65,7 +65,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub intra_op: usize,
     /// Arithmetic of the native backend's convolutions and GEMMs: f32 or
-    /// bf16 (AVX512-BF16).
+    /// bf16 (on AMX tiles where the CPU has them, else AVX512-BF16;
+    /// `EDGEPLUG_AMX=off` keeps it off AMX).
     #[arg(long, default_value = "f32")]
     pub precision: edgeplug_models::native::Precision,
     /// Kernel instruction set for the native backend and `--peak`: avx512,
@@ -86,6 +87,9 @@ pub struct BenchReport {
     /// Precision of the convolutions and GEMMs (native only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
+    /// What multiplied bf16 (`amx`, `avx512-bf16`, `portable`; bf16 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bf16_engine: Option<String>,
     pub runs: usize,
     pub warmup: usize,
     pub threads: usize,
@@ -185,13 +189,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let (isa, precision, spec) = match &engine {
+    let (isa, precision, bf16_engine, spec) = match &engine {
         Engine::Native(m) => (
             Some(m.isa().name().to_string()),
             Some(m.precision().name().to_string()),
+            m.precision()
+                .bf16_engine(m.isa())
+                .map(|e| e.name().to_string()),
             m.inputs().to_vec(),
         ),
-        Engine::Tract(m) => (None, None, m.inputs().to_vec()),
+        Engine::Tract(m) => (None, None, None, m.inputs().to_vec()),
     };
     let [spec] = spec.as_slice() else {
         bail!(
@@ -265,6 +272,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         backend: args.backend,
         isa,
         precision,
+        bf16_engine,
         runs: times.len(),
         warmup: args.warmup,
         threads: args.threads,
@@ -284,8 +292,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "{} on {:?}{}: median {:.3} ms, p90 {:.3} ms, min {:.3} ms over {} runs ({} thread{}, up to {} per run), {:.1} runs/s, load {:.0} ms",
             report.model,
             report.backend,
-            match (&report.isa, &report.precision) {
-                (Some(i), Some(p)) => format!(" ({i}, {p})"),
+            match (&report.isa, &report.precision, &report.bf16_engine) {
+                (Some(i), Some(p), Some(e)) => format!(" ({i}, {p} on {e})"),
+                (Some(i), Some(p), None) => format!(" ({i}, {p})"),
                 _ => String::new(),
             },
             report.median_ms,

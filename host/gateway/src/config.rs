@@ -20,7 +20,7 @@
 //! feedback_max_mib = 64              # ...and the disk they may take
 //! fast_path_us = 50                  # plugins answering within this run on the reactor; 0: never
 //! intra_op_threads = 0               # threads one model run may use when cores are idle; 0: all
-//! precision = "f32"                  # "bf16": native models' GEMMs in bf16 (needs AVX512-BF16)
+//! precision = "f32"                  # "bf16": native models' GEMMs in bf16 (AMX or AVX512-BF16)
 //! cache_max_mib = 256                # compiled components kept in state_dir/cache, MiB
 //!
 //! [tls]                              # optional; without it the gateway speaks plain HTTP
@@ -105,8 +105,9 @@ pub struct Config {
     /// allows every core.
     pub intra_op_threads: usize,
     /// Arithmetic of the native backend's convolutions and GEMMs: `"f32"` (the default) or
-    /// `"bf16"` (bf16 inputs, f32 sums; on AVX512-BF16, and the gateway refuses to start on a
-    /// CPU without it rather than fall back). Each model logs the precision it runs in.
+    /// `"bf16"` (bf16 inputs, f32 sums; on AMX tiles where the CPU has them, else AVX512-BF16,
+    /// and the gateway refuses to start on a CPU with neither rather than fall back). Each
+    /// model logs the precision it runs in and what multiplies it (`bf16_engine`).
     pub precision: String,
     /// Bound of the compile cache (`state_dir/cache`), MiB. Entries of versions no longer in
     /// the store are deleted after every push, removal and start; past this bound the least

@@ -269,13 +269,17 @@ impl Metrics {
         self.forget_dropped();
         let mut out = String::new();
         out.push_str(
-            "# HELP edgeplug_kernel_isa The instruction set the native kernels run with (EDGEPLUG_ISA, else the best this CPU has).\n",
+            "# HELP edgeplug_kernel_isa The instruction set the native kernels run with (EDGEPLUG_ISA, else the best this CPU has), the configured precision, and what multiplies bf16 (amx, avx512-bf16; - for f32).\n",
         );
         out.push_str("# TYPE edgeplug_kernel_isa gauge\n");
+        let isa = edgeplug_kernels::fast::Isa::detect();
+        let precision = edgeplug_models::native::default_precision();
         let _ = writeln!(
             out,
-            "edgeplug_kernel_isa{{isa=\"{}\"}} 1",
-            edgeplug_kernels::fast::Isa::detect().name()
+            "edgeplug_kernel_isa{{isa=\"{}\",precision=\"{}\",bf16_engine=\"{}\"}} 1",
+            isa.name(),
+            precision.name(),
+            precision.bf16_engine(isa).map_or("-", |e| e.name())
         );
         let versions = self
             .versions

@@ -7,7 +7,8 @@ the CPU has AMX or AVX512-BF16) and at f32, timed in alternating rounds of one r
         [--bench "target/release/edgeplug bench"] [--rounds 5] [--runs 200] [--core 1]
 
 Needs a Python with openvino (`pip install openvino`; compare_ort.sh makes target/ort-venv).
-edgeplug runs through `edgeplug bench --intra-op 1 --precision f32|bf16` pinned with taskset;
+edgeplug runs through `edgeplug bench --intra-op 1 --precision f32|bf16` pinned with taskset,
+bf16 on AMX where the CPU has it and once more with `EDGEPLUG_AMX=off` (AVX512-BF16);
 OpenVINO in this process, pinned with sched_setaffinity, one inference thread, latency hint,
 the same warm-up and runs on the model's reference input. Also prints each engine's top-1 on
 the four photos (tests/fixtures/imagenet/*_input.npy) and its largest logit difference from
@@ -29,12 +30,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 MODELS = ["mobilenetv2", "efficientnet_lite0"]
 
 
-def edgeplug(bench, model, precision, runs, core):
+def edgeplug(bench, model, precision, runs, core, amx=True):
+    env = dict(os.environ, EDGEPLUG_AMX="on" if amx else "off")
     cmd = ["taskset", "-c", str(core)] + shlex.split(bench) + [
         str(ROOT / "tests/fixtures/models" / f"{model}.onnx"), "--intra-op", "1", "--precision", precision,
         "--runs", str(runs), "--warmup", "20", "--input", str(ROOT / f"tests/fixtures/imagenet/{model}_input.npy"),
         "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out)["median_ms"]
 
 
@@ -77,6 +79,7 @@ def main():
         engines = {
             "edgeplug f32": lambda m=model: edgeplug(args.bench, m, "f32", args.runs, args.core),
             "edgeplug bf16": lambda m=model: edgeplug(args.bench, m, "bf16", args.runs, args.core),
+            "edgeplug bf16, AMX off": lambda m=model: edgeplug(args.bench, m, "bf16", args.runs, args.core, False),
             f"openvino default ({default_precision})": lambda c=default: time_openvino(c, xs[:1], args.runs),
             "openvino f32": lambda c=f32: time_openvino(c, xs[:1], args.runs),
         }

@@ -139,7 +139,7 @@ impl PluginShared {
         let mut models = BTreeMap::new();
         for (name, path) in &manifest.grants.models {
             let model = store.load_bytes(name, files.get(path)?)?;
-            tracing::info!(plugin = %manifest.name, model = %name, backend = model.backend(), isa = model.isa().map_or("-", |i| i.name()), precision = model.precision().name(), "model ready");
+            tracing::info!(plugin = %manifest.name, model = %name, backend = model.backend(), isa = model.isa().map_or("-", |i| i.name()), precision = model.precision().name(), bf16_engine = model.isa().and_then(|i| model.precision().bf16_engine(i)).map_or("-", |e| e.name()), "model ready");
             models.insert(name.clone(), model);
         }
         for (name, store_name) in &manifest.grants.store_models {
@@ -149,7 +149,7 @@ impl PluginShared {
                     manifest.name
                 )
             })?;
-            tracing::info!(plugin = %manifest.name, model = %name, store = %store_name, backend = model.backend(), isa = model.isa().map_or("-", |i| i.name()), precision = model.precision().name(), "model ready");
+            tracing::info!(plugin = %manifest.name, model = %name, store = %store_name, backend = model.backend(), isa = model.isa().map_or("-", |i| i.name()), precision = model.precision().name(), bf16_engine = model.isa().and_then(|i| model.precision().bf16_engine(i)).map_or("-", |e| e.name()), "model ready");
             models.insert(name.clone(), model);
         }
         let mut weights = Weights::default();

@@ -12,19 +12,29 @@
 //! path computes the same rounded products in plain Rust, so the numerics
 //! are tested on any CPU.
 //!
-//! AMX would run these tiles faster still; it is absent from the machines
-//! this was measured on, so only the AVX512-BF16 path exists.
+//! Where the CPU has AMX ([`super::amx`]), whole blocks of 16 rows run on
+//! its tiles instead, from the same packed pairs; the last rows of a call
+//! (fewer than 16) take the AVX512-BF16 path. Both accumulate each pair's
+//! two products into f32 the same way, so the engines agree closely.
 
 use super::pointwise::NR;
 use super::{Epilogue, PackedRhs};
 
-/// A [`PackedRhs`]'s weights as bf16 pairs, panel by panel (`[k/2][NR]`
+/// A [`PackedRhs`]'s weights as bf16 pairs, panel by panel (`[stride][NR]`
 /// `u32`s per panel, the last pair's odd half zero when `k` is odd).
 #[derive(Clone, Debug)]
 pub struct Bf16Rhs {
+    /// Pairs that hold weights: `k/2` rounded up.
     pairs: usize,
+    /// Pairs per panel and per row of converted activations: `pairs`
+    /// rounded up to whole AMX blocks, the rest zero, so a tile never
+    /// reads past a panel and needs no second shape for a partial block.
+    stride: usize,
     data: Vec<u32>,
 }
+
+/// Reduction pairs one AMX tile multiplies (64 bytes of a tile row).
+pub(super) const PAIR_BLOCK: usize = 16;
 
 /// `x` rounded to bf16 (to nearest, ties to even; NaN stays NaN).
 pub fn to_bf16(x: f32) -> u16 {
@@ -63,22 +73,33 @@ impl Bf16Rhs {
     pub fn pack(b: &PackedRhs) -> Bf16Rhs {
         let (k, n) = (b.k(), b.n());
         let pairs = k.div_ceil(2);
+        let stride = pairs.next_multiple_of(PAIR_BLOCK);
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
+        let mut data = vec![0u32; panels * stride * NR];
         for p in 0..panels {
             let panel = b.panel(p);
-            let dst = &mut data[p * pairs * NR..][..pairs * NR];
+            let dst = &mut data[p * stride * NR..][..stride * NR];
             for c in 0..k {
                 for (j, &v) in panel[c * NR..][..NR].iter().enumerate() {
                     dst[(c / 2) * NR + j] |= in_pair(c, v);
                 }
             }
         }
-        Bf16Rhs { pairs, data }
+        Bf16Rhs {
+            pairs,
+            stride,
+            data,
+        }
     }
 
-    fn panel(&self, p: usize) -> &[u32] {
-        &self.data[p * self.pairs * NR..][..self.pairs * NR]
+    /// Panel `p`: `stride` rows of `NR` pairs.
+    pub(super) fn panel(&self, p: usize) -> &[u32] {
+        &self.data[p * self.stride * NR..][..self.stride * NR]
+    }
+
+    /// Pairs per panel row block and per converted activation row.
+    pub(super) fn stride(&self) -> usize {
+        self.stride
     }
 }
 
@@ -95,16 +116,58 @@ pub fn bf16_hardware() -> bool {
     false
 }
 
+/// What multiplies a bf16 GEMM's pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// Plain Rust emulating the hardware's rounding, on any CPU.
+    Portable,
+    /// AVX-512 `vdpbf16ps`, 16 columns × one pair per instruction.
+    Avx512Bf16,
+    /// AMX tiles for whole blocks of 16 rows, AVX512-BF16 for the rest.
+    Amx,
+}
+
+impl Engine {
+    /// The fastest engine this process can use.
+    pub fn best() -> Engine {
+        [Engine::Amx, Engine::Avx512Bf16]
+            .into_iter()
+            .find(|e| e.is_available())
+            .unwrap_or(Engine::Portable)
+    }
+
+    /// Whether this process can run it.
+    pub fn is_available(self) -> bool {
+        match self {
+            Engine::Portable => true,
+            Engine::Avx512Bf16 => bf16_hardware(),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Amx => super::amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Engine::Amx => false,
+        }
+    }
+
+    /// As logs, metrics and `bench` print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Portable => "portable",
+            Engine::Avx512Bf16 => "avx512-bf16",
+            Engine::Amx => "amx",
+        }
+    }
+}
+
 /// `out = epilogue(bf16(a) · bf16(b))`, shapes as [`super::gemm_rows`]
-/// (`b` the same weights as `w`); `hardware` selects AVX512-BF16, which the
-/// caller checked with [`bf16_hardware`].
+/// (`b` the same weights as `w`), on `engine` when this process can run it
+/// ([`Engine::is_available`]), else on the portable emulation.
 ///
 /// # Panics
 ///
 /// If a slice is too short for the shapes given.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_rows(
-    hardware: bool,
+    engine: Engine,
     m: usize,
     a: &[f32],
     lda: usize,
@@ -130,19 +193,47 @@ pub(super) fn gemm_rows(
     if let Some(res) = ep.residual {
         assert!(res.len() >= span, "gemm_rows: residual too short");
     }
-    with_pairs(m * b.pairs, |pairs| {
+    let stride = b.stride;
+    with_pairs(m * stride, |pairs| {
         #[cfg(target_arch = "x86_64")]
-        if hardware && bf16_hardware() {
-            // SAFETY: AVX512-BF16 (and F, BW, VL) checked just above; the
-            // asserts bound every row, column and pair the kernel touches.
-            unsafe {
-                avx512::convert(a, lda, m, k, b.pairs, pairs);
-                avx512::gemm(m, pairs, b, n, out, ldo, ep);
+        if engine != Engine::Portable && engine.is_available() {
+            // SAFETY: AVX512-BF16 (and F, BW, VL) checked just above (AMX
+            // implies it); the asserts bound every row, column and pair the
+            // kernels touch.
+            unsafe { avx512::convert(a, lda, m, k, stride, pairs) };
+            // Whole blocks of rows on AMX tiles, the rest on AVX512-BF16.
+            let on_tiles = if engine == Engine::Amx {
+                m - m % super::amx::ROWS
+            } else {
+                0
+            };
+            if on_tiles > 0 {
+                // SAFETY: AMX is available (permission granted); rows
+                // 0..on_tiles are inside the asserted spans.
+                unsafe { super::amx::gemm(on_tiles, pairs, b, n, out, ldo, ep) };
+            }
+            if on_tiles < m {
+                let rest = Epilogue {
+                    residual: ep.residual.map(|r| &r[on_tiles * ldo..]),
+                    ..*ep
+                };
+                // SAFETY: as above, for rows on_tiles..m.
+                unsafe {
+                    avx512::gemm(
+                        m - on_tiles,
+                        &pairs[on_tiles * stride..],
+                        b,
+                        n,
+                        &mut out[on_tiles * ldo..],
+                        ldo,
+                        &rest,
+                    )
+                };
             }
             return;
         }
-        let _ = hardware;
-        for (i, row) in pairs.chunks_exact_mut(b.pairs.max(1)).enumerate().take(m) {
+        let _ = engine;
+        for (i, row) in pairs.chunks_exact_mut(stride.max(1)).enumerate().take(m) {
             pack_pairs(&a[i * lda..][..k], row);
         }
         portable_gemm(m, pairs, b, n, out, ldo, ep);
@@ -160,7 +251,7 @@ fn portable_gemm(
     ep: &Epilogue<'_>,
 ) {
     for i in 0..m {
-        let arow = &a[i * b.pairs..][..b.pairs];
+        let arow = &a[i * b.stride..][..b.pairs];
         for j in 0..n {
             let panel = b.panel(j / NR);
             let mut acc = 0f32;
@@ -294,7 +385,7 @@ fn finish(out: &mut [f32], m: usize, ep: &Epilogue<'_>) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Bf16Rhs, Epilogue, NR};
@@ -336,7 +427,7 @@ mod avx512 {
 
     /// # Safety
     ///
-    /// AVX512-F/BF16; `a` holds `m` rows of `b.pairs` pairs; `out` and the
+    /// AVX512-F/BF16; `a` holds `m` rows of `b.stride()` pairs; `out` and the
     /// residual rows `0..m` at stride `ldo` cover columns `0..n`; the bias
     /// holds `n` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
@@ -358,7 +449,8 @@ mod avx512 {
             for i0 in (0..m).step_by(MR) {
                 let t = Tile {
                     pairs: b.pairs,
-                    a: a[i0 * b.pairs..].as_ptr(),
+                    stride: b.stride,
+                    a: a[i0 * b.stride..].as_ptr(),
                     b: panel,
                     out: out.as_mut_ptr().wrapping_add(i0 * ldo + j0),
                     ldo,
@@ -432,6 +524,8 @@ mod avx512 {
 
     struct Tile {
         pairs: usize,
+        /// Pairs per row of `a`.
+        stride: usize,
         /// Row 0 of the tile's activations (pairs).
         a: *const u32,
         b: *const u32,
@@ -467,7 +561,7 @@ mod avx512 {
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     // SAFETY: pair kp of row r0 + r < rows.
-                    let ap = unsafe { *t.a.add((r0 + r) * t.pairs + kp) };
+                    let ap = unsafe { *t.a.add((r0 + r) * t.stride + kp) };
                     // SAFETY: reinterpreting 512 bits as 32 bf16s.
                     let av: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(ap as i32)) };
                     for (x, &bb) in acc_r.iter_mut().zip(&bv) {
@@ -477,29 +571,56 @@ mod avx512 {
                     }
                 }
             }
-            let (lo, hi) = (_mm512_set1_ps(t.lo), _mm512_set1_ps(t.hi));
             for (r, acc_r) in acc.iter().enumerate() {
                 let row = r0 + r;
                 // SAFETY: row < rows of the output and residual, the tile's
                 // columns of the bias (masked tail).
                 unsafe {
-                    let orow = t.out.add(row * t.ldo);
-                    for (v, &x) in acc_r.iter().enumerate() {
-                        let mask = if v + 1 == NV { t.mask } else { 0xffff };
-                        let mut y = x;
-                        if let Some(bias) = t.bias {
-                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, bias.add(16 * v)));
-                        }
-                        if let Some(res) = t.residual {
-                            y = _mm512_add_ps(
-                                y,
-                                _mm512_maskz_loadu_ps(mask, res.add(row * t.ldo + 16 * v)),
-                            );
-                        }
-                        y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));
-                        _mm512_mask_storeu_ps(orow.add(16 * v), mask, y);
-                    }
+                    store_row(
+                        acc_r,
+                        t.mask,
+                        t.bias,
+                        t.residual.map(|res| res.add(row * t.ldo)),
+                        t.out.add(row * t.ldo),
+                        t.lo,
+                        t.hi,
+                    )
+                };
+            }
+        }
+    }
+
+    /// Stores one output row's accumulators, `16·NV` columns (the last
+    /// vector's masked by `mask`), after adding the bias and residual rows
+    /// and clamping: the epilogue both bf16 engines share.
+    ///
+    /// # Safety
+    ///
+    /// AVX512-F; `out`, the bias and the residual row hold the columns.
+    #[target_feature(enable = "avx512f")]
+    pub(in super::super) unsafe fn store_row<const NV: usize>(
+        acc: &[__m512; NV],
+        mask: __mmask16,
+        bias: Option<*const f32>,
+        residual: Option<*const f32>,
+        out: *mut f32,
+        lo: f32,
+        hi: f32,
+    ) {
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        for (v, &x) in acc.iter().enumerate() {
+            let mask = if v + 1 == NV { mask } else { 0xffff };
+            let mut y = x;
+            // SAFETY: the caller's columns 16·v.. (masked tail).
+            unsafe {
+                if let Some(bias) = bias {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, bias.add(16 * v)));
                 }
+                if let Some(res) = residual {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, res.add(16 * v)));
+                }
+                y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));
+                _mm512_mask_storeu_ps(out.add(16 * v), mask, y);
             }
         }
     }
@@ -583,11 +704,14 @@ mod tests {
     /// products, and against f32 within bf16's rounding of the inputs.
     #[test]
     fn bf16_gemm_matches_rounded_products() {
-        let mut paths = vec![Isa::Portable];
-        if bf16_hardware() {
-            paths.push(Isa::Avx512);
-        }
-        println!("bf16 GEMM paths under test: {paths:?}");
+        let engines: Vec<Engine> = [Engine::Portable, Engine::Avx512Bf16, Engine::Amx]
+            .into_iter()
+            .filter(|e| e.is_available())
+            .collect();
+        println!("bf16 GEMM engines under test: {engines:?}");
+        // Row counts below, at and past AMX's 16-row blocks; reductions
+        // inside one 32-value block, odd, and over several; panels full,
+        // partial and several.
         for (m, k, n) in [
             (1, 1, 1),
             (3, 5, 17),
@@ -595,6 +719,11 @@ mod tests {
             (17, 33, 50),
             (8, 64, 96),
             (13, 7, 100),
+            (16, 32, 16),
+            (48, 3, 17),
+            (37, 70, 100),
+            (64, 96, 24),
+            (32, 161, 144),
         ] {
             let a = values(m * k, 1 + m as u64);
             let w = values(k * n, 7 + n as u64);
@@ -606,14 +735,14 @@ mod tests {
                 lo: -3.0,
                 hi: 3.0,
             };
-            let mut packed = PackedRhs::pack(&w, k, n);
+            let packed = PackedRhs::pack(&w, k, n);
             let mut exact = vec![0f32; m * n];
             gemm_rows(Isa::Portable, m, &a, k, &packed, &mut exact, n, &ep);
-            packed.enable_bf16();
+            let b16 = Bf16Rhs::pack(&packed);
             let r = |x: f32| f64::from(from_bf16(to_bf16(x)));
-            for &isa in &paths {
+            for &engine in &engines {
                 let mut got = vec![f32::NAN; m * n];
-                gemm_rows(isa, m, &a, k, &packed, &mut got, n, &ep);
+                super::gemm_rows(engine, m, &a, k, &packed, &b16, &mut got, n, &ep);
                 for i in 0..m {
                     for j in 0..n {
                         let (mut sum, mut mag, mut mag32) = (0f64, 0f64, 0f64);
@@ -628,13 +757,13 @@ mod tests {
                         let g = f64::from(got[i * n + j]);
                         assert!(
                             (g - want).abs() <= 1e-5 * (mag + 1.0),
-                            "{isa:?} {m}x{k}x{n} ({i},{j}): {g} vs {want}"
+                            "{engine:?} {m}x{k}x{n} ({i},{j}): {g} vs {want}"
                         );
                         // Each input is within 2^-9 of itself after rounding.
                         let f = f64::from(exact[i * n + j]);
                         assert!(
                             (g - f).abs() <= 2.0 * mag32 / 256.0 + 1e-5,
-                            "{isa:?}: {g} vs f32 {f}"
+                            "{engine:?}: {g} vs f32 {f}"
                         );
                     }
                 }

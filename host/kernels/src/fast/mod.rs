@@ -9,6 +9,8 @@
 //! caller that asks for an ISA the CPU lacks gets the portable path, so no
 //! input can reach an unsupported instruction.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod bf16;
 mod conv_nchw;
 mod depthwise;

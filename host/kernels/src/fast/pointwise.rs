@@ -236,9 +236,11 @@ pub fn gemm_rows(
     if let Some(b16) = &b.bf16 {
         match isa.usable() {
             Isa::Avx512 if bf16::bf16_hardware() => {
-                return bf16::gemm_rows(true, m, a, lda, b, b16, out, ldo, ep);
+                return bf16::gemm_rows(bf16::Engine::best(), m, a, lda, b, b16, out, ldo, ep);
             }
-            Isa::Portable => return bf16::gemm_rows(false, m, a, lda, b, b16, out, ldo, ep),
+            Isa::Portable => {
+                return bf16::gemm_rows(bf16::Engine::Portable, m, a, lda, b, b16, out, ldo, ep);
+            }
             _ => {}
         }
     }

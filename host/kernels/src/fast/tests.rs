@@ -448,8 +448,17 @@ fn check_depthwise_nhwc(
 #[test]
 fn simd_paths_under_test() {
     let paths = Isa::all_available();
+    let bf16: Vec<&str> = [
+        super::bf16::Engine::Portable,
+        super::bf16::Engine::Avx512Bf16,
+        super::bf16::Engine::Amx,
+    ]
+    .into_iter()
+    .filter(|e| e.is_available())
+    .map(|e| e.name())
+    .collect();
     println!(
-        "kernel property tests ran on: {paths:?} (requests use {:?})",
+        "kernel property tests ran on: {paths:?} (requests use {:?}); bf16 GEMM on: {bf16:?}",
         Isa::detect()
     );
     assert_eq!(paths.first(), Some(&Isa::Portable));

@@ -88,6 +88,17 @@ impl Precision {
         }
     }
 
+    /// What multiplies bf16 on `isa` (AMX where the CPU has it and the
+    /// process may use it); `None` for f32.
+    pub fn bf16_engine(self, isa: Isa) -> Option<edgeplug_kernels::fast::bf16::Engine> {
+        use edgeplug_kernels::fast::bf16::Engine;
+        match (self, isa) {
+            (Precision::F32, _) => None,
+            (Precision::Bf16, Isa::Portable) => Some(Engine::Portable),
+            (Precision::Bf16, _) => Some(Engine::best()),
+        }
+    }
+
     /// Whether `isa` can run this precision: bf16 needs AVX512-BF16 on the
     /// AVX-512 path (the portable path emulates it, for tests).
     pub fn check(self, isa: Isa) -> Result<(), String> {

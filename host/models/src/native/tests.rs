@@ -144,7 +144,7 @@ fn mobilenetv2_matches_onnxruntime() {
 /// wherever f32's own top two are further apart than twice the measured
 /// error; closer than that, the top-1 must still be one of f32's top two
 /// (EfficientNet-Lite0's cat photo: tiger cat 282 over Egyptian cat 285 by
-/// 0.0097). On AVX512-BF16 when the CPU has it; the portable emulation runs
+/// 0.0097). On AMX or AVX512-BF16 when the CPU has them; the portable emulation runs
 /// the digits model on every CPU, within 2e-2 of the reference
 /// probabilities.
 #[test]
@@ -182,7 +182,8 @@ fn bf16_keeps_the_top1_and_logits_close() {
                 .zip(&want)
                 .flat_map(|(y, w)| y.iter().zip(w.iter()).map(|(a, b)| (a - b).abs()))
                 .fold(0f32, f32::max);
-            println!("{file} bf16 on avx512: max |Δlogit| {diff}");
+            let engine = Precision::Bf16.bf16_engine(Isa::Avx512).unwrap();
+            println!("{file} bf16 on {}: max |Δlogit| {diff}", engine.name());
             assert!(diff <= 0.35, "{file}: max |Δlogit| {diff}");
             for (i, (y, w)) in logits.iter().zip(&want).enumerate() {
                 let mut order: Vec<usize> = (0..w.len()).collect();
