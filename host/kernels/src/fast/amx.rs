@@ -26,7 +26,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::Epilogue;
-use super::bf16::avx512::store_row;
+use super::bf16::avx512::{convert, store_row};
 use super::bf16::{Bf16Rhs, PAIR_BLOCK};
 use super::pointwise::NR;
 
@@ -103,44 +103,54 @@ impl TileConfig {
     }
 }
 
-/// `out = epilogue(a · b)` for rows `0..m` (a multiple of [`ROWS`]), `a`
-/// the activations already converted to pairs (`b.stride()` per row, zero
-/// past the weights' pairs).
+/// `out = epilogue(a · b)` for rows `0..m` of `a` (`k` values per row,
+/// stride `lda`). Each block of 16 rows is converted to pairs into `pairs`
+/// (16 rows of `b.stride()`, zero past the weights' pairs) right before its
+/// tiles load it, so it is read from L1. A last block of fewer rows runs
+/// the full tiles over whatever the scratch's other rows hold: a tile row
+/// of the result depends only on the same row of activations, and those
+/// rows are never stored.
 ///
 /// # Safety
 ///
-/// [`available`] returned true; `a` holds `m` rows of pairs; `out` and the
-/// residual hold rows `0..m` at stride `ldo`, columns `0..n`; the bias `n`
-/// values.
+/// [`available`] returned true; `a` holds `m` rows; `pairs` is zeroed and
+/// holds 16 rows of pairs; `out` and the residual hold rows `0..m` at
+/// stride `ldo`, columns `0..n`; the bias `n` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm(
     m: usize,
-    a: &[u32],
+    a: &[f32],
+    lda: usize,
+    k: usize,
     b: &Bf16Rhs,
     n: usize,
+    pairs: &mut [u32],
     out: &mut [f32],
     ldo: usize,
     ep: &Epilogue<'_>,
 ) {
-    debug_assert!(m.is_multiple_of(ROWS) && a.len() >= m * b.stride());
     let stride = b.stride();
+    debug_assert!(pairs.len() >= ROWS * stride);
     let config = TileConfig::new();
     let mut acc = [0f32; ROWS * NR];
     // SAFETY: AMX is available (caller); the configuration is valid.
     unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
-    for j0 in (0..n).step_by(NR) {
-        let cols = (n - j0).min(NR);
-        let tiles = cols.div_ceil(16);
-        let rem = cols - (tiles - 1) * 16;
-        let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
-        let panel = b.panel(j0 / NR).as_ptr();
-        for i0 in (0..m).step_by(ROWS) {
-            // SAFETY: rows i0..i0+16 of `a` hold `stride` pairs each, the
+    for i0 in (0..m).step_by(ROWS) {
+        let rows = (m - i0).min(ROWS);
+        // SAFETY: rows i0..i0+rows of `a` hold `k` values each (caller);
+        // `pairs` holds 16 rows of `stride >= k/2` pairs.
+        unsafe { convert(&a[i0 * lda..], lda, rows, k, stride, pairs) };
+        for j0 in (0..n).step_by(NR) {
+            let cols = (n - j0).min(NR);
+            let tiles = cols.div_ceil(16);
+            let rem = cols - (tiles - 1) * 16;
+            let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+            let panel = b.panel(j0 / NR).as_ptr();
+            // SAFETY: the 16 converted rows hold `stride` pairs each, the
             // panel `stride` rows of NR pairs; `acc` holds 16 rows of NR.
-            unsafe {
-                multiply(a.as_ptr().add(i0 * stride), stride, panel, tiles, &mut acc);
-            }
-            for r in 0..ROWS {
+            unsafe { multiply(pairs.as_ptr(), stride, panel, tiles, &mut acc) };
+            for r in 0..rows {
                 let row = i0 + r;
                 let bias = ep.bias.map(|bb| bb[j0..].as_ptr());
                 let residual = ep.residual.map(|res| res[row * ldo + j0..].as_ptr());

@@ -12,10 +12,9 @@
 //! path computes the same rounded products in plain Rust, so the numerics
 //! are tested on any CPU.
 //!
-//! Where the CPU has AMX ([`super::amx`]), whole blocks of 16 rows run on
-//! its tiles instead, from the same packed pairs; the last rows of a call
-//! (fewer than 16) take the AVX512-BF16 path. Both accumulate each pair's
-//! two products into f32 the same way, so the engines agree closely.
+//! Where the CPU has AMX ([`super::amx`]), its tiles run the GEMM instead,
+//! from the same packed pairs. Both accumulate each pair's two products
+//! into f32, so the engines agree closely.
 
 use super::pointwise::NR;
 use super::{Epilogue, PackedRhs};
@@ -123,7 +122,7 @@ pub enum Engine {
     Portable,
     /// AVX-512 `vdpbf16ps`, 16 columns × one pair per instruction.
     Avx512Bf16,
-    /// AMX tiles for whole blocks of 16 rows, AVX512-BF16 for the rest.
+    /// AMX tiles, 16 rows × 16 columns × 32 reduction steps per multiply.
     Amx,
 }
 
@@ -194,41 +193,27 @@ pub(super) fn gemm_rows(
         assert!(res.len() >= span, "gemm_rows: residual too short");
     }
     let stride = b.stride;
-    with_pairs(m * stride, |pairs| {
+    // AMX converts one block of rows at a time into the scratch (so it is
+    // still in L1 when the tiles load it); the other paths convert all
+    // their rows first.
+    let amx = engine == Engine::Amx && engine.is_available();
+    let scratch_rows = if amx { 16 } else { m };
+    with_pairs(scratch_rows * stride, |pairs| {
+        #[cfg(target_arch = "x86_64")]
+        if amx {
+            // SAFETY: AMX is available (checked with the engine); the
+            // asserts bound every row and column; the scratch holds 16
+            // zeroed rows of `stride` pairs.
+            unsafe { super::amx::gemm(m, a, lda, k, b, n, pairs, out, ldo, ep) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if engine != Engine::Portable && engine.is_available() {
-            // SAFETY: AVX512-BF16 (and F, BW, VL) checked just above (AMX
-            // implies it); the asserts bound every row, column and pair the
-            // kernels touch.
-            unsafe { avx512::convert(a, lda, m, k, stride, pairs) };
-            // Whole blocks of rows on AMX tiles, the rest on AVX512-BF16.
-            let on_tiles = if engine == Engine::Amx {
-                m - m % super::amx::ROWS
-            } else {
-                0
-            };
-            if on_tiles > 0 {
-                // SAFETY: AMX is available (permission granted); rows
-                // 0..on_tiles are inside the asserted spans.
-                unsafe { super::amx::gemm(on_tiles, pairs, b, n, out, ldo, ep) };
-            }
-            if on_tiles < m {
-                let rest = Epilogue {
-                    residual: ep.residual.map(|r| &r[on_tiles * ldo..]),
-                    ..*ep
-                };
-                // SAFETY: as above, for rows on_tiles..m.
-                unsafe {
-                    avx512::gemm(
-                        m - on_tiles,
-                        &pairs[on_tiles * stride..],
-                        b,
-                        n,
-                        &mut out[on_tiles * ldo..],
-                        ldo,
-                        &rest,
-                    )
-                };
+            // SAFETY: AVX512-BF16 (and F, BW, VL) checked just above; the
+            // asserts bound every row, column and pair the kernels touch.
+            unsafe {
+                avx512::convert(a, lda, m, k, stride, pairs);
+                avx512::gemm(m, pairs, b, n, out, ldo, ep);
             }
             return;
         }
@@ -362,7 +347,7 @@ pub fn matvec(
 
 /// Runs `f` on this thread's scratch of `len` zeroed pairs, kept between
 /// calls so a GEMM or dense layer allocates nothing per run.
-fn with_pairs<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+pub(super) fn with_pairs<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
     thread_local! {
         static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -400,7 +385,7 @@ pub(super) mod avx512 {
     ///
     /// AVX512-F/BW/VL/BF16; `a` holds the rows, `dst` the pairs.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(super) unsafe fn convert(
+    pub(in super::super) unsafe fn convert(
         a: &[f32],
         lda: usize,
         m: usize,
