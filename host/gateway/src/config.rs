@@ -28,6 +28,11 @@
 //! key = "key.pem"                    # PEM private key (PKCS#8, PKCS#1 or SEC1)
 //! client_ca = "clients.pem"          # optional: /v1/admin/* needs a client certificate it signed
 //!
+//! [admin]
+//! verify = "self-test"               # what a pushed version passes before it goes live: its
+//!                                    # self-tests, or "conformance": the whole conformance kit
+//!                                    # (robustness, determinism, limits) as `edgeplug conformance`
+//!
 //! [limits]                           # caps on what any plugin's manifest may ask for
 //! memory_mib = 512
 //! deadline_ms = 30000
@@ -117,6 +122,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Caps on plugin limits and gateway-wide bounds. Defaults: see [`LimitsConfig`].
     pub limits: LimitsConfig,
+    /// `[admin]`: how pushed versions are checked. Defaults: see [`AdminConfig`].
+    pub admin: AdminConfig,
     /// `[fleet]`: kept as an opaque table and parsed (strictly) by the `edgeplug-fleet`
     /// crate, which depends on this one and not the reverse. Default: none (no fleet agent).
     pub fleet: Option<toml::Table>,
@@ -130,6 +137,28 @@ pub struct Config {
     /// `[grpc]`: the Open Inference Protocol over gRPC, opaque here, parsed by the
     /// `edgeplug-grpc` crate. Default: none (no gRPC port).
     pub grpc: Option<toml::Table>,
+}
+
+/// `[admin]`: what the admin API requires of a pushed version.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// What a pushed version (by `POST /v1/admin/plugins`, `serve --install` or the fleet
+    /// agent) must pass before it is activated. Default: its self-tests.
+    pub verify: PushVerify,
+}
+
+/// The checks a pushed version passes before it goes live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PushVerify {
+    /// The manifest's self-test vectors.
+    #[default]
+    SelfTest,
+    /// The whole conformance kit (self-tests, malformed-input robustness, determinism across
+    /// fresh instances, limits): a plugin that traps on an empty body is refused at the door
+    /// with 422 `conformance-failed`. Costs the push a few seconds.
+    Conformance,
 }
 
 /// `[tls]`: certificate chain and private key, both PEM.
@@ -206,6 +235,7 @@ impl Default for Config {
             cache_max_mib: 256,
             tls: None,
             limits: LimitsConfig::default(),
+            admin: AdminConfig::default(),
             fleet: None,
             mqtt: None,
             triggers: Vec::new(),

@@ -124,7 +124,8 @@ impl Gateway {
             config.bundle_limits(),
             config.keep_versions,
             metrics.clone(),
-        );
+        )
+        .verifying(config.admin.verify);
         for (name, error) in registry.load_store()? {
             tracing::error!(plugin = %name, %error, "not serving this plugin");
         }

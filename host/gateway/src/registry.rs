@@ -24,11 +24,13 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::metrics::{Metrics, VersionMetrics};
+use crate::config::PushVerify;
 use edgeplug_bundle::manifest::Sha256;
 use edgeplug_bundle::{
     BundleError, BundleLimits, KeyId, PluginStore, StoreError, TrustError, TrustStore,
     VerifiedBundle,
 };
+use edgeplug_runtime::conformance;
 use edgeplug_runtime::selftest::{self, SelfTestError};
 use edgeplug_runtime::{LoadError, LoadedPlugin, PluginFiles, Runtime};
 
@@ -80,6 +82,9 @@ pub enum AdminError {
     Conflict(String),
     #[error("self-test failed: {0}")]
     SelfTest(#[from] SelfTestError),
+    /// `[admin] verify = "conformance"` and the kit found faults (one line each).
+    #[error("the conformance kit refused the version: {0}")]
+    Conformance(String),
 }
 
 impl From<StoreError> for AdminError {
@@ -127,8 +132,35 @@ impl AdminError {
             AdminError::Load(e) => e.code(),
             AdminError::Conflict(_) => "store-conflict",
             AdminError::SelfTest(_) => "self-test-failed",
+            AdminError::Conformance(_) => "conformance-failed",
         }
     }
+}
+
+/// Runs the conformance kit on a prepared version; its failures, one per line, refuse it.
+fn verify_with_kit(ready: &ActivePlugin, bundle: &VerifiedBundle) -> Result<(), AdminError> {
+    let options = conformance::Options {
+        latency_runs: 3,
+        determinism_runs: 2,
+        ..conformance::Options::default()
+    };
+    let report =
+        conformance::run_loaded(&ready.plugin, &PluginFiles::from_bundle(bundle), &options);
+    if report.passed() {
+        return Ok(());
+    }
+    let faults: Vec<String> = report
+        .failures()
+        .map(|c| {
+            let name = if c.name.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", c.name)
+            };
+            format!("{}{name}: {}", c.group, c.detail)
+        })
+        .collect();
+    Err(AdminError::Conformance(faults.join("; ")))
 }
 
 /// What a push, rollback or removal did.
@@ -163,6 +195,8 @@ pub struct Registry {
     /// The compile cache key of each stored version's component, learned when it was
     /// prepared or read back: what the cache's garbage collection must keep.
     cache_keys: Mutex<HashMap<(String, Version), String>>,
+    /// What a pushed version passes before it is published.
+    verify: PushVerify,
 }
 
 /// What `serve --install` did with one bundle file.
@@ -248,7 +282,14 @@ impl Registry {
             keep_versions: keep_versions.max(1),
             metrics,
             cache_keys: Mutex::default(),
+            verify: PushVerify::SelfTest,
         }
+    }
+
+    /// Makes pushes pass `verify` (the self-tests by default) before they are published.
+    pub fn verifying(mut self, verify: PushVerify) -> Registry {
+        self.verify = verify;
+        self
     }
 
     /// The active version of `name`: the request path (no admin lock is ever taken here).
@@ -410,6 +451,9 @@ impl Registry {
             .into());
         }
         let ready = Arc::new(self.prepare(bundle, started)?);
+        if self.verify == PushVerify::Conformance {
+            verify_with_kit(&ready, bundle)?;
+        }
         let outcome = self.store.install(bundle, Some(&name))?;
         let old = self.publish(&slot, ready.clone());
         self.metrics

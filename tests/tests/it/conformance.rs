@@ -215,3 +215,56 @@ fn the_junit_report_lists_every_check() {
     assert!(xml.contains(&format!("failures=\"{failures}\"")), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), failures);
 }
+
+/// `[admin] verify = "conformance"`: the gateway runs the kit on a pushed version before it
+/// goes live. A plugin whose self-test passes but which panics on any other body is refused
+/// with 422 `conformance-failed` naming the finding, and nothing is activated; a plugin that
+/// passes the kit is accepted; without the setting the same panicking plugin is accepted on
+/// its self-tests alone (what the kit is there to catch).
+#[tokio::test]
+async fn a_gateway_verifying_with_the_kit_refuses_what_only_the_kit_finds() {
+    use edgeplug_tests::gateway::{
+        TestGateway, assert_status, error_code, json_of, test_plugin_bundle,
+    };
+    let mut strict = TestGateway::start("[admin]\nverify = \"conformance\"\n").await;
+    let key = strict.key.clone();
+    let (panic, echo) = tokio::task::spawn_blocking(move || {
+        (
+            test_plugin_bundle(&key, "panic"),
+            test_plugin_bundle(&key, "echo"),
+        )
+    })
+    .await
+    .unwrap();
+
+    let refused = strict.push("panic", panic.clone()).await;
+    assert_status(&refused, 422);
+    assert_eq!(error_code(&refused), "conformance-failed");
+    let message = json_of(&refused)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("robustness") && message.contains("cannot handle a body of"),
+        "{message}"
+    );
+    assert_eq!(strict.active_version("panic").await, None);
+    assert_status(&strict.push("echo", echo).await, 200);
+    assert_eq!(
+        strict.active_version("echo").await.as_deref(),
+        Some("0.1.0")
+    );
+    strict.stop().await;
+
+    let mut lenient = TestGateway::start("").await;
+    let key = lenient.key.clone();
+    let panic = tokio::task::spawn_blocking(move || test_plugin_bundle(&key, "panic"))
+        .await
+        .unwrap();
+    assert_status(&lenient.push("panic", panic).await, 200);
+    assert_eq!(
+        lenient.active_version("panic").await.as_deref(),
+        Some("0.1.0")
+    );
+    lenient.stop().await;
+}

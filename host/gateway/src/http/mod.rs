@@ -876,7 +876,9 @@ fn admin_failure(e: &AdminError) -> Failure {
         },
         AdminError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         AdminError::Trust(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        AdminError::Load(_) | AdminError::SelfTest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        AdminError::Load(_) | AdminError::SelfTest(_) | AdminError::Conformance(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         AdminError::Conflict(_) => StatusCode::CONFLICT,
     };
     fail(status, e.code(), e.to_string())

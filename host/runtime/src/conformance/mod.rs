@@ -203,7 +203,6 @@ pub fn run(runtime: &Runtime, target: &Target, options: &Options) -> Report {
             return report;
         }
     };
-    report.plugin = Some(format!("{} {}", plugin.info().name, plugin.info().version));
     report.push(
         "load",
         "",
@@ -211,16 +210,39 @@ pub fn run(runtime: &Runtime, target: &Target, options: &Options) -> Report {
         "compiled, imports granted, fits the edgeplug world",
         started.elapsed(),
     );
-    check_describe(&plugin, &mut report);
+    check_loaded(&plugin, &files, options, &mut report);
+    report
+}
+
+/// The checks of a plugin already loaded (describe, self-tests, robustness, determinism,
+/// limits, latency): what a gateway configured to verify pushes with the kit runs on a
+/// pushed version before activating it. Blocking.
+pub fn run_loaded(plugin: &LoadedPlugin, files: &PluginFiles, options: &Options) -> Report {
+    let mut report = Report {
+        target: files.manifest.name.clone(),
+        plugin: None,
+        checks: Vec::new(),
+    };
+    check_loaded(plugin, files, options, &mut report);
+    report
+}
+
+fn check_loaded(
+    plugin: &LoadedPlugin,
+    files: &PluginFiles,
+    options: &Options,
+    report: &mut Report,
+) {
+    report.plugin = Some(format!("{} {}", plugin.info().name, plugin.info().version));
+    check_describe(plugin, report);
     Kit {
-        plugin: &plugin,
-        files: &files,
+        plugin,
+        files,
         options,
-        report: &mut report,
+        report,
         worst: Worst::default(),
     }
     .run();
-    report
 }
 
 /// Reads the plugin's files and records the manifest and signature checks.
