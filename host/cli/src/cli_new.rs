@@ -17,6 +17,9 @@ pub enum Template {
     Image,
     /// A named float32 tensor (Open Inference Protocol v2) or a `.npy` body in, a softmax out.
     Tensor,
+    /// An ONNX model granted in the manifest and run on the host (a small digit CNN to start
+    /// from): a float32 tensor in, the model's first output and its argmax out.
+    Model,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,8 +47,8 @@ fn files(template: Template) -> Vec<(&'static str, &'static [u8])> {
         ("Cargo.toml", include_bytes!("../templates/Cargo.toml.tmpl")),
         (".gitignore", include_bytes!("../templates/gitignore.tmpl")),
     ];
-    let own: [(&str, &[u8]); 4] = match template {
-        Template::Minimal => [
+    let own: Vec<(&str, &[u8])> = match template {
+        Template::Minimal => vec![
             (
                 "src/lib.rs",
                 include_str!("../templates/minimal/lib.rs").as_bytes(),
@@ -63,7 +66,7 @@ fn files(template: Template) -> Vec<(&'static str, &'static [u8])> {
                 include_bytes!("../templates/minimal/selftest/input.expect.json"),
             ),
         ],
-        Template::Image => [
+        Template::Image => vec![
             (
                 "src/lib.rs",
                 include_str!("../templates/image/lib.rs").as_bytes(),
@@ -82,7 +85,7 @@ fn files(template: Template) -> Vec<(&'static str, &'static [u8])> {
                 include_bytes!("../templates/image/selftest/input.expect.json"),
             ),
         ],
-        Template::Tensor => [
+        Template::Tensor => vec![
             (
                 "src/lib.rs",
                 include_str!("../templates/tensor/lib.rs").as_bytes(),
@@ -98,6 +101,29 @@ fn files(template: Template) -> Vec<(&'static str, &'static [u8])> {
             (
                 "selftest/input.expect.json",
                 include_bytes!("../templates/tensor/selftest/input.expect.json"),
+            ),
+        ],
+        Template::Model => vec![
+            (
+                "src/lib.rs",
+                include_str!("../templates/model/lib.rs").as_bytes(),
+            ),
+            (
+                "plugin.toml",
+                include_str!("../templates/model/plugin.toml").as_bytes(),
+            ),
+            // The digits CNN of tests/fixtures/models (79 KB), the repository's own model.
+            (
+                "model.onnx",
+                include_bytes!("../templates/model/model.onnx"),
+            ),
+            (
+                "selftest/input.npy",
+                include_bytes!("../templates/model/selftest/input.npy"),
+            ),
+            (
+                "selftest/input.expect.json",
+                include_bytes!("../templates/model/selftest/input.expect.json"),
             ),
         ],
     };
@@ -172,7 +198,7 @@ pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
     }
     let sdk = sdk_dependency(args)?;
     let extra = match args.template {
-        Template::Image => "serde_json = \"1\"\n",
+        Template::Image | Template::Model => "serde_json = \"1\"\n",
         Template::Minimal | Template::Tensor => "",
     };
     for (path, contents) in files(args.template) {
@@ -183,7 +209,7 @@ pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
         }
         let contents: Vec<u8> = match std::str::from_utf8(contents) {
             // Only the text files have placeholders; the binary inputs go as they are.
-            Ok(text) if !path.starts_with("selftest/") => text
+            Ok(text) if !path.starts_with("selftest/") && !path.ends_with(".onnx") => text
                 .replace("{{name}}", &args.name)
                 .replace("{{sdk_dependency}}", &sdk)
                 .replace("{{extra_dependencies}}", extra)
@@ -225,7 +251,12 @@ mod tests {
     #[test]
     fn every_template_fills_its_placeholders() {
         let tmp = tempfile::tempdir().unwrap();
-        for template in [Template::Minimal, Template::Image, Template::Tensor] {
+        for template in [
+            Template::Minimal,
+            Template::Image,
+            Template::Tensor,
+            Template::Model,
+        ] {
             let dir = tmp.path().join(format!("{template:?}"));
             create(&args("my-plugin", &dir, template)).unwrap();
             for file in ["Cargo.toml", "plugin.toml", "src/lib.rs", ".gitignore"] {

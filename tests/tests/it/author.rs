@@ -56,7 +56,7 @@ fn every_template_builds_passes_conformance_and_signs_outside_the_repository() {
         !work.starts_with(root()),
         "the plugins must be outside the repository"
     );
-    // The three plugins share one target directory, under the repository's target/ so that a
+    // The plugins share one target directory, under the repository's target/ so that a
     // later run reuses the compiled SDK and its dependencies.
     let target_dir = root().join("target/author-plugins");
     let cache = work.join("cache");
@@ -72,7 +72,7 @@ fn every_template_builds_passes_conformance_and_signs_outside_the_repository() {
     std::fs::copy(work.join("keys/signing.pub"), trust.join("signing.pub")).unwrap();
 
     let mut moved = Vec::new();
-    for template in ["minimal", "image", "tensor"] {
+    for template in ["minimal", "image", "tensor", "model"] {
         let name = format!("my-{template}");
         let dir = work.join(&name);
         let ok = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
@@ -92,7 +92,9 @@ fn every_template_builds_passes_conformance_and_signs_outside_the_repository() {
         std::fs::remove_file(&expect).unwrap();
         ok(&[&"selftest", &"record", &dir, &"--cache-dir", &cache]);
         let text = std::fs::read_to_string(&expect).unwrap();
-        if serde_json::from_str::<serde_json::Value>(&text).unwrap() != shipped {
+        // Within the self-tests' tolerance: kernels differ in the last bits between CPUs.
+        let recorded = serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        if edgeplug_runtime::selftest::compare(&recorded, &shipped, 1e-4, "$").is_err() {
             moved.push(format!("{template}: shipped {shipped}, recorded {text}"));
         }
         ok(&[
