@@ -189,9 +189,9 @@ unsafe fn multiply(a: *const u32, stride: usize, panel: *const u32, tiles: usize
     const _: () = assert!(COL_TILES == 3);
     let a_stride = stride * 4;
     let b_stride = NR * 4;
-    // SAFETY (whole function): every load reads 16 rows of 64 bytes inside
-    // the caller's `a` rows or panel (pairs kb·16.. of each, stride a
-    // multiple of 16); every store writes 16 rows of 64 bytes inside `acc`.
+    // SAFETY: every load reads 16 rows of 64 bytes inside the caller's `a`
+    // rows or panel (pairs kb·16.. of each, stride a multiple of 16); every
+    // store writes 16 rows of 64 bytes inside `acc`.
     unsafe {
         asm!(
             "tilezero tmm0",
