@@ -97,6 +97,7 @@ impl Bf16Rhs {
     }
 
     /// Pairs per panel row block and per converted activation row.
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn stride(&self) -> usize {
         self.stride
     }
