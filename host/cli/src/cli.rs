@@ -116,12 +116,17 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs to stderr, filtered by `EDGEPLUG_LOG` (default `warn`); what the binary does first.
+/// Colours only on a terminal (and without `NO_COLOR`): a log redirected to a file or a
+/// journal gets plain text, not escape codes.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEPLUG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }
 
