@@ -109,10 +109,28 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its causes, outermost first, joined by ": ", leaving out a cause whose text the
+/// message so far already ends with: many of our errors name their cause in their own message
+/// (so that a gateway's error body, which shows only the outermost, says why), and anyhow's
+/// `{:#}` would print that cause twice.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// Logs to stderr, filtered by `EDGEPLUG_LOG` (default `warn`); what the binary does first.
@@ -261,4 +279,35 @@ fn extract_weights(args: WeightsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&node)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error that names its cause in its own message, as the bundle crate's do.
+    #[derive(Debug)]
+    struct ReadError(std::io::Error);
+
+    impl std::fmt::Display for ReadError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read /k.key: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ReadError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_names_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(ReadError(io)).context("loading the signing key");
+        assert_eq!(
+            super::error_chain(&e),
+            "loading the signing key: cannot read /k.key: no such file"
+        );
+        let plain = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(super::error_chain(&plain), "outer: middle: inner");
+    }
 }
