@@ -11,7 +11,7 @@ PLUGINS := digits image-classifier forecaster
 WASM_TARGET := target/wasm-plugins
 WASM_DIR := $(WASM_TARGET)/wasm32-wasip2/plugin
 
-.PHONY: run test test-setup setup plugins host dist lint smoke deny test-aarch64 aarch64-setup
+.PHONY: run test test-setup setup plugins host dist lint smoke deny test-aarch64 aarch64-setup docs
 
 setup:
 	rustup target add wasm32-wasip2
@@ -104,6 +104,12 @@ test-aarch64: aarch64-setup plugins
 	test -f plugins/digits/weights.safetensors || ./target/debug/edgeplug weights \
 		plugins/digits/digits_cnn.onnx --out plugins/digits/weights.safetensors > /dev/null
 	python3 tests/aarch64/qemu_e2e.py target/$(AARCH64)/debug/edgeplug
+
+# The plugin SDK's reference for authors, warnings denied (the SDK denies missing docs, so an
+# undocumented public item or a broken intra-doc link fails it).
+docs:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p edgeplug-sdk
+	@echo "SDK reference: target/doc/edgeplug_sdk/index.html"
 
 # The CLI end to end on a freshly built plugin: a drawn "1" must come out as 1, and a
 # truncated image must give an error line and exit status 2.
