@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use super::Epilogue;
 use super::bf16::avx512::{convert, store_row};
 use super::bf16::{Bf16Rhs, PAIR_BLOCK};
-use super::pointwise::NR;
+use super::pointwise::{NR, vectors_and_tail_mask};
 
 /// Rows of activations (and output) one tile holds.
 pub(super) const ROWS: usize = 16;
@@ -143,9 +143,7 @@ pub(super) unsafe fn gemm(
         unsafe { convert(&a[i0 * lda..], lda, rows, k, stride, pairs) };
         for j0 in (0..n).step_by(NR) {
             let cols = (n - j0).min(NR);
-            let tiles = cols.div_ceil(16);
-            let rem = cols - (tiles - 1) * 16;
-            let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+            let (tiles, mask) = vectors_and_tail_mask(cols);
             let panel = b.panel(j0 / NR).as_ptr();
             // SAFETY: the 16 converted rows hold `stride` pairs each, the
             // panel `stride` rows of NR pairs; `acc` holds 16 rows of NR.

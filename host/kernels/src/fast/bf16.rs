@@ -428,9 +428,7 @@ pub(super) mod avx512 {
     ) {
         for j0 in (0..n).step_by(NR) {
             let cols = (n - j0).min(NR);
-            let nv = cols.div_ceil(16);
-            let rem = cols - (nv - 1) * 16;
-            let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+            let (nv, mask) = super::super::pointwise::vectors_and_tail_mask(cols);
             let panel = b.panel(j0 / NR).as_ptr();
             for i0 in (0..m).step_by(MR) {
                 let t = Tile {

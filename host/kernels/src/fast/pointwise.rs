@@ -16,6 +16,16 @@ pub const MR: usize = 8;
 /// Columns per register tile.
 pub(super) const NR: usize = 48;
 
+/// The 16-lane vectors `cols` columns (at most [`NR`]) take, and the mask
+/// of the last one's lanes that hold columns: how every AVX-512 and AMX
+/// panel kernel covers a panel's columns.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn vectors_and_tail_mask(cols: usize) -> (usize, u16) {
+    let vectors = cols.div_ceil(16);
+    let rem = cols - (vectors - 1) * 16;
+    (vectors, if rem == 16 { 0xffff } else { (1u16 << rem) - 1 })
+}
+
 /// A row-major `[m, k]` matrix packed into blocks of [`MR`] rows, each stored
 /// column by column (`[k][MR]`), the last block zero-padded.
 #[derive(Clone, Debug)]
@@ -538,9 +548,7 @@ mod avx512 {
         let mut j0 = 0;
         while j0 < n {
             let cols = (n - j0).min(NR);
-            let nv = cols.div_ceil(16);
-            let rem = cols - (nv - 1) * 16;
-            let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+            let (nv, mask) = super::vectors_and_tail_mask(cols);
             for blk in 0..m.div_ceil(MR) {
                 let rows = (m - blk * MR).min(MR);
                 let t = Tile {
@@ -641,9 +649,7 @@ mod avx512 {
         let mut j0 = 0;
         while j0 < n {
             let cols = (n - j0).min(NR);
-            let nv = cols.div_ceil(16);
-            let rem = cols - (nv - 1) * 16;
-            let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+            let (nv, mask) = super::vectors_and_tail_mask(cols);
             // A gather of two vectors with a constant step has the address
             // registers to spare for a taller tile (the stem: 12 rows are
             // ~9 % faster than 8).
