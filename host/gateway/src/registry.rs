@@ -82,7 +82,7 @@ pub enum AdminError {
     Conflict(String),
     #[error("self-test failed: {0}")]
     SelfTest(#[from] SelfTestError),
-    /// `[admin] verify = "conformance"` and the kit found faults (one line each).
+    /// `[admin] verify = "conformance"` and the kit found faults (each named, "; " between).
     #[error("the conformance kit refused the version: {0}")]
     Conformance(String),
 }
@@ -137,15 +137,14 @@ impl AdminError {
     }
 }
 
-/// Runs the conformance kit on a prepared version; its failures, one per line, refuse it.
-fn verify_with_kit(ready: &ActivePlugin, bundle: &VerifiedBundle) -> Result<(), AdminError> {
+/// Runs the conformance kit on a loaded version; its failures, joined by "; ", refuse it.
+fn verify_with_kit(plugin: &LoadedPlugin, files: &PluginFiles) -> Result<(), AdminError> {
     let options = conformance::Options {
         latency_runs: 3,
         determinism_runs: 2,
         ..conformance::Options::default()
     };
-    let report =
-        conformance::run_loaded(&ready.plugin, &PluginFiles::from_bundle(bundle), &options);
+    let report = conformance::run_loaded(plugin, files, &options);
     if report.passed() {
         return Ok(());
     }
@@ -352,11 +351,13 @@ impl Registry {
         Ok(TrustStore::load(&self.trust_dir)?)
     }
 
-    /// Compile (or cache hit), pre-instantiate, describe, self-test: a version ready to publish.
+    /// Compile (or cache hit), pre-instantiate, describe, self-test (and, for a pushed version
+    /// where `[admin] verify` asks, the conformance kit): a version ready to publish.
     fn prepare(
         &self,
         bundle: &VerifiedBundle,
         started: Instant,
+        verify: PushVerify,
     ) -> Result<ActivePlugin, AdminError> {
         let files = PluginFiles::from_bundle(bundle);
         self.cache_keys
@@ -368,6 +369,9 @@ impl Registry {
             );
         let plugin = self.runtime.load(&files)?;
         let self_tests = selftest::run(&plugin, &files)?;
+        if verify == PushVerify::Conformance {
+            verify_with_kit(&plugin, &files)?;
+        }
         let limits = plugin.shared().limits();
         let version = bundle.version().clone();
         Ok(ActivePlugin {
@@ -450,10 +454,7 @@ impl Registry {
             }
             .into());
         }
-        let ready = Arc::new(self.prepare(bundle, started)?);
-        if self.verify == PushVerify::Conformance {
-            verify_with_kit(&ready, bundle)?;
-        }
+        let ready = Arc::new(self.prepare(bundle, started, self.verify)?);
         let outcome = self.store.install(bundle, Some(&name))?;
         let old = self.publish(&slot, ready.clone());
         self.metrics
@@ -562,7 +563,8 @@ impl Registry {
             Some(ready) => ready,
             None => {
                 let bundle = self.store.load(name, &target, &trust)?;
-                Arc::new(self.prepare(&bundle, started)?)
+                // Checked as a push requires when it was pushed.
+                Arc::new(self.prepare(&bundle, started, PushVerify::SelfTest)?)
             }
         };
         let bundle = self.store.rollback(name, &trust)?;
@@ -625,7 +627,7 @@ impl Registry {
             let name = bundle.name().to_string();
             let slot = self.slot(&name);
             let _admin = slot.admin.lock().unwrap_or_else(|p| p.into_inner());
-            match self.prepare(&bundle, Instant::now()) {
+            match self.prepare(&bundle, Instant::now(), PushVerify::SelfTest) {
                 Ok(ready) => {
                     tracing::info!(plugin = %name, version = %ready.version, "loaded plugin from the store");
                     self.publish(&slot, Arc::new(ready));
