@@ -73,12 +73,12 @@ fn unsupported(node: &TypedNode, op: impl Into<String>) -> NativeError {
     }
 }
 
-pub(super) fn compile(onnx: &[u8]) -> Result<Compiled, NativeError> {
+pub(super) fn compile(proto: &tract_onnx::pb::ModelProto) -> Result<Compiled, NativeError> {
     // LSTM and GRU nodes stay whole (tract would expand them into a Scan).
     let mut framework = tract_onnx::onnx();
     super::recurrent::register(&mut framework.op_register);
     let model = framework
-        .model_for_read(&mut std::io::Cursor::new(onnx))
+        .model_for_proto_model(proto)
         .map_err(load_err)?
         .into_typed()
         .map_err(load_err)?;

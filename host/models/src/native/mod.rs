@@ -20,6 +20,7 @@ mod compile;
 mod exec;
 #[cfg(test)]
 mod graph_tests;
+mod int8;
 pub mod parallel;
 mod recurrent;
 #[cfg(test)]
@@ -29,6 +30,8 @@ mod step;
 mod tests;
 
 use std::sync::Mutex;
+
+use tract_onnx::prelude::Framework;
 
 use crate::model::TensorSpec;
 use edgeplug_kernels::Tensor;
@@ -77,6 +80,9 @@ pub enum Precision {
     /// pointwise, dense-conv and block GEMMs; depthwise, pooling and
     /// elementwise steps stay f32.
     Bf16,
+    /// The model's own: a quantized (QDQ) graph runs on the int8 kernels,
+    /// `u8` activations and `s8` weights, whatever precision was asked for.
+    Int8,
 }
 
 impl Precision {
@@ -85,6 +91,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 
@@ -93,7 +100,7 @@ impl Precision {
     pub fn bf16_engine(self, isa: Isa) -> Option<edgeplug_kernels::fast::bf16::Engine> {
         use edgeplug_kernels::fast::bf16::Engine;
         match (self, isa) {
-            (Precision::F32, _) => None,
+            (Precision::F32 | Precision::Int8, _) => None,
             (Precision::Bf16, Isa::Portable) => Some(Engine::Portable),
             (Precision::Bf16, _) => Some(Engine::best()),
         }
@@ -108,6 +115,7 @@ impl Precision {
                 isa == Isa::Portable
                     || (isa == Isa::Avx512 && edgeplug_kernels::fast::bf16::bf16_hardware())
             }
+            Precision::Int8 => return Err(INT8_IS_THE_MODELS.to_string()),
         };
         if ok {
             Ok(())
@@ -121,12 +129,16 @@ impl Precision {
     }
 }
 
+const INT8_IS_THE_MODELS: &str = "int8 is not asked for but comes with the model: \
+     a quantized (QDQ) ONNX model runs in int8 whatever the precision setting";
+
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Precision, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
+            "int8" => Err(INT8_IS_THE_MODELS.to_string()),
             other => Err(format!("{other:?} is no precision: use f32 or bf16")),
         }
     }
@@ -172,12 +184,36 @@ pub struct StepProfile {
 
 /// A compiled model, ready to run from any thread.
 pub struct NativeModel {
-    program: Program,
+    body: Body,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     isa: Isa,
     precision: Precision,
-    arenas: Mutex<Vec<Arena>>,
+}
+
+/// The compiled steps and a pool of arenas to run them in.
+enum Body {
+    Float {
+        program: Program,
+        arenas: Mutex<Vec<Arena>>,
+    },
+    Int8 {
+        program: int8::QProgram,
+        arenas: Mutex<Vec<int8::QArena>>,
+    },
+}
+
+/// Takes an arena from `pool`, or makes one.
+fn borrow_arena<A>(pool: &Mutex<Vec<A>>, make: impl FnOnce() -> A) -> A {
+    pool.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_else(make)
+}
+
+/// Gives `arena` back to `pool`.
+fn return_arena<A>(pool: &Mutex<Vec<A>>, arena: A) {
+    pool.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
 }
 
 impl std::fmt::Debug for NativeModel {
@@ -187,7 +223,7 @@ impl std::fmt::Debug for NativeModel {
             .field("outputs", &self.outputs)
             .field("isa", &self.isa)
             .field("precision", &self.precision)
-            .field("steps", &self.program.steps.len())
+            .field("steps", &self.step_count())
             .finish()
     }
 }
@@ -213,7 +249,23 @@ impl NativeModel {
     ) -> Result<NativeModel, NativeError> {
         let isa = isa.check_available().unwrap_or(Isa::Portable);
         precision.check(isa).map_err(NativeError::Precision)?;
-        let mut compiled = compile::compile(onnx)?;
+        let proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut std::io::Cursor::new(onnx))
+            .map_err(|e| NativeError::Load(format!("{e:#}")))?;
+        if int8::is_quantized(&proto) {
+            let compiled = int8::compile(&proto)?;
+            return Ok(NativeModel {
+                body: Body::Int8 {
+                    program: compiled.program,
+                    arenas: Mutex::new(Vec::new()),
+                },
+                inputs: compiled.inputs,
+                outputs: compiled.outputs,
+                isa,
+                precision: Precision::Int8,
+            });
+        }
+        let mut compiled = compile::compile(&proto)?;
         if precision == Precision::Bf16 {
             for w in compiled.program.gemm_weights_mut() {
                 w.enable_bf16();
@@ -221,16 +273,28 @@ impl NativeModel {
             compiled.program.enable_bf16_dense();
         }
         Ok(NativeModel {
-            program: compiled.program,
+            body: Body::Float {
+                program: compiled.program,
+                arenas: Mutex::new(Vec::new()),
+            },
             inputs: compiled.inputs,
             outputs: compiled.outputs,
             isa,
             precision,
-            arenas: Mutex::new(Vec::new()),
         })
     }
 
-    /// The precision the model's convolutions and GEMMs run in.
+    /// The float program, for tests that look at its steps.
+    #[cfg(test)]
+    fn float_program(&self) -> &Program {
+        match &self.body {
+            Body::Float { program, .. } => program,
+            Body::Int8 { .. } => panic!("an int8 model has no float program"),
+        }
+    }
+
+    /// The precision the model's convolutions and GEMMs run in: `int8`
+    /// for a quantized model.
     pub fn precision(&self) -> Precision {
         self.precision
     }
@@ -257,7 +321,10 @@ impl NativeModel {
 
     /// Number of compiled steps (after folding and fusion).
     pub fn step_count(&self) -> usize {
-        self.program.steps.len()
+        match &self.body {
+            Body::Float { program, .. } => program.steps.len(),
+            Body::Int8 { program, .. } => program.step_count(),
+        }
     }
 
     /// Runs the model `runs` times and returns, per compiled step, its
@@ -269,29 +336,37 @@ impl NativeModel {
         runs: usize,
     ) -> Result<Vec<StepProfile>, NativeError> {
         let data = self.check_inputs(inputs)?;
-        let mut arena = self.program.new_arena();
-        let n = self.program.steps.len();
+        let n = self.step_count();
         let mut samples = vec![Vec::with_capacity(runs); n];
         let _busy = parallel::busy();
         let helpers = parallel::borrow_idle();
-        self.program
-            .run(self.isa, helpers.threads(), &mut arena, &data);
-        for _ in 0..runs.max(1) {
-            let mut t = vec![0f64; n];
-            self.program
-                .run_timed(self.isa, helpers.threads(), &mut arena, &data, Some(&mut t));
-            for (s, v) in samples.iter_mut().zip(t) {
-                s.push(v);
+        let described: Vec<(String, u64)> = match &self.body {
+            Body::Float { program, .. } => {
+                let mut arena = program.new_arena();
+                program.run(self.isa, helpers.threads(), &mut arena, &data);
+                for _ in 0..runs.max(1) {
+                    let mut t = vec![0f64; n];
+                    program.run_timed(self.isa, helpers.threads(), &mut arena, &data, Some(&mut t));
+                    samples.iter_mut().zip(t).for_each(|(s, v)| s.push(v));
+                }
+                program.steps.iter().map(|s| s.describe()).collect()
             }
-        }
-        Ok(self
-            .program
-            .steps
-            .iter()
+            Body::Int8 { program, .. } => {
+                let mut arena = program.new_arena();
+                program.run_timed(self.isa, &mut arena, &data, None);
+                for _ in 0..runs.max(1) {
+                    let mut t = vec![0f64; n];
+                    program.run_timed(self.isa, &mut arena, &data, Some(&mut t));
+                    samples.iter_mut().zip(t).for_each(|(s, v)| s.push(v));
+                }
+                program.describe()
+            }
+        };
+        Ok(described
+            .into_iter()
             .zip(samples)
-            .map(|(step, mut s)| {
+            .map(|((what, flops), mut s)| {
                 s.sort_by(f64::total_cmp);
-                let (what, flops) = step.describe();
                 StepProfile {
                     step: what,
                     flops,
@@ -334,23 +409,23 @@ impl NativeModel {
     /// Runs the model; inputs are checked against [`NativeModel::inputs`].
     pub fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, NativeError> {
         let data = self.check_inputs(inputs)?;
-        let mut arena = self
-            .arenas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| self.program.new_arena());
         // This run's core counts as busy, and it borrows the idle ones.
         let _busy = parallel::busy();
-        let helpers = parallel::borrow_idle();
-        let outputs = self
-            .program
-            .run(self.isa, helpers.threads(), &mut arena, &data);
-        drop(helpers);
-        self.arenas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(arena);
-        Ok(outputs)
+        Ok(match &self.body {
+            Body::Float { program, arenas } => {
+                let mut arena = borrow_arena(arenas, || program.new_arena());
+                let helpers = parallel::borrow_idle();
+                let outputs = program.run(self.isa, helpers.threads(), &mut arena, &data);
+                drop(helpers);
+                return_arena(arenas, arena);
+                outputs
+            }
+            Body::Int8 { program, arenas } => {
+                let mut arena = borrow_arena(arenas, || program.new_arena());
+                let outputs = program.run_timed(self.isa, &mut arena, &data, None);
+                return_arena(arenas, arena);
+                outputs
+            }
+        })
     }
 }

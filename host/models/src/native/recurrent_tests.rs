@@ -626,12 +626,12 @@ fn sunspots_forecasts_match_onnxruntime() {
     for isa in Isa::all_available() {
         let native = NativeModel::load_with_isa(&bytes, isa).unwrap();
         let recurrent = native
-            .program
+            .float_program()
             .steps
             .iter()
             .filter(|s| matches!(s, super::exec::Step::Recurrent { .. }))
             .count();
-        assert_eq!(recurrent, 1, "{:#?}", native.program.steps);
+        assert_eq!(recurrent, 1, "{:#?}", native.float_program().steps);
         let mut max_diff = 0f32;
         let mut sq = 0f64;
         for (k, window) in windows.chunks_exact(24).enumerate() {

@@ -55,14 +55,14 @@ pub(crate) fn read_npy_f32(bytes: &[u8]) -> (Vec<usize>, Vec<f32>) {
 }
 
 /// Row `i` of an `[N, ...]` array as a batch-1 tensor.
-fn row(shape: &[usize], data: &[f32], i: usize) -> Tensor {
+pub(crate) fn row(shape: &[usize], data: &[f32], i: usize) -> Tensor {
     let per: usize = shape[1..].iter().product();
     let mut s = shape.to_vec();
     s[0] = 1;
     Tensor::from_f32(s, data[i * per..(i + 1) * per].to_vec()).unwrap()
 }
 
-fn argmax(v: &[f32]) -> usize {
+pub(crate) fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
@@ -111,14 +111,14 @@ fn digits_graph_is_fused() {
     let model = NativeModel::load(&fixture_or_abs("digits_cnn.onnx")).unwrap();
     // 9 convs (clips fused): the stem, then four depthwise convs each merged
     // with the pointwise projection after it; mean, dense (+bias fused), softmax.
-    assert_eq!(model.step_count(), 8, "{:#?}", model.program.steps);
+    assert_eq!(model.step_count(), 8, "{:#?}", model.float_program().steps);
     let merged = model
-        .program
+        .float_program()
         .steps
         .iter()
         .filter(|s| matches!(s, super::exec::Step::DwBlock { .. }))
         .count();
-    assert_eq!(merged, 4, "{:#?}", model.program.steps);
+    assert_eq!(merged, 4, "{:#?}", model.float_program().steps);
 }
 
 #[test]
@@ -245,15 +245,17 @@ fn runs_split_over_threads_are_bit_identical() {
         "digits_cnn.onnx",
     ] {
         let model = NativeModel::load(&fixture_or_abs(file)).unwrap();
-        let input = model.program.inputs[0];
-        let len = model.program.slot_len[input];
+        let input = model.float_program().inputs[0];
+        let len = model.float_program().slot_len[input];
         let x: Vec<f32> = (0..len)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
             .collect();
-        let mut arena = model.program.new_arena();
-        let one = model.program.run(model.isa, 1, &mut arena, &[&x]);
+        let mut arena = model.float_program().new_arena();
+        let one = model.float_program().run(model.isa, 1, &mut arena, &[&x]);
         for threads in [2, 3] {
-            let split = model.program.run(model.isa, threads, &mut arena, &[&x]);
+            let split = model
+                .float_program()
+                .run(model.isa, threads, &mut arena, &[&x]);
             for (a, b) in one.iter().zip(&split) {
                 assert_eq!(
                     a.as_f32().unwrap(),
