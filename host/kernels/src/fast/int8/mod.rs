@@ -23,7 +23,7 @@ pub mod reference;
 mod tests;
 
 pub use depthwise::{depthwise_u8, depthwise_u8_weights};
-pub use elementwise::{AddQuant, add_u8, global_avg_pool_u8};
+pub use elementwise::{AddQuant, add_u8, global_avg_pool_u8, quantize_u8};
 pub use gemm::{PackedI8, gemm_u8s8};
 pub use im2col::{dense_weights_hwc, im2col_u8};
 

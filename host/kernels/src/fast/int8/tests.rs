@@ -198,7 +198,13 @@ proptest! {
         let q = AddQuant { a_scale: sa, a_zero, b_scale: sb, b_zero, zero, lo: if relu { zero } else { 0 }, hi: 255 };
         let want = reference::add_u8(&a, &b, &q);
         let mut out = vec![0u8; n];
-        add_u8(&a, &b, &q, &mut out);
+        add_u8(Isa::Portable, &a, &b, &q, &mut out);
+        // Every path does the same f32 operations in the same order.
+        for isa in Isa::all_available() {
+            let mut lanes = vec![0u8; n];
+            add_u8(isa, &a, &b, &q, &mut lanes);
+            prop_assert_eq!(&lanes, &out, "{:?}", isa);
+        }
         for i in 0..n {
             let d = (i32::from(out[i]) - i32::from(want[i])).abs();
             prop_assert!(d <= 1, "{}: {} vs {}", i, out[i], want[i]);
@@ -207,6 +213,35 @@ proptest! {
             }
         }
         prop_assert!(out.iter().all(|&v| v >= q.lo));
+    }
+
+    /// ONNX's QuantizeLinear in `f64` (exact for these magnitudes except at
+    /// ties the `f32` division moves), and the same bytes on every path.
+    #[test]
+    fn quantize_matches_onnx_and_paths_agree(
+        n in 0usize..300, zero in any::<u8>(), scale in 0.001f32..1.0, seed in any::<u64>(),
+    ) {
+        let x: Vec<f32> = bytes(seed, n)
+            .iter()
+            .zip(bytes(seed ^ 7, n))
+            .map(|(&a, b)| (f32::from(a) - 128.0) * scale * 1.5 + f32::from(b) / 255.0 * scale)
+            .chain([f32::NAN, f32::INFINITY, -f32::INFINITY])
+            .collect();
+        let mut out = vec![0u8; x.len()];
+        quantize_u8(Isa::Portable, &x, scale, zero, &mut out);
+        for (i, (&v, &q)) in x.iter().zip(&out).enumerate() {
+            let want = if v.is_nan() {
+                0.0
+            } else {
+                ((v / scale).round_ties_even() + f32::from(zero)).clamp(0.0, 255.0)
+            };
+            prop_assert_eq!(f32::from(q), want, "{}: {} -> {}", i, v, q);
+        }
+        for isa in Isa::all_available() {
+            let mut lanes = vec![0u8; x.len()];
+            quantize_u8(isa, &x, scale, zero, &mut lanes);
+            prop_assert_eq!(&lanes, &out, "{:?}", isa);
+        }
     }
 
     #[test]

@@ -268,6 +268,8 @@ impl QProgram {
             .iter()
             .map(|s| match s {
                 QStep::Conv { geom, w, .. } => geom.oh * geom.ow * w.k(),
+                // A plane of the input while it is quantized.
+                QStep::Quantize { hw, .. } => *hw,
                 _ => 0,
             })
             .max()
@@ -352,14 +354,25 @@ impl QProgram {
                 x, n, c, hw, qp, ..
             } => {
                 let (x, out) = (&arena.floats[*x], out_buf.as_mut().expect("writes"));
-                let (lo, hi) = (-f32::from(qp.zero), 255.0 - f32::from(qp.zero));
-                for b in 0..*n {
-                    for ch in 0..*c {
-                        let plane = &x[(b * c + ch) * hw..][..*hw];
-                        for (p, &v) in plane.iter().enumerate() {
-                            // As ONNX defines it: divide, round half to even, saturate.
-                            let q = (v / qp.scale).round_ties_even().clamp(lo, hi);
-                            out[(b * hw + p) * c + ch] = (q as i32 + i32::from(qp.zero)) as u8;
+                if *c == 1 || *hw == 1 {
+                    int8::quantize_u8(isa, x, qp.scale, qp.zero, out);
+                } else {
+                    // Plane by plane (contiguous, vectorized), then
+                    // interleaved into channels-last.
+                    let plane = &mut arena.col[..*hw];
+                    for b in 0..*n {
+                        for ch in 0..*c {
+                            int8::quantize_u8(
+                                isa,
+                                &x[(b * c + ch) * hw..][..*hw],
+                                qp.scale,
+                                qp.zero,
+                                plane,
+                            );
+                            let image = &mut out[b * hw * c..][..hw * c];
+                            for (px, &q) in image.chunks_exact_mut(*c).zip(plane.iter()) {
+                                px[ch] = q;
+                            }
                         }
                     }
                 }
@@ -439,7 +452,7 @@ impl QProgram {
                 let out = out_buf.as_mut().expect("writes");
                 let (a, b) = (input(*a), input(*b));
                 let n = a.len().min(b.len());
-                int8::add_u8(&a[..n], &b[..n], q, &mut out[..n]);
+                int8::add_u8(isa, &a[..n], &b[..n], q, &mut out[..n]);
             }
             QStep::AvgPool {
                 x,
