@@ -3,7 +3,7 @@
 //! A depthwise tap is one multiply per channel with nothing to reduce along
 //! channels, so `vpdpbusd`'s four-way sum does not fit; instead 16 channels
 //! of a pixel are widened to `i32` lanes and multiplied by the tap's widened
-//! weights with `vpdpwssd` (see `avx512::pixels`), exact in `i32`; the zero
+//! weights with `vpdpbusd` (see `avx512::pixels`), exact in `i32`; the zero
 //! point comes off once per output, as `z · Σ w` over the taps in the image.
 //! Taps outside the image are skipped: a padded pixel holds the zero point,
 //! real value 0.
@@ -169,13 +169,27 @@ mod avx512 {
             bounds: super::super::simd::Bounds::new(rq),
         };
         let full = [0, g.kw];
+        let whole = |oy: usize, ox: usize, p: usize| {
+            ox + p <= g.ow && window(g, oy, ox).1 == full && window(g, oy, ox + p - 1).1 == full
+        };
+        // 3-wide windows, undilated: a row of pixels loads each input pixel
+        // once for the three taps that read it.
+        let k3 = g.kw == 3 && g.dilation[1] == 1;
         for oy in 0..g.oh {
             let mut ox = 0;
             while ox < g.ow {
-                // Four output pixels whose windows are whole horizontally share
-                // each tap's weights; any other pixel runs alone.
-                if ox + 4 <= g.ow && window(g, oy, ox).1 == full && window(g, oy, ox + 3).1 == full
-                {
+                if k3 && g.stride[1] == 1 && whole(oy, ox, 8) {
+                    // SAFETY: pixels `ox..ox + 8` exist and their taps are
+                    // inside the image horizontally; the caller's bounds hold.
+                    unsafe { row_k3::<8, 1>(&cx, oy, ox) };
+                    ox += 8;
+                } else if k3 && g.stride[1] == 2 && whole(oy, ox, 4) {
+                    // SAFETY: as above, for `ox..ox + 4`.
+                    unsafe { row_k3::<4, 2>(&cx, oy, ox) };
+                    ox += 4;
+                } else if whole(oy, ox, 4) {
+                    // Four output pixels whose windows are whole horizontally
+                    // share each tap's weights; any other pixel runs alone.
                     // SAFETY: pixels `ox..ox + 4` exist and their taps are
                     // inside the image horizontally; the caller's bounds hold.
                     unsafe { pixels::<4>(&cx, oy, ox) };
@@ -185,6 +199,85 @@ mod avx512 {
                     unsafe { pixels::<1>(&cx, oy, ox) };
                     ox += 1;
                 }
+            }
+        }
+    }
+
+    /// Output pixels `(oy, ox..ox + P)` of a 3-wide undilated window with
+    /// horizontal stride `S`, every channel: per kernel row, the
+    /// `(P - 1)·S + 3` input pixels the row's taps read are loaded and
+    /// widened once, not once per tap (`P + 2` instead of `3P` at stride 1).
+    ///
+    /// # Safety
+    ///
+    /// As for [`run`]; pixels `ox..ox + P` exist and their taps are inside
+    /// the image horizontally.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn row_k3<const P: usize, const S: usize>(cx: &Ctx<'_>, oy: usize, ox: usize) {
+        /// Input pixels of the widest row this is instantiated for.
+        const MAX_SPAN: usize = 10;
+        let span = (P - 1) * S + 3;
+        debug_assert!(span <= MAX_SPAN);
+        let g = cx.g;
+        let c = g.c;
+        let (ky, _, [by, bx]) = window(g, oy, ox);
+        for c0 in (0..c).step_by(LANES) {
+            let cols = LANES.min(c - c0);
+            let mask: __mmask16 = if cols == LANES {
+                !0
+            } else {
+                (1u16 << cols) - 1
+            };
+            let bias = match cx.rq.bias {
+                // SAFETY: `bias` has `c` values; the mask stops at `c`.
+                Some(b) => unsafe { _mm512_maskz_loadu_epi32(mask, b.as_ptr().add(c0)) },
+                None => _mm512_setzero_si512(),
+            };
+            let mut acc = [bias; P];
+            let mut wsum = _mm512_setzero_si512();
+            for ty in ky[0]..ky[1] {
+                let y = (by + (ty * g.dilation[0]) as isize) as usize;
+                let mut w = [_mm512_setzero_si512(); 3];
+                for (tx, wt) in w.iter_mut().enumerate() {
+                    // SAFETY: tap `ty·3 + tx` < taps; the mask stops at `c`.
+                    let v = unsafe {
+                        _mm_maskz_loadu_epi8(mask, cx.wp.add((ty * 3 + tx) * c + c0).cast())
+                    };
+                    *wt = _mm512_cvtepi8_epi32(v);
+                    wsum = _mm512_add_epi32(wsum, *wt);
+                }
+                let mut xs = [_mm512_setzero_si512(); MAX_SPAN];
+                for (j, xv) in xs.iter_mut().enumerate().take(span) {
+                    let x = (bx + j as isize) as usize;
+                    // SAFETY: `(y, x)` is a tap of one of the pixels, inside
+                    // the image (`window`, and the caller); the mask stops at `c`.
+                    let px = unsafe {
+                        _mm_maskz_loadu_epi8(mask, cx.inp.add((y * g.w + x) * c + c0).cast())
+                    };
+                    *xv = _mm512_cvtepu8_epi32(px);
+                }
+                for (p, a) in acc.iter_mut().enumerate() {
+                    for (tx, &wt) in w.iter().enumerate() {
+                        // See `pixels` for why this is exactly `x · w`.
+                        *a = _mm512_dpbusd_epi32(*a, xs[p * S + tx], wt);
+                    }
+                }
+            }
+            let zw = _mm512_mullo_epi32(wsum, cx.za);
+            let scale = if cx.rq.scale.len() == 1 {
+                _mm512_set1_ps(cx.rq.scale[0])
+            } else {
+                // SAFETY: `scale` has `c` values; the mask stops at `c`.
+                unsafe { _mm512_maskz_loadu_ps(mask, cx.rq.scale.as_ptr().add(c0)) }
+            };
+            for (p, &a) in acc.iter().enumerate() {
+                let q = cx.bounds.quantize(_mm512_sub_epi32(a, zw), scale);
+                // SAFETY: pixel `(oy, ox + p)` of `out` has `c` bytes; the
+                // mask stops at `c`.
+                unsafe {
+                    _mm_mask_storeu_epi8(cx.outp.add((oy * g.ow + ox + p) * c + c0).cast(), mask, q)
+                };
             }
         }
     }
@@ -202,7 +295,6 @@ mod avx512 {
         let c = g.c;
         let (ky, kx, [by, bx]) = window(g, oy, ox);
         let sx = g.stride[1] as isize;
-        let low16 = _mm512_set1_epi32(0xFFFF);
         for c0 in (0..c).step_by(LANES) {
             let cols = LANES.min(c - c0);
             let mask: __mmask16 = if cols == LANES {
@@ -226,13 +318,14 @@ mod avx512 {
                     let wv = unsafe {
                         _mm_maskz_loadu_epi8(mask, cx.wp.add((ty * g.kw + tx) * c + c0).cast())
                     };
-                    // Each i32 lane holds the weight in its low 16 bits and 0
-                    // above, so `vpdpwssd` (two i16 products per lane, summed
-                    // into the accumulator) adds exactly `x · w`: `x` is
-                    // zero-extended, and the high product is `0 · 0`.
+                    // `vpdpbusd` adds the four products of a lane's `u8`
+                    // bytes of `x` and `s8` bytes of `w`: `x` is zero-extended
+                    // (one byte, then three zeros), so whatever the weight's
+                    // sign extension put in its upper bytes is multiplied by
+                    // 0, and the lane gains exactly `x · w`. (Not `vpdpwssd`:
+                    // LLVM's generic tuning splits it into two instructions.)
                     let wv = _mm512_cvtepi8_epi32(wv);
                     wsum = _mm512_add_epi32(wsum, wv);
-                    let wv = _mm512_and_si512(wv, low16);
                     for (p, a) in acc.iter_mut().enumerate() {
                         let x = (bx + p as isize * sx + (tx * g.dilation[1]) as isize) as usize;
                         // SAFETY: `(y, x)` is inside the image (`window`, and
@@ -240,7 +333,7 @@ mod avx512 {
                         let px = unsafe {
                             _mm_maskz_loadu_epi8(mask, cx.inp.add((y * g.w + x) * c + c0).cast())
                         };
-                        *a = _mm512_dpwssd_epi32(*a, _mm512_cvtepu8_epi32(px), wv);
+                        *a = _mm512_dpbusd_epi32(*a, _mm512_cvtepu8_epi32(px), wv);
                     }
                 }
             }

@@ -61,7 +61,7 @@ pub fn add_u8(isa: Isa, a: &[u8], b: &[u8], q: &AddQuant, out: &mut [u8]) {
     assert!(q.lo <= q.hi, "add_u8: clamp lo > hi");
     if use_avx512(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `use_avx512` checked AVX-512F at run time; the lengths are equal.
+        // SAFETY: `use_avx512` checked AVX-512F/BW/VL at run time; the lengths are equal.
         unsafe {
             avx512::add(a, b, q, out)
         };
@@ -83,7 +83,7 @@ pub fn quantize_u8(isa: Isa, x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
     assert_eq!(x.len(), out.len(), "quantize_u8: lengths differ");
     if use_avx512(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `use_avx512` checked AVX-512F at run time; the lengths are equal.
+        // SAFETY: `use_avx512` checked AVX-512F/BW/VL at run time; the lengths are equal.
         unsafe {
             avx512::quantize(x, scale, zero, out)
         };
@@ -102,7 +102,10 @@ pub fn quantize_u8(isa: Isa, x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
 fn use_avx512(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f")
+        isa == Isa::Avx512
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -127,7 +130,7 @@ mod avx512 {
 
     /// Rounds half to even, adds the zero point and narrows to bytes.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     fn to_bytes(v: __m512, zero: __m512i) -> __m128i {
         let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
         _mm512_cvtepi32_epi8(_mm512_add_epi32(q, zero))
@@ -135,8 +138,8 @@ mod avx512 {
 
     /// # Safety
     ///
-    /// The CPU has AVX-512F; the slices have one length.
-    #[target_feature(enable = "avx512f")]
+    /// The CPU has AVX-512F/BW/VL; the slices have one length.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn add(a: &[u8], b: &[u8], q: &AddQuant, out: &mut [u8]) {
         let (za, zb) = (
             _mm512_set1_epi32(i32::from(q.a_zero)),
@@ -169,8 +172,8 @@ mod avx512 {
 
     /// # Safety
     ///
-    /// The CPU has AVX-512F; the slices have one length.
-    #[target_feature(enable = "avx512f")]
+    /// The CPU has AVX-512F/BW/VL; the slices have one length.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize(x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
         let s = _mm512_set1_ps(scale);
         let lo = _mm512_set1_ps(-f32::from(zero));

@@ -260,6 +260,35 @@ proptest! {
     }
 }
 
+/// The shapes MobileNet-style depthwise layers have (3×3, stride 1 and 2,
+/// padded, rows wider than one row-batch of the 3-tap kernel, channels not a
+/// multiple of 16), which the random cases above reach only now and then.
+#[test]
+fn depthwise_3x3_rows_match_reference() {
+    for (seed, (c, h, w, stride, pads)) in [
+        (24, 9, 29, 1, [1, 1, 1, 1]),
+        (40, 7, 17, 2, [1, 1, 1, 1]),
+        (16, 5, 8, 1, [0, 0, 0, 0]),
+        (7, 6, 23, 2, [0, 0, 1, 1]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let g = fitted(c, [h, w], [3, 3], [stride, stride], [1, 1], pads);
+        let x = bytes(seed as u64, h * w * c);
+        let wt = weights(seed as u64 ^ 1, c * 9);
+        let case = Case::new(seed as u64, c, 9, true, true, 1, 3, 2);
+        let rq = case.rq();
+        let want = reference::conv_u8(&g, c, c, &x, 17, &wt, &rq);
+        let tap_major = depthwise_u8_weights(&wt, c, 9);
+        for isa in Isa::all_available() {
+            let mut out = vec![0u8; g.oh * g.ow * c];
+            depthwise_u8(isa, &g, &x, 17, &tap_major, &rq, &mut out);
+            assert_eq!(out, want, "{isa:?} {g:?}");
+        }
+    }
+}
+
 #[test]
 fn quantize_rounds_half_to_even_then_offsets_and_clamps() {
     let rq = Requant {
