@@ -222,6 +222,21 @@ mod vnni {
         out: *mut u8,
         ldo: usize,
         rq: &'a Requant<'a>,
+        /// Whether no scaled sum can leave `i32`, so that whole 64-column
+        /// rows can be stored by saturating packs (see [`store_row`]).
+        packed_store: bool,
+    }
+
+    /// Whether `|acc · scale|` stays well inside `i32` for every sum this
+    /// call can make: `|Σ (a - z)·w| <= k·255·128`, plus the bias.
+    fn sums_fit(k: usize, rq: &Requant<'_>) -> bool {
+        let bias = rq
+            .bias
+            .map_or(0, |b| b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0));
+        let acc = k as f64 * 255.0 * 128.0 + f64::from(bias);
+        let scale = rq.scale.iter().fold(0f64, |m, s| m.max(f64::from(s.abs())));
+        // `scale` may be NaN (then `fold` skips it) or infinite: the check fails.
+        rq.scale.iter().all(|s| s.is_finite()) && acc * scale < f64::from(1u32 << 30)
     }
 
     /// # Safety
@@ -251,6 +266,7 @@ mod vnni {
             out: out.as_mut_ptr(),
             ldo,
             rq,
+            packed_store: sums_fit(w.k, rq),
         };
         for p0 in (0..panels).step_by(NV) {
             let nv = NV.min(panels - p0);
@@ -309,7 +325,27 @@ mod vnni {
         let k4 = cx.k.div_ceil(4);
         let full = cx.k / 4;
         let lines = cx.w.lines.as_ptr();
-        let mut acc = [[_mm512_setzero_si512(); V]; R];
+        let n = cx.w.n;
+        let rq = cx.rq;
+        let masks: [__mmask16; V] = std::array::from_fn(|v| {
+            let cols = LANES.min(n - (p0 + v) * LANES);
+            if cols == LANES { !0 } else { (1u16 << cols) - 1 }
+        });
+        // The sums start at `bias - a_zero·Σ w`: `Σ (a - z)·w = Σ a·w - z·Σ w`.
+        let corr: [__m512i; V] = std::array::from_fn(|v| {
+            let j0 = (p0 + v) * LANES;
+            // SAFETY: `col_sums` is padded to whole panels.
+            let sums = unsafe { _mm512_loadu_si512(cx.w.col_sums.as_ptr().add(j0).cast()) };
+            let corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(sums, cx.a_zero));
+            match rq.bias {
+                // SAFETY: `bias` has `n` values (checked); the mask stops at `n`.
+                Some(b) => _mm512_add_epi32(corr, unsafe {
+                    _mm512_maskz_loadu_epi32(masks[v], b.as_ptr().add(j0))
+                }),
+                None => corr,
+            }
+        });
+        let mut acc = [corr; R];
         let step = |acc: &mut [[__m512i; V]; R], q: usize, a4: [i32; R]| {
             let mut b = [_mm512_setzero_si512(); V];
             for (v, bv) in b.iter_mut().enumerate() {
@@ -344,37 +380,71 @@ mod vnni {
             }
             step(&mut acc, full, a4);
         }
-        let n = cx.w.n;
-        let rq = cx.rq;
-        let bounds = super::super::simd::Bounds::new(rq);
-        for v in 0..V {
-            let j0 = (p0 + v) * LANES;
-            let cols = LANES.min(n - j0);
-            let mask: __mmask16 = if cols == LANES {
-                !0
-            } else {
-                (1u16 << cols) - 1
-            };
-            // SAFETY: `col_sums` is padded to whole panels.
-            let sums = unsafe { _mm512_loadu_si512(cx.w.col_sums.as_ptr().add(j0).cast()) };
-            let mut corr =
-                _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(sums, cx.a_zero));
-            if let Some(b) = rq.bias {
-                // SAFETY: `bias` has `n` values (checked); the mask stops at `n`.
-                let bias = unsafe { _mm512_maskz_loadu_epi32(mask, b.as_ptr().add(j0)) };
-                corr = _mm512_add_epi32(corr, bias);
-            }
-            let scale = if rq.scale.len() == 1 {
+        let scales: [__m512; V] = std::array::from_fn(|v| {
+            if rq.scale.len() == 1 {
                 _mm512_set1_ps(rq.scale[0])
             } else {
                 // SAFETY: `scale` has `n` values (checked); the mask stops at `n`.
-                unsafe { _mm512_maskz_loadu_ps(mask, rq.scale.as_ptr().add(j0)) }
-            };
+                unsafe { _mm512_maskz_loadu_ps(masks[v], rq.scale.as_ptr().add((p0 + v) * LANES)) }
+            }
+        });
+        if V == 4 && cx.packed_store && (p0 + 4) * LANES <= n {
             for (r, row) in acc.iter().enumerate() {
-                let q = bounds.quantize(_mm512_add_epi32(row[v], corr), scale);
+                // SAFETY: row `i0 + r` of `out` has `n >= (p0 + 4)·16` bytes.
+                unsafe {
+                    store_row(
+                        cx,
+                        cx.out.add((i0 + r) * cx.ldo + p0 * LANES),
+                        row[..].try_into().expect("V == 4"),
+                        scales[..].try_into().expect("V == 4"),
+                    )
+                };
+            }
+            return;
+        }
+        let bounds = super::super::simd::Bounds::new(rq);
+        for v in 0..V {
+            let j0 = (p0 + v) * LANES;
+            for (r, row) in acc.iter().enumerate() {
+                let q = bounds.quantize(row[v], scales[v]);
                 // SAFETY: row `i0 + r` of `out` has `n >= j0 + cols` bytes.
-                unsafe { _mm_mask_storeu_epi8(cx.out.add((i0 + r) * cx.ldo + j0).cast(), mask, q) };
+                unsafe {
+                    _mm_mask_storeu_epi8(cx.out.add((i0 + r) * cx.ldo + j0).cast(), masks[v], q)
+                };
             }
         }
+    }
+
+    /// Sixty-four requantized sums of one row (four panels) in one store:
+    /// scaled and rounded in `f32` as [`super::super::simd::Bounds::quantize`]
+    /// does, then narrowed by saturating packs, which clamp to `[0, 255]`
+    /// on the way (the packs interleave 128-bit lanes; one permutation puts
+    /// the columns back in order). Exact only when no scaled sum leaves
+    /// `i32` ([`sums_fit`]): then clamping after rounding equals clamping
+    /// before, the order the other store uses.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX-512F/BW/VNNI; `dst` has 64 writable bytes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn store_row(cx: &Ctx<'_>, dst: *mut u8, row: [__m512i; 4], scales: [__m512; 4]) {
+        let q: [__m512i; 4] = std::array::from_fn(|v| {
+            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(row[v]), scales[v]);
+            _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f)
+        });
+        let zero = _mm512_set1_epi16(i16::from(cx.rq.zero));
+        // i32 -> i16 saturating, plus the zero point saturating: a value
+        // outside i16 stays outside [0, 255] and saturates the same way.
+        let lo = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), zero);
+        let hi = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), zero);
+        let bytes = _mm512_packus_epi16(lo, hi);
+        // Dword `4L + s` holds panel `s`, lane `L`: gather panel-major.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let bytes = _mm512_permutexvar_epi32(order, bytes);
+        let bytes = _mm512_max_epu8(bytes, _mm512_set1_epi8(cx.rq.lo as i8));
+        let bytes = _mm512_min_epu8(bytes, _mm512_set1_epi8(cx.rq.hi as i8));
+        // SAFETY: the caller's 64 bytes.
+        unsafe { _mm512_storeu_si512(dst.cast(), bytes) };
     }
 }
