@@ -33,18 +33,54 @@ pub fn im2col_u8(g: &DwGeometry, input: &[u8], a_zero: u8, out: &mut [u8], ldo: 
             let row = &mut out[(oy * g.ow + ox) * ldo..][..k];
             for ky in 0..g.kh {
                 let y = by + (ky * g.dilation[0]) as isize;
+                // An undilated row of taps inside the image is one run of
+                // `kw·c` bytes (9 for a 3×3 stem on RGB): one short copy.
+                if g.dilation[1] == 1
+                    && (0..g.h as isize).contains(&y)
+                    && bx >= 0
+                    && bx as usize + g.kw <= g.w
+                {
+                    let run = g.kw * c;
+                    let src = (y as usize * g.w + bx as usize) * c;
+                    copy_short(&mut row[ky * run..][..run], &input[src..src + run]);
+                    continue;
+                }
                 for kx in 0..g.kw {
                     let x = bx + (kx * g.dilation[1]) as isize;
                     let dst = &mut row[(ky * g.kw + kx) * c..][..c];
                     if (0..g.h as isize).contains(&y) && (0..g.w as isize).contains(&x) {
                         let src = (y as usize * g.w + x as usize) * c;
-                        dst.copy_from_slice(&input[src..src + c]);
+                        copy_short(dst, &input[src..src + c]);
                     } else {
                         dst.fill(a_zero);
                     }
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` without a `memcpy` call for the few bytes a
+/// patch row's pieces have: two overlapping fixed-size moves.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = dst.len();
+    debug_assert_eq!(n, src.len());
+    match n {
+        8..=16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        0..=3 => {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s;
+            }
+        }
+        _ => dst.copy_from_slice(src),
     }
 }
 
