@@ -223,6 +223,16 @@ pub struct PluginListing {
     pub versions: Vec<KeptListing>,
 }
 
+/// A granted model as loaded: `backend` `native` or `tract`; `isa` the native kernels' path
+/// (`-` on tract); `precision` `f32`, `bf16` or `int8` (a quantized model's own).
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelListing {
+    pub name: String,
+    pub backend: &'static str,
+    pub isa: &'static str,
+    pub precision: &'static str,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ActiveListing {
     pub version: String,
@@ -238,6 +248,8 @@ pub struct ActiveListing {
     pub self_tests: usize,
     pub inputs: Vec<edgeplug_models::model::TensorSpec>,
     pub outputs: Vec<edgeplug_models::model::TensorSpec>,
+    /// The models the version was granted, and what runs each.
+    pub models: Vec<ModelListing>,
     pub concurrency: usize,
     pub deadline_ms: u64,
     pub max_request_bytes: usize,
@@ -739,6 +751,17 @@ impl Registry {
                     self_tests: a.self_tests,
                     inputs: info.inputs.clone(),
                     outputs: info.outputs.clone(),
+                    models: a
+                        .plugin
+                        .shared()
+                        .models()
+                        .map(|(name, m)| ModelListing {
+                            name: name.to_string(),
+                            backend: m.backend(),
+                            isa: m.isa().map_or("-", |i| i.name()),
+                            precision: m.precision().name(),
+                        })
+                        .collect(),
                     concurrency: limits.concurrency,
                     deadline_ms: limits.deadline_ms,
                     max_request_bytes: limits.request_bytes,

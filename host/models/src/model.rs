@@ -50,6 +50,8 @@ pub struct Model {
     engine: Engine,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// Whether the graph is quantized (QDQ or QOperator): its precision is int8 on either engine.
+    quantized: bool,
 }
 
 /// Which engine runs a model: edgeplug's own kernels when the graph is covered, tract otherwise.
@@ -86,6 +88,7 @@ impl Model {
         let proto = onnx_framework
             .proto_model_for_read(&mut std::io::Cursor::new(onnx))
             .map_err(load_err)?;
+        let quantized = crate::native::is_quantized(&proto);
         check_known_tract_bugs(&proto).map_err(|reason| ModelError::Load {
             name: name.to_string(),
             reason,
@@ -127,6 +130,7 @@ impl Model {
                         engine: Engine::Native(Box::new(model)),
                         inputs,
                         outputs,
+                        quantized,
                     });
                 }
                 Err(crate::native::NativeError::Unsupported { op, node }) => {
@@ -150,6 +154,7 @@ impl Model {
             engine: Engine::Tract(plan),
             inputs,
             outputs,
+            quantized,
         })
     }
 
@@ -182,11 +187,12 @@ impl Model {
         }
     }
 
-    /// The precision the model's convolutions and GEMMs run in (`f32` on
-    /// tract).
+    /// The precision the model's convolutions and GEMMs run in (on tract:
+    /// `int8` for a quantized graph, else `f32`).
     pub fn precision(&self) -> crate::native::Precision {
         match &self.engine {
             Engine::Native(m) => m.precision(),
+            Engine::Tract(_) if self.quantized => crate::native::Precision::Int8,
             Engine::Tract(_) => crate::native::Precision::F32,
         }
     }

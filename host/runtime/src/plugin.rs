@@ -191,6 +191,13 @@ impl PluginShared {
         self.limits
     }
 
+    /// The granted models by grant name, as loaded (backend, kernels, precision).
+    pub fn models(&self) -> impl Iterator<Item = (&str, &Model)> {
+        self.models
+            .iter()
+            .map(|(name, m)| (name.as_str(), m.as_ref()))
+    }
+
     /// The class names the manifest declares for an output, the label of class `i` at `i`.
     pub fn labels(&self, output: &str) -> Option<&[String]> {
         self.labels.get(output).map(Vec::as_slice)

@@ -224,8 +224,8 @@ fn adversarial_images_never_trap() {
     );
 }
 
-/// Granted the int8 QDQ model, the plugin runs it (through the host's `model` interface)
-/// instead of its float layers, and keeps the reference accuracy: 534/540, the same argmax as
+/// Granted the int8 QDQ model, the plugin runs it (through the host's `model` interface, on
+/// the native int8 kernels) instead of its float layers, and keeps the reference accuracy: 534/540, the same argmax as
 /// onnxruntime's int8 run on every sample, probabilities within 1e-3 of it.
 #[test]
 fn granted_the_int8_model_the_plugin_runs_it_at_reference_accuracy() {
@@ -248,6 +248,14 @@ fn granted_the_int8_model_the_plugin_runs_it_at_reference_accuracy() {
     let files = PluginFiles::from_dir(dir.path(), Some(std::path::Path::new(DIGITS_WASM))).unwrap();
     let runtime = runtime();
     let plugin = runtime.load(&files).unwrap();
+    // The quantized graph runs on the native backend's int8 kernels, and says so (what the
+    // gateway's plugin listing reports).
+    let models: Vec<(String, &str, &str)> = plugin
+        .shared()
+        .models()
+        .map(|(name, m)| (name.to_string(), m.backend(), m.precision().name()))
+        .collect();
+    assert_eq!(models, [("digits-int8".to_string(), "native", "int8")]);
 
     let NpyData::F32(inputs) = npy("digits/digits_test.npy").data else {
         panic!("float32")

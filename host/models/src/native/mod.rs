@@ -21,6 +21,7 @@ mod exec;
 #[cfg(test)]
 mod graph_tests;
 mod int8;
+pub(crate) use int8::is_quantized;
 pub mod parallel;
 mod recurrent;
 #[cfg(test)]

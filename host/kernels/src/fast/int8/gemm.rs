@@ -329,14 +329,19 @@ mod vnni {
         let rq = cx.rq;
         let masks: [__mmask16; V] = std::array::from_fn(|v| {
             let cols = LANES.min(n - (p0 + v) * LANES);
-            if cols == LANES { !0 } else { (1u16 << cols) - 1 }
+            if cols == LANES {
+                !0
+            } else {
+                (1u16 << cols) - 1
+            }
         });
         // The sums start at `bias - a_zero·Σ w`: `Σ (a - z)·w = Σ a·w - z·Σ w`.
         let corr: [__m512i; V] = std::array::from_fn(|v| {
             let j0 = (p0 + v) * LANES;
             // SAFETY: `col_sums` is padded to whole panels.
             let sums = unsafe { _mm512_loadu_si512(cx.w.col_sums.as_ptr().add(j0).cast()) };
-            let corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(sums, cx.a_zero));
+            let corr =
+                _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(sums, cx.a_zero));
             match rq.bias {
                 // SAFETY: `bias` has `n` values (checked); the mask stops at `n`.
                 Some(b) => _mm512_add_epi32(corr, unsafe {
