@@ -54,6 +54,9 @@ enum Command {
     Token(crate::cli_token::TokenArgs),
     /// Times one ONNX model on one backend (native or tract) and prints the median latency.
     Bench(crate::cli_bench::BenchArgs),
+    /// Quantizes a float ONNX model to int8 (static QDQ, per-channel weights) with calibration
+    /// inputs, writes it, and prints what it lost on the inputs held out from calibration.
+    Quantize(crate::cli_quantize::QuantizeArgs),
     /// Checks a plugin before it is deployed: manifest and signature, describe(), self-tests,
     /// robustness against malformed input, determinism, limits and latency. Exit status 0
     /// when every check passed.
@@ -168,6 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Weights(args) => extract_weights(args),
         Command::Bundle(cmd) => crate::cli_bundle::run(cmd),
         Command::Bench(args) => crate::cli_bench::run(args),
+        Command::Quantize(args) => crate::cli_quantize::run(args),
         Command::Serve(args) => crate::cli_serve::run_serve(args),
         Command::Push(args) => crate::cli_serve::run_push(args),
         Command::Rollback(args) => crate::cli_serve::run_rollback(args),

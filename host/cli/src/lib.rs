@@ -23,6 +23,7 @@ pub mod cli_conformance;
 pub mod cli_fleet;
 pub mod cli_new;
 pub mod cli_publish;
+pub mod cli_quantize;
 pub mod cli_rollout;
 pub mod cli_selftest;
 pub mod cli_serve;

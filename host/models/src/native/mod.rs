@@ -28,7 +28,7 @@ mod recurrent;
 mod recurrent_tests;
 mod step;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Mutex;
 
