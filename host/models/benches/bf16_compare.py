@@ -49,16 +49,21 @@ def openvino_model(core, model, hint):
     return compiled, getattr(precision, "get_type_name", lambda: str(precision))()
 
 
-def time_openvino(compiled, x, runs):
-    request = compiled.create_infer_request()
-    for _ in range(20):
-        request.infer([x])
+def median_ms(call, runs, warmup=20):
+    """Median wall time of `call()` in milliseconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        request.infer([x])
+        call()
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def time_openvino(compiled, x, runs):
+    request = compiled.create_infer_request()
+    return median_ms(lambda: request.infer([x]), runs)
 
 
 def main():

@@ -20,13 +20,12 @@ import pathlib
 import shlex
 import statistics
 import subprocess
-import time
 
 import numpy as np
 import onnxruntime as ort
 import openvino as ov
 
-from bf16_compare import time_openvino
+from bf16_compare import median_ms, time_openvino
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 # (name, model file, input, onnxruntime int8 reference output)
@@ -60,14 +59,7 @@ def onnxruntime_session(model):
 
 def time_onnxruntime(session, x, runs):
     name = session.get_inputs()[0].name
-    for _ in range(20):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, {name: x})
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return median_ms(lambda: session.run(None, {name: x}), runs)
 
 
 def main():

@@ -70,6 +70,18 @@ pub(crate) fn argmax(v: &[f32]) -> usize {
         .unwrap()
 }
 
+/// The largest |difference| between an output row and its reference, and
+/// whether their argmaxes agree.
+pub(crate) fn row_diff(y: &[f32], want: &[f32]) -> (f32, bool) {
+    assert_eq!(y.len(), want.len());
+    let mut max_diff = 0f32;
+    for (a, b) in y.iter().zip(want) {
+        assert!(a.is_finite(), "non-finite output");
+        max_diff = max_diff.max((a - b).abs());
+    }
+    (max_diff, argmax(y) == argmax(want))
+}
+
 /// Runs `rows` rows of the fixture input and returns the max abs difference
 /// to the reference and how many argmaxes agree.
 fn check(model: &NativeModel, input: &str, reference: &str, rows: usize) -> (f32, usize) {
@@ -82,13 +94,9 @@ fn check(model: &NativeModel, input: &str, reference: &str, rows: usize) -> (f32
         let y = model.run(&[&row(&xs, &x, i)]).unwrap();
         assert_eq!(y.len(), 1);
         let y = y[0].as_f32().unwrap();
-        let want = &r[i * per_out..(i + 1) * per_out];
-        assert_eq!(y.len(), want.len());
-        for (a, b) in y.iter().zip(want) {
-            assert!(a.is_finite(), "non-finite output");
-            max_diff = max_diff.max((a - b).abs());
-        }
-        agree += usize::from(argmax(y) == argmax(want));
+        let (diff, same) = row_diff(y, &r[i * per_out..(i + 1) * per_out]);
+        max_diff = max_diff.max(diff);
+        agree += usize::from(same);
     }
     (max_diff, agree)
 }

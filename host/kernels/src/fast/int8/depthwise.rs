@@ -203,6 +203,64 @@ mod avx512 {
         }
     }
 
+    /// Channels `c0..c0 + 16` that exist.
+    #[inline(always)]
+    fn channel_mask(c: usize, c0: usize) -> __mmask16 {
+        let cols = LANES.min(c - c0);
+        if cols == LANES {
+            !0
+        } else {
+            (1u16 << cols) - 1
+        }
+    }
+
+    /// The bias of channels `c0..`, where the sums start.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn bias(cx: &Ctx<'_>, mask: __mmask16, c0: usize) -> __m512i {
+        match cx.rq.bias {
+            // SAFETY: `bias` has `c` values; the mask stops at `c`.
+            Some(b) => unsafe { _mm512_maskz_loadu_epi32(mask, b.as_ptr().add(c0)) },
+            None => _mm512_setzero_si512(),
+        }
+    }
+
+    /// Takes the zero point's share (`a_zero · Σ w` over the taps used) off
+    /// each pixel's sums, requantizes them and stores channels `c0..` of
+    /// pixels `(oy, ox..ox + P)`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`run`]; the pixels exist.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn store<const P: usize>(
+        cx: &Ctx<'_>,
+        acc: &[__m512i; P],
+        wsum: __m512i,
+        mask: __mmask16,
+        c0: usize,
+        oy: usize,
+        ox: usize,
+    ) {
+        let (g, c) = (cx.g, cx.g.c);
+        let zw = _mm512_mullo_epi32(wsum, cx.za);
+        let scale = if cx.rq.scale.len() == 1 {
+            _mm512_set1_ps(cx.rq.scale[0])
+        } else {
+            // SAFETY: `scale` has `c` values; the mask stops at `c`.
+            unsafe { _mm512_maskz_loadu_ps(mask, cx.rq.scale.as_ptr().add(c0)) }
+        };
+        for (p, &a) in acc.iter().enumerate() {
+            let q = cx.bounds.quantize(_mm512_sub_epi32(a, zw), scale);
+            // SAFETY: pixel `(oy, ox + p)` of `out` has `c` bytes; the mask
+            // stops at `c`.
+            unsafe {
+                _mm_mask_storeu_epi8(cx.outp.add((oy * g.ow + ox + p) * c + c0).cast(), mask, q)
+            };
+        }
+    }
+
     /// Output pixels `(oy, ox..ox + P)` of a 3-wide undilated window with
     /// horizontal stride `S`, every channel: per kernel row, the
     /// `(P - 1)·S + 3` input pixels the row's taps read are loaded and
@@ -223,18 +281,8 @@ mod avx512 {
         let c = g.c;
         let (ky, _, [by, bx]) = window(g, oy, ox);
         for c0 in (0..c).step_by(LANES) {
-            let cols = LANES.min(c - c0);
-            let mask: __mmask16 = if cols == LANES {
-                !0
-            } else {
-                (1u16 << cols) - 1
-            };
-            let bias = match cx.rq.bias {
-                // SAFETY: `bias` has `c` values; the mask stops at `c`.
-                Some(b) => unsafe { _mm512_maskz_loadu_epi32(mask, b.as_ptr().add(c0)) },
-                None => _mm512_setzero_si512(),
-            };
-            let mut acc = [bias; P];
+            let mask = channel_mask(c, c0);
+            let mut acc = [bias(cx, mask, c0); P];
             let mut wsum = _mm512_setzero_si512();
             for ty in ky[0]..ky[1] {
                 let y = (by + (ty * g.dilation[0]) as isize) as usize;
@@ -264,21 +312,8 @@ mod avx512 {
                     }
                 }
             }
-            let zw = _mm512_mullo_epi32(wsum, cx.za);
-            let scale = if cx.rq.scale.len() == 1 {
-                _mm512_set1_ps(cx.rq.scale[0])
-            } else {
-                // SAFETY: `scale` has `c` values; the mask stops at `c`.
-                unsafe { _mm512_maskz_loadu_ps(mask, cx.rq.scale.as_ptr().add(c0)) }
-            };
-            for (p, &a) in acc.iter().enumerate() {
-                let q = cx.bounds.quantize(_mm512_sub_epi32(a, zw), scale);
-                // SAFETY: pixel `(oy, ox + p)` of `out` has `c` bytes; the
-                // mask stops at `c`.
-                unsafe {
-                    _mm_mask_storeu_epi8(cx.outp.add((oy * g.ow + ox + p) * c + c0).cast(), mask, q)
-                };
-            }
+            // SAFETY: pixels `(oy, ox..ox + P)` exist (the caller).
+            unsafe { store(cx, &acc, wsum, mask, c0, oy, ox) };
         }
     }
 
@@ -296,18 +331,8 @@ mod avx512 {
         let (ky, kx, [by, bx]) = window(g, oy, ox);
         let sx = g.stride[1] as isize;
         for c0 in (0..c).step_by(LANES) {
-            let cols = LANES.min(c - c0);
-            let mask: __mmask16 = if cols == LANES {
-                !0
-            } else {
-                (1u16 << cols) - 1
-            };
-            let bias = match cx.rq.bias {
-                // SAFETY: `bias` has `c` values; the mask stops at `c`.
-                Some(b) => unsafe { _mm512_maskz_loadu_epi32(mask, b.as_ptr().add(c0)) },
-                None => _mm512_setzero_si512(),
-            };
-            let mut acc = [bias; P];
+            let mask = channel_mask(c, c0);
+            let mut acc = [bias(cx, mask, c0); P];
             // `Σ (x - z)·w = Σ x·w - z·Σ w`: the taps' weight sum, once for
             // all `P` pixels, instead of a subtraction per pixel and tap.
             let mut wsum = _mm512_setzero_si512();
@@ -337,21 +362,8 @@ mod avx512 {
                     }
                 }
             }
-            let zw = _mm512_mullo_epi32(wsum, cx.za);
-            let scale = if cx.rq.scale.len() == 1 {
-                _mm512_set1_ps(cx.rq.scale[0])
-            } else {
-                // SAFETY: `scale` has `c` values; the mask stops at `c`.
-                unsafe { _mm512_maskz_loadu_ps(mask, cx.rq.scale.as_ptr().add(c0)) }
-            };
-            for (p, &a) in acc.iter().enumerate() {
-                let q = cx.bounds.quantize(_mm512_sub_epi32(a, zw), scale);
-                // SAFETY: pixel `(oy, ox + p)` of `out` has `c` bytes; the
-                // mask stops at `c`.
-                unsafe {
-                    _mm_mask_storeu_epi8(cx.outp.add((oy * g.ow + ox + p) * c + c0).cast(), mask, q)
-                };
-            }
+            // SAFETY: pixels `(oy, ox..ox + P)` exist (the caller).
+            unsafe { store(cx, &acc, wsum, mask, c0, oy, ox) };
         }
     }
 }
