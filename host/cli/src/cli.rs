@@ -213,6 +213,13 @@ pub fn local_runtime(
 }
 
 fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Said before anything else: a mistyped path is not a trust-store problem.
+    if !args.plugin.exists() {
+        anyhow::bail!(
+            "{} is neither a plugin directory nor a bundle file: it does not exist",
+            args.plugin.display()
+        );
+    }
     let runtime = local_runtime(args.cache_dir, args.model_dir)?;
     let files = if args.plugin.is_dir() {
         PluginFiles::from_dir(&args.plugin, args.component.as_deref())?
@@ -287,6 +294,14 @@ fn extract_weights(args: WeightsArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn running_a_plugin_that_does_not_exist_says_so() {
+        let err = super::run_args(["edgeplug", "run", "/nonexistent/plugin", "x.png"]).unwrap_err();
+        let text = super::error_chain(&err);
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(!text.contains("trust"), "{text}");
+    }
+
     /// An error that names its cause in its own message, as the bundle crate's do.
     #[derive(Debug)]
     struct ReadError(std::io::Error);
