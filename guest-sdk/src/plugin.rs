@@ -187,6 +187,31 @@ impl Request {
         let index = self.tensors.iter().position(|(n, _)| n == name)?;
         Some(self.tensors.remove(index).1)
     }
+
+    /// A float32 input as a tensor protocol sends it (the tensor `name`, taken out of the
+    /// request) or as an HTTP client does (a float32 `.npy` body): what a plugin that takes
+    /// one tensor reads first. A body that is not float32 `.npy` is `unsupported` or
+    /// `invalid-argument`, saying which.
+    pub fn f32_input(&mut self, name: &str) -> Result<Tensor, Error> {
+        if let Some(tensor) = self.take_tensor(name) {
+            return Ok(tensor);
+        }
+        if self.body.is_empty() {
+            return Err(Error::invalid_argument(format!(
+                "send the tensor {name:?} or a float32 .npy body"
+            )));
+        }
+        match crate::npy::parse(&self.body)? {
+            crate::npy::Npy {
+                shape,
+                data: crate::npy::NpyData::F32(values),
+            } => Tensor::from_slice(&shape, &values),
+            other => Err(Error::unsupported(format!(
+                "the .npy body is {}, not float32",
+                other.data.dtype()
+            ))),
+        }
+    }
 }
 
 /// A plugin's answer.

@@ -33,7 +33,8 @@ pub struct BenchArgs {
     #[arg(required_unless_present = "peak")]
     pub model: Option<PathBuf>,
     /// Instead of a model, measure this core's FP32 peak (independent
-    /// fused multiply-adds of the widest vectors) in GFLOP/s.
+    /// fused multiply-adds of the widest vectors) in GFLOP/s, and its int8
+    /// peak (independent VNNI dot products) in GOP/s.
     #[arg(long, conflicts_with_all = ["profile", "input"])]
     pub peak: bool,
     /// Engine to time.
@@ -141,14 +142,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .map(|_| edgeplug_kernels::fast::fma_peak_gflops(isa, 0.5))
                 .collect();
             runs.sort_by(f64::total_cmp);
+            // The int8 kernels' peak the same way: independent `vpdpbusd`s (each 64
+            // multiply-adds, 128 operations), else the portable loop's rate.
+            let mut int8: Vec<f64> = (0..5)
+                .map(|_| edgeplug_kernels::fast::int8::vnni_peak_gops(0.5))
+                .collect();
+            int8.sort_by(f64::total_cmp);
+            let int8_path = if edgeplug_kernels::fast::int8::vnni_available() {
+                "avx512-vnni vpdpbusd"
+            } else {
+                "portable"
+            };
             let isa = isa.name();
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "peak_gflops": runs[2], "isa": isa })
+                    serde_json::json!({
+                        "peak_gflops": runs[2],
+                        "isa": isa,
+                        "int8_peak_gops": int8[2],
+                        "int8_path": int8_path,
+                    })
                 );
             } else {
                 println!("FP32 peak of one core ({isa} FMAs): {:.1} GFLOP/s", runs[2]);
+                println!("int8 peak of one core ({int8_path}): {:.1} GOP/s", int8[2]);
             }
             return Ok(ExitCode::SUCCESS);
         }

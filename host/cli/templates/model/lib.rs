@@ -7,8 +7,7 @@
 //! one input of it in selftest/input.npy, then `edgeplug build .`, `edgeplug selftest record .`
 //! and review selftest/input.expect.json.
 
-use edgeplug_sdk::npy::{self, NpyData};
-use edgeplug_sdk::{Error, Model, Plugin, PluginInfo, Request, Response, Tensor, TensorInfo, export};
+use edgeplug_sdk::{Error, Model, Plugin, PluginInfo, Request, Response, TensorInfo, export};
 
 /// The model's input shape (the digit CNN's: one 16x16 grayscale image, NCHW).
 const INPUT_SHAPE: [i64; 4] = [1, 1, 16, 16];
@@ -24,13 +23,7 @@ impl Plugin for Handler {
     }
 
     fn infer(mut request: Request) -> Result<Response, Error> {
-        let x = match request.take_tensor("input") {
-            Some(x) => x,
-            None => match npy::parse(&request.body)? {
-                npy::Npy { shape, data: NpyData::F32(v) } => Tensor::from_slice(&shape, &v)?,
-                other => return Err(Error::unsupported(format!("{} is not float32", other.data.dtype()))),
-            },
-        };
+        let x = request.f32_input("input")?;
         let want: Vec<usize> = INPUT_SHAPE.iter().map(|&d| d as usize).collect();
         if x.shape() != want {
             return Err(Error::shape_mismatch(format!("expected {want:?}, got {:?}", x.shape())));

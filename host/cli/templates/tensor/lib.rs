@@ -1,8 +1,7 @@
 //! {{name}}: softmax over a [1, N] float32 tensor, sent as the Open Inference Protocol v2 input
 //! `input` or as a `.npy` body.
 
-use edgeplug_sdk::npy::{self, NpyData};
-use edgeplug_sdk::{Error, Plugin, PluginInfo, Request, Response, Tensor, TensorInfo, export};
+use edgeplug_sdk::{Error, Plugin, PluginInfo, Request, Response, TensorInfo, export};
 
 struct Handler;
 
@@ -15,13 +14,7 @@ impl Plugin for Handler {
     }
 
     fn infer(mut request: Request) -> Result<Response, Error> {
-        let x = match request.take_tensor("input") {
-            Some(x) => x,
-            None => match npy::parse(&request.body)? {
-                npy::Npy { shape, data: NpyData::F32(v) } => Tensor::from_slice(&shape, &v)?,
-                other => return Err(Error::unsupported(format!("{} is not float32", other.data.dtype()))),
-            },
-        };
+        let x = request.f32_input("input")?;
         if x.shape().len() != 2 || x.shape()[0] != 1 {
             return Err(Error::shape_mismatch(format!("expected [1, N], got {:?}", x.shape())));
         }
