@@ -225,6 +225,11 @@ mod vnni {
         /// Whether no scaled sum can leave `i32`, so that whole 64-column
         /// rows can be stored by saturating packs (see [`store_row`]).
         packed_store: bool,
+        /// Reduction quads read as whole `i32`s: every quad when each row has
+        /// the bytes up to `4·ceil(k / 4)` (the packed weights are zero past
+        /// `k`, so whatever those bytes hold adds nothing), else the quads
+        /// inside `k`, the last partial one then read byte by byte.
+        whole_quads: usize,
     }
 
     /// Whether `|acc · scale|` stays well inside `i32` for every sum this
@@ -267,6 +272,13 @@ mod vnni {
             ldo,
             rq,
             packed_store: sums_fit(w.k, rq),
+            whole_quads: if lda >= 4 * w.k.div_ceil(4)
+                && a.len() >= (m - 1) * lda + 4 * w.k.div_ceil(4)
+            {
+                w.k.div_ceil(4)
+            } else {
+                w.k / 4
+            },
         };
         for p0 in (0..panels).step_by(NV) {
             let nv = NV.min(panels - p0);
@@ -323,7 +335,7 @@ mod vnni {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile<const R: usize, const V: usize>(cx: &Ctx<'_>, i0: usize, p0: usize) {
         let k4 = cx.k.div_ceil(4);
-        let full = cx.k / 4;
+        let full = cx.whole_quads;
         let lines = cx.w.lines.as_ptr();
         let n = cx.w.n;
         let rq = cx.rq;
@@ -368,7 +380,8 @@ mod vnni {
         for q in 0..full {
             let mut a4 = [0i32; R];
             for (r, x) in a4.iter_mut().enumerate() {
-                // SAFETY: `4q + 4 <= k`, inside row `i0 + r`.
+                // SAFETY: `4q + 4 <= k`, or `<= lda` with the row's bytes in
+                // `a` (`whole_quads`): inside row `i0 + r`.
                 *x = unsafe {
                     cx.a.add((i0 + r) * cx.lda + 4 * q)
                         .cast::<i32>()

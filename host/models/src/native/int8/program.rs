@@ -267,7 +267,7 @@ impl QProgram {
         let col_len = steps
             .iter()
             .map(|s| match s {
-                QStep::Conv { geom, w, .. } => geom.oh * geom.ow * w.k(),
+                QStep::Conv { geom, w, .. } => geom.oh * geom.ow * w.k().next_multiple_of(4),
                 // A plane of the input while it is quantized.
                 QStep::Quantize { hw, .. } => *hw,
                 _ => 0,
@@ -418,11 +418,14 @@ impl QProgram {
             } => {
                 let out = out_buf.as_mut().expect("writes");
                 let (ilen, rows) = (geom.h * geom.w * geom.c, geom.oh * geom.ow);
-                let col = &mut arena.col[..rows * w.k()];
+                // Patch rows padded to whole quads, which the GEMM then reads
+                // as `i32`s (the padding meets zero weights).
+                let ld = w.k().next_multiple_of(4);
+                let col = &mut arena.col[..rows * ld];
                 for b in 0..*batch {
-                    int8::im2col_u8(geom, &input(*x)[b * ilen..][..ilen], *a_zero, col, w.k());
+                    int8::im2col_u8(geom, &input(*x)[b * ilen..][..ilen], *a_zero, col, ld);
                     let out = &mut out[b * rows * w.n()..][..rows * w.n()];
-                    int8::gemm_u8s8(isa, rows, col, w.k(), *a_zero, w, out, w.n(), &rq.get());
+                    int8::gemm_u8s8(isa, rows, col, ld, *a_zero, w, out, w.n(), &rq.get());
                 }
             }
             QStep::Depthwise {
