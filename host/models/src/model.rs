@@ -123,7 +123,11 @@ impl Model {
         let inputs = specs(typed.input_outlets().map_err(load_err)?)?;
         let outputs = specs(typed.output_outlets().map_err(load_err)?)?;
         if native {
-            match crate::native::NativeModel::load(onnx) {
+            match crate::native::NativeModel::load_proto(
+                &proto,
+                edgeplug_kernels::fast::Isa::detect(),
+                crate::native::default_precision(),
+            ) {
                 Ok(model) => {
                     return Ok(Model {
                         name: name.to_string(),

@@ -248,13 +248,23 @@ impl NativeModel {
         isa: Isa,
         precision: Precision,
     ) -> Result<NativeModel, NativeError> {
-        let isa = isa.check_available().unwrap_or(Isa::Portable);
-        precision.check(isa).map_err(NativeError::Precision)?;
         let proto = tract_onnx::onnx()
             .proto_model_for_read(&mut std::io::Cursor::new(onnx))
             .map_err(|e| NativeError::Load(format!("{e:#}")))?;
-        if int8::is_quantized(&proto) {
-            let compiled = int8::compile(&proto)?;
+        NativeModel::load_proto(&proto, isa, precision)
+    }
+
+    /// Like [`NativeModel::load_with`], from a model whose protobuf the caller has already
+    /// decoded (`Model::load` reads it first for its own checks).
+    pub(crate) fn load_proto(
+        proto: &tract_onnx::pb::ModelProto,
+        isa: Isa,
+        precision: Precision,
+    ) -> Result<NativeModel, NativeError> {
+        let isa = isa.check_available().unwrap_or(Isa::Portable);
+        precision.check(isa).map_err(NativeError::Precision)?;
+        if int8::is_quantized(proto) {
+            let compiled = int8::compile(proto)?;
             return Ok(NativeModel {
                 body: Body::Int8 {
                     program: compiled.program,
@@ -266,7 +276,7 @@ impl NativeModel {
                 precision: Precision::Int8,
             });
         }
-        let mut compiled = compile::compile(&proto)?;
+        let mut compiled = compile::compile(proto)?;
         if precision == Precision::Bf16 {
             for w in compiled.program.gemm_weights_mut() {
                 w.enable_bf16();

@@ -134,6 +134,7 @@ enum Val {
 }
 
 struct Builder<'m> {
+    framework: &'m tract_onnx::Onnx,
     node: &'m NodeProto,
     vals: HashMap<String, Val>,
     steps: Vec<QStep>,
@@ -152,8 +153,9 @@ fn load_err(e: impl std::fmt::Display) -> NativeError {
     NativeError::Load(format!("{e:#}"))
 }
 
-fn load_tensor(t: &TensorProto) -> Result<TractTensor, NativeError> {
-    let framework = tract_onnx::onnx();
+/// A constant's value, through `framework`'s data resolver (made once per compile: building
+/// tract's ONNX op register for every initializer cost MobileNetV2's load its ~300 times).
+fn load_tensor(framework: &tract_onnx::Onnx, t: &TensorProto) -> Result<TractTensor, NativeError> {
     tract_onnx::tensor::load_tensor(&*framework.provider, t, None).map_err(load_err)
 }
 
@@ -162,12 +164,17 @@ pub(crate) fn compile(model: &ModelProto) -> Result<Compiled, NativeError> {
         .graph
         .as_ref()
         .ok_or_else(|| NativeError::Load("the model has no graph".into()))?;
+    let framework = tract_onnx::onnx();
     let mut vals = HashMap::new();
     for init in &graph.initializer {
-        vals.insert(init.name.clone(), Val::Const(Arc::new(load_tensor(init)?)));
+        vals.insert(
+            init.name.clone(),
+            Val::Const(Arc::new(load_tensor(&framework, init)?)),
+        );
     }
     let placeholder = NodeProto::default();
     let mut b = Builder {
+        framework: &framework,
         node: &placeholder,
         vals,
         steps: Vec::new(),
@@ -361,7 +368,7 @@ impl Builder<'_> {
                     .find(|a| a.name == "value")
                     .and_then(|a| a.t.as_ref())
                     .ok_or_else(|| unsupported(node, "Constant without a tensor value"))?;
-                let t = load_tensor(t)?;
+                let t = load_tensor(self.framework, t)?;
                 self.set(node, Val::Const(Arc::new(t)));
             }
             "QuantizeLinear" => self.quantize(node)?,
