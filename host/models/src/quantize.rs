@@ -306,35 +306,15 @@ fn rewrite(
                 // The output channel's axis: 0 for Conv and Gemm with transB, else 1.
                 let axis = if op == "Conv" || trans_b { 0 } else { 1 };
                 let (q, scales) = quantize_weight(w, axis)?;
-                let wq_name = format!("{w_name}_quantized");
-                let (ws, wz) = (format!("{w_name}_scale"), format!("{w_name}_zero_point"));
-                let dq = format!("{w_name}_DequantizeLinear_Output");
+                let raw = q.iter().map(|&v| v as u8).collect();
+                let (inits, dequantize) =
+                    dequantized_constant(&w_name, &w.dims, INT8, raw, &scales, axis as i64);
+                n.input[1] = dequantize.output[0].clone();
                 if replaced.insert(w_name.clone()) {
-                    new_inits.push(TensorProto {
-                        name: wq_name.clone(),
-                        dims: w.dims.clone(),
-                        data_type: INT8,
-                        raw_data: q.iter().map(|&v| v as u8).collect(),
-                        ..Default::default()
-                    });
-                    new_inits.push(vector_f32(&ws, &scales));
-                    new_inits.push(TensorProto {
-                        name: wz.clone(),
-                        dims: vec![scales.len() as i64],
-                        data_type: INT8,
-                        raw_data: vec![0; scales.len()],
-                        ..Default::default()
-                    });
-                    out.node.push(node(
-                        "DequantizeLinear",
-                        &format!("{w_name}_DequantizeLinear"),
-                        &[&wq_name, &ws, &wz],
-                        &dq,
-                        Some(axis as i64),
-                    ));
+                    new_inits.extend(inits);
+                    out.node.push(dequantize);
                     weights += 1;
                 }
-                n.input[1] = dq;
                 if let Some(b_name) = n.input.get(2).cloned().filter(|b| !b.is_empty())
                     && let Some(b) = initializers.get(b_name.as_str())
                 {
@@ -357,33 +337,19 @@ fn rewrite(
                                 as i32
                         })
                         .collect();
-                    let node_tag = &original.name;
-                    let bq_name = format!("{b_name}_{node_tag}_quantized");
-                    let (bs, bz) = (format!("{bq_name}_scale"), format!("{bq_name}_zero_point"));
-                    let bdq = format!("{bq_name}_DequantizeLinear_Output");
-                    new_inits.push(TensorProto {
-                        name: bq_name.clone(),
-                        dims: vec![bq.len() as i64],
-                        data_type: INT32,
-                        raw_data: bq.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                        ..Default::default()
-                    });
-                    new_inits.push(vector_f32(&bs, &acc));
-                    new_inits.push(TensorProto {
-                        name: bz.clone(),
-                        dims: vec![bq.len() as i64],
-                        data_type: INT32,
-                        raw_data: vec![0; 4 * bq.len()],
-                        ..Default::default()
-                    });
-                    out.node.push(node(
-                        "DequantizeLinear",
-                        &format!("{bq_name}_DequantizeLinear"),
-                        &[&bq_name, &bs, &bz],
-                        &bdq,
-                        Some(0),
-                    ));
-                    n.input[2] = bdq;
+                    // Per node: the bias's scale depends on this node's input scale.
+                    let raw = bq.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let (inits, dequantize) = dequantized_constant(
+                        &format!("{b_name}_{}", original.name),
+                        &[bq.len() as i64],
+                        INT32,
+                        raw,
+                        &acc,
+                        0,
+                    );
+                    n.input[2] = dequantize.output[0].clone();
+                    new_inits.extend(inits);
+                    out.node.push(dequantize);
                 }
             }
         }
@@ -458,6 +424,50 @@ fn qdq_pair(
         ..Default::default()
     };
     (nodes, [scalar_f32(&scale, range.scale), zero_point])
+}
+
+/// An integer constant `{base}_quantized` (`data_type` INT8 or INT32, little-endian `raw`)
+/// with one scale per index of `axis` and zero points 0, and the DequantizeLinear that gives
+/// its real values as `{base}_DequantizeLinear_Output`.
+fn dequantized_constant(
+    base: &str,
+    dims: &[i64],
+    data_type: i32,
+    raw: Vec<u8>,
+    scales: &[f32],
+    axis: i64,
+) -> ([TensorProto; 3], NodeProto) {
+    let width = if data_type == INT32 { 4 } else { 1 };
+    let (data, scale, zero) = (
+        format!("{base}_quantized"),
+        format!("{base}_scale"),
+        format!("{base}_zero_point"),
+    );
+    let dequantize = node(
+        "DequantizeLinear",
+        &format!("{base}_DequantizeLinear"),
+        &[&data, &scale, &zero],
+        &format!("{base}_DequantizeLinear_Output"),
+        Some(axis),
+    );
+    let inits = [
+        TensorProto {
+            name: data,
+            dims: dims.to_vec(),
+            data_type,
+            raw_data: raw,
+            ..Default::default()
+        },
+        vector_f32(&scale, scales),
+        TensorProto {
+            name: zero,
+            dims: vec![scales.len() as i64],
+            data_type,
+            raw_data: vec![0; width * scales.len()],
+            ..Default::default()
+        },
+    ];
+    (inits, dequantize)
 }
 
 /// `s8` per output channel along `axis` (0 or 1 of a rank-2+ tensor), symmetric.
