@@ -338,6 +338,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// Shape and values of a little-endian float32 C-order `.npy` file.
 pub fn read_npy_f32(bytes: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+    let (descr, shape, body) = npy_parts(bytes)?;
+    if descr != "<f4" {
+        bail!("only little-endian float32 .npy is supported here, not {descr:?}");
+    }
+    check_body(&shape, body, 4)?;
+    let data = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((shape, data))
+}
+
+/// Class labels from a C-order `.npy` file of int64 (numpy's default for integers) or
+/// float32 values.
+pub fn read_npy_labels(bytes: &[u8]) -> anyhow::Result<Vec<i64>> {
+    let (descr, shape, body) = npy_parts(bytes)?;
+    if descr != "<i8" {
+        return Ok(read_npy_f32(bytes)?.1.iter().map(|&v| v as i64).collect());
+    }
+    check_body(&shape, body, 8)?;
+    Ok(body
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+/// The `descr`, shape and body of a C-order `.npy` file.
+fn npy_parts(bytes: &[u8]) -> anyhow::Result<(String, Vec<usize>, &[u8])> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         bail!("not an .npy file");
     }
@@ -353,12 +381,15 @@ pub fn read_npy_f32(bytes: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
         .get(start..start + hlen)
         .and_then(|h| std::str::from_utf8(h).ok())
         .context("truncated .npy header")?;
-    if !header.contains("'descr': '<f4'") || !header.contains("'fortran_order': False") {
-        bail!(
-            "only little-endian float32 C-order .npy is supported, header: {}",
-            header.trim()
-        );
+    if !header.contains("'fortran_order': False") {
+        bail!("only C-order .npy is supported, header: {}", header.trim());
     }
+    let descr = header
+        .split("'descr': '")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .context(".npy header has no descr")?
+        .to_string();
     let dims = header
         .split("'shape': (")
         .nth(1)
@@ -371,22 +402,21 @@ pub fn read_npy_f32(bytes: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
         .map(|s| s.parse::<usize>())
         .collect::<Result<_, _>>()
         .context("bad .npy shape")?;
-    let body = &bytes[start + hlen..];
+    Ok((descr, shape, &bytes[start + hlen..]))
+}
+
+/// Whether `body` holds `shape`'s values of `width` bytes each.
+fn check_body(shape: &[usize], body: &[u8], width: usize) -> anyhow::Result<()> {
     let n = shape
         .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .try_fold(width, |a, &d| a.checked_mul(d))
         .context(".npy shape overflows")?;
-    if body.len() != n * 4 {
+    if body.len() != n {
         bail!(
-            ".npy body has {} bytes, shape {:?} needs {}",
+            ".npy body has {} bytes, shape {:?} needs {n}",
             body.len(),
-            shape,
-            n * 4
+            shape
         );
     }
-    let data = body
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((shape, data))
+    Ok(())
 }

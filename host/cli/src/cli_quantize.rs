@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use edgeplug_kernels::Tensor;
 use edgeplug_models::model::Model;
 
-use crate::cli_bench::read_npy_f32;
+use crate::cli_bench::{read_npy_f32, read_npy_labels};
 
 #[derive(Debug, clap::Args)]
 pub struct QuantizeArgs {
@@ -124,20 +124,7 @@ fn argmax(v: &[f32]) -> usize {
 /// `n` labels from an int64 or float32 `.npy`.
 fn read_labels(path: &PathBuf, n: usize) -> anyhow::Result<Vec<i64>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let labels: Vec<i64> =
-        if String::from_utf8_lossy(&bytes[..bytes.len().min(128)]).contains("'<i8'") {
-            let start = bytes
-                .iter()
-                .position(|&b| b == b'\n')
-                .context("truncated .npy header")?
-                + 1;
-            bytes[start..]
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect()
-        } else {
-            read_npy_f32(&bytes)?.1.iter().map(|&v| v as i64).collect()
-        };
+    let labels = read_npy_labels(&bytes).with_context(|| format!("labels {}", path.display()))?;
     if labels.len() != n {
         bail!("{} labels for {n} inputs", labels.len());
     }

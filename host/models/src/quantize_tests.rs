@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::quantize_static;
-use crate::native::tests::{argmax, read_npy_f32, row};
+use crate::native::tests::{argmax, read_npy_f32, read_npy_i64, row};
 use crate::native::{NativeModel, Precision};
 
 fn fixture(path: &str) -> Vec<u8> {
@@ -34,7 +34,7 @@ fn the_quantized_digits_cnn_runs_in_int8_and_keeps_its_accuracy() {
     assert_eq!(int8.precision(), Precision::Int8);
     let float = NativeModel::load(&float_onnx).unwrap();
     let (xs, x) = read_npy_f32(&fixture("digits/digits_test.npy"));
-    let (_, labels) = read_npy_f32_or_i64(&fixture("digits/digits_test_labels.npy"));
+    let labels = read_npy_i64(&fixture("digits/digits_test_labels.npy"));
     let (mut agree, mut correct_int8, mut correct_float, mut max_diff) = (0, 0, 0, 0f32);
     for (i, &label) in labels.iter().enumerate().take(xs[0]) {
         let input = row(&xs, &x, i);
@@ -72,21 +72,4 @@ fn a_model_that_is_already_quantized_is_refused() {
 fn calibration_inputs_of_the_wrong_size_are_refused() {
     let err = quantize_static(&fixture("models/digits_cnn.onnx"), &[vec![0.0; 255]]).unwrap_err();
     assert!(format!("{err:#}").contains("needs 256"), "{err:#}");
-}
-
-/// Labels stored as int64 (numpy's default) or float32.
-fn read_npy_f32_or_i64(bytes: &[u8]) -> (Vec<usize>, Vec<i64>) {
-    let header_end = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..header_end]).unwrap();
-    if header.contains("'<i8'") {
-        let n = (bytes.len() - header_end) / 8;
-        let v = bytes[header_end..]
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        (vec![n], v)
-    } else {
-        let (s, v) = read_npy_f32(bytes);
-        (s, v.iter().map(|&x| x as i64).collect())
-    }
 }

@@ -18,8 +18,8 @@ fn fixture_or_abs(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
 }
 
-/// A little-endian `<f4` C-order `.npy` file: shape and values.
-pub(crate) fn read_npy_f32(bytes: &[u8]) -> (Vec<usize>, Vec<f32>) {
+/// The shape and body of a C-order `.npy` file whose values are `descr` (`<f4`, `<i8`).
+fn npy_body<'a>(bytes: &'a [u8], descr: &str) -> (Vec<usize>, &'a [u8]) {
     assert_eq!(&bytes[..6], b"\x93NUMPY", "not an npy file");
     let (hlen, start) = if bytes[6] == 1 {
         (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
@@ -30,7 +30,10 @@ pub(crate) fn read_npy_f32(bytes: &[u8]) -> (Vec<usize>, Vec<f32>) {
         )
     };
     let header = std::str::from_utf8(&bytes[start..start + hlen]).expect("ascii header");
-    assert!(header.contains("'descr': '<f4'"), "not float32: {header}");
+    assert!(
+        header.contains(&format!("'descr': '{descr}'")),
+        "not {descr}: {header}"
+    );
     assert!(
         header.contains("'fortran_order': False"),
         "not C order: {header}"
@@ -46,12 +49,29 @@ pub(crate) fn read_npy_f32(bytes: &[u8]) -> (Vec<usize>, Vec<f32>) {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().expect("dim"))
         .collect();
-    let data: Vec<f32> = bytes[start + hlen..]
+    (shape, &bytes[start + hlen..])
+}
+
+/// A little-endian `<f4` C-order `.npy` file: shape and values.
+pub(crate) fn read_npy_f32(bytes: &[u8]) -> (Vec<usize>, Vec<f32>) {
+    let (shape, body) = npy_body(bytes, "<f4");
+    let data: Vec<f32> = body
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     assert_eq!(data.len(), shape.iter().product::<usize>(), "npy length");
     (shape, data)
+}
+
+/// A little-endian `<i8` (int64) C-order `.npy` file, such as class labels: its values.
+pub(crate) fn read_npy_i64(bytes: &[u8]) -> Vec<i64> {
+    let (shape, body) = npy_body(bytes, "<i8");
+    let data: Vec<i64> = body
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>(), "npy length");
+    data
 }
 
 /// Row `i` of an `[N, ...]` array as a batch-1 tensor.
