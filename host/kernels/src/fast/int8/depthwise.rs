@@ -225,6 +225,34 @@ mod avx512 {
         }
     }
 
+    /// Channels `c0..` (as far as `mask`) of tap `tap`'s weights, sign-extended to `i32` lanes.
+    ///
+    /// # Safety
+    ///
+    /// As for [`run`]; `tap < kh·kw` and `mask` stops at `c`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tap_weights(cx: &Ctx<'_>, mask: __mmask16, tap: usize, c0: usize) -> __m512i {
+        // SAFETY: the weights hold `kh·kw·c` bytes (the caller's bounds).
+        let v = unsafe { _mm_maskz_loadu_epi8(mask, cx.wp.add(tap * cx.g.c + c0).cast()) };
+        _mm512_cvtepi8_epi32(v)
+    }
+
+    /// Channels `c0..` (as far as `mask`) of input pixel `(y, x)`, zero-extended to `i32`
+    /// lanes (the `u8` operand of `vpdpbusd`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`run`]; `(y, x)` is inside the image and `mask` stops at `c`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn input_pixel(cx: &Ctx<'_>, mask: __mmask16, y: usize, x: usize, c0: usize) -> __m512i {
+        let g = cx.g;
+        // SAFETY: the input holds `h·w·c` bytes (the caller's bounds).
+        let v = unsafe { _mm_maskz_loadu_epi8(mask, cx.inp.add((y * g.w + x) * g.c + c0).cast()) };
+        _mm512_cvtepu8_epi32(v)
+    }
+
     /// Takes the zero point's share (`a_zero · Σ w` over the taps used) off
     /// each pixel's sums, requantizes them and stores channels `c0..` of
     /// pixels `(oy, ox..ox + P)`.
@@ -288,22 +316,16 @@ mod avx512 {
                 let y = (by + (ty * g.dilation[0]) as isize) as usize;
                 let mut w = [_mm512_setzero_si512(); 3];
                 for (tx, wt) in w.iter_mut().enumerate() {
-                    // SAFETY: tap `ty·3 + tx` < taps; the mask stops at `c`.
-                    let v = unsafe {
-                        _mm_maskz_loadu_epi8(mask, cx.wp.add((ty * 3 + tx) * c + c0).cast())
-                    };
-                    *wt = _mm512_cvtepi8_epi32(v);
+                    // SAFETY: tap `ty·3 + tx` < taps.
+                    *wt = unsafe { tap_weights(cx, mask, ty * 3 + tx, c0) };
                     wsum = _mm512_add_epi32(wsum, *wt);
                 }
                 let mut xs = [_mm512_setzero_si512(); MAX_SPAN];
                 for (j, xv) in xs.iter_mut().enumerate().take(span) {
                     let x = (bx + j as isize) as usize;
                     // SAFETY: `(y, x)` is a tap of one of the pixels, inside
-                    // the image (`window`, and the caller); the mask stops at `c`.
-                    let px = unsafe {
-                        _mm_maskz_loadu_epi8(mask, cx.inp.add((y * g.w + x) * c + c0).cast())
-                    };
-                    *xv = _mm512_cvtepu8_epi32(px);
+                    // the image (`window`, and the caller).
+                    *xv = unsafe { input_pixel(cx, mask, y, x, c0) };
                 }
                 for (p, a) in acc.iter_mut().enumerate() {
                     for (tx, &wt) in w.iter().enumerate() {
@@ -339,26 +361,21 @@ mod avx512 {
             for ty in ky[0]..ky[1] {
                 let y = (by + (ty * g.dilation[0]) as isize) as usize;
                 for tx in kx[0]..kx[1] {
-                    // SAFETY: tap `ty·kw + tx` < taps; the mask stops at `c`.
-                    let wv = unsafe {
-                        _mm_maskz_loadu_epi8(mask, cx.wp.add((ty * g.kw + tx) * c + c0).cast())
-                    };
+                    // SAFETY: tap `ty·kw + tx` < taps.
+                    let wv = unsafe { tap_weights(cx, mask, ty * g.kw + tx, c0) };
                     // `vpdpbusd` adds the four products of a lane's `u8`
                     // bytes of `x` and `s8` bytes of `w`: `x` is zero-extended
                     // (one byte, then three zeros), so whatever the weight's
                     // sign extension put in its upper bytes is multiplied by
                     // 0, and the lane gains exactly `x · w`. (Not `vpdpwssd`:
                     // LLVM's generic tuning splits it into two instructions.)
-                    let wv = _mm512_cvtepi8_epi32(wv);
                     wsum = _mm512_add_epi32(wsum, wv);
                     for (p, a) in acc.iter_mut().enumerate() {
                         let x = (bx + p as isize * sx + (tx * g.dilation[1]) as isize) as usize;
                         // SAFETY: `(y, x)` is inside the image (`window`, and
-                        // for `P > 1` the caller); the mask stops at `c`.
-                        let px = unsafe {
-                            _mm_maskz_loadu_epi8(mask, cx.inp.add((y * g.w + x) * c + c0).cast())
-                        };
-                        *a = _mm512_dpbusd_epi32(*a, _mm512_cvtepu8_epi32(px), wv);
+                        // for `P > 1` the caller).
+                        let px = unsafe { input_pixel(cx, mask, y, x, c0) };
+                        *a = _mm512_dpbusd_epi32(*a, px, wv);
                     }
                 }
             }

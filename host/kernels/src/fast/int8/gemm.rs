@@ -262,6 +262,7 @@ mod vnni {
         rq: &Requant<'_>,
     ) {
         let panels = w.n.div_ceil(LANES);
+        let k4 = w.k.div_ceil(4);
         let cx = Ctx {
             a: a.as_ptr(),
             lda,
@@ -272,10 +273,8 @@ mod vnni {
             ldo,
             rq,
             packed_store: sums_fit(w.k, rq),
-            whole_quads: if lda >= 4 * w.k.div_ceil(4)
-                && a.len() >= (m - 1) * lda + 4 * w.k.div_ceil(4)
-            {
-                w.k.div_ceil(4)
+            whole_quads: if lda >= 4 * k4 && a.len() >= (m - 1) * lda + 4 * k4 {
+                k4
             } else {
                 w.k / 4
             },
