@@ -61,18 +61,34 @@ def median_ms(call, runs, warmup=20):
     return statistics.median(times)
 
 
+def alternated(engines, rounds):
+    """Each engine's times over `rounds` rounds, every round timing each engine once in a
+    rotated order, so a shared machine's slow phases hit every engine alike."""
+    samples = {name: [] for name in engines}
+    names = list(engines)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples[name].append(engines[name]())
+    return samples
+
+
+def bench_args():
+    """The options every compare script takes: the bench command, rounds, runs and core."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", default=str(ROOT / "target/release/edgeplug") + " bench")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--core", type=int, default=1)
+    return ap.parse_args()
+
+
 def time_openvino(compiled, x, runs):
     request = compiled.create_infer_request()
     return median_ms(lambda: request.infer([x]), runs)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bench", default=str(ROOT / "target/release/edgeplug") + " bench")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--core", type=int, default=1)
-    args = ap.parse_args()
+    args = bench_args()
     os.sched_setaffinity(0, {args.core})
     core = ov.Core()
     results = {}
@@ -88,11 +104,7 @@ def main():
             f"openvino default ({default_precision})": lambda c=default: time_openvino(c, xs[:1], args.runs),
             "openvino f32": lambda c=f32: time_openvino(c, xs[:1], args.runs),
         }
-        samples = {name: [] for name in engines}
-        names = list(engines)
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                samples[name].append(engines[name]())
+        samples = alternated(engines, args.rounds)
         top1 = {}
         for name, compiled in [(f"openvino default ({default_precision})", default), ("openvino f32", f32)]:
             request = compiled.create_infer_request()

@@ -13,7 +13,6 @@ one thread each (onnxruntime without spinning), the same warm-up and runs on the
 reference input. Also prints each engine's top-1 on the four photos and its largest logit
 difference from onnxruntime's int8 reference. Writes target/bench/int8_compare.json.
 """
-import argparse
 import json
 import os
 import pathlib
@@ -25,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import openvino as ov
 
-from bf16_compare import median_ms, time_openvino
+from bf16_compare import alternated, bench_args, median_ms, time_openvino
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 # (name, model file, input, onnxruntime int8 reference output)
@@ -63,12 +62,7 @@ def time_onnxruntime(session, x, runs):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bench", default=str(ROOT / "target/release/edgeplug") + " bench")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--core", type=int, default=1)
-    args = ap.parse_args()
+    args = bench_args()
     os.sched_setaffinity(0, {args.core})
     core = ov.Core()
     results = {}
@@ -86,11 +80,7 @@ def main():
         }
         if name.startswith("digits"):
             engines["edgeplug native f32"] = lambda: edgeplug(args.bench, DIGITS_F32, npy, args.runs, args.core)[0]
-        samples = {n: [] for n in engines}
-        names = list(engines)
-        for r in range(args.rounds):
-            for n in names[r % len(names):] + names[:r % len(names)]:
-                samples[n].append(engines[n]())
+        samples = alternated(engines, args.rounds)
         rows = min(4, len(xs))
         request = compiled.create_infer_request()
         ov_logits = np.stack([request.infer([xs[i:i + 1]])[0][0] for i in range(rows)])
