@@ -112,6 +112,8 @@ pub enum AdminOp<'a> {
     Remove(&'a str),
     /// A labeled sample for the plugin's training.
     Feedback(&'a str),
+    /// Starting (a push with `?canary=` or `?shadow=`), promoting or ending a canary.
+    Canary(&'a str),
 }
 
 impl AdminOp<'_> {
@@ -123,6 +125,7 @@ impl AdminOp<'_> {
             AdminOp::Rollback(_) => "rollback",
             AdminOp::Remove(_) => "remove",
             AdminOp::Feedback(_) => "feedback",
+            AdminOp::Canary(_) => "canary",
         }
     }
 
@@ -130,9 +133,11 @@ impl AdminOp<'_> {
     pub fn plugin(&self) -> Option<&str> {
         match *self {
             AdminOp::List => None,
-            AdminOp::Push(p) | AdminOp::Rollback(p) | AdminOp::Remove(p) | AdminOp::Feedback(p) => {
-                Some(p)
-            }
+            AdminOp::Push(p)
+            | AdminOp::Rollback(p)
+            | AdminOp::Remove(p)
+            | AdminOp::Feedback(p)
+            | AdminOp::Canary(p) => Some(p),
         }
     }
 }
@@ -143,7 +148,9 @@ impl Scope {
         match (self, op) {
             (Scope::Admin, _) => true,
             (Scope::Read, AdminOp::List) => true,
-            (Scope::Deploy(name), AdminOp::Push(p) | AdminOp::Rollback(p)) => name == p,
+            (Scope::Deploy(name), AdminOp::Push(p) | AdminOp::Rollback(p) | AdminOp::Canary(p)) => {
+                name == p
+            }
             (Scope::Feedback(name), AdminOp::Feedback(p)) => name == p,
             _ => false,
         }

@@ -28,6 +28,7 @@ use edgeplug_runtime::{InferRequest, InferResponse, InvokeError, Misconduct};
 
 use crate::Gateway;
 use crate::registry::ActivePlugin;
+use crate::shadow::ShadowCopy;
 
 /// The longest the demoted lane rests after a request (it rests as long as the request ran).
 pub const DEMOTED_REST_MAX: Duration = Duration::from_secs(1);
@@ -241,7 +242,12 @@ pub async fn dispatch(
         );
         return Err(saturated(&plugin, &what));
     };
-    dispatch_with_permit(gw, plugin, request, started, timeout, permit).await
+    let shadow = ShadowCopy::of(gw, &plugin, &request);
+    let result = dispatch_with_permit(gw, plugin, request, started, timeout, permit).await;
+    if let Some(shadow) = shadow {
+        shadow.run_against(gw, &result);
+    }
+    result
 }
 
 /// [`dispatch`] for a caller that queues instead of being refused (the MQTT triggers, whose
@@ -260,7 +266,12 @@ pub async fn dispatch_queued(
             plugin.version
         )));
     };
-    dispatch_with_permit(gw, plugin, request, started, None, permit).await
+    let shadow = ShadowCopy::of(gw, &plugin, &request);
+    let result = dispatch_with_permit(gw, plugin, request, started, None, permit).await;
+    if let Some(shadow) = shadow {
+        shadow.run_against(gw, &result);
+    }
+    result
 }
 
 async fn dispatch_with_permit(

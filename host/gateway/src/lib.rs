@@ -27,6 +27,8 @@ pub mod metrics;
 pub mod multipart;
 pub mod oip;
 pub mod registry;
+pub mod shadow;
+pub mod units;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -58,6 +58,55 @@ pub struct InferenceStats {
     pub last_unix_ms: u64,
 }
 
+/// A reading of a version's request counters, or the difference of two readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub requests: u64,
+    pub errors: u64,
+    buckets: [u64; BUCKETS.len()],
+}
+
+impl Window {
+    /// What happened between `earlier` and this reading.
+    pub fn since(&self, earlier: &Window) -> Window {
+        Window {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+        }
+    }
+
+    /// Failed requests over requests; 0 without requests.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// See [`VersionMetrics::latency_quantile_ms`].
+    pub fn latency_quantile_ms(&self, q: f64) -> Option<f64> {
+        // Requests over the last bound are counted in `requests` only.
+        let total = self.requests.max(self.buckets.iter().sum());
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        let mut lower = 0.0;
+        for (count, bound) in self.buckets.iter().zip(BUCKETS) {
+            if *count > 0 && (below + count) as f64 >= rank {
+                let within = (rank - below as f64) / *count as f64;
+                return Some((lower + (bound - lower) * within) * 1e3);
+            }
+            below += count;
+            lower = bound;
+        }
+        Some(BUCKETS[BUCKETS.len() - 1] * 1e3)
+    }
+}
+
 impl VersionMetrics {
     /// Records one finished request (successful or not) and its latency.
     pub fn observe(&self, latency: Duration, error: Option<&str>) {
@@ -140,30 +189,18 @@ impl VersionMetrics {
     /// `histogram_quantile` does (so it is as coarse as the buckets). A quantile beyond the
     /// last bucket reads as that bucket's bound. What the fleet's status reports as p99.
     pub fn latency_quantile_ms(&self, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        // Requests over the last bound are counted in `requests` only.
-        let total = self.requests().max(counts.iter().sum());
-        if total == 0 {
-            return None;
-        }
-        let rank = q.clamp(0.0, 1.0) * total as f64;
-        let mut below = 0u64;
-        let mut lower = 0.0;
-        for (count, bound) in counts.iter().zip(BUCKETS) {
-            if *count > 0 && (below + count) as f64 >= rank {
-                let within = (rank - below as f64) / *count as f64;
-                return Some((lower + (bound - lower) * within) * 1e3);
-            }
-            below += count;
-            lower = bound;
-        }
-        Some(BUCKETS[BUCKETS.len() - 1] * 1e3)
+        self.window().latency_quantile_ms(q)
     }
 
+    /// The counters as they are now: subtract an earlier reading ([`Window::since`]) to see
+    /// what happened in between (a canary's gate judges only its own time).
+    pub fn window(&self) -> Window {
+        Window {
+            requests: self.requests(),
+            errors: self.errors(),
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+        }
+    }
     /// Mean latency in milliseconds, if there was a request.
     pub fn mean_latency_ms(&self) -> Option<f64> {
         let n = self.requests();
@@ -219,6 +256,19 @@ impl Metrics {
     /// A swap (`kind` = "push"), a rollback or a removal.
     pub fn event(&self, kind: &'static str, plugin: &str, version: &str) {
         self.activities.event(plugin, kind, version);
+        self.count(kind, plugin, version);
+    }
+
+    /// A canary's start or end: in the plugin's history with its version, counted per
+    /// plugin (see the rendering).
+    pub fn canary_event(&self, kind: &'static str, plugin: &str, version: &str) {
+        self.activities.event(plugin, kind, version);
+        self.count(kind, plugin, "");
+    }
+
+    /// Counts an occurrence that is not a change of versions (a shadow comparison's
+    /// outcome): a counter, but no entry in the plugin's history.
+    pub fn count(&self, kind: &'static str, plugin: &str, version: &str) {
         *self
             .events
             .lock()
@@ -374,6 +424,49 @@ impl Metrics {
                         esc(version)
                     );
                 }
+            }
+        }
+        // Per plugin, not per version: the counters outlive the canary version (which is
+        // dropped as soon as it ends), so an alert on a revert sees it.
+        for (kind, metric, help) in [
+            (
+                "canary-start",
+                "edgeplug_canary_starts_total",
+                "Canaries started (a share of requests, or shadow copies), by the canary version.",
+            ),
+            (
+                "canary-promote",
+                "edgeplug_canary_promotions_total",
+                "Canaries promoted to the active version.",
+            ),
+            (
+                "canary-revert",
+                "edgeplug_canary_reverts_total",
+                "Canaries reverted by their gate (error rate, p99 or disagreement over the bound).",
+            ),
+            (
+                "canary-abort",
+                "edgeplug_canary_aborts_total",
+                "Canaries ended by an operator, or superseded by a push, rollback or removal.",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}");
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for ((k, plugin, _), n) in &events {
+                if *k == kind {
+                    let _ = writeln!(out, "{metric}{{plugin=\"{}\"}} {n}", esc(plugin));
+                }
+            }
+        }
+        out.push_str("# HELP edgeplug_shadow_comparisons_total A shadow canary's answers against the active version's for the same request: agree, differ, failed (the shadow run failed where the active one did not) or skipped (the canary was saturated).\n");
+        out.push_str("# TYPE edgeplug_shadow_comparisons_total counter\n");
+        for ((k, plugin, _), n) in &events {
+            if let Some(outcome) = k.strip_prefix("shadow-") {
+                let _ = writeln!(
+                    out,
+                    "edgeplug_shadow_comparisons_total{{plugin=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    esc(plugin),
+                );
             }
         }
         out.push_str("# HELP edgeplug_bundles_rejected_total Pushed bundles refused, by reason.\n");

@@ -166,7 +166,7 @@ impl Shared {
         let mut wait = Duration::from_millis(2);
         loop {
             // Looked up on every try: a hot swap may have happened while this one waited.
-            let Some(plugin) = self.gateway.registry.get(name) else {
+            let Some(plugin) = self.gateway.registry.route(name) else {
                 return Some((
                     None,
                     Err((

@@ -3,6 +3,7 @@
 mod access;
 mod architecture;
 mod author;
+mod canary;
 mod classifier;
 mod clients;
 mod conformance;

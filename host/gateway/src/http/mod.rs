@@ -44,6 +44,7 @@ use edgeplug_bundle::{BundleError, StoreError};
 use edgeplug_runtime::LoadError;
 use edgeplug_runtime::{InferRequest, InferResponse, InvokeError};
 
+mod canary;
 mod v2;
 
 pub type Body = Full<Bytes>;
@@ -61,6 +62,9 @@ struct Failure {
     status: StatusCode,
     body: Value,
     retry_after: bool,
+    /// The plugin and version that failed (or refused) the request, when one was chosen: a
+    /// client (or a canary's operator) sees which version it was, as on a success.
+    answered_by: Option<(String, String)>,
 }
 
 fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
@@ -68,6 +72,7 @@ fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
         status,
         body: json!({"error": {"code": code, "message": message.into()}}),
         retry_after: false,
+        answered_by: None,
     }
 }
 
@@ -87,6 +92,9 @@ fn failure_response(f: Failure) -> Response<Body> {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let Some((name, version)) = &f.answered_by {
+        set_version_headers(&mut response, name, version);
     }
     if f.status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
@@ -415,8 +423,10 @@ fn content_type<B>(request: &Request<B>) -> String {
 
 // ---- invoking plugins ----
 
+/// The version a request for `name` runs on: the active one, or its canary for the canary's
+/// share.
 fn lookup(gw: &Gateway, name: &str) -> Result<Arc<ActivePlugin>, Failure> {
-    gw.registry.get(name).ok_or_else(|| {
+    gw.registry.route(name).ok_or_else(|| {
         fail(
             StatusCode::NOT_FOUND,
             "plugin-not-found",
@@ -443,14 +453,19 @@ async fn run_within(
     started: Instant,
     timeout: Option<std::time::Duration>,
 ) -> Result<InferResponse, Failure> {
+    let answered_by = Some((plugin.name().to_string(), plugin.version.to_string()));
     lanes::dispatch(gw, plugin, request, started, timeout)
         .await
         .map_err(|e| match e {
             lanes::DispatchError::Saturated(message) => Failure {
                 retry_after: true,
+                answered_by,
                 ..fail(StatusCode::SERVICE_UNAVAILABLE, "saturated", message)
             },
-            lanes::DispatchError::Failed(e) => invoke_failure(&e),
+            lanes::DispatchError::Failed(e) => Failure {
+                answered_by,
+                ..invoke_failure(&e)
+            },
         })
 }
 
@@ -459,15 +474,20 @@ fn invoke_failure(e: &InvokeError) -> Failure {
         status: StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         body: json!({"error": e.to_json()}),
         retry_after: false,
+        answered_by: None,
     }
 }
 
 fn version_headers(response: &mut Response<Body>, plugin: &ActivePlugin) {
+    set_version_headers(response, plugin.name(), &plugin.version.to_string());
+}
+
+fn set_version_headers(response: &mut Response<Body>, name: &str, version: &str) {
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(plugin.name()) {
+    if let Ok(v) = HeaderValue::from_str(name) {
         headers.insert("x-edgeplug-plugin", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&plugin.version.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(version) {
         headers.insert("x-edgeplug-version", v);
     }
 }
@@ -662,13 +682,28 @@ async fn admin_audited(
     let who = authorized(gw, &request, record)?;
     let op = match (method, segments) {
         (&Method::GET, ["v1", "admin", "plugins"]) => AdminOp::List,
+        (&Method::PUT, ["v1", "admin", "plugins", name]) if canary::asked(&request) => {
+            AdminOp::Canary(name)
+        }
         (&Method::PUT, ["v1", "admin", "plugins", name]) => AdminOp::Push(name),
+        (&Method::POST, ["v1", "admin", "plugins", name, "canary", "promote"])
+        | (&Method::DELETE, ["v1", "admin", "plugins", name, "canary"]) => AdminOp::Canary(name),
         (&Method::POST, ["v1", "admin", "plugins", name, "rollback"]) => AdminOp::Rollback(name),
         (&Method::DELETE, ["v1", "admin", "plugins", name]) => AdminOp::Remove(name),
         (&Method::POST, ["v1", "admin", "plugins", name, "feedback"]) => AdminOp::Feedback(name),
         (_, ["v1", "admin", "plugins"])
         | (_, ["v1", "admin", "plugins", _])
-        | (_, ["v1", "admin", "plugins", _, "rollback" | "feedback"]) => {
+        | (
+            _,
+            [
+                "v1",
+                "admin",
+                "plugins",
+                _,
+                "rollback" | "feedback" | "canary",
+            ],
+        )
+        | (_, ["v1", "admin", "plugins", _, "canary", "promote"]) => {
             record.outcome = audit::Outcome::Failed;
             return Err(fail(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -714,6 +749,13 @@ async fn admin_audited(
             let body = read_body(gw, request, limit).await?;
             record.bundle_sha256 = Some(edgeplug_bundle::manifest::Sha256::of(&body).to_string());
             AdminAction::Push(body.to_vec())
+        }
+        AdminOp::Canary(name) => {
+            let result = canary::handle(gw, request, method, name, &who, record).await;
+            if result.is_ok() {
+                record.outcome = audit::Outcome::Ok;
+            }
+            return result;
         }
         AdminOp::Feedback(name) => {
             let result = feedback(gw, request, name).await;
@@ -880,6 +922,7 @@ fn admin_failure(e: &AdminError) -> Failure {
             StatusCode::UNPROCESSABLE_ENTITY
         }
         AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::NoCanary(_) => StatusCode::NOT_FOUND,
     };
     fail(status, e.code(), e.to_string())
 }

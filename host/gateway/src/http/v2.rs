@@ -32,6 +32,7 @@ pub(super) fn v2_fail(status: StatusCode, message: impl Into<String>) -> Failure
         status,
         body: json!({"error": message.into()}),
         retry_after: false,
+        answered_by: None,
     }
 }
 

@@ -134,21 +134,23 @@ pub fn assemble(inputs: Vec<Input>) -> Result<InferRequest, BadRequest> {
     Ok(request)
 }
 
-/// The active version of model `name`, if it is `version` (when given); else why not, for a
-/// not-found answer.
+/// The version of model `name` a request runs on (the active one, or its canary for the
+/// canary's share), or the loaded version `version` when one is asked for; else why not, for
+/// a not-found answer.
 pub fn find_model(
     registry: &crate::registry::Registry,
     name: &str,
     version: Option<&str>,
 ) -> Result<Arc<crate::registry::ActivePlugin>, String> {
     let plugin = registry
-        .get(name)
+        .route(name)
         .ok_or_else(|| format!("model {name:?} not found"))?;
     match version {
-        Some(v) if !v.is_empty() && v != plugin.version.to_string() => Err(format!(
-            "model {name:?} version {v:?} is not the active version {}",
-            plugin.version
-        )),
+        Some(v) if !v.is_empty() && v != plugin.version.to_string() => {
+            registry.version_of(name, v).ok_or_else(|| {
+                format!("model {name:?} version {v:?} is neither the active version nor its canary")
+            })
+        }
         _ => Ok(plugin),
     }
 }

@@ -34,6 +34,11 @@ use edgeplug_runtime::conformance;
 use edgeplug_runtime::selftest::{self, SelfTestError};
 use edgeplug_runtime::{LoadError, LoadedPlugin, PluginFiles, Runtime};
 
+mod canary;
+pub use canary::{
+    Canary, CanaryEnd, CanaryGate, CanaryListing, CanaryMode, CanaryStarted, Verdict, watch,
+};
+
 /// One loaded plugin version, shared by every request running on it.
 pub struct ActivePlugin {
     pub plugin: LoadedPlugin,
@@ -85,6 +90,8 @@ pub enum AdminError {
     /// `[admin] verify = "conformance"` and the kit found faults (each named, "; " between).
     #[error("the conformance kit refused the version: {0}")]
     Conformance(String),
+    #[error("plugin {0:?} has no canary running")]
+    NoCanary(String),
 }
 
 impl From<StoreError> for AdminError {
@@ -133,6 +140,7 @@ impl AdminError {
             AdminError::Conflict(_) => "store-conflict",
             AdminError::SelfTest(_) => "self-test-failed",
             AdminError::Conformance(_) => "conformance-failed",
+            AdminError::NoCanary(_) => "no-canary",
         }
     }
 }
@@ -178,6 +186,10 @@ struct Slot {
     active: ArcSwapOption<ActivePlugin>,
     /// Previous versions still loaded, newest first.
     kept: Mutex<Vec<Arc<ActivePlugin>>>,
+    /// A newer version on trial next to the active one.
+    canary: ArcSwapOption<Canary>,
+    /// How the last canary ended.
+    last_canary: Mutex<Option<CanaryEnd>>,
     /// Serializes admin operations on this name.
     admin: Mutex<()>,
 }
@@ -221,6 +233,12 @@ pub struct PluginListing {
     pub active: Option<ActiveListing>,
     /// Versions kept on disk, newest first (the active one included).
     pub versions: Vec<KeptListing>,
+    /// A newer version on trial next to the active one, and its gate's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryListing>,
+    /// How the last canary ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_canary: Option<CanaryEnd>,
 }
 
 /// A granted model as loaded: `backend` `native` or `tract`; `isa` the native kernels' path
@@ -353,6 +371,8 @@ impl Registry {
                 Arc::new(Slot {
                     active: ArcSwapOption::empty(),
                     kept: Mutex::new(Vec::new()),
+                    canary: ArcSwapOption::empty(),
+                    last_canary: Mutex::new(None),
                     admin: Mutex::new(()),
                 })
             })
@@ -403,6 +423,7 @@ impl Registry {
 
     /// Publishes `new` on `slot`; the version it replaces stays loaded for rollbacks.
     fn publish(&self, slot: &Slot, new: Arc<ActivePlugin>) -> Option<Arc<ActivePlugin>> {
+        self.supersede_canary(slot, &format!("version {} was published", new.version));
         let old = slot.active.swap(Some(new.clone()));
         if let Some(old) = &old {
             old.plugin.release_kept_instances();
@@ -604,6 +625,7 @@ impl Registry {
         let slot = self.slot(name);
         let _admin = slot.admin.lock().unwrap_or_else(|p| p.into_inner());
         self.store.remove(name)?;
+        self.supersede_canary(&slot, "the plugin was removed");
         let old = slot.active.swap(None);
         if let Some(old) = &old {
             old.plugin.release_kept_instances();
@@ -787,6 +809,8 @@ impl Registry {
                 })
                 .unwrap_or_default();
             out.push(PluginListing {
+                canary: self.canary(&name).map(|c| c.listing()),
+                last_canary: self.last_canary(&name),
                 name,
                 active,
                 versions,
