@@ -60,6 +60,12 @@ pub struct PublishArgs {
     pub key: PathBuf,
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Run it as a canary next to each gateway's active version instead of swapping: a
+    /// percentage of requests (`10`), or a spec in the admin API's canary syntax, such as
+    /// `canary=10&max_error_rate=1%&max_p99_ms=50&promote_after=10m` or `shadow=true`. Each
+    /// gateway's gate reverts it or promotes it.
+    #[arg(long, value_name = "PERCENT|SPEC")]
+    pub canary: Option<String>,
 }
 
 /// Registry arguments shared by `publish` and `rollout`.
@@ -126,14 +132,32 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let published = runtime.block_on(publish::publish(
-        &bundle,
-        &registry,
-        &repository,
-        &broker,
-        &audience,
-        &key,
-    ))?;
+    let published = match args.canary.as_deref() {
+        None => runtime.block_on(publish::publish(
+            &bundle,
+            &registry,
+            &repository,
+            &broker,
+            &audience,
+            &key,
+        ))?,
+        Some(canary) => {
+            let spec = if canary.bytes().all(|b| b.is_ascii_digit()) {
+                format!("canary={canary}")
+            } else {
+                canary.to_string()
+            };
+            runtime.block_on(publish::publish_canary(
+                &bundle,
+                &registry,
+                &repository,
+                &broker,
+                &audience,
+                &key,
+                &spec,
+            ))?
+        }
+    };
     let n = &published.notice.notice;
     println!(
         "{}",
@@ -147,6 +171,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
             "sequence": n.sequence,
             "topic": published.topic,
             "key_id": published.notice.key_id.to_string(),
+            "canary": n.canary,
         })
     );
     Ok(ExitCode::SUCCESS)

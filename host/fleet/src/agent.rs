@@ -333,6 +333,11 @@ impl Shared {
                     "refused"
                 }
             };
+            let registry = &self.gateway.registry;
+            let canary = registry.canary(&name).map(|c| c.plugin.version.to_string());
+            let last_canary = registry
+                .last_canary(&name)
+                .map(|end| format!("{} {}", end.version, end.outcome));
             plugins.insert(
                 name,
                 PluginStatus {
@@ -344,6 +349,8 @@ impl Shared {
                     p99_ms: active
                         .as_ref()
                         .and_then(|a| a.metrics.latency_quantile_ms(0.99)),
+                    canary,
+                    last_canary,
                 },
             );
         }
@@ -588,6 +595,25 @@ impl Shared {
                 std::cmp::Ordering::Less => {}
             }
         }
+        if notice.notice.kind == NoticeKind::Canary {
+            let registry = &self.gateway.registry;
+            if registry
+                .canary(name)
+                .is_some_and(|c| &c.plugin.version == wanted)
+            {
+                return Outcome::Installed;
+            }
+            if let Some(end) = registry.last_canary(name)
+                && end.version == wanted.to_string()
+                && end.outcome == "reverted"
+            {
+                return Outcome::Refused(report(
+                    "canary-reverted",
+                    format!("{name} {wanted}: the canary was reverted: {}", end.reason),
+                    Some(name),
+                ));
+            }
+        }
         // Spread a fleet's pulls over the jitter window instead of all at once.
         let jitter_ms = if self.config.pull_jitter_ms == 0 {
             0
@@ -621,6 +647,7 @@ impl Shared {
         let expected_name = name.to_string();
         let expected_version = wanted.clone();
         let limits = self.gateway.config.bundle_limits();
+        let canary_spec = notice.notice.canary.clone();
         let installed = self
             .gateway
             .admin
@@ -643,10 +670,19 @@ impl Shared {
                         )));
                     }
                 }
-                gateway
-                    .registry
-                    .install(bytes, Some(&expected_name))
-                    .map_err(InstallFailure::Admin)
+                let registry = &gateway.registry;
+                match canary_spec {
+                    // Checked when the notice was parsed.
+                    Some(spec) => {
+                        let (mode, gate) = edgeplug_gateway::registry::parse_canary_spec(&spec)
+                            .map_err(InstallFailure::Mismatch)?;
+                        registry
+                            .start_canary(bytes, &expected_name, mode, gate)
+                            .map(|(_, canary)| Some(canary))
+                    }
+                    None => registry.install(bytes, Some(&expected_name)).map(|_| None),
+                }
+                .map_err(InstallFailure::Admin)
             })
             .await;
         match installed {
@@ -655,9 +691,17 @@ impl Shared {
                 format!("{name} {wanted}: the gateway's admin queue is full"),
                 Some(name),
             )),
-            Some(Ok(outcome)) => {
-                tracing::info!(plugin = %name, version = %wanted, previous = ?outcome.previous,
-                    load_ms = outcome.load_ms, "fleet version installed");
+            Some(Ok(None)) => {
+                tracing::info!(plugin = %name, version = %wanted, "fleet version installed");
+                Outcome::Installed
+            }
+            Some(Ok(Some(canary))) => {
+                tracing::info!(plugin = %name, version = %wanted, "fleet canary started");
+                tokio::spawn(edgeplug_gateway::registry::watch(
+                    self.gateway.clone(),
+                    name.to_string(),
+                    canary,
+                ));
                 Outcome::Installed
             }
             Some(Err(InstallFailure::Mismatch(mismatch))) => Outcome::Refused(report(

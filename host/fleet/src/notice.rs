@@ -29,6 +29,12 @@
 //! newer notice is refused like any replay. A release is still written as format 1, so
 //! gateways that predate format 2 keep reading releases (and refuse rollbacks, whose format
 //! they do not know, rather than misread them); format 1 notices parse as releases.
+//!
+//! Format 2's second kind is `canary`: "run this version as a canary next to the active one"
+//! (the gateway's in-process canary: a share of requests or a shadow copy of each, under a
+//! gate that reverts it, see `edgeplug_gateway::registry::canary`). Its `canary` field is the
+//! canary's spec in the syntax of the admin API's query string (`canary=10&max_error_rate=1%
+//! &promote_after=10m`, no spaces), signed as the line `canary SPEC` after the kind.
 
 use edgeplug_bundle::{KeyId, SIGNATURE_LEN, SecretKey, SignatureError, TrustStore};
 use semver::Version;
@@ -53,6 +59,9 @@ pub enum NoticeKind {
     Release,
     /// Go back to this version, even though it is older than the active one (signed as such).
     Rollback,
+    /// Run this version as a canary next to the active one, as the notice's `canary` spec
+    /// says; the gate decides whether it stays.
+    Canary,
 }
 
 impl NoticeKind {
@@ -60,6 +69,7 @@ impl NoticeKind {
         match self {
             NoticeKind::Release => "release",
             NoticeKind::Rollback => "rollback",
+            NoticeKind::Canary => "canary",
         }
     }
 
@@ -67,7 +77,7 @@ impl NoticeKind {
     pub fn format(&self) -> u32 {
         match self {
             NoticeKind::Release => FORMAT_RELEASE,
-            NoticeKind::Rollback => FORMAT,
+            NoticeKind::Rollback | NoticeKind::Canary => FORMAT,
         }
     }
 }
@@ -96,6 +106,8 @@ pub struct Notice {
     /// Seconds since the Unix epoch, when it was signed. Informative: a gateway's clock is
     /// not trusted to order notices (the sequence does).
     pub issued_at: u64,
+    /// A canary notice's spec (`canary=10&max_error_rate=1%`); `None` for other kinds.
+    pub canary: Option<String>,
 }
 
 /// A notice with its signer and signature. Only [`SignedNotice::verify`] says whether to
@@ -202,6 +214,21 @@ impl Notice {
         if let Some(id) = &self.gateway {
             crate::check_fleet_name("gateway", id).map_err(|e| bad("gateway", e.to_string()))?;
         }
+        match (&self.kind, &self.canary) {
+            (NoticeKind::Canary, Some(spec)) => {
+                if spec.len() > 512 || spec.contains(|c: char| c.is_whitespace() || c.is_control())
+                {
+                    return Err(bad("canary", "at most 512 characters, without spaces"));
+                }
+                edgeplug_gateway::registry::parse_canary_spec(spec)
+                    .map_err(|e| bad("canary", e))?;
+            }
+            (NoticeKind::Canary, None) => {
+                return Err(bad("canary", "a canary notice gives its canary spec"));
+            }
+            (_, Some(_)) => return Err(bad("canary", "only canary notices have a spec")),
+            (_, None) => {}
+        }
         Ok(())
     }
 
@@ -222,9 +249,12 @@ impl Notice {
     /// verify); a rollback's start `format 2` and `kind rollback`, so no format 1 signature
     /// can pass for a rollback.
     pub fn canonical_bytes(&self, key_id: &KeyId) -> Vec<u8> {
-        let head = match self.kind {
-            NoticeKind::Release => format!("format {FORMAT_RELEASE}\n"),
-            kind => format!("format {}\nkind {}\n", kind.format(), kind.as_str()),
+        let head = match (self.kind, &self.canary) {
+            (NoticeKind::Release, _) => format!("format {FORMAT_RELEASE}\n"),
+            (NoticeKind::Canary, Some(spec)) => {
+                format!("format {FORMAT}\nkind canary\ncanary {spec}\n")
+            }
+            (kind, _) => format!("format {}\nkind {}\n", kind.format(), kind.as_str()),
         };
         format!(
             "{head}plugin {}\nversion {}\nrepository {}\ndigest {}\nsize {}\n\
@@ -261,9 +291,12 @@ impl Notice {
 #[serde(deny_unknown_fields)]
 struct Wire {
     format: u32,
-    /// Format 2 only: `rollback`.
+    /// Format 2 only: `rollback` or `canary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kind: Option<String>,
+    /// Kind `canary` only: the canary's spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    canary: Option<String>,
     plugin: String,
     version: String,
     repository: String,
@@ -288,6 +321,7 @@ impl SignedNotice {
                 NoticeKind::Release => None,
                 kind => Some(kind.as_str().to_string()),
             },
+            canary: n.canary.clone(),
             plugin: n.plugin.clone(),
             version: n.version.to_string(),
             repository: n.repository.clone(),
@@ -317,6 +351,7 @@ impl SignedNotice {
                 return Err(bad("kind", "format 1 notices have no kind"));
             }
             (FORMAT, Some("rollback")) => NoticeKind::Rollback,
+            (FORMAT, Some("canary")) => NoticeKind::Canary,
             (FORMAT, Some(other)) => {
                 // A release is written as format 1; anything else is unknown.
                 return Err(bad("kind", format!("{other:?} is not a kind of format 2")));
@@ -348,6 +383,7 @@ impl SignedNotice {
             group: wire.group,
             gateway: wire.gateway,
             issued_at: wire.issued_at,
+            canary: wire.canary,
         };
         notice.validate()?;
         Ok(SignedNotice {
@@ -398,6 +434,7 @@ mod tests {
             group: "g1".into(),
             gateway: None,
             issued_at: 1_700_000_000,
+            canary: None,
         }
     }
 
@@ -594,6 +631,78 @@ mod rollback_tests {
                     Err(NoticeError::BadField { field: "kind", .. })
                 ),
                 "format {format} kind {kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_canary_notice_signs_its_spec() {
+        let key = SecretKey::generate();
+        let mut trust = TrustStore::new();
+        trust.add_key(key.public_key());
+        let canary = Notice {
+            kind: NoticeKind::Canary,
+            canary: Some("canary=10&max_error_rate=1%".into()),
+            ..release()
+        };
+        let canonical = String::from_utf8(canary.canonical_bytes(&key.key_id())).unwrap();
+        assert!(
+            canonical.starts_with("format 2\nkind canary\ncanary canary=10&max_error_rate=1%\n"),
+            "{canonical}"
+        );
+        let bytes = canary.sign(&key).unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["kind"], "canary");
+        let parsed = SignedNotice::parse(&bytes).unwrap();
+        assert_eq!(
+            parsed.notice.canary.as_deref(),
+            Some("canary=10&max_error_rate=1%")
+        );
+        parsed.verify(&trust).unwrap();
+
+        // A wider share, a looser gate or a plain release made of it: not what was signed.
+        for (field, value) in [
+            (
+                "canary",
+                serde_json::Value::from("canary=90&max_error_rate=1%"),
+            ),
+            ("canary", "canary=10&max_error_rate=50%".into()),
+        ] {
+            let mut forged = json.clone();
+            forged[field] = value;
+            let forged = SignedNotice::parse(&serde_json::to_vec(&forged).unwrap()).unwrap();
+            assert_eq!(forged.verify(&trust).unwrap_err().code(), "bad-signature");
+        }
+        let mut released = json.clone();
+        released["format"] = 1.into();
+        let map = released.as_object_mut().unwrap();
+        map.remove("kind");
+        map.remove("canary");
+        let forged = SignedNotice::parse(&serde_json::to_vec(&released).unwrap()).unwrap();
+        assert_eq!(forged.verify(&trust).unwrap_err().code(), "bad-signature");
+
+        // A spec the gateway would refuse, a missing one, one on another kind, or one with
+        // a space (the canonical bytes would be ambiguous) is refused before any signature.
+        for (kind, spec) in [
+            (NoticeKind::Canary, Some("canary=150")),
+            (NoticeKind::Canary, None),
+            (NoticeKind::Release, Some("canary=10")),
+            (NoticeKind::Canary, Some("canary=10 &min_requests=5")),
+        ] {
+            let notice = Notice {
+                kind,
+                canary: spec.map(String::from),
+                ..release()
+            };
+            assert!(
+                matches!(
+                    notice.sign(&key),
+                    Err(NoticeError::BadField {
+                        field: "canary",
+                        ..
+                    })
+                ),
+                "{kind:?} {spec:?}"
             );
         }
     }

@@ -68,15 +68,60 @@ pub async fn publish(
     audience: &Audience,
     key: &SecretKey,
 ) -> anyhow::Result<Published> {
+    publish_as(bundle, registry, repository, broker, audience, key, None).await
+}
+
+/// [`publish`], announced as a canary next to the gateways' active version, as `spec` says
+/// (see [`announce_canary`]).
+pub async fn publish_canary(
+    bundle: &[u8],
+    registry: &RegistryOptions,
+    repository: &str,
+    broker: &BrokerOptions,
+    audience: &Audience,
+    key: &SecretKey,
+    spec: &str,
+) -> anyhow::Result<Published> {
+    publish_as(
+        bundle,
+        registry,
+        repository,
+        broker,
+        audience,
+        key,
+        Some(spec),
+    )
+    .await
+}
+
+async fn publish_as(
+    bundle: &[u8],
+    registry: &RegistryOptions,
+    repository: &str,
+    broker: &BrokerOptions,
+    audience: &Audience,
+    key: &SecretKey,
+    canary: Option<&str>,
+) -> anyhow::Result<Published> {
     let (name, version) = bundle_identity(bundle)?;
     crate::check_fleet_name("group", &audience.group)?;
     if let Some(id) = &audience.gateway {
         crate::check_fleet_name("gateway", id)?;
     }
+    if let Some(spec) = canary {
+        // Before anything is pushed: a spec no gateway would accept publishes nothing.
+        edgeplug_gateway::registry::parse_canary_spec(spec)
+            .map_err(|e| anyhow::anyhow!("the canary spec {spec:?}: {e}"))?;
+    }
     let pushed = Registry::new(registry)?
         .push_bundle(repository, &name, &version, bundle)
         .await?;
-    let notice = announce(&pushed, &name, &version, broker, audience, key).await?;
+    let notice = match canary {
+        None => announce(&pushed, &name, &version, broker, audience, key).await?,
+        Some(spec) => {
+            announce_canary(&pushed, &name, &version, broker, audience, key, spec).await?
+        }
+    };
     Ok(Published {
         topic: notice.notice.topic(),
         pushed,
@@ -93,8 +138,45 @@ pub async fn announce(
     audience: &Audience,
     key: &SecretKey,
 ) -> anyhow::Result<SignedNotice> {
-    let notice = Notice {
-        kind: NoticeKind::Release,
+    let notice = notice_for(pushed, name, version, audience, NoticeKind::Release, None);
+    announce_notice(notice, broker, key).await
+}
+
+/// Publishes the signed notice that runs an artifact already pushed as a canary next to the
+/// active version of `audience`'s gateways, as `spec` says (`canary=10&max_error_rate=1%`,
+/// or `shadow=true`; the syntax of the admin API's canary query).
+pub async fn announce_canary(
+    pushed: &Pushed,
+    name: &str,
+    version: &Version,
+    broker: &BrokerOptions,
+    audience: &Audience,
+    key: &SecretKey,
+    spec: &str,
+) -> anyhow::Result<SignedNotice> {
+    let notice = notice_for(
+        pushed,
+        name,
+        version,
+        audience,
+        NoticeKind::Canary,
+        Some(spec.to_string()),
+    );
+    announce_notice(notice, broker, key).await
+}
+
+/// The unsigned notice of `kind` for a pushed artifact; its sequence is chosen when it is
+/// announced.
+fn notice_for(
+    pushed: &Pushed,
+    name: &str,
+    version: &Version,
+    audience: &Audience,
+    kind: NoticeKind,
+    canary: Option<String>,
+) -> Notice {
+    Notice {
+        kind,
         plugin: name.to_string(),
         version: version.clone(),
         repository: pushed.repository.clone(),
@@ -104,8 +186,8 @@ pub async fn announce(
         group: audience.group.clone(),
         gateway: audience.gateway.clone(),
         issued_at: crate::unix_now(),
-    };
-    announce_notice(notice, broker, key).await
+        canary,
+    }
 }
 
 /// Signs `notice` with `key` and publishes it on its topic, retained; its sequence is chosen

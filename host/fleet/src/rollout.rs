@@ -732,6 +732,7 @@ async fn roll_back(
             Some(before) => {
                 let notice = Notice {
                     kind: NoticeKind::Rollback,
+                    canary: None,
                     gateway: Some(id.clone()),
                     group: state.group.clone(),
                     sequence: 0,
@@ -813,6 +814,7 @@ mod tests {
                 requests,
                 errors,
                 p99_ms: Some(p99),
+                ..PluginStatus::default()
             },
         );
         s

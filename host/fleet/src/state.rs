@@ -210,6 +210,7 @@ mod tests {
             group: "g1".into(),
             gateway: gateway.map(String::from),
             issued_at: 0,
+            canary: None,
         }
         .sign(key)
         .unwrap()

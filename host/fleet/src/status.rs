@@ -74,7 +74,7 @@ impl Health {
 }
 
 /// One plugin on one gateway.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginStatus {
     /// The version serving requests.
     #[serde(default)]
@@ -93,6 +93,12 @@ pub struct PluginStatus {
     /// histogram, so as coarse as its buckets); absent before the first request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
+    /// The version running as a canary next to the active one, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    /// How the last canary ended: its version and `promoted`, `reverted` or `aborted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_canary: Option<String>,
 }
 
 /// A refusal or failure, for operators.
@@ -273,6 +279,7 @@ mod tests {
                 requests: 5,
                 errors: 0,
                 p99_ms: Some(2.5),
+                ..PluginStatus::default()
             },
         );
         status.last_error = Some(ErrorReport {

@@ -336,3 +336,130 @@ fn error_message(response: &Response<Bytes>) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The fleet's form: a signed canary notice runs the version as a canary on every gateway of
+/// the group, each under its own gate: one that holds promotes itself, one that fails is
+/// reverted and reported in the gateway's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_canary_is_gated_on_each_gateway() {
+    use edgeplug_fleet::oci::RegistryOptions;
+    use edgeplug_fleet::publish::{self, Audience};
+    use edgeplug_mqtt::BrokerOptions;
+    use edgeplug_tests::fleet::{Member, eventually, statuses};
+    use edgeplug_tests::servers::{TestBroker, TestRegistry};
+
+    const GROUP: &str = "canaries";
+    let registry = TestRegistry::start();
+    let broker = TestBroker::start();
+    let broker_options = BrokerOptions::from_url(&broker.url()).unwrap();
+    let registry_options = RegistryOptions::new(&registry.host(), true);
+    let publisher = std::sync::Arc::new(SecretKey::generate());
+    let everyone = Audience {
+        group: GROUP.into(),
+        gateway: None,
+    };
+    let key = publisher.clone();
+    let (base, good, broken) = tokio::task::spawn_blocking(move || {
+        (
+            digits_bundle(&key, "1.0.0"),
+            digits_bundle(&key, "1.1.0"),
+            broken_bundle(&key, "1.2.0"),
+        )
+    })
+    .await
+    .unwrap();
+    let a = Member::join("gw-a", GROUP, &publisher, &registry, &broker, "").await;
+    let b = Member::join("gw-b", GROUP, &publisher, &registry, &broker, "").await;
+    let members = [&a, &b];
+    publish::publish(
+        &base,
+        &registry_options,
+        "edgeplug/digits",
+        &broker_options,
+        &everyone,
+        &publisher,
+    )
+    .await
+    .unwrap();
+    eventually("both on 1.0.0", || async {
+        members
+            .iter()
+            .all(|m| m.active().as_deref() == Some("1.0.0"))
+    })
+    .await;
+
+    // A good canary: half the requests, promoted by itself once 2 s passed with its gate held.
+    let published = publish::publish_canary(
+        &good,
+        &registry_options,
+        "edgeplug/digits",
+        &broker_options,
+        &everyone,
+        &publisher,
+        "canary=50&min_requests=10&promote_after=2s",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        published.notice.notice.canary.as_deref(),
+        Some("canary=50&min_requests=10&promote_after=2s")
+    );
+    let canary_on = |m: &Member, version: &str| {
+        m.gateway
+            .gateway
+            .registry
+            .canary("digits")
+            .is_some_and(|c| c.plugin.version.to_string() == version)
+    };
+    eventually("a canary of 1.1.0 on both", || async {
+        members.iter().all(|m| canary_on(m, "1.1.0"))
+    })
+    .await;
+    for m in members {
+        let (versions, statuses) = sevens(&m.gateway, 40).await;
+        assert_eq!(statuses, BTreeMap::from([(200, 40)]));
+        assert!(versions.contains_key("1.1.0"), "{versions:?}");
+    }
+    eventually("1.1.0 promoted on both", || async {
+        members
+            .iter()
+            .all(|m| m.active().as_deref() == Some("1.1.0"))
+    })
+    .await;
+
+    // A failing canary: reverted on each gateway by its gate, the active version stays, and
+    // each gateway says so in its status.
+    publish::publish_canary(
+        &broken,
+        &registry_options,
+        "edgeplug/digits",
+        &broker_options,
+        &everyone,
+        &publisher,
+        "canary=50&min_requests=10",
+    )
+    .await
+    .unwrap();
+    eventually("a canary of 1.2.0 on both", || async {
+        members.iter().all(|m| canary_on(m, "1.2.0"))
+    })
+    .await;
+    for m in members {
+        while m.gateway.gateway.registry.canary("digits").is_some() {
+            let (versions, statuses) = sevens(&m.gateway, 10).await;
+            let failed = 10 - statuses.get(&200).copied().unwrap_or(0);
+            assert_eq!(failed, versions.get("1.2.0").copied().unwrap_or(0));
+        }
+        assert_eq!(m.active().as_deref(), Some("1.1.0"));
+    }
+    eventually("both report the revert", || async {
+        let reported = statuses(&broker_options, GROUP).await;
+        reported.len() == 2
+            && reported.iter().all(|s| {
+                let digits = &s.plugins["digits"];
+                digits.active.as_deref() == Some("1.1.0")
+                    && digits.last_canary.as_deref() == Some("1.2.0 reverted")
+            })
+    })
+    .await;
+}

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::{ActivePlugin, AdminError, AdminOutcome, Registry, unix_secs};
 use crate::metrics::Window;
+use crate::units::{parse_duration, parse_rate};
 use edgeplug_bundle::{StoreError, VerifiedBundle};
 
 /// How often the gate is checked.
@@ -157,6 +158,72 @@ pub struct CanaryStarted {
     pub percent: u8,
     pub self_tests: usize,
     pub load_ms: f64,
+}
+
+/// A canary's mode and gate from its spec: the query string of `PUT
+/// /v1/admin/plugins/{name}?canary=10&max_error_rate=1%...`, and a fleet canary notice's
+/// `canary` field (the same text, so one syntax serves both).
+pub fn parse_canary_spec(query: &str) -> Result<(CanaryMode, CanaryGate), String> {
+    let mut mode = None;
+    let mut gate = CanaryGate::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |what: &str| {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| format!("{key}={value:?}: {what}"))
+        };
+        match key {
+            "canary" => {
+                let percent = value
+                    .trim_end_matches('%')
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| (1..=99).contains(p))
+                    .ok_or_else(|| {
+                        format!("canary={value:?}: the canary's share is a percentage from 1 to 99")
+                    })?;
+                mode = Some(CanaryMode::Split { percent });
+            }
+            "shadow" => match value {
+                "true" | "1" => mode = Some(CanaryMode::Shadow),
+                _ => return Err(format!("shadow={value:?}: only shadow=true is meaningful")),
+            },
+            "max_error_rate" => {
+                gate.max_error_rate = parse_rate(value).map_err(|e| format!("{key}: {e:#}"))?
+            }
+            "max_disagreement" => {
+                gate.max_disagreement =
+                    Some(parse_rate(value).map_err(|e| format!("{key}: {e:#}"))?)
+            }
+            "max_p99_ms" => gate.max_p99_ms = Some(number("milliseconds")?),
+            "min_requests" => {
+                gate.min_requests = value
+                    .parse()
+                    .map_err(|_| format!("{key}={value:?}: a count of requests"))?
+            }
+            "promote_after" => {
+                gate.promote_after =
+                    Some(parse_duration(value).map_err(|e| format!("{key}: {e:#}"))?)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown parameter {key:?}: a canary takes canary or shadow, \
+                     max_error_rate, max_p99_ms, max_disagreement, min_requests, promote_after"
+                ));
+            }
+        }
+    }
+    let mode = mode.ok_or("give canary=PERCENT or shadow=true")?;
+    if matches!(mode, CanaryMode::Split { .. }) && gate.max_disagreement.is_some() {
+        return Err("max_disagreement applies to shadow=true only".into());
+    }
+    if query.contains("canary=") && query.contains("shadow=") {
+        return Err("give either canary=PERCENT or shadow=true, not both".into());
+    }
+    Ok((mode, gate))
 }
 
 /// SplitMix64's finalizer: consecutive counters become well-spread 64-bit values.
@@ -567,7 +634,7 @@ pub async fn watch(gw: Arc<crate::Gateway>, name: String, canary: Arc<Canary>) {
 
 #[cfg(test)]
 mod tests {
-    use super::mix;
+    use super::*;
 
     #[test]
     fn the_split_draws_are_spread_evenly() {
@@ -577,6 +644,41 @@ mod tests {
                 .filter(|i| mix(start.wrapping_add(*i)) % 100 < 10)
                 .count();
             assert!((160..=240).contains(&taken), "{taken} of 2000 at 10%");
+        }
+    }
+
+    #[test]
+    fn a_canary_query_gives_its_mode_and_gate() {
+        let (mode, gate) =
+            parse_canary_spec("canary=10&max_error_rate=2%&max_p99_ms=40&promote_after=2m")
+                .unwrap();
+        assert_eq!(mode, CanaryMode::Split { percent: 10 });
+        assert_eq!(gate.max_error_rate, 0.02);
+        assert_eq!(gate.max_p99_ms, Some(40.0));
+        assert_eq!(gate.promote_after, Some(Duration::from_secs(120)));
+        assert_eq!(gate.min_requests, CanaryGate::default().min_requests);
+        let (mode, gate) = parse_canary_spec("shadow=true&max_disagreement=5%").unwrap();
+        assert_eq!(mode, CanaryMode::Shadow);
+        assert_eq!(gate.max_disagreement, Some(0.05));
+    }
+
+    #[test]
+    fn a_bad_canary_query_says_what_is_wrong() {
+        for (query, says) in [
+            ("canary=0", "1 to 99"),
+            ("canary=100", "1 to 99"),
+            ("canary=ten", "1 to 99"),
+            ("shadow=false", "shadow=true"),
+            ("canary=10&shadow=true", "not both"),
+            ("canary=10&max_disagreement=5%", "shadow=true only"),
+            ("canary=10&max_error_rate=2", "percentage"),
+            ("canary=10&max_p99_ms=-1", "milliseconds"),
+            ("canary=10&promote_after=soon", "duration"),
+            ("canary=10&speed=fast", "unknown parameter"),
+            ("max_error_rate=1%", "canary=PERCENT or shadow=true"),
+        ] {
+            let e = parse_canary_spec(query).unwrap_err();
+            assert!(e.contains(says), "{query}: {e}");
         }
     }
 }

@@ -36,7 +36,8 @@ use edgeplug_runtime::{LoadError, LoadedPlugin, PluginFiles, Runtime};
 
 mod canary;
 pub use canary::{
-    Canary, CanaryEnd, CanaryGate, CanaryListing, CanaryMode, CanaryStarted, Verdict, watch,
+    Canary, CanaryEnd, CanaryGate, CanaryListing, CanaryMode, CanaryStarted, Verdict,
+    parse_canary_spec, watch,
 };
 
 /// One loaded plugin version, shared by every request running on it.
