@@ -14,4 +14,5 @@
 pub mod model;
 pub mod native;
 pub mod quantize;
+pub mod split;
 pub mod weights;
