@@ -119,6 +119,11 @@ impl TestRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The registry's process id (its memory and CPU figures in /proc, for benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Where the registry keeps the blob `digest` (`sha256:…`) on disk: tests corrupt it to
     /// play a registry serving other bytes.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
@@ -200,6 +205,11 @@ impl TestBroker {
     /// `mqtt://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's process id (its memory and CPU figures in /proc, for benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker runs").id()
     }
 
     /// Stops the broker (SIGTERM: it writes its persistence file first).
