@@ -29,6 +29,7 @@ const TEST_PLUGINS: &[&str] = &[
     "counter",
     "wasi-nn-classifier",
     "trainer",
+    "escalate",
 ];
 
 fn main() {

@@ -59,6 +59,7 @@ pub use edgeplug_preprocess as preprocess;
 mod preprocess_tests;
 mod tensor;
 pub mod train;
+pub mod upstream;
 
 pub use model::Model;
 pub use ops::{Activation, Conv2d, Gemm, Padding, Pool2d};

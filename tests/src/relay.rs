@@ -1,13 +1,15 @@
-//! A TCP relay between two tiers, whose link the test cuts and restores: `tc netem` is not in
-//! this kernel, and a relay needs no network namespace.
+//! A TCP relay between two tiers, whose link the test cuts, slows and restores: `tc netem` is
+//! not in this kernel, and a relay needs no network namespace.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Forwards connections on `127.0.0.1:port` to a target while up; while cut, every
-/// connection is closed and new ones are closed on arrival (a link that is down).
+/// connection is closed and new ones are closed on arrival (a link that is down). With a
+/// delay, every chunk waits that long before it is forwarded, each way (a slow link).
 pub struct Relay {
     pub port: u16,
     state: Arc<State>,
@@ -16,6 +18,7 @@ pub struct Relay {
 struct State {
     up: AtomicBool,
     stopped: AtomicBool,
+    delay_ms: AtomicU64,
     open: Mutex<Vec<TcpStream>>,
 }
 
@@ -26,6 +29,7 @@ impl Relay {
         let state = Arc::new(State {
             up: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
             open: Mutex::new(Vec::new()),
         });
         let shared = state.clone();
@@ -57,12 +61,17 @@ impl Relay {
                     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
                         continue;
                     };
+                    let link = shared.clone();
                     std::thread::spawn(move || {
                         let mut buffer = [0u8; 16 * 1024];
                         loop {
                             match from.read(&mut buffer) {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => {
+                                    let delay = link.delay_ms.load(Ordering::SeqCst);
+                                    if delay > 0 {
+                                        std::thread::sleep(Duration::from_millis(delay));
+                                    }
                                     if to.write_all(&buffer[..n]).is_err() {
                                         break;
                                     }
@@ -86,9 +95,17 @@ impl Relay {
         }
     }
 
-    /// Brings the link back.
+    /// Brings the link back, without delay.
     pub fn restore(&self) {
+        self.state.delay_ms.store(0, Ordering::SeqCst);
         self.state.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Delays every chunk by `delay` before forwarding it, each way.
+    pub fn slow_down(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 }
 

@@ -10,11 +10,16 @@ use serde::{Deserialize, Serialize};
 
 /// The WIT world this host implements. A manifest names the world it was built against;
 /// the host accepts the same package version.
-pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.1";
+pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.2";
 
 /// Every version of the plugin world this host serves: 0.1.1 added the `train` interface,
-/// and a plugin built against 0.1.0 (which imports none of it) runs unchanged.
-pub const PLUGIN_WORLDS: [&str; 2] = ["edgeplug:plugin/plugin@0.1.0", WORLD];
+/// 0.1.2 the `upstream` interface, and a plugin built against an older one (which imports
+/// none of what came later) runs unchanged.
+pub const PLUGIN_WORLDS: [&str; 3] = [
+    "edgeplug:plugin/plugin@0.1.0",
+    "edgeplug:plugin/plugin@0.1.1",
+    WORLD,
+];
 
 /// The other world a plugin may target: a WASI command (`wasi:cli/command`, what a `main`
 /// compiled for `wasm32-wasip2` is), run once per request with the body on stdin and the
@@ -142,6 +147,11 @@ pub struct Grants {
     /// Default: none.
     #[serde(default)]
     pub store_models: BTreeMap<String, String>,
+    /// Upstreams (centers) the plugin may escalate requests to, by the name the gateway's
+    /// `[upstreams.NAME]` configuration gives them; the gateway decides where each one is.
+    /// Default: none. Left out when empty, so manifests without it serialize as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream: Vec<String>,
 }
 
 /// Per-plugin limits. The gateway's configuration caps each of them.
@@ -227,6 +237,8 @@ pub enum ManifestError {
     DuplicateModelGrant { name: String },
     #[error("model store name {0:?} must be letters, digits, '-', '_' or '.' (a name, not a path)")]
     BadStoreName(String),
+    #[error("upstream name {0:?} must be 1-64 letters, digits, '-' or '_' (a name, not a URL)")]
+    BadUpstreamName(String),
     #[error("limit {name} must be at least 1")]
     ZeroLimit { name: &'static str },
     #[error("cannot read {path}: {source}")]
@@ -288,6 +300,11 @@ impl Manifest {
                 return Err(ManifestError::BadStoreName(store_name.clone()));
             }
         }
+        for name in &self.grants.upstream {
+            if !is_upstream_name(name) {
+                return Err(ManifestError::BadUpstreamName(name.clone()));
+            }
+        }
         let limits = [
             ("memory_mib", self.limits.memory_mib),
             ("deadline_ms", self.limits.deadline_ms),
@@ -341,6 +358,16 @@ pub fn check_member_path(path: &str) -> Result<(), ManifestError> {
     }
 }
 
+/// An upstream name is a key of the gateway's `[upstreams]` table: short, plain, and safe to
+/// put in a metric label.
+pub fn is_upstream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 /// A model store name is a file stem, never a path.
 pub fn is_store_name(name: &str) -> bool {
     !name.is_empty()
@@ -387,6 +414,20 @@ world = "edgeplug:plugin/plugin@0.1.0"
             matches!(twice, Err(ManifestError::DuplicateModelGrant { .. })),
             "{twice:?}"
         );
+    }
+
+    #[test]
+    fn upstream_grants_are_plain_names_and_default_to_none() {
+        assert!(Manifest::parse(MINIMAL).unwrap().grants.upstream.is_empty());
+        let ok = Manifest::parse(&format!("{MINIMAL}[grants]\nupstream = [\"center\"]\n")).unwrap();
+        assert_eq!(ok.grants.upstream, ["center"]);
+        for bad in ["", "http://center", "a b", "../x"] {
+            let parsed = Manifest::parse(&format!("{MINIMAL}[grants]\nupstream = [{bad:?}]\n"));
+            assert!(
+                matches!(parsed, Err(ManifestError::BadUpstreamName(_))),
+                "{bad:?}: {parsed:?}"
+            );
+        }
     }
 
     #[test]

@@ -45,6 +45,12 @@
 //! max_instances = 128                # wasm instances alive at once, all plugins together
 //! body_timeout_ms = 30000            # a request body must arrive within this (408 after)...
 //! body_min_rate_kib = 16             # ...plus one second per this many KiB received
+//!
+//! [upstreams.center]                 # a center plugins granted `upstream = ["center"]` escalate to
+//! url = "https://center.example:8443" # an Open Inference Protocol v2 server (POST {url}/v2/models/M/infer)
+//! token_file = "/etc/edgeplug/center-token"  # or token = "...": sent as a bearer token
+//! timeout_ms = 1000                  # per call, within what the request's deadline leaves
+//! ca = "/etc/edgeplug/center-ca.pem" # https: the CA to trust (default: the system's roots)
 //! ```
 //! Relative paths in a file are resolved against the file's directory; the built-in defaults
 //! are relative to the working directory.
@@ -137,6 +143,10 @@ pub struct Config {
     /// `[grpc]`: the Open Inference Protocol over gRPC, opaque here, parsed by the
     /// `edgeplug-grpc` crate. Default: none (no gRPC port).
     pub grpc: Option<toml::Table>,
+    /// `[upstreams.NAME]`: centers a plugin may escalate requests to when its manifest grants
+    /// NAME (`[grants] upstream`); see [`crate::upstream::UpstreamConfig`]. Default: none
+    /// (every escalation is `unavailable`).
+    pub upstreams: std::collections::BTreeMap<String, crate::upstream::UpstreamConfig>,
 }
 
 /// `[admin]`: what the admin API requires of a pushed version.
@@ -241,6 +251,7 @@ impl Default for Config {
             triggers: Vec::new(),
             cameras: Vec::new(),
             grpc: None,
+            upstreams: Default::default(),
         }
     }
 }
@@ -294,6 +305,13 @@ impl Config {
                 resolve(p);
             }
         }
+        for upstream in config.upstreams.values_mut() {
+            for p in [&mut upstream.token_file, &mut upstream.ca] {
+                if let Some(p) = p.as_mut() {
+                    resolve(p);
+                }
+            }
+        }
         if let Some(tls) = config.tls.as_mut() {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
@@ -311,6 +329,9 @@ impl Config {
         );
         if let Some(token) = &self.admin_token {
             anyhow::ensure!(!token.trim().is_empty(), "admin_token must not be empty");
+        }
+        for (name, upstream) in &self.upstreams {
+            upstream.validate(name)?;
         }
         let l = &self.limits;
         for (name, value) in [

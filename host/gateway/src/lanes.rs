@@ -286,8 +286,13 @@ async fn dispatch_with_permit(
     // A client's timeout shorter than the fast path's budget would read as the plugin being
     // slow: such a request goes to the pool.
     let roomy = timeout.is_none_or(|t| t.saturating_sub(started.elapsed()) >= FAST_PATH_BUDGET);
+    // A version that may escalate never runs on the reactor: its host call would block the
+    // reactor for as long as the center takes, and the fast path's short deadline would cut
+    // the escalation off.
+    let escalates = !plugin.plugin.shared().manifest().grants.upstream.is_empty();
     if !demoted
         && roomy
+        && !escalates
         && plugin.fast_path.allows()
         && request.body.len() <= FAST_PATH_MAX_BODY
         && request.tensors.is_empty()
@@ -393,6 +398,9 @@ fn finish(
     }
     let code = result.as_ref().err().map(InvokeError::code);
     plugin.metrics.observe(started.elapsed(), code);
+    if result.as_ref().is_ok_and(|r| r.degraded) {
+        gw.upstreams.metrics.degraded_answer(plugin.name());
+    }
     result.map_err(DispatchError::Failed)
 }
 

@@ -29,6 +29,7 @@ pub mod oip;
 pub mod registry;
 pub mod shadow;
 pub mod units;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct Gateway {
     /// Each plugin's labeled samples (`state_dir/samples/NAME.samples`), opened on first use.
     pub samples:
         std::sync::Mutex<std::collections::BTreeMap<String, edgeplug_train::samples::SampleStore>>,
+    /// Escalations: the `[upstreams]` plugins call through the runtime, and their metrics.
+    pub upstreams: Arc<upstream::GatewayUpstreams>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -97,6 +100,7 @@ impl Gateway {
             },
         )
         .with_context(|| format!("cannot open state_dir {}", config.state_dir.display()))?;
+        let upstreams = Arc::new(upstream::GatewayUpstreams::open(&config.upstreams)?);
         let runtime = Runtime::new(RuntimeConfig {
             limit_caps: config.limit_caps(),
             max_instances: config.limits.max_instances,
@@ -108,6 +112,7 @@ impl Gateway {
             models: Arc::new(edgeplug_runtime::model_store::ModelStore::new(Some(
                 config.model_dir.clone(),
             ))),
+            upstreams: Some(upstreams.clone()),
         })?;
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let access = auth::Access::new(
@@ -119,6 +124,7 @@ impl Gateway {
         let audit = audit::AuditLog::open(&audit_path, config.audit_rotation())
             .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
         let metrics = Arc::new(metrics::Metrics::default());
+        metrics.add_source(upstreams.metrics.clone());
         let registry = Registry::new(
             runtime,
             store,
@@ -144,6 +150,7 @@ impl Gateway {
             // Nice 10 still gets ~10% of a busy core, so a push under full load finishes.
             admin: lanes::LowPriorityPool::new("edgeplug-admin", 1, 16, 10)?,
             samples: std::sync::Mutex::default(),
+            upstreams,
         }))
     }
 

@@ -45,6 +45,7 @@ pub fn parse(output: Vec<u8>) -> Result<InferResponse, InvokeError> {
         content_type: content_type.unwrap_or_else(|| guess(&body).to_string()),
         body,
         tensors: Vec::new(),
+        degraded: false,
     })
 }
 

@@ -8,11 +8,13 @@ pub mod content_type;
 mod error;
 pub mod glue;
 mod glue_train;
+mod glue_upstream;
 pub mod model_store;
 mod plugin;
 pub mod selftest;
 mod state;
 mod stderr;
+pub mod upstream;
 pub mod wasi_nn;
 
 use std::sync::Arc;
@@ -68,6 +70,9 @@ pub struct RuntimeConfig {
     /// Compile a component's functions on every core (faster loads) or only on the calling
     /// thread (a gateway swapping versions under load).
     pub parallel_compilation: bool,
+    /// Where plugins' escalations go (WIT `upstream`); `None`: every upstream a manifest
+    /// grants is `unavailable`, so its plugins answer on their own, degraded.
+    pub upstreams: Option<Arc<dyn upstream::Upstreams>>,
 }
 
 impl Default for RuntimeConfig {
@@ -86,6 +91,7 @@ impl Default for RuntimeConfig {
             cache: ComponentCache::disabled(),
             models: Arc::default(),
             parallel_compilation: true,
+            upstreams: None,
         }
     }
 }
@@ -214,6 +220,7 @@ impl Runtime {
             _component: component,
             entry,
             shared,
+            upstreams: self.config.upstreams.clone(),
             info: PluginInfo {
                 name: String::new(),
                 version: String::new(),
@@ -321,6 +328,9 @@ pub struct InferResponse {
     pub content_type: String,
     pub body: Vec<u8>,
     pub tensors: Vec<(String, Tensor)>,
+    /// The plugin escalated, the upstream could not help (unavailable or rejected), and the
+    /// plugin answered anyway, with its own result.
+    pub degraded: bool,
 }
 
 /// What one request took from the host, for the conformance kit's limits report.
@@ -341,6 +351,7 @@ pub struct LoadedPlugin {
     _component: Arc<Component>,
     entry: Entry,
     shared: Arc<PluginShared>,
+    upstreams: Option<Arc<dyn upstream::Upstreams>>,
     info: PluginInfo,
     /// Instances kept for the next requests (`requests_per_instance` > 1), at most
     /// [`MAX_KEPT_INSTANCES`] and never more than the requests that can run at once.
@@ -387,7 +398,8 @@ impl LoadedPlugin {
         self.store_of(StoreState::new(self.shared.clone()), deadline_ms)
     }
 
-    fn store_of(&self, state: StoreState, deadline_ms: u64) -> Store<StoreState> {
+    fn store_of(&self, mut state: StoreState, deadline_ms: u64) -> Store<StoreState> {
+        state.upstreams = self.upstreams.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline_ticks(deadline_ms));
@@ -495,6 +507,12 @@ impl LoadedPlugin {
                 }
             }
         };
+        // Escalations of this request must leave it time to answer (see `upstream`).
+        let length = Duration::from_millis(deadline_ms);
+        store.data_mut().deadline = Some(state::RequestDeadline {
+            at: std::time::Instant::now() + length,
+            length,
+        });
         let result = self.infer_on(&mut store, &instance, request);
         let stats = self.stats(&store);
         // Only an instance that returned normally is kept: after a trap or an exhausted
@@ -653,6 +671,7 @@ impl LoadedPlugin {
             content_type: response.content_type,
             body: response.body,
             tensors,
+            degraded: store.data().escalation_failed,
         })
     }
 

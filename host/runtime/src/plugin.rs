@@ -208,6 +208,11 @@ impl PluginShared {
         self.weights.byte_size()
     }
 
+    /// Whether the manifest grants escalating to upstream `name` (deny by default).
+    pub fn upstream_granted(&self, name: &str) -> bool {
+        self.manifest.grants.upstream.iter().any(|g| g == name)
+    }
+
     /// A granted model. The name is a key into the grants, never a path.
     pub(crate) fn model(&self, name: &str) -> Result<Arc<Model>, HostError> {
         self.models.get(name).cloned().ok_or_else(|| {

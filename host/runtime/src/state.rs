@@ -2,6 +2,7 @@
 //! that bound what one request may take from the host.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -38,6 +39,20 @@ pub struct StoreState {
     tensor_budget: usize,
     pub(crate) limit_hit: Option<LimitHit>,
     pub(crate) stderr: GuestStderr,
+    /// Where escalations go; `None`: the embedder offers none, every upstream is unavailable.
+    pub(crate) upstreams: Option<Arc<dyn crate::upstream::Upstreams>>,
+    /// The running request's deadline, which bounds its escalations.
+    pub(crate) deadline: Option<RequestDeadline>,
+    /// An escalation of the running request failed (unavailable or rejected): an answer the
+    /// plugin gives anyway is degraded.
+    pub(crate) escalation_failed: bool,
+}
+
+/// When the running request's deadline passes, and how long it was.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestDeadline {
+    pub(crate) at: Instant,
+    pub(crate) length: Duration,
 }
 
 impl StoreState {
@@ -61,6 +76,9 @@ impl StoreState {
             limit_hit: None,
             stderr,
             plugin,
+            upstreams: None,
+            deadline: None,
+            escalation_failed: false,
         }
     }
 
@@ -88,6 +106,7 @@ impl StoreState {
     /// forgotten, and its peaks restart from what the instance holds now (tensors the plugin
     /// kept stay charged to its budget).
     pub fn begin_request(&mut self) {
+        self.escalation_failed = false;
         self.limit_hit = None;
         self.limiter.exhausted = false;
         self.peak_tensor_bytes = self.tensor_bytes;
@@ -119,6 +138,11 @@ impl StoreState {
         self.tensor_bytes = total;
         self.peak_tensor_bytes = self.peak_tensor_bytes.max(total);
         Ok(())
+    }
+
+    /// Host tensor bytes the request may still take.
+    pub(crate) fn tensor_bytes_left(&self) -> usize {
+        self.tensor_budget.saturating_sub(self.tensor_bytes)
     }
 
     /// Gives back what [`StoreState::charge_tensor_bytes`] charged.

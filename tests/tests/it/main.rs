@@ -8,6 +8,7 @@ mod classifier;
 mod clients;
 mod conformance;
 mod digits;
+mod escalation;
 mod fleet;
 mod forecaster;
 mod gateway;

@@ -512,6 +512,12 @@ async fn invoke(
     if let Ok(v) = HeaderValue::from_str(&answer.content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
+    if answer.degraded {
+        // The plugin's escalation failed and it answered on its own.
+        response
+            .headers_mut()
+            .insert("x-edgeplug-degraded", HeaderValue::from_static("true"));
+    }
     version_headers(&mut response, &plugin);
     Ok(response)
 }

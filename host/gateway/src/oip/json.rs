@@ -91,6 +91,29 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<V2Request, Ba
     })
 }
 
+/// The tensors of a v2 infer answer in JSON (what an escalation gets back from a center): its
+/// FP32, INT64 and UINT8 outputs by name; BYTES outputs are not tensors and are left out.
+/// An output has the layout of a request's input, so it is read the same way.
+pub fn decode_outputs(body: &[u8]) -> Result<Vec<(String, Tensor)>, BadRequest> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the answer is not JSON: {e}")))?;
+    let outputs = value
+        .get("outputs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("the answer has no \"outputs\" array"))?;
+    let mut tensors = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        match decode_input(output, &mut &[][..])?.value {
+            InputValue::Tensor(tensor) => tensors.push((
+                output["name"].as_str().unwrap_or_default().to_string(),
+                tensor,
+            )),
+            InputValue::Bytes(_) => {}
+        }
+    }
+    Ok(tensors)
+}
+
 fn decode_input(input: &Value, binary: &mut &[u8]) -> Result<Input, BadRequest> {
     let name = input
         .get("name")

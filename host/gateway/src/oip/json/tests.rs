@@ -33,6 +33,7 @@ fn answer() -> InferResponse {
             "probs".into(),
             Tensor::from_f32(vec![1, 3], vec![0.25, 0.7, 0.05]).unwrap(),
         )],
+        degraded: false,
     }
 }
 
@@ -198,6 +199,7 @@ fn encodes_tensors_and_the_body_by_default_or_by_name() {
         content_type: "image/png".into(),
         body: vec![0x89, b'P', b'N', b'G', 0xff],
         tensors: Vec::new(),
+        degraded: false,
     };
     let out = encode_json(&png, &[]);
     assert_eq!(
@@ -280,6 +282,7 @@ fn refuses_an_output_the_answer_does_not_have() {
             "probs".into(),
             Tensor::from_f32(vec![1], vec![1.0]).unwrap(),
         )],
+        degraded: false,
     };
     let want = |name: &str| RequestedOutput {
         name: name.into(),
