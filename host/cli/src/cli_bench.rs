@@ -70,6 +70,30 @@ pub struct BenchArgs {
     /// `EDGEPLUG_AMX=off` keeps it off AMX).
     #[arg(long, default_value = "f32")]
     pub precision: edgeplug_models::native::Precision,
+    /// Instead of timing the model whole, find where to cut it between this device and a
+    /// peer: every cut point's head and tail times, the tensor crossing, and the predicted
+    /// latency on the link (`--peer` measures it, `--link` gives it).
+    #[arg(long, conflicts_with_all = ["peak", "profile"])]
+    pub split: bool,
+    /// `--split`: link rates to predict for (`100mbit`, `1gbit`, `500kbit`; several by
+    /// repeating or with commas).
+    #[arg(long, requires = "split")]
+    pub link: Vec<String>,
+    /// `--split` with `--link`: the link's cost per call (round trip, connection), in ms.
+    #[arg(long, default_value_t = 0.0, requires = "split")]
+    pub rtt_ms: f64,
+    /// `--split`: measure the link against this gateway (http://HOST:PORT), the one that
+    /// would run the tail.
+    #[arg(long, requires = "split")]
+    pub peer: Option<String>,
+    /// `--split --peer`: an active plugin on the peer to send the probes to (they fail
+    /// there; only their transfer is timed). Its request limit must take the probes (1 MiB,
+    /// or the model input's size if larger).
+    #[arg(long, requires = "peer")]
+    pub peer_plugin: Option<String>,
+    /// `--split`: how many times faster the peer runs the tail than this machine.
+    #[arg(long, default_value_t = 1.0, requires = "split")]
+    pub peer_speedup: f64,
     /// Kernel instruction set for the native backend and `--peak`: avx512,
     /// avx2, neon or portable (default: `EDGEPLUG_ISA`, else the best this
     /// CPU has).
@@ -173,6 +197,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         (Some(model), false) => model,
         (None, false) => bail!("give a model, or --peak"),
     };
+    if args.split {
+        let report = crate::cli_split::run(&args, model)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            crate::cli_split::print(&report);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     let name = model
         .file_stem()
@@ -224,30 +257,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             spec.len()
         );
     };
-    let shape: Vec<usize> = spec
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d).context("model input has a dynamic dimension"))
-        .collect::<anyhow::Result<_>>()?;
-    let input = match &args.input {
-        None => Tensor::zeros(shape.clone())?,
-        Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let (_, data) =
-                read_npy_f32(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-            let n: usize = shape.iter().product();
-            if data.len() < n {
-                bail!(
-                    "{} holds {} values, the model input {:?} needs {n}",
-                    path.display(),
-                    data.len(),
-                    shape
-                );
-            }
-            Tensor::from_f32(shape.clone(), data[..n].to_vec())?
-        }
-    };
+    let input = bench_input(spec, args.input.as_deref())?;
     let mut times = Vec::with_capacity(args.runs);
     let wall = std::thread::scope(|s| -> anyhow::Result<f64> {
         let per_thread = args.runs.div_ceil(args.threads);
@@ -334,6 +344,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The input a benchmark runs a model on: zeros shaped as `spec`, or the first row of the
+/// float32 `.npy` at `path`.
+pub fn bench_input(
+    spec: &edgeplug_models::model::TensorSpec,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<Tensor> {
+    let shape: Vec<usize> = spec
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d).context("model input has a dynamic dimension"))
+        .collect::<anyhow::Result<_>>()?;
+    let Some(path) = path else {
+        return Ok(Tensor::zeros(shape)?);
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, data) = read_npy_f32(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let n: usize = shape.iter().product();
+    if data.len() < n {
+        bail!(
+            "{} holds {} values, the model input {:?} needs {n}",
+            path.display(),
+            data.len(),
+            shape
+        );
+    }
+    Ok(Tensor::from_f32(shape, data[..n].to_vec())?)
 }
 
 /// Shape and values of a little-endian float32 C-order `.npy` file.

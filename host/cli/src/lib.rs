@@ -27,5 +27,6 @@ pub mod cli_quantize;
 pub mod cli_rollout;
 pub mod cli_selftest;
 pub mod cli_serve;
+pub mod cli_split;
 pub mod cli_token;
 pub mod client;
