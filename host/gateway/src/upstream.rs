@@ -493,7 +493,9 @@ impl edgeplug_runtime::upstream::Upstreams for GatewayUpstreams {
         let (plugin, upstream) = (call.plugin.clone(), call.upstream.clone());
         bump(&self.metrics.calls, (plugin.clone(), upstream.clone()));
         self.call(call).map_err(|(reason, message)| {
-            tracing::info!(%plugin, %upstream, reason = reason.name(), "escalation failed: {message}");
+            // Debug, not info: with the center down every escalation fails, and the metrics
+            // already count them by reason.
+            tracing::debug!(%plugin, %upstream, reason = reason.name(), "escalation failed: {message}");
             bump(&self.metrics.failures, (plugin, upstream, reason));
             match reason {
                 FailureReason::Rejected => UpstreamError::Rejected(message),
