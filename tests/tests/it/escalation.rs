@@ -1,16 +1,19 @@
 //! Escalation (issue 15, WIT 0.1.2's `upstream`): the `escalate` test plugin on an edge
-//! gateway sends the digits it is unsure of to a center gateway serving `digits`, through a
-//! TCP relay the test cuts and slows. With the center up, down and slower than the request's
+//! gateway sends the digits it is unsure of to a center gateway serving `digits` (in a
+//! process of its own), through a TCP relay the test cuts and slows, and then with the
+//! center's process killed. With the center up, down and slower than the request's
 //! deadline, every answer comes within the deadline, marked degraded exactly when the center
 //! could not help; the grant is checked, and components of the older WIT still run.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use edgeplug::client::{ChunkedBody, Connection};
 use edgeplug_bundle::{self as bundle, BundleLimits, SecretKey};
 use edgeplug_runtime::{InferRequest, InvokeError, PluginErrorCode, PluginFiles};
-use edgeplug_tests::gateway::{TestGateway, assert_status, digits_bundle, header, json_of};
+use edgeplug_tests::gateway::{TestGateway, assert_status, digits_bundle, header, json_of, req};
 use edgeplug_tests::relay::Relay;
 use edgeplug_tests::{fixture, repo, runtime, test_plugin_wasm};
 use serde_json::{Value, json};
@@ -76,15 +79,112 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The center: a gateway serving `digits` in a process of its own (this test binary run again
+/// for [`center_process`]), killed when dropped.
+struct CenterProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl CenterProcess {
+    fn start() -> CenterProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "escalation::center_process",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("EDGEPLUG_CENTER_PORT_FILE", &port_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let addr = loop {
+            if let Some(addr) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|a| a.trim().parse().ok())
+            {
+                break addr;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the center process did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        CenterProcess {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn post(&self, path: &str, body: Vec<u8>) -> hyper::Response<hyper::body::Bytes> {
+        let url: hyper::Uri = format!("http://{}/", self.addr).parse().unwrap();
+        let request = req("POST", path)
+            .header("content-type", "application/json")
+            .body(ChunkedBody::new(body))
+            .unwrap();
+        Connection::open(&url, None)
+            .await
+            .unwrap()
+            .send(request)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for CenterProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Not a test of its own: the center process [`CenterProcess`] starts. Without its
+/// environment variable it does nothing.
+#[test]
+#[ignore = "the escalation test's center process, started by that test"]
+fn center_process() {
+    let Some(port_file) = std::env::var_os("EDGEPLUG_CENTER_PORT_FILE") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let center = TestGateway::start("").await;
+        assert_status(
+            &center
+                .push("digits", digits_bundle(&center.key, "1.0.0"))
+                .await,
+            200,
+        );
+        let written = PathBuf::from(&port_file).with_extension("tmp");
+        std::fs::write(&written, center.addr.to_string()).unwrap();
+        std::fs::rename(&written, &port_file).unwrap();
+        // Serves until the test kills the process, or until the test's process is gone (a
+        // killed test run must not leave a center behind).
+        let parent = std::os::unix::process::parent_id();
+        while std::os::unix::process::parent_id() == parent {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        std::process::exit(0);
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalation_answers_within_the_deadline_with_the_center_up_down_and_slow() {
-    let center = TestGateway::start("").await;
-    assert_status(
-        &center
-            .push("digits", digits_bundle(&center.key, "1.0.0"))
-            .await,
-        200,
-    );
+    let mut center = tokio::task::spawn_blocking(CenterProcess::start)
+        .await
+        .unwrap();
     let link = Relay::start(center.addr);
     // The upstream's own timeout is longer than the plugin's deadline: the deadline binds.
     let edge = TestGateway::start(&format!(
@@ -117,9 +217,7 @@ async fn escalation_answers_within_the_deadline_with_the_center_up_down_and_slow
         let image = images[i].clone();
         async move {
             let body = serde_json::to_vec(&image).unwrap();
-            let answer = center
-                .post("/v1/plugins/digits/infer", "application/json", body)
-                .await;
+            let answer = center.post("/v1/plugins/digits/infer", body).await;
             json_of(&answer)["label"].as_u64().unwrap()
         }
     };
@@ -165,6 +263,16 @@ async fn escalation_answers_within_the_deadline_with_the_center_up_down_and_slow
     }
     link.restore();
 
+    // The center's process killed: connections through the link are refused.
+    center.kill();
+    let (took, response) = ask(30).await;
+    eprintln!("center killed: answered in {took:?}");
+    assert_status(&response, 200);
+    assert!(took < DEADLINE, "answered after {took:?}");
+    assert_eq!(json_of(&response)["degraded"], true);
+    escalated += 1;
+    degraded += 1;
+
     // A digit the edge model is sure of is not escalated at all.
     let sure = edge
         .post(
@@ -192,11 +300,11 @@ async fn escalation_answers_within_the_deadline_with_the_center_up_down_and_slow
         3.0,
         "{text}"
     );
-    // A cut link closes the connection: refused, or reset before any answer.
+    // A cut link closes the connection, a killed center refuses it: no answer either way.
     let down = series(
         "edgeplug_escalation_failures_total{plugin=\"escalate\",upstream=\"center\",reason=\"connect\"}",
     );
-    assert_eq!(down, 3.0, "{text}");
+    assert_eq!(down, 4.0, "{text}");
     assert_eq!(
         series("edgeplug_upstream_latency_seconds_count{upstream=\"center\"}"),
         3.0
