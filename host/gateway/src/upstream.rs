@@ -1,7 +1,8 @@
 //! Escalation from the gateway's side: the `[upstreams.NAME]` tables of its configuration,
 //! the Open Inference Protocol v2 client that runs a plugin's escalation on the named center
-//! (`POST {url}/v2/models/{model}/infer`, JSON tensors, so any v2 server will do: another
-//! edgeplug, Triton, KServe), and the escalation metrics.
+//! (`POST {url}/v2/models/{model}/infer`, tensors in the binary tensor data extension that
+//! edgeplug, Triton and KServe read, or as JSON for a server without it), and the escalation
+//! metrics.
 //!
 //! The runtime decides whether a plugin may escalate (its manifest's grant) and how long the
 //! call may take (the request's deadline less a reserve for the plugin to answer); this module
@@ -52,6 +53,16 @@ pub struct UpstreamConfig {
     /// system's roots.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Send tensors (and ask for the answer's) in the binary tensor data extension: raw
+    /// little-endian bytes after a JSON header, 4 bytes a float instead of up to 12 and no
+    /// number parsing, which a split model's intermediate tensors need. `false` for a v2
+    /// server without the extension. Default: true.
+    #[serde(default = "default_binary")]
+    pub binary: bool,
+}
+
+fn default_binary() -> bool {
+    true
 }
 
 fn default_timeout_ms() -> u64 {
@@ -93,6 +104,7 @@ struct Endpoint {
     token: Option<String>,
     timeout: Duration,
     tls: Option<tokio_rustls::TlsConnector>,
+    binary: bool,
 }
 
 impl Endpoint {
@@ -142,6 +154,7 @@ impl Endpoint {
             token,
             timeout: Duration::from_millis(config.timeout_ms),
             tls,
+            binary: config.binary,
         })
     }
 }
@@ -414,7 +427,7 @@ impl GatewayUpstreams {
         } else {
             (endpoint.timeout, FailureReason::Timeout)
         };
-        let body = encode_request(&call.inputs);
+        let body = encode_request(&call.inputs, endpoint.binary);
         // JSON spends up to ~12 bytes per 4-byte value; the tensors are checked exactly after.
         let max_json = call.max_bytes.saturating_mul(4).saturating_add(64 << 10);
         let path = format!("{}/v2/models/{}/infer", endpoint.prefix, call.model);
@@ -440,7 +453,7 @@ impl GatewayUpstreams {
                 ));
             }
         };
-        let (status, bytes) = answer.map_err(|(reason, e)| {
+        let (status, header_length, bytes) = answer.map_err(|(reason, e)| {
             (
                 reason,
                 format!("upstream {:?} ({}): {e}", call.upstream, endpoint.host),
@@ -468,7 +481,7 @@ impl GatewayUpstreams {
                 ),
             ));
         }
-        let outputs = oip::json::decode_outputs(&bytes).map_err(|e| {
+        let outputs = oip::json::decode_outputs(&bytes, header_length).map_err(|e| {
             (
                 FailureReason::BadAnswer,
                 format!("upstream {:?}: not a v2 answer: {}", call.upstream, e.0),
@@ -511,47 +524,87 @@ fn short(bytes: &[u8]) -> String {
     text.trim().to_string()
 }
 
-/// A v2 infer request of `inputs`, JSON tensors (what every v2 server takes).
-fn encode_request(inputs: &[(String, Tensor)]) -> Vec<u8> {
+/// A v2 infer request body of `inputs`, and the length of its JSON header when the tensors
+/// follow it in the binary extension (`Inference-Header-Content-Length`); else all JSON,
+/// which every v2 server takes.
+fn encode_request(inputs: &[(String, Tensor)], binary: bool) -> RequestBody {
+    let mut blobs = Vec::new();
     let inputs: Vec<Value> = inputs
         .iter()
         .map(|(name, tensor)| {
-            let data = match tensor.data() {
-                TensorData::F32(v) => json!(v.as_ref()),
-                TensorData::U8(v) => json!(v.as_ref()),
-                TensorData::I64(v) => json!(v.as_ref()),
-            };
-            json!({
+            let mut input = json!({
                 "name": name,
                 "shape": tensor.shape(),
                 "datatype": oip::datatype(tensor.element_type()),
-                "data": data,
-            })
+            });
+            if binary {
+                let raw = oip::raw::encode(&oip::OutputValue::Tensor(tensor));
+                input["parameters"] = json!({ "binary_data_size": raw.len() });
+                blobs.push(raw);
+            } else {
+                input["data"] = match tensor.data() {
+                    TensorData::F32(v) => json!(v.as_ref()),
+                    TensorData::U8(v) => json!(v.as_ref()),
+                    TensorData::I64(v) => json!(v.as_ref()),
+                };
+            }
+            input
         })
         .collect();
-    serde_json::to_vec(&json!({ "inputs": inputs })).unwrap_or_default()
+    let mut header = json!({ "inputs": inputs });
+    if binary {
+        header["parameters"] = json!({ "binary_data_output": true });
+    }
+    let mut body = serde_json::to_vec(&header).unwrap_or_default();
+    let header_length = binary.then_some(body.len());
+    for blob in blobs {
+        body.extend_from_slice(&blob);
+    }
+    RequestBody {
+        body,
+        header_length,
+    }
 }
 
-/// One POST on a fresh connection: the status and at most `max_body` bytes of the answer.
+struct RequestBody {
+    body: Vec<u8>,
+    header_length: Option<usize>,
+}
+
+/// The `Inference-Header-Content-Length` header's value, if the answer has a valid one.
+fn header_length(response: &hyper::Response<hyper::body::Incoming>) -> Option<usize> {
+    response
+        .headers()
+        .get("inference-header-content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One POST on a fresh connection: the status, the answer's binary header length if it has
+/// one, and at most `max_body` bytes of the answer.
 async fn post(
     endpoint: &Endpoint,
     path: &str,
-    body: Vec<u8>,
+    body: RequestBody,
     max_body: usize,
-) -> Result<(u16, Bytes), (FailureReason, String)> {
+) -> Result<(u16, Option<usize>, Bytes), (FailureReason, String)> {
     let connect = |e: &dyn std::fmt::Display| (FailureReason::Connect, e.to_string());
     let tcp = tokio::net::TcpStream::connect(&endpoint.authority)
         .await
         .map_err(|e| connect(&e))?;
     let _ = tcp.set_nodelay(true);
-    let mut request = hyper::Request::post(path)
-        .header(hyper::header::HOST, &endpoint.authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json");
+    let mut request = hyper::Request::post(path).header(hyper::header::HOST, &endpoint.authority);
+    request = match body.header_length {
+        Some(n) => request
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .header("inference-header-content-length", n),
+        None => request.header(hyper::header::CONTENT_TYPE, "application/json"),
+    };
     if let Some(token) = &endpoint.token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = request
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body.body)))
         .map_err(|e| connect(&e))?;
     let response = match (&endpoint.tls, endpoint.https) {
         (Some(tls), true) => {
@@ -563,12 +616,13 @@ async fn post(
         _ => send(TokioIo::new(tcp), request).await?,
     };
     let status = response.status().as_u16();
+    let header_length = header_length(&response);
     let bytes = Limited::new(response.into_body(), max_body)
         .collect()
         .await
         .map_err(|e| (FailureReason::BadAnswer, format!("reading the answer: {e}")))?
         .to_bytes();
-    Ok((status, bytes))
+    Ok((status, header_length, bytes))
 }
 
 async fn send<T>(
@@ -600,6 +654,7 @@ mod tests {
             token_file: None,
             timeout_ms: 500,
             ca: None,
+            binary: true,
         };
         ok.validate("center").unwrap();
         let endpoint = Endpoint::open(&ok).unwrap();
@@ -637,8 +692,9 @@ mod tests {
     #[test]
     fn a_request_is_v2_json_tensors() {
         let input = Tensor::from_f32(vec![1, 3], vec![0.5, -3.5, 0.1]).unwrap();
-        let body: Value =
-            serde_json::from_slice(&encode_request(&[("input".into(), input)])).unwrap();
+        let request = encode_request(&[("input".into(), input)], false);
+        assert_eq!(request.header_length, None);
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(body["inputs"][0]["name"], "input");
         assert_eq!(body["inputs"][0]["shape"], json!([1, 3]));
         assert_eq!(body["inputs"][0]["datatype"], "FP32");
@@ -650,6 +706,33 @@ mod tests {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         assert_eq!(data, [0.5, -3.5, 0.1]);
+    }
+
+    #[test]
+    fn a_binary_request_is_what_the_gateway_decodes() {
+        let a = Tensor::from_f32(vec![1, 3], vec![0.5, -3.5, 0.1]).unwrap();
+        let b = Tensor::from_le_bytes(
+            vec![2],
+            edgeplug_kernels::ElementType::I64,
+            &[7, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0],
+        )
+        .unwrap();
+        let request = encode_request(&[("a".into(), a.clone()), ("b".into(), b.clone())], true);
+        let n = request.header_length.expect("a binary header");
+        assert_eq!(
+            request.body.len(),
+            n + 12 + 16,
+            "raw bytes after the header"
+        );
+        let decoded = oip::json::decode(&request.body, Some(n)).unwrap();
+        assert!(
+            decoded.binary_by_default,
+            "the answer is asked for in binary"
+        );
+        let tensors = decoded.request.tensors;
+        assert_eq!(tensors[0].0, "a");
+        assert_eq!(tensors[0].1.as_f32().unwrap(), a.as_f32().unwrap());
+        assert_eq!(tensors[1].1.shape(), b.shape());
     }
 
     #[test]

@@ -91,19 +91,33 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<V2Request, Ba
     })
 }
 
-/// The tensors of a v2 infer answer in JSON (what an escalation gets back from a center): its
+/// The tensors of a v2 infer answer (what an escalation gets back from a center), in JSON or
+/// with the binary extension (`header_length`: its `Inference-Header-Content-Length`): its
 /// FP32, INT64 and UINT8 outputs by name; BYTES outputs are not tensors and are left out.
 /// An output has the layout of a request's input, so it is read the same way.
-pub fn decode_outputs(body: &[u8]) -> Result<Vec<(String, Tensor)>, BadRequest> {
+pub fn decode_outputs(
+    body: &[u8],
+    header_length: Option<usize>,
+) -> Result<Vec<(String, Tensor)>, BadRequest> {
+    let (header, mut binary) = match header_length {
+        None => (body, &[][..]),
+        Some(n) if n <= body.len() => body.split_at(n),
+        Some(n) => {
+            return Err(bad(format!(
+                "Inference-Header-Content-Length is {n}, but the answer has only {} bytes",
+                body.len()
+            )));
+        }
+    };
     let value: Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("the answer is not JSON: {e}")))?;
+        serde_json::from_slice(header).map_err(|e| bad(format!("the answer is not JSON: {e}")))?;
     let outputs = value
         .get("outputs")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("the answer has no \"outputs\" array"))?;
     let mut tensors = Vec::with_capacity(outputs.len());
     for output in outputs {
-        match decode_input(output, &mut &[][..])?.value {
+        match decode_input(output, &mut binary)?.value {
             InputValue::Tensor(tensor) => tensors.push((
                 output["name"].as_str().unwrap_or_default().to_string(),
                 tensor,
