@@ -389,8 +389,28 @@ async fn a_gateway_without_the_upstream_answers_degraded() {
             .contains("no upstream \"center\""),
         "{answer}"
     );
+    assert_eq!(header(&response, "x-edgeplug-degraded"), "true");
+    // The Open Inference Protocol's answer is marked the same way.
+    let body = String::from_utf8(request(&images[3], 1.01)).unwrap();
+    let v2 = json!({"inputs": [{
+        "name": "body", "shape": [1], "datatype": "BYTES", "data": [body],
+        "parameters": {"content_type": "application/json"},
+    }]});
+    let response = edge
+        .post(
+            "/v2/models/escalate/infer",
+            "application/json",
+            serde_json::to_vec(&v2).unwrap(),
+        )
+        .await;
+    assert_status(&response, 200);
+    assert_eq!(header(&response, "x-edgeplug-degraded"), "true");
     let text = String::from_utf8(edge.get("/metrics").await.body().to_vec()).unwrap();
-    assert!(text.contains("reason=\"not-configured\"} 1"), "{text}");
+    assert!(text.contains("reason=\"not-configured\"} 2"), "{text}");
+    assert!(
+        text.contains("edgeplug_degraded_answers_total{plugin=\"escalate\"} 2"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -478,6 +478,15 @@ fn invoke_failure(e: &InvokeError) -> Failure {
     }
 }
 
+/// Marks an answer the plugin gave on its own after its escalation failed.
+fn degraded_header(response: &mut Response<Body>, degraded: bool) {
+    if degraded {
+        response
+            .headers_mut()
+            .insert("x-edgeplug-degraded", HeaderValue::from_static("true"));
+    }
+}
+
 fn version_headers(response: &mut Response<Body>, plugin: &ActivePlugin) {
     set_version_headers(response, plugin.name(), &plugin.version.to_string());
 }
@@ -512,12 +521,7 @@ async fn invoke(
     if let Ok(v) = HeaderValue::from_str(&answer.content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    if answer.degraded {
-        // The plugin's escalation failed and it answered on its own.
-        response
-            .headers_mut()
-            .insert("x-edgeplug-degraded", HeaderValue::from_static("true"));
-    }
+    degraded_header(&mut response, answer.degraded);
     version_headers(&mut response, &plugin);
     Ok(response)
 }
@@ -588,6 +592,7 @@ async fn predict(
         .cloned()
         .unwrap_or(value);
     let mut response = json_response(StatusCode::OK, &json!({"prediction": prediction}));
+    degraded_header(&mut response, answer.degraded);
     version_headers(&mut response, &plugin);
     Ok(response)
 }

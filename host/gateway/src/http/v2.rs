@@ -10,7 +10,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Body, Failure, json_response, read_body, run_within, version_headers};
+use super::{
+    Body, Failure, degraded_header, json_response, read_body, run_within, version_headers,
+};
 use crate::Gateway;
 use crate::body::RequestBody;
 use crate::oip;
@@ -188,6 +190,7 @@ pub(super) async fn v2_infer(
             response
         }
     };
+    degraded_header(&mut response, answer.degraded);
     version_headers(&mut response, &plugin);
     Ok(response)
 }
