@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use edgeplug_gateway::Gateway;
 
@@ -59,7 +59,14 @@ pub(crate) struct Shared {
     /// Set by the stall watchdog before it disconnects, so that the connection loop
     /// reconnects instead of ending.
     pub(crate) reconnect_requested: AtomicBool,
+    /// UNSUBACKs received, and a wake-up for each: [`Triggers::stop`] waits for its own.
+    unsubscribed: AtomicU64,
+    unsubscribed_wake: Notify,
 }
+
+/// How long [`Triggers::stop`] waits for the broker to confirm that the gateway left its
+/// share groups.
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
 
 /// Longest wait between two tries of a message whose plugin is saturated.
 pub(crate) const SATURATED_RETRY_MAX: Duration = Duration::from_millis(200);
@@ -107,6 +114,8 @@ impl Triggers {
             last_message_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             reconnect_requested: AtomicBool::new(false),
+            unsubscribed: AtomicU64::new(0),
+            unsubscribed_wake: Notify::new(),
         });
         tracing::info!(
             broker = %broker.url,
@@ -128,9 +137,18 @@ impl Triggers {
         &self.shared.metrics
     }
 
-    /// Stops taking messages, lets the ones being run finish and publish (up to 30 s), then
-    /// disconnects. Messages not yet acknowledged stay with the broker for the next start.
+    /// Leaves its share groups, stops taking messages, lets the ones being run finish and
+    /// publish (up to 30 s), then disconnects. Messages not yet acknowledged stay with the
+    /// broker for the next start.
+    ///
+    /// A member of a shared subscription unsubscribes first, and keeps running what arrives
+    /// until the broker confirms: otherwise the broker goes on handing the stopped member its
+    /// share of new messages, kept in its session until it comes back (mosquitto does, for up
+    /// to the session's expiry), while the other members could have answered them. A plain
+    /// subscription stays: its messages wait for this gateway's restart, as no one else takes
+    /// them.
     pub async fn stop(self) {
+        self.shared.leave_share_groups().await;
         self.shared.stopping.send_replace(true);
         let all = u32::from(self.shared.config.mqtt.in_flight);
         let drained = tokio::time::timeout(STOP_GRACE, self.shared.slots.acquire_many(all)).await;
@@ -167,6 +185,10 @@ async fn connection_loop(shared: Arc<Shared>, mut events: EventLoop) {
                 first_connection = false;
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => shared.accept(publish),
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                shared.unsubscribed.fetch_add(1, Ordering::SeqCst);
+                shared.unsubscribed_wake.notify_waiters();
+            }
             // The acknowledgement is on its way to the broker: from now on that packet id may
             // name a new message.
             Ok(Event::Outgoing(
@@ -268,6 +290,41 @@ async fn stall_watchdog(shared: Arc<Shared>) {
 }
 
 impl Shared {
+    async fn leave_share_groups(&self) {
+        let filters: Vec<String> = self
+            .config
+            .triggers
+            .iter()
+            .filter(|t| t.config.share.is_some())
+            .map(|t| t.subscription.clone())
+            .collect();
+        if filters.is_empty() {
+            return;
+        }
+        let target = self.unsubscribed.load(Ordering::SeqCst) + filters.len() as u64;
+        for filter in filters {
+            if self.client.unsubscribe(filter).await.is_err() {
+                return;
+            }
+        }
+        let confirmed = tokio::time::timeout(LEAVE_GRACE, async {
+            loop {
+                // Registered before the check, so an UNSUBACK between the two is not missed.
+                let wake = self.unsubscribed_wake.notified();
+                tokio::pin!(wake);
+                wake.as_mut().enable();
+                if self.unsubscribed.load(Ordering::SeqCst) >= target {
+                    return;
+                }
+                wake.await;
+            }
+        })
+        .await;
+        if confirmed.is_err() {
+            tracing::warn!("the broker did not confirm that the gateway left its share groups");
+        }
+    }
+
     async fn subscribe(&self) {
         for trigger in &self.config.triggers {
             let qos = match trigger.config.qos {

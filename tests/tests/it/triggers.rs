@@ -515,6 +515,47 @@ async fn gateways_sharing_a_stream_lose_nothing_when_one_is_killed() {
     drop(dir);
 }
 
+/// A member that stops cleanly (SIGTERM) leaves its share group first: the others take the
+/// whole stream at once, instead of the broker keeping the stopped member's share for its
+/// return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_leaves_its_share_to_the_others() {
+    const MESSAGES: usize = 200;
+    let broker = gateway_broker();
+    let collector = Collector::start(broker.port, "center", &["results/#"], true).await;
+    let mut members = Vec::new();
+    for id in ["gw-l1", "gw-l2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = format!("{}share = \"pool\"\n", trigger_config(&broker, id));
+        let (key, config) = write_gateway_dir(dir.path(), &shared);
+        let bundle = dir.path().join("digits.epk");
+        std::fs::write(&bundle, digits_bundle(&key, "1.0.0")).unwrap();
+        let served =
+            ServedGateway::start(&config, std::slice::from_ref(&bundle)).expect("serve starts");
+        members.push((dir, served));
+    }
+    let device = Device::connect(broker.port, "dev-leave").await;
+    await_subscribed(&device, &collector, 2).await;
+    let (dir, leaving) = members.remove(0);
+    assert!(leaving.stop().success(), "a clean stop");
+    drop(dir);
+    let before = collector.on("results/").len();
+    let expected = publish_digits(&device, MESSAGES).await;
+    eventually(
+        "every message answered by the member that stayed",
+        || async { distinct_ids(&collector.on("results/")[before..]).0.len() >= MESSAGES },
+    )
+    .await;
+    let records = collector.on("results/")[before..].to_vec();
+    assert_all_answered(&records, &expected);
+    for record in &records {
+        assert_eq!(record.json()["gateway"], "gw-l2", "{}", record.json());
+    }
+    for (_, served) in members {
+        served.stop();
+    }
+}
+
 /// An EdgeX device service's event (core-contracts v3 `Event` in an `AddEventRequest`, in the
 /// message bus's `MessageEnvelope` with a base64 payload, as EdgeX 3.0 publishes on
 /// `edgex/events/device/<service>/<profile>/<device>/<source>`) carrying a PNG snapshot.
