@@ -104,8 +104,13 @@ impl Model {
                     .iter()
                     .map(|outlet| {
                         let fact = typed.outlet_fact(*outlet).map_err(load_err)?;
+                        // The ONNX graph's own input and output names (what clients and
+                        // split models know a tensor by), else the node's.
+                        let name = typed
+                            .outlet_label(*outlet)
+                            .unwrap_or(&typed.node(outlet.node).name);
                         Ok(TensorSpec {
-                            name: typed.node(outlet.node).name.clone(),
+                            name: name.to_string(),
                             element_type: element_type_of(fact.datum_type).ok_or_else(|| {
                                 ModelError::Load {
                                     name: name.to_string(),
