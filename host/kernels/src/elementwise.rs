@@ -1,4 +1,10 @@
-//! Broadcasting binary arithmetic and per-channel batch normalization.
+//! Broadcasting binary arithmetic, elementwise math and per-channel batch normalization.
+//!
+//! Domain errors follow IEEE 754, as NumPy and ONNX do, rather than failing the call:
+//! `sqrt` and `log` of a negative number and `pow` of a negative base to a non-integer
+//! exponent are NaN, `log(0)` is -inf, `x / 0` is ±inf (NaN for `0 / 0`). Refusing them
+//! would cost a scan of every input and fail a whole image for one bad pixel; a NaN stays
+//! visible downstream instead (`maximum`, `minimum` and the reductions propagate it).
 
 use std::sync::Arc;
 
@@ -12,6 +18,64 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
 /// Elementwise `a * b` with numpy broadcasting.
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
     binary("mul", a, b, |x, y| x * y)
+}
+
+/// Elementwise `a - b` with numpy broadcasting.
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary("sub", a, b, |x, y| x - y)
+}
+
+/// Elementwise `a / b` with numpy broadcasting; division by zero is ±inf (NaN for `0 / 0`).
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary("div", a, b, |x, y| x / y)
+}
+
+/// Elementwise `a ^ b` with numpy broadcasting (a scalar `b` of shape `[]` is the common
+/// case); a negative base to a non-integer exponent is NaN.
+pub fn pow(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary("pow", a, b, f32::powf)
+}
+
+/// Elementwise maximum with numpy broadcasting; NaN on either side gives NaN (`np.maximum`).
+pub fn maximum(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary("maximum", a, b, max_nan)
+}
+
+/// Elementwise minimum with numpy broadcasting; NaN on either side gives NaN (`np.minimum`).
+pub fn minimum(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary("minimum", a, b, min_nan)
+}
+
+/// The larger of two values, NaN if either is (`f32::max` would drop the NaN).
+#[inline]
+pub(crate) fn max_nan(x: f32, y: f32) -> f32 {
+    if x > y || x.is_nan() { x } else { y }
+}
+
+/// The smaller of two values, NaN if either is.
+#[inline]
+pub(crate) fn min_nan(x: f32, y: f32) -> f32 {
+    if x < y || x.is_nan() { x } else { y }
+}
+
+/// Elementwise square root; NaN for a negative input.
+pub fn sqrt(x: &Tensor) -> Result<Tensor, TensorError> {
+    x.map_f32("sqrt", |v| v.iter_mut().for_each(|v| *v = v.sqrt()))
+}
+
+/// Elementwise absolute value.
+pub fn abs(x: &Tensor) -> Result<Tensor, TensorError> {
+    x.map_f32("abs", |v| v.iter_mut().for_each(|v| *v = v.abs()))
+}
+
+/// Elementwise `e^x`; overflows to +inf above ~88.7.
+pub fn exp(x: &Tensor) -> Result<Tensor, TensorError> {
+    x.map_f32("exp", |v| v.iter_mut().for_each(|v| *v = v.exp()))
+}
+
+/// Elementwise natural logarithm; -inf for 0, NaN for a negative input.
+pub fn log(x: &Tensor) -> Result<Tensor, TensorError> {
+    x.map_f32("log", |v| v.iter_mut().for_each(|v| *v = v.ln()))
 }
 
 fn binary(
@@ -213,6 +277,88 @@ mod tests {
     }
 
     #[test]
+    fn new_binary_ops_by_hand() {
+        let a = t(&[2, 2], &[1.0, -2.0, 9.0, 0.0]);
+        let s = t(&[], &[2.0]);
+        let col = t(&[2, 1], &[3.0, 0.0]);
+        type Op = fn(&Tensor, &Tensor) -> Result<Tensor, TensorError>;
+        let cases: [(Op, Op, &Tensor, &[f32]); 4] = [
+            (sub, reference::sub, &s, &[-1.0, -4.0, 7.0, -2.0]),
+            (
+                div,
+                reference::div,
+                &col,
+                &[1.0 / 3.0, -2.0 / 3.0, f32::INFINITY, f32::NAN],
+            ),
+            (pow, reference::pow, &s, &[1.0, 4.0, 81.0, 0.0]),
+            (maximum, reference::maximum, &col, &[3.0, 3.0, 9.0, 0.0]),
+        ];
+        for (fast, slow, b, want) in cases {
+            for got in [fast(&a, b).unwrap(), slow(&a, b).unwrap()] {
+                let got = got.as_f32().unwrap();
+                for (g, w) in got.iter().zip(want) {
+                    assert!(g == w || (g.is_nan() && w.is_nan()), "{got:?} vs {want:?}");
+                }
+            }
+        }
+        // A negative base to a fractional power is NaN, to an integer one is not.
+        let neg = t(&[2], &[-8.0, -2.0]);
+        let y = pow(&neg, &t(&[2], &[0.5, 3.0])).unwrap();
+        assert!(y.as_f32().unwrap()[0].is_nan());
+        assert_eq!(y.as_f32().unwrap()[1], -8.0);
+        // NaN wins in maximum and minimum, on either side.
+        let nan = t(&[2], &[f32::NAN, 1.0]);
+        let other = t(&[2], &[5.0, f32::NAN]);
+        for f in [maximum, minimum, reference::maximum, reference::minimum] {
+            assert!(
+                f(&nan, &other)
+                    .unwrap()
+                    .as_f32()
+                    .unwrap()
+                    .iter()
+                    .all(|v| v.is_nan())
+            );
+        }
+        assert_eq!(
+            minimum(&a, &col).unwrap().as_f32().unwrap(),
+            &[1.0, -2.0, 0.0, 0.0]
+        );
+        assert!(matches!(
+            pow(&a, &t(&[3], &[1.0; 3])),
+            Err(TensorError::ShapeMismatch(m)) if m.starts_with("pow")
+        ));
+    }
+
+    #[test]
+    fn unary_math_by_hand() {
+        let x = t(&[5], &[4.0, 0.0, -1.0, 1.0, -0.0]);
+        let sq = sqrt(&x).unwrap();
+        assert_eq!(&sq.as_f32().unwrap()[..2], &[2.0, 0.0]);
+        assert!(sq.as_f32().unwrap()[2].is_nan());
+        let lg = log(&x).unwrap();
+        let lg = lg.as_f32().unwrap();
+        assert_eq!(
+            (lg[1], lg[3], lg[4]),
+            (f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY)
+        );
+        assert!(lg[2].is_nan());
+        let ab = abs(&x).unwrap();
+        assert_eq!(ab.as_f32().unwrap(), &[4.0, 0.0, 1.0, 1.0, 0.0]);
+        assert!(ab.as_f32().unwrap()[4].is_sign_positive());
+        let ex = exp(&t(&[3], &[0.0, 1.0, 100.0])).unwrap();
+        assert_eq!(
+            ex.as_f32().unwrap(),
+            &[1.0, std::f32::consts::E, f32::INFINITY]
+        );
+        assert_eq!(sqrt(&t(&[2, 0], &[])).unwrap().shape(), &[2, 0]);
+        let u = Tensor::from_u8(vec![1], vec![4]).unwrap();
+        assert!(matches!(
+            sqrt(&u),
+            Err(TensorError::UnsupportedType { op: "sqrt", .. })
+        ));
+    }
+
+    #[test]
     fn batch_norm_by_hand() {
         // Channel 0: (x - 1) / sqrt(4) * 2 + 3 = x + 2; channel 1: identity.
         let x = t(&[1, 2, 2], &[1.0, 3.0, 5.0, -5.0]);
@@ -265,6 +411,18 @@ mod tests {
             let b = testutil::tensor(seed ^ 1, &sb, 3.0);
             testutil::assert_close(&add(&a, &b).unwrap(), &reference::add(&a, &b).unwrap())?;
             testutil::assert_close(&mul(&a, &b).unwrap(), &reference::mul(&a, &b).unwrap())?;
+            testutil::assert_close(&sub(&a, &b).unwrap(), &reference::sub(&a, &b).unwrap())?;
+            testutil::assert_close(&maximum(&a, &b).unwrap(), &reference::maximum(&a, &b).unwrap())?;
+            testutil::assert_close(&minimum(&a, &b).unwrap(), &reference::minimum(&a, &b).unwrap())?;
+            // Divisors and bases kept away from 0 and negatives, where the answer is
+            // inf or NaN (checked by hand above) and closeness means nothing.
+            let positive = Tensor::from_f32(
+                sb.clone(),
+                b.as_f32().unwrap().iter().map(|v| v.abs() + 0.5).collect(),
+            )
+            .unwrap();
+            testutil::assert_close(&div(&a, &positive).unwrap(), &reference::div(&a, &positive).unwrap())?;
+            testutil::assert_close(&pow(&positive, &a).unwrap(), &reference::pow(&positive, &a).unwrap())?;
         }
 
         #[test]

@@ -17,6 +17,7 @@ pub mod fast;
 mod gemm;
 mod layout;
 mod pool;
+mod reduce;
 pub mod reference;
 mod shape;
 /// Deterministic test data and tolerances shared by the kernel tests and the tests of crates
@@ -29,11 +30,12 @@ use std::sync::Arc;
 
 pub use activation::{Activation, clip, relu, relu6, sigmoid, softmax, tanh};
 pub use conv::{Conv2dParams, conv2d};
-pub use elementwise::{add, batch_norm, mul};
+pub use elementwise::{abs, add, batch_norm, div, exp, log, maximum, minimum, mul, pow, sqrt, sub};
 pub use error::TensorError;
 pub use gemm::{GemmParams, gemm, matmul};
 pub use layout::{channel_shuffle, concat, flatten, reshape, transpose};
 pub use pool::{Pool2dParams, avg_pool2d, global_avg_pool, max_pool2d};
+pub use reduce::{reduce_max, reduce_mean, reduce_min, reduce_sum};
 pub use window::Padding;
 
 /// Largest element count of any tensor this module creates or accepts.

@@ -278,6 +278,35 @@ mod tests {
     }
 
     #[test]
+    fn rectangular_windows_by_hand() {
+        // A 1x3 window stepping 2 down and 1 across: rows 0 and 2 of the grid, whole.
+        let p = Pool2dParams {
+            stride: [2, 1],
+            ..Pool2dParams::new([1, 3])
+        };
+        // A 3x1 window stepping 1 down and 2 across: columns 0 and 2, whole.
+        let q = Pool2dParams {
+            stride: [1, 2],
+            ..Pool2dParams::new([3, 1])
+        };
+        for (f, name) in [
+            (max_pool2d as fn(&Tensor, &Pool2dParams) -> _, "fast"),
+            (reference::max_pool2d, "reference"),
+        ] {
+            let y = f(&grid(), &p).unwrap();
+            assert_eq!(y.shape(), &[1, 1, 2, 1], "{name}");
+            assert_eq!(y.as_f32().unwrap(), &[3.0, 9.0], "{name}");
+            let y = f(&grid(), &q).unwrap();
+            assert_eq!(y.shape(), &[1, 1, 1, 2], "{name}");
+            assert_eq!(y.as_f32().unwrap(), &[7.0, 9.0], "{name}");
+        }
+        assert_eq!(
+            avg_pool2d(&grid(), &q).unwrap().as_f32().unwrap(),
+            &[4.0, 6.0]
+        );
+    }
+
+    #[test]
     fn avg_pool_by_hand() {
         let pad = Pool2dParams {
             padding: Padding::uniform(1),

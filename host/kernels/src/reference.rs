@@ -12,6 +12,7 @@ use super::conv::plan_conv2d;
 use super::elementwise::validate_batch_norm;
 use super::gemm::{plan_gemm, plan_matmul};
 use super::pool::{plan_global_pool, plan_pool2d};
+use super::reduce::{Reduction, plan_reduce};
 use super::{Conv2dParams, GemmParams, Pool2dParams, Tensor, TensorError, shape};
 
 /// Direct-loop [`conv2d`](super::conv2d).
@@ -287,6 +288,43 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
     binary_naive("mul", a, b, |x, y| x * y)
 }
 
+/// Per-element [`sub`](super::sub).
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary_naive("sub", a, b, |x, y| x - y)
+}
+
+/// Per-element [`div`](super::div).
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary_naive("div", a, b, |x, y| x / y)
+}
+
+/// Per-element [`pow`](super::pow), computed in f64.
+pub fn pow(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary_naive("pow", a, b, |x, y| f64::from(x).powf(f64::from(y)) as f32)
+}
+
+/// Per-element [`maximum`](super::maximum).
+pub fn maximum(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary_naive("maximum", a, b, |x, y| {
+        if x.is_nan() || y.is_nan() {
+            f32::NAN
+        } else {
+            x.max(y)
+        }
+    })
+}
+
+/// Per-element [`minimum`](super::minimum).
+pub fn minimum(a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
+    binary_naive("minimum", a, b, |x, y| {
+        if x.is_nan() || y.is_nan() {
+            f32::NAN
+        } else {
+            x.min(y)
+        }
+    })
+}
+
 /// Formula-as-written [`batch_norm`](super::batch_norm).
 pub fn batch_norm(
     x: &Tensor,
@@ -311,4 +349,77 @@ pub fn batch_norm(
         })
         .collect();
     Ok(Tensor::from_f32_unchecked(x.shape().to_vec(), out))
+}
+
+/// Gathers, for every output element, the input elements of its reduced axes by explicit
+/// multi-indices, and lets `f` reduce them.
+fn reduce_naive(
+    r: Reduction,
+    x: &Tensor,
+    axes: &[isize],
+    keepdims: bool,
+    f: impl Fn(&[f32]) -> f32,
+) -> Result<Tensor, TensorError> {
+    let plan = plan_reduce(r, x, axes, keepdims)?;
+    let shape = x.shape();
+    let kept: Vec<usize> = (0..shape.len()).filter(|&d| !plan.reduced[d]).collect();
+    let gone: Vec<usize> = (0..shape.len()).filter(|&d| plan.reduced[d]).collect();
+    let kept_shape: Vec<usize> = kept.iter().map(|&d| shape[d]).collect();
+    let gone_shape: Vec<usize> = gone.iter().map(|&d| shape[d]).collect();
+    let n_out: usize = kept_shape.iter().product();
+    let mut out = Vec::with_capacity(n_out);
+    let mut values = Vec::with_capacity(plan.count);
+    for o in 0..n_out {
+        let ko = unravel(o, &kept_shape);
+        values.clear();
+        for g in 0..plan.count {
+            let go = unravel(g, &gone_shape);
+            let mut full = vec![0; shape.len()];
+            for (&d, &i) in kept.iter().zip(&ko).chain(gone.iter().zip(&go)) {
+                full[d] = i;
+            }
+            let flat = full.iter().zip(shape).fold(0, |off, (&i, &n)| off * n + i);
+            values.push(plan.input[flat]);
+        }
+        out.push(f(&values));
+    }
+    Ok(Tensor::from_f32_unchecked(plan.out_shape, out))
+}
+
+fn sum_f64(values: &[f32]) -> f64 {
+    values.iter().map(|&v| f64::from(v)).sum()
+}
+
+/// Gather-per-output [`reduce_sum`](super::reduce_sum).
+pub fn reduce_sum(x: &Tensor, axes: &[isize], keepdims: bool) -> Result<Tensor, TensorError> {
+    reduce_naive(Reduction::Sum, x, axes, keepdims, |v| sum_f64(v) as f32)
+}
+
+/// Gather-per-output [`reduce_mean`](super::reduce_mean).
+pub fn reduce_mean(x: &Tensor, axes: &[isize], keepdims: bool) -> Result<Tensor, TensorError> {
+    reduce_naive(Reduction::Mean, x, axes, keepdims, |v| {
+        (sum_f64(v) / v.len() as f64) as f32
+    })
+}
+
+/// Gather-per-output [`reduce_max`](super::reduce_max).
+pub fn reduce_max(x: &Tensor, axes: &[isize], keepdims: bool) -> Result<Tensor, TensorError> {
+    reduce_naive(Reduction::Max, x, axes, keepdims, |v| {
+        if v.iter().any(|x| x.is_nan()) {
+            f32::NAN
+        } else {
+            v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        }
+    })
+}
+
+/// Gather-per-output [`reduce_min`](super::reduce_min).
+pub fn reduce_min(x: &Tensor, axes: &[isize], keepdims: bool) -> Result<Tensor, TensorError> {
+    reduce_naive(Reduction::Min, x, axes, keepdims, |v| {
+        if v.iter().any(|x| x.is_nan()) {
+            f32::NAN
+        } else {
+            v.iter().copied().fold(f32::INFINITY, f32::min)
+        }
+    })
 }
