@@ -177,7 +177,12 @@ impl<'a> Gemm<'a> {
     }
 }
 
-/// A 2-D pooling window.
+/// A 2-D pooling window, square ([`Pool2d::new`]) or rectangular ([`Pool2d::rect`]).
+///
+/// ```ignore
+/// // Max over each row of a [N, C, 4, 8] map: [N, C, 4, 1].
+/// let rows = Pool2d::rect(1, 8).max(&x)?;
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Pool2d {
     params: ops::Pool2dParams,
@@ -186,12 +191,18 @@ pub struct Pool2d {
 impl Pool2d {
     /// A square `kernel`, stride equal to the kernel, no padding.
     pub fn new(kernel: u32) -> Pool2d {
+        Pool2d::rect(kernel, kernel)
+    }
+
+    /// A `kernel_h` x `kernel_w` window, stride equal to the kernel in each direction, no
+    /// padding.
+    pub fn rect(kernel_h: u32, kernel_w: u32) -> Pool2d {
         Pool2d {
             params: ops::Pool2dParams {
-                kernel_h: kernel,
-                kernel_w: kernel,
-                stride_h: kernel,
-                stride_w: kernel,
+                kernel_h,
+                kernel_w,
+                stride_h: kernel_h,
+                stride_w: kernel_w,
                 padding: Padding {
                     top: 0,
                     left: 0,
@@ -211,6 +222,13 @@ impl Pool2d {
         self
     }
 
+    /// A stride of `stride_h` rows and `stride_w` columns.
+    pub fn strides(mut self, stride_h: u32, stride_w: u32) -> Self {
+        self.params.stride_h = stride_h;
+        self.params.stride_w = stride_w;
+        self
+    }
+
     /// The same zero padding on all four sides.
     pub fn pad(mut self, pad: u32) -> Self {
         self.params.padding = Padding {
@@ -219,6 +237,12 @@ impl Pool2d {
             bottom: pad,
             right: pad,
         };
+        self
+    }
+
+    /// Asymmetric padding (padded cells never win a max).
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.params.padding = padding;
         self
     }
 

@@ -161,4 +161,94 @@ impl Tensor {
     pub fn channel_shuffle(&self, groups: u32) -> Result<Tensor, Error> {
         Ok(Tensor(ops::channel_shuffle(&self.0, groups)?))
     }
+
+    // Elementwise math and reductions (WIT 0.1.3). Domain errors follow IEEE 754 as NumPy
+    // does: the result is NaN (or ±inf), never an error, so one bad value does not fail a
+    // whole image.
+
+    /// √x; NaN for a negative x.
+    pub fn sqrt(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::sqrt(&self.0)?))
+    }
+
+    /// |x|.
+    pub fn abs(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::abs(&self.0)?))
+    }
+
+    /// e^x.
+    pub fn exp(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::exp(&self.0)?))
+    }
+
+    /// ln(x); -inf for 0, NaN for a negative x.
+    pub fn log(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::log(&self.0)?))
+    }
+
+    /// Elementwise difference with NumPy broadcasting.
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::sub(&self.0, &other.0)?))
+    }
+
+    /// Elementwise quotient with NumPy broadcasting; x / 0 is ±inf, 0 / 0 NaN.
+    pub fn div(&self, other: &Tensor) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::div(&self.0, &other.0)?))
+    }
+
+    /// Elementwise power with NumPy broadcasting: `self ^ exponent`. A negative base to a
+    /// non-integer exponent is NaN.
+    pub fn pow(&self, exponent: &Tensor) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::pow(&self.0, &exponent.0)?))
+    }
+
+    /// Every element to the power `exponent` (a shape-`[]` exponent tensor, made here).
+    ///
+    /// ```ignore
+    /// let squared = gradient.powf(2.0)?;
+    /// ```
+    pub fn powf(&self, exponent: f32) -> Result<Tensor, Error> {
+        self.pow(&Tensor::from_slice(&[], &[exponent])?)
+    }
+
+    /// Elementwise maximum with NumPy broadcasting; NaN on either side gives NaN.
+    pub fn maximum(&self, other: &Tensor) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::maximum(&self.0, &other.0)?))
+    }
+
+    /// Elementwise minimum with NumPy broadcasting; NaN on either side gives NaN.
+    pub fn minimum(&self, other: &Tensor) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::minimum(&self.0, &other.0)?))
+    }
+
+    /// Sum over `axes` (every axis if empty, negative counts from the end); `keepdims` keeps
+    /// each reduced axis as size 1, so the result broadcasts against `self`. An axis out of
+    /// range is a `ShapeMismatch` error.
+    ///
+    /// ```ignore
+    /// let per_channel = image.reduce_sum(&[2, 3], true)?; // [N, C, H, W] -> [N, C, 1, 1]
+    /// ```
+    pub fn reduce_sum(&self, axes: &[i32], keepdims: bool) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::reduce_sum(&self.0, axes, keepdims)?))
+    }
+
+    /// Mean over `axes`, as [`Tensor::reduce_sum`].
+    pub fn reduce_mean(&self, axes: &[i32], keepdims: bool) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::reduce_mean(&self.0, axes, keepdims)?))
+    }
+
+    /// Maximum over `axes`, as [`Tensor::reduce_sum`]; NaN if a reduced element is NaN.
+    ///
+    /// ```ignore
+    /// // Normalize an edge map to [0, 1] without copying it into the sandbox.
+    /// let unit = magnitude.div(&magnitude.reduce_max(&[], false)?)?;
+    /// ```
+    pub fn reduce_max(&self, axes: &[i32], keepdims: bool) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::reduce_max(&self.0, axes, keepdims)?))
+    }
+
+    /// Minimum over `axes`, as [`Tensor::reduce_max`].
+    pub fn reduce_min(&self, axes: &[i32], keepdims: bool) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::reduce_min(&self.0, axes, keepdims)?))
+    }
 }

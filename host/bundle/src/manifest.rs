@@ -10,14 +10,16 @@ use serde::{Deserialize, Serialize};
 
 /// The WIT world this host implements. A manifest names the world it was built against;
 /// the host accepts the same package version.
-pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.2";
+pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.3";
 
 /// Every version of the plugin world this host serves: 0.1.1 added the `train` interface,
-/// 0.1.2 the `upstream` interface, and a plugin built against an older one (which imports
-/// none of what came later) runs unchanged.
-pub const PLUGIN_WORLDS: [&str; 3] = [
+/// 0.1.2 the `upstream` interface, 0.1.3 functions to `ops` (elementwise math, reductions),
+/// and a plugin built against an older one (which imports none of what came later) runs
+/// unchanged.
+pub const PLUGIN_WORLDS: [&str; 4] = [
     "edgeplug:plugin/plugin@0.1.0",
     "edgeplug:plugin/plugin@0.1.1",
+    "edgeplug:plugin/plugin@0.1.2",
     WORLD,
 ];
 

@@ -371,6 +371,93 @@ impl ops::Host for StoreState {
     ) -> HostResult<Resource<Tensor>> {
         self.unary(input, |x| tensor::channel_shuffle(x, groups as usize))
     }
+
+    // WIT 0.1.3: elementwise math and reductions.
+
+    fn sqrt(&mut self, input: Resource<Tensor>) -> HostResult<Resource<Tensor>> {
+        self.unary(input, tensor::sqrt)
+    }
+
+    fn abs(&mut self, input: Resource<Tensor>) -> HostResult<Resource<Tensor>> {
+        self.unary(input, tensor::abs)
+    }
+
+    fn exp(&mut self, input: Resource<Tensor>) -> HostResult<Resource<Tensor>> {
+        self.unary(input, tensor::exp)
+    }
+
+    fn log(&mut self, input: Resource<Tensor>) -> HostResult<Resource<Tensor>> {
+        self.unary(input, tensor::log)
+    }
+
+    fn sub(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> HostResult<Resource<Tensor>> {
+        self.binary(a, b, tensor::sub)
+    }
+
+    fn div(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> HostResult<Resource<Tensor>> {
+        self.binary(a, b, tensor::div)
+    }
+
+    fn pow(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> HostResult<Resource<Tensor>> {
+        self.binary(a, b, tensor::pow)
+    }
+
+    fn maximum(
+        &mut self,
+        a: Resource<Tensor>,
+        b: Resource<Tensor>,
+    ) -> HostResult<Resource<Tensor>> {
+        self.binary(a, b, tensor::maximum)
+    }
+
+    fn minimum(
+        &mut self,
+        a: Resource<Tensor>,
+        b: Resource<Tensor>,
+    ) -> HostResult<Resource<Tensor>> {
+        self.binary(a, b, tensor::minimum)
+    }
+
+    fn reduce_sum(
+        &mut self,
+        input: Resource<Tensor>,
+        axes: Vec<i32>,
+        keepdims: bool,
+    ) -> HostResult<Resource<Tensor>> {
+        self.unary(input, |x| tensor::reduce_sum(x, &axes_of(&axes), keepdims))
+    }
+
+    fn reduce_mean(
+        &mut self,
+        input: Resource<Tensor>,
+        axes: Vec<i32>,
+        keepdims: bool,
+    ) -> HostResult<Resource<Tensor>> {
+        self.unary(input, |x| tensor::reduce_mean(x, &axes_of(&axes), keepdims))
+    }
+
+    fn reduce_max(
+        &mut self,
+        input: Resource<Tensor>,
+        axes: Vec<i32>,
+        keepdims: bool,
+    ) -> HostResult<Resource<Tensor>> {
+        self.unary(input, |x| tensor::reduce_max(x, &axes_of(&axes), keepdims))
+    }
+
+    fn reduce_min(
+        &mut self,
+        input: Resource<Tensor>,
+        axes: Vec<i32>,
+        keepdims: bool,
+    ) -> HostResult<Resource<Tensor>> {
+        self.unary(input, |x| tensor::reduce_min(x, &axes_of(&axes), keepdims))
+    }
+}
+
+/// WIT axes (s32) as the kernels' `isize`; the kernels check the range.
+fn axes_of(axes: &[i32]) -> Vec<isize> {
+    axes.iter().map(|&a| a as isize).collect()
 }
 
 impl model::Host for StoreState {}
