@@ -14,6 +14,7 @@ mod forecaster;
 mod gateway;
 mod grpc;
 mod hardening;
+mod host_ops;
 mod isolation;
 mod lifecycle;
 mod models;
