@@ -30,6 +30,7 @@ const TEST_PLUGINS: &[&str] = &[
     "wasi-nn-classifier",
     "trainer",
     "escalate",
+    "split",
     "edges",
 ];
 

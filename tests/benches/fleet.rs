@@ -172,35 +172,6 @@ fn stop_all(gateways: Vec<GatewayProcess>) {
     }
 }
 
-/// The gateway binary: `EDGEPLUG_BIN` (relative to the repository's root), else
-/// `target/release/edgeplug`, brought up to date with `cargo build --release -p edgeplug`
-/// first.
-fn gateway_binary() -> PathBuf {
-    let repo = edgeplug_tests::repo();
-    if let Some(binary) = std::env::var_os("EDGEPLUG_BIN") {
-        return repo.join(binary);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args(["build", "--release", "-p", "edgeplug"])
-        .current_dir(repo)
-        .status()
-        .expect("cargo runs");
-    let binary = repo.join("target/release/edgeplug");
-    if !built.success() {
-        assert!(
-            binary.is_file(),
-            "cargo build --release -p edgeplug failed and there is no {}",
-            binary.display()
-        );
-        eprintln!(
-            "warning: cargo build --release -p edgeplug failed; using the existing {}",
-            binary.display()
-        );
-    }
-    binary
-}
-
 // ---- /proc figures ----
 
 /// When, then the registry's and the broker's (VmRSS, VmHWM), KiB.
@@ -619,7 +590,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let binary = gateway_binary();
+    let binary = edgeplug_tests::bench::edgeplug_binary();
     let registry = TestRegistry::start();
     let broker = TestBroker::start();
     let bench = Bench {

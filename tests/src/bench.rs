@@ -1,6 +1,8 @@
 //! What the benchmarks share: their settings from the environment, the median of their
 //! rounds, the server's runtime and where their JSON results go.
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 /// How long each run lasts (`EDGEPLUG_BENCH_SECS`, default 5 s) and how many rounds of the
@@ -41,4 +43,34 @@ pub fn write_json(file: &str, value: &impl serde::Serialize) -> std::path::PathB
     let path = dir.join(file);
     std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
     path
+}
+
+/// The `edgeplug` binary for benchmarks that run it as a process: `EDGEPLUG_BIN` (relative to
+/// the repository's root), else
+/// `target/release/edgeplug`, brought up to date with `cargo build --release -p edgeplug`
+/// first.
+pub fn edgeplug_binary() -> PathBuf {
+    let repo = crate::repo();
+    if let Some(binary) = std::env::var_os("EDGEPLUG_BIN") {
+        return repo.join(binary);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "--release", "-p", "edgeplug"])
+        .current_dir(repo)
+        .status()
+        .expect("cargo runs");
+    let binary = repo.join("target/release/edgeplug");
+    if !built.success() {
+        assert!(
+            binary.is_file(),
+            "cargo build --release -p edgeplug failed and there is no {}",
+            binary.display()
+        );
+        eprintln!(
+            "warning: cargo build --release -p edgeplug failed; using the existing {}",
+            binary.display()
+        );
+    }
+    binary
 }

@@ -430,3 +430,30 @@ pub fn test_plugin_bundle(key: &SecretKey, name: &str) -> Vec<u8> {
     .unwrap();
     bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
 }
+
+/// A signed bundle of the split test plugin (`tests/plugins/split`) in `role` `head` (granted
+/// the model `head` and the upstream `tail`) or `tail` (granted the model `tail`), with
+/// `onnx` as that model.
+pub fn split_bundle(key: &SecretKey, role: &str, onnx: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = if role == "head" {
+        "upstream = [\"tail\"]\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        dir.path().join("plugin.toml"),
+        format!(
+            "name = \"split\"\nversion = \"0.1.0\"\nworld = \"edgeplug:plugin/plugin@0.1.2\"\n\
+             component = \"plugin.wasm\"\n\n[grants]\nmodels = {{ {role} = \"{role}.onnx\" }}\n\
+             {upstream}\n[limits]\nmemory_mib = 64\ndeadline_ms = 30000\n\
+             tensor_memory_mib = 64\nmax_request_mib = 8\n"
+        ),
+    )
+    .unwrap();
+    std::fs::copy(test_plugin_wasm("split"), dir.path().join("plugin.wasm")).unwrap();
+    std::fs::write(dir.path().join(format!("{role}.onnx")), onnx).unwrap();
+    let limits = BundleLimits::default();
+    let packed = bundle::pack_dir(dir.path(), &limits).unwrap();
+    bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
+}

@@ -1,15 +1,17 @@
-//! A TCP relay between two tiers, whose link the test cuts, slows and restores: `tc netem` is
-//! not in this kernel, and a relay needs no network namespace.
+//! A TCP relay between two tiers, whose link the test cuts, slows, narrows and restores: `tc
+//! netem` is not in this kernel, and a relay needs no network namespace.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Forwards connections on `127.0.0.1:port` to a target while up; while cut, every
 /// connection is closed and new ones are closed on arrival (a link that is down). With a
-/// delay, every chunk waits that long before it is forwarded, each way (a slow link).
+/// delay, every chunk waits that long before it is forwarded, each way (a slow link). With a
+/// rate, each direction is a link of that many bits per second shared by every connection:
+/// a chunk leaves once the link has sent everything before it and the chunk itself.
 pub struct Relay {
     pub port: u16,
     state: Arc<State>,
@@ -19,8 +21,17 @@ struct State {
     up: AtomicBool,
     stopped: AtomicBool,
     delay_ms: AtomicU64,
+    /// Bits per second each way; 0 is unlimited.
+    rate_bps: AtomicU64,
+    /// Per direction (to the target, back), when the link is free again.
+    free_at: [Mutex<Instant>; 2],
     open: Mutex<Vec<TcpStream>>,
 }
+
+/// Under a rate limit, chunks of at most this many bytes: small, so a chunk's own transmission
+/// time adds little store-and-forward delay, and large enough that the relay's per-chunk cost
+/// (a read, a sleep, a write) does not eat the rate.
+const RATED_CHUNK: usize = 8 * 1024;
 
 impl Relay {
     pub fn start(target: SocketAddr) -> Relay {
@@ -30,6 +41,8 @@ impl Relay {
             up: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
+            rate_bps: AtomicU64::new(0),
+            free_at: [Mutex::new(Instant::now()), Mutex::new(Instant::now())],
             open: Mutex::new(Vec::new()),
         });
         let shared = state.clone();
@@ -57,7 +70,10 @@ impl Relay {
                         }
                     }
                 }
-                for (from, to) in [(&client, &server), (&server, &client)] {
+                for (direction, (from, to)) in [(&client, &server), (&server, &client)]
+                    .into_iter()
+                    .enumerate()
+                {
                     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
                         continue;
                     };
@@ -65,12 +81,17 @@ impl Relay {
                     std::thread::spawn(move || {
                         let mut buffer = [0u8; 16 * 1024];
                         loop {
-                            match from.read(&mut buffer) {
+                            let rate = link.rate_bps.load(Ordering::SeqCst);
+                            let chunk = if rate > 0 { RATED_CHUNK } else { buffer.len() };
+                            match from.read(&mut buffer[..chunk]) {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => {
                                     let delay = link.delay_ms.load(Ordering::SeqCst);
                                     if delay > 0 {
                                         std::thread::sleep(Duration::from_millis(delay));
+                                    }
+                                    if rate > 0 {
+                                        link.transmit(direction, n, rate);
                                     }
                                     if to.write_all(&buffer[..n]).is_err() {
                                         break;
@@ -101,11 +122,32 @@ impl Relay {
         self.state.up.store(true, Ordering::SeqCst);
     }
 
+    /// Limits each direction to `bits_per_second` (0: unlimited).
+    pub fn limit_rate(&self, bits_per_second: u64) {
+        self.state.rate_bps.store(bits_per_second, Ordering::SeqCst);
+    }
+
     /// Delays every chunk by `delay` before forwarding it, each way.
     pub fn slow_down(&self, delay: Duration) {
         self.state
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl State {
+    /// Waits until `bytes` have gone over the link in `direction` after everything queued
+    /// before them.
+    fn transmit(&self, direction: usize, bytes: usize, rate: u64) {
+        let takes = Duration::from_secs_f64(bytes as f64 * 8.0 / rate as f64);
+        let done = {
+            let mut free_at = self.free_at[direction].lock().unwrap();
+            *free_at = (*free_at).max(Instant::now()) + takes;
+            *free_at
+        };
+        if let Some(wait) = done.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
     }
 }
 

@@ -86,9 +86,10 @@ pub struct BenchArgs {
     /// would run the tail.
     #[arg(long, requires = "split")]
     pub peer: Option<String>,
-    /// `--split --peer`: an active plugin on the peer to send the probes to (they fail
-    /// there; only their transfer is timed). Its request limit must take the probes (1 MiB,
-    /// or the model input's size if larger).
+    /// `--split --peer`: an active plugin on the peer to send the probes to: Open Inference
+    /// Protocol requests with a float32 tensor `input` that it refuses, so only their
+    /// transfer and handling are timed. Its request limit must take the probes (1 MiB, or the
+    /// model input's size if larger).
     #[arg(long, requires = "peer")]
     pub peer_plugin: Option<String>,
     /// `--split`: how many times faster the peer runs the tail than this machine.

@@ -6,12 +6,12 @@
 //! predicted latency of a cut is
 //!
 //! ```text
-//! head + fixed + bytes / bandwidth + tail
+//! head + fixed + (bytes + answer bytes) / bandwidth + tail
 //! ```
 //!
 //! where `fixed` is the link's per-call cost (connection, round trip, the peer's request
-//! handling) and `bytes` the tensor as the Open Inference Protocol's binary extension carries
-//! it. Two more rows: `local` (everything on this device) and `remote` (the input sent, the
+//! handling), `bytes` the cut tensor as the Open Inference Protocol's binary extension carries
+//! it and `answer bytes` the tail's outputs coming back. Two more rows: `local` (everything on this device) and `remote` (the input sent, the
 //! whole model on the peer). The tail is timed on this machine: for a peer of another speed,
 //! scale `--peer-speedup`.
 
@@ -75,8 +75,10 @@ pub struct CutRow {
     /// Nodes on this device.
     pub head_nodes: usize,
     pub shape: Vec<usize>,
-    /// What crosses the link, request overhead included.
+    /// What crosses the link to the peer, request overhead included.
     pub bytes: usize,
+    /// What comes back: the tail's outputs, answer overhead included.
+    pub answer_bytes: usize,
     pub head_ms: f64,
     pub tail_ms: f64,
     /// Predicted latency on each link, in the order of the report's links.
@@ -108,17 +110,27 @@ fn median_ms(model: &Model, input: &Tensor, runs: usize, warmup: usize) -> anyho
     Ok(times[times.len() / 2])
 }
 
-/// Measures the link to `peer` by posting bodies of two sizes to its plugin `plugin` (which
-/// answers them with an error: only the transfer and the handling are timed), each on a fresh
-/// connection, `rounds` times alternated: fixed cost from the intercept, bandwidth from the
-/// slope.
+/// Measures the link to `peer` by sending its plugin `plugin` Open Inference Protocol requests
+/// of two sizes, each on a fresh connection, `rounds` times alternated: what a split's call
+/// does (the binary tensor data extension, a float32 tensor `input` the peer decodes), except
+/// that the plugin refuses the tensor (a flat vector fits no model's tail), so only transfer
+/// and handling are timed. The fixed cost is the intercept, the bandwidth the slope.
 pub fn probe_link(peer: &Uri, plugin: &str, big: usize, rounds: usize) -> anyhow::Result<Link> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let small = 1024;
-    let path = format!("/v1/plugins/{plugin}/infer");
+    let path = format!("/v2/models/{plugin}/infer");
     let time = |bytes: usize| -> anyhow::Result<f64> {
+        let values = bytes / 4;
+        let header = serde_json::json!({
+            "inputs": [{"name": "input", "shape": [values], "datatype": "FP32",
+                        "parameters": {"binary_data_size": values * 4}}],
+            "parameters": {"binary_data_output": true},
+        })
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.resize(header.len() + values * 4, 0);
         runtime.block_on(async {
             let started = Instant::now();
             let mut connection = Connection::open(peer, None).await?;
@@ -126,12 +138,14 @@ pub fn probe_link(peer: &Uri, plugin: &str, big: usize, rounds: usize) -> anyhow
                 .method("POST")
                 .uri(&path)
                 .header("content-type", "application/octet-stream")
-                .body(ChunkedBody::new(vec![0x5a; bytes]))?;
+                .header("inference-header-content-length", header.len())
+                .body(ChunkedBody::new(body))?;
             let response = connection.send(request).await?;
-            if response.status() == 404 || response.status() == 413 {
+            if matches!(response.status().as_u16(), 404 | 413 | 415) {
                 bail!(
                     "the peer answered {} to a {bytes}-byte probe of plugin {plugin:?}: give an \
-                     active plugin whose request limit takes {big} bytes",
+                     active plugin that takes a tensor \"input\" and whose request limit takes \
+                     {big} bytes",
                     response.status()
                 );
             }
@@ -201,10 +215,20 @@ pub fn run(args: &BenchArgs, model_path: &std::path::Path) -> anyhow::Result<Spl
     anyhow::ensure!(speedup > 0.0, "--peer-speedup must be above 0");
     let whole_ms = median_ms(&whole, &input, args.runs, args.warmup)?;
     let input_bytes = input.byte_size() + REQUEST_OVERHEAD_BYTES;
+    let answer_bytes = whole
+        .run(&[&input])?
+        .iter()
+        .map(Tensor::byte_size)
+        .sum::<usize>()
+        + REQUEST_OVERHEAD_BYTES;
+    // The answer crosses the same link back: its bytes, but not a second call's fixed cost.
     let predict = |head: f64, bytes: Option<usize>, tail: f64| -> Vec<f64> {
         links
             .iter()
-            .map(|l| head + bytes.map_or(0.0, |b| l.transfer_ms(b)) + tail / speedup)
+            .map(|l| {
+                let link = bytes.map_or(0.0, |b| l.transfer_ms(b + answer_bytes));
+                head + link + tail / speedup
+            })
             .collect()
     };
     let mut rows = vec![CutRow {
@@ -212,6 +236,7 @@ pub fn run(args: &BenchArgs, model_path: &std::path::Path) -> anyhow::Result<Spl
         head_nodes: usize::MAX,
         shape: Vec::new(),
         bytes: 0,
+        answer_bytes: 0,
         head_ms: whole_ms,
         tail_ms: 0.0,
         predicted_ms: predict(whole_ms, None, 0.0),
@@ -230,6 +255,7 @@ pub fn run(args: &BenchArgs, model_path: &std::path::Path) -> anyhow::Result<Spl
             head_nodes: point.head_nodes,
             shape,
             bytes,
+            answer_bytes,
             head_ms,
             tail_ms,
             predicted_ms: predict(head_ms, Some(bytes), tail_ms),
@@ -240,6 +266,7 @@ pub fn run(args: &BenchArgs, model_path: &std::path::Path) -> anyhow::Result<Spl
         head_nodes: 0,
         shape: input.shape().to_vec(),
         bytes: input_bytes,
+        answer_bytes,
         head_ms: 0.0,
         tail_ms: whole_ms,
         predicted_ms: predict(0.0, Some(input_bytes), whole_ms),

@@ -20,6 +20,7 @@ mod lifecycle;
 mod models;
 mod rollout;
 mod runtime;
+mod split;
 mod train;
 mod triggers;
 mod wasi_nn;
