@@ -8,8 +8,7 @@
 //! outputs.
 
 use edgeplug_sdk::{
-    ElementType, Error, Model, Plugin, PluginInfo, Request, Response, TensorInfo, export,
-    upstream,
+    ElementType, Error, Model, Plugin, PluginInfo, Request, Response, TensorInfo, export, upstream,
 };
 
 struct Split;
@@ -19,7 +18,11 @@ impl Plugin for Split {
         // The cut tensor's rank depends on the cut: v2 checks input names only.
         PluginInfo::new("split", env!("CARGO_PKG_VERSION"))
             .description("Split inference: a model's head here, its tail upstream")
-            .input(TensorInfo::new("input", ElementType::Float32, &[-1, -1, -1, -1]))
+            .input(TensorInfo::new(
+                "input",
+                ElementType::Float32,
+                &[-1, -1, -1, -1],
+            ))
     }
 
     fn infer(mut request: Request) -> Result<Response, Error> {
