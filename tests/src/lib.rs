@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod browser;
+pub mod camera;
 pub mod fleet;
 pub mod gateway;
 pub mod load;

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edgeplug_sdk::npy::NpyData;
+use edgeplug_tests::camera::mjpeg_camera;
 use edgeplug_tests::fleet::eventually;
 use edgeplug_tests::gateway::{TestGateway, digits_bundle, write_gateway_dir};
 use edgeplug_tests::mqtt::{Collector, Device, Received};
@@ -663,55 +664,6 @@ async fn edgex_events_are_answered_in_kind() {
         "{refused}"
     );
     triggers.stop().await;
-}
-
-/// An MJPEG-over-HTTP camera on 127.0.0.1: serves one stream of `frames` JPEG frames at
-/// `fps`, each with its `Content-Length`, then closes; the address and a count of frames sent.
-async fn mjpeg_camera(
-    jpeg: Vec<u8>,
-    frames: usize,
-    fps: u32,
-) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = sent.clone();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buffer = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buffer).await.unwrap();
-            assert!(n > 0, "the gateway closed before its request");
-            request.extend_from_slice(&buffer[..n]);
-        }
-        assert!(request.starts_with(b"GET /video.mjpg HTTP/1.1\r\n"));
-        stream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\
-                  Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(fps)));
-        for _ in 0..frames {
-            ticker.tick().await;
-            let head = format!(
-                "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
-                jpeg.len()
-            );
-            if stream.write_all(head.as_bytes()).await.is_err()
-                || stream.write_all(&jpeg).await.is_err()
-                || stream.write_all(b"\r\n").await.is_err()
-            {
-                return;
-            }
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-        // The listener goes with this task: the camera is gone for good.
-    });
-    (addr, sent)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
