@@ -132,6 +132,7 @@ async fn a_canary_serves_its_share_and_is_promoted() {
         (7.0..=13.0).contains(&share),
         "canary share {share}% of 10%"
     );
+    eprintln!("canary share over 2,000 requests: {share:.2} % (asked 10 %)");
 
     // Both versions' series, the canary's figures in the listing, nothing in the store yet.
     let metrics = String::from_utf8_lossy(gw.get("/metrics").await.body()).to_string();
