@@ -730,9 +730,11 @@ impl LoadedPlugin {
     }
 }
 
-/// Epoch ticks from now that cover `deadline_ms` (at least one).
+/// Epoch ticks from now that cover `deadline_ms`: one more than the deadline's length in
+/// ticks, because the first tick may come at once (the ticker does not start with the
+/// request), so a plugin is never stopped before its deadline, and at most one tick after.
 fn deadline_ticks(deadline_ms: u64) -> u64 {
-    deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1)
+    deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1
 }
 
 fn limit_error(hit: LimitHit) -> InvokeError {
