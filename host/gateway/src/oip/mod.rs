@@ -148,7 +148,13 @@ pub fn find_model(
     match version {
         Some(v) if !v.is_empty() && v != plugin.version.to_string() => {
             registry.version_of(name, v).ok_or_else(|| {
-                format!("model {name:?} version {v:?} is neither the active version nor its canary")
+                let active = registry
+                    .get(name)
+                    .map_or_else(String::new, |a| a.version.to_string());
+                format!(
+                    "model {name:?} version {v:?} is not the active version {active} (nor a \
+                     canary of it)"
+                )
             })
         }
         _ => Ok(plugin),
