@@ -7,7 +7,7 @@
 //! (counted as dropped busy). Memory is one frame per camera whatever the camera's rate. A
 //! stream that ends or fails is reopened with backoff.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
 
 use crate::envelope::{self, Answered, Output};
 use crate::mjpeg::{MjpegParser, boundary_of};
@@ -28,9 +29,11 @@ pub struct CameraCounters {
     pub frames: AtomicU64,
     /// Frames run through the plugin.
     pub run: AtomicU64,
-    /// Frames replaced by a newer one before the sampler took them.
+    /// Frames replaced by a newer one before the sampler took them, while the plugin was idle
+    /// (the camera is faster than `fps`).
     pub dropped_rate: AtomicU64,
-    /// Frames taken while the plugin was still busy with the last one.
+    /// Frames replaced by a newer one while the plugin was still busy with the last one (the
+    /// plugin is slower than the camera).
     pub dropped_busy: AtomicU64,
     /// Frames whose run failed (the plugin's error).
     pub failed: AtomicU64,
@@ -39,11 +42,12 @@ pub struct CameraCounters {
     pub connected: AtomicI64,
 }
 
-/// The newest frame and its number.
+/// The newest frame and its number, and whether the plugin is running one.
 #[derive(Debug, Default)]
 struct Latest {
     seq: u64,
     frame: Option<Vec<u8>>,
+    busy: bool,
 }
 
 /// Reads and samples camera `index` until the triggers stop.
@@ -131,7 +135,12 @@ async fn stream_once(shared: &Shared, index: usize, latest: &Mutex<Latest>) -> a
             counters.frames.fetch_add(1, Ordering::Relaxed);
             let mut latest = latest.lock().unwrap_or_else(|p| p.into_inner());
             if latest.frame.is_some() {
-                counters.dropped_rate.fetch_add(1, Ordering::Relaxed);
+                let dropped = if latest.busy {
+                    &counters.dropped_busy
+                } else {
+                    &counters.dropped_rate
+                };
+                dropped.fetch_add(1, Ordering::Relaxed);
             }
             latest.seq += 1;
             latest.frame = Some(image);
@@ -139,34 +148,48 @@ async fn stream_once(shared: &Shared, index: usize, latest: &Mutex<Latest>) -> a
     }
 }
 
-/// Takes the newest frame at most `fps` times a second and runs it, one at a time.
+/// Runs the newest frame at most `fps` times a second, and never two at once: a frame is
+/// taken only when the plugin is idle, so while it is busy the newest frame waits (the ones it
+/// replaces are dropped and counted), and it starts as soon as the plugin is done if the
+/// period since the last start has passed, else at the next tick. Nothing queues.
 async fn sample(shared: Arc<Shared>, index: usize, latest: Arc<Mutex<Latest>>) {
     let camera = &shared.config.cameras[index].config;
-    let counters = &shared.metrics.per_camera[index];
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / camera.fps));
+    let period = Duration::from_secs_f64(1.0 / camera.fps);
+    let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let busy = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(Notify::new());
+    let mut last_start: Option<Instant> = None;
     let mut stopping = shared.stopping.subscribe();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            () = done.notified() => {}
             _ = stopping.wait_for(|s| *s) => return,
+        }
+        if last_start.is_some_and(|t| t.elapsed() < period) {
+            continue;
         }
         let taken = {
             let mut latest = latest.lock().unwrap_or_else(|p| p.into_inner());
-            let seq = latest.seq;
-            latest.frame.take().map(|frame| (seq, frame))
+            if latest.busy {
+                None
+            } else {
+                let seq = latest.seq;
+                let frame = latest.frame.take();
+                latest.busy = frame.is_some();
+                frame.map(|frame| (seq, frame))
+            }
         };
         let Some((seq, frame)) = taken else { continue };
-        if busy.swap(true, Ordering::SeqCst) {
-            counters.dropped_busy.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
+        last_start = Some(Instant::now());
         let shared = shared.clone();
-        let busy = busy.clone();
+        let latest = latest.clone();
+        let done = done.clone();
         tokio::spawn(async move {
             shared.run_frame(index, seq, frame).await;
-            busy.store(false, Ordering::SeqCst);
+            latest.lock().unwrap_or_else(|p| p.into_inner()).busy = false;
+            // Stored if the sampler is not waiting yet: the wake-up is never lost.
+            done.notify_one();
         });
     }
 }

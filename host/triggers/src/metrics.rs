@@ -159,13 +159,13 @@ impl MetricsSource for TriggerMetrics {
             (
                 "edgeplug_camera_frames_dropped_rate_total",
                 "counter",
-                "Frames replaced by a newer one before the sampler took them (over the rate).",
+                "Frames replaced by a newer one while the plugin was idle (the camera is faster than fps).",
                 |c| read(&c.dropped_rate),
             ),
             (
                 "edgeplug_camera_frames_dropped_busy_total",
                 "counter",
-                "Frames dropped because the plugin was still busy with the last one.",
+                "Frames replaced by a newer one while the plugin was busy (it is slower than the camera).",
                 |c| read(&c.dropped_busy),
             ),
             (
