@@ -150,28 +150,30 @@ async fn stream_once(shared: &Shared, index: usize, latest: &Mutex<Latest>) -> a
 
 /// Runs the newest frame at most `fps` times a second, and never two at once: a frame is
 /// taken only when the plugin is idle, so while it is busy the newest frame waits (the ones it
-/// replaces are dropped and counted), and it starts as soon as the plugin is done if the
-/// period since the last start has passed, else at the next tick. Nothing queues.
+/// replaces are dropped and counted). A tick that finds the plugin busy is made up when the
+/// plugin is done, at once, and the ticks restart from there: no idle wait for the next tick,
+/// and still at most one start a period. Nothing queues.
 async fn sample(shared: Arc<Shared>, index: usize, latest: Arc<Mutex<Latest>>) {
     let camera = &shared.config.cameras[index].config;
-    let period = Duration::from_secs_f64(1.0 / camera.fps);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / camera.fps));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let done = Arc::new(Notify::new());
-    let mut last_start: Option<Instant> = None;
+    // A tick came while the plugin was busy.
+    let mut missed = false;
     let mut stopping = shared.stopping.subscribe();
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = done.notified() => {}
+        let plugin_done = tokio::select! {
+            _ = ticker.tick() => false,
+            () = done.notified() => true,
             _ = stopping.wait_for(|s| *s) => return,
-        }
-        if last_start.is_some_and(|t| t.elapsed() < period) {
+        };
+        if plugin_done && !missed {
             continue;
         }
         let taken = {
             let mut latest = latest.lock().unwrap_or_else(|p| p.into_inner());
             if latest.busy {
+                missed = true;
                 None
             } else {
                 let seq = latest.seq;
@@ -181,7 +183,10 @@ async fn sample(shared: Arc<Shared>, index: usize, latest: Arc<Mutex<Latest>>) {
             }
         };
         let Some((seq, frame)) = taken else { continue };
-        last_start = Some(Instant::now());
+        if plugin_done {
+            ticker.reset();
+        }
+        missed = false;
         let shared = shared.clone();
         let latest = latest.clone();
         let done = done.clone();
