@@ -102,23 +102,34 @@ async fn listing_until(gw: &TestGateway, what: &str, done: impl Fn(&Value) -> bo
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_canary_serves_its_share_and_is_promoted() {
+/// A gateway serving digits 1.0.0 with `canary` (a bundle made with the gateway's key)
+/// started as its canary by `PUT /v1/admin/plugins/digits?{query}`: the gateway and the
+/// start's answer.
+async fn gateway_with_canary(
+    query: &str,
+    canary: impl FnOnce(&SecretKey) -> Vec<u8>,
+) -> (TestGateway, Value) {
     let gw = TestGateway::start("").await;
     assert_status(
         &gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await,
         200,
     );
-
+    let bundle = canary(&gw.key);
     let started = admin(
         &gw,
         "PUT",
-        "/v1/admin/plugins/digits?canary=10",
-        digits_bundle(&gw.key, "1.1.0"),
+        &format!("/v1/admin/plugins/digits?{query}"),
+        bundle,
     )
     .await;
     assert_status(&started, 200);
     let started = json_of(&started);
+    (gw, started)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_serves_its_share_and_is_promoted() {
+    let (gw, started) = gateway_with_canary("canary=10", |key| digits_bundle(key, "1.1.0")).await;
     assert_eq!(started["canary"], "1.1.0");
     assert_eq!(started["active"], "1.0.0");
     assert_eq!(started["self_tests"], 1, "self-tested as a push is");
@@ -210,19 +221,10 @@ async fn a_canary_serves_its_share_and_is_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_reverted_by_its_gate() {
-    let gw = TestGateway::start("").await;
-    assert_status(
-        &gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await,
-        200,
-    );
-    let started = admin(
-        &gw,
-        "PUT",
-        "/v1/admin/plugins/digits?canary=30&max_error_rate=5%&min_requests=20",
-        broken_bundle(&gw.key, "1.1.0"),
-    )
+    let (gw, _) = gateway_with_canary("canary=30&max_error_rate=5%&min_requests=20", |key| {
+        broken_bundle(key, "1.1.0")
+    })
     .await;
-    assert_status(&started, 200);
 
     // Requests until the gate has reverted it: each failure is the canary's.
     let mut failed = 0;
@@ -269,21 +271,8 @@ async fn a_failing_canary_is_reverted_by_its_gate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_canary_is_compared_never_seen() {
-    let gw = TestGateway::start("").await;
-    assert_status(
-        &gw.push("digits", digits_bundle(&gw.key, "1.0.0")).await,
-        200,
-    );
-
     // An equal model under a new version: every answer agrees.
-    let started = admin(
-        &gw,
-        "PUT",
-        "/v1/admin/plugins/digits?shadow=true",
-        digits_bundle(&gw.key, "1.1.0"),
-    )
-    .await;
-    assert_status(&started, 200);
+    let (gw, _) = gateway_with_canary("shadow=true", |key| digits_bundle(key, "1.1.0")).await;
     let (versions, statuses) = sevens(&gw, 100).await;
     assert_eq!(versions, BTreeMap::from([("1.0.0".to_string(), 100)]));
     assert_eq!(statuses, BTreeMap::from([(200, 100)]));
