@@ -36,7 +36,7 @@ use edgeplug_runtime::{LoadError, LoadedPlugin, PluginFiles, Runtime};
 
 mod canary;
 pub use canary::{
-    Canary, CanaryEnd, CanaryGate, CanaryListing, CanaryMode, CanaryStarted, Verdict,
+    Canary, CanaryEnd, CanaryGate, CanaryListing, CanaryMode, CanaryStarted, Verdict, WATCH_TICK,
     parse_canary_spec, watch,
 };
 
