@@ -337,7 +337,7 @@ impl Shared {
             let canary = registry.canary(&name).map(|c| c.plugin.version.to_string());
             let last_canary = registry
                 .last_canary(&name)
-                .map(|end| format!("{} {}", end.version, end.outcome));
+                .map(|end| format!("{} {}", end.version, end.outcome.name()));
             plugins.insert(
                 name,
                 PluginStatus {
@@ -605,7 +605,7 @@ impl Shared {
             }
             if let Some(end) = registry.last_canary(name)
                 && end.version == wanted.to_string()
-                && end.outcome == "reverted"
+                && end.outcome == edgeplug_gateway::registry::CanaryOutcome::Reverted
             {
                 return Outcome::Refused(report(
                     "canary-reverted",

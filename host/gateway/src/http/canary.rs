@@ -14,12 +14,14 @@ use std::sync::Arc;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::{Body, Failure, SMALL_BODY_LIMIT, admin_failure, fail, json_response, read_body};
+use super::{
+    Body, Failure, SMALL_BODY_LIMIT, admin_busy, admin_failure, fail, json_response, read_body,
+};
 use crate::Gateway;
 use crate::audit::AuditRecord;
 use crate::auth::TokenEntry;
 use crate::body::{self, RequestBody};
-use crate::registry::parse_canary_spec;
+use crate::registry::{CanaryOutcome, parse_canary_spec};
 
 /// Whether a push asks for a canary rather than a swap.
 pub(super) fn asked<B>(request: &Request<B>) -> bool {
@@ -40,14 +42,6 @@ pub(super) async fn handle(
 ) -> Result<Response<Body>, Failure> {
     let task_gw = gw.clone();
     let task_name = name.to_string();
-    let busy = || Failure {
-        retry_after: true,
-        ..fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "admin-busy",
-            "too many admin operations are waiting; retry later",
-        )
-    };
     match *method {
         Method::PUT => {
             let query = request.uri().query().unwrap_or_default().to_string();
@@ -64,7 +58,7 @@ pub(super) async fn handle(
                         .start_canary(bundle.to_vec(), &task_name, mode, gate)
                 })
                 .await
-                .ok_or_else(busy)?;
+                .ok_or_else(admin_busy)?;
             match started {
                 Ok((started, canary)) => {
                     record.version = Some(started.canary.clone());
@@ -85,7 +79,7 @@ pub(super) async fn handle(
                 .admin
                 .run(move || task_gw.registry.promote_canary(&task_name, None))
                 .await
-                .ok_or_else(busy)?
+                .ok_or_else(admin_busy)?
                 .map_err(|e| admin_failure(&e))?;
             record.version = outcome.version.clone();
             record.previous = outcome.previous.clone();
@@ -99,15 +93,15 @@ pub(super) async fn handle(
                 .run(move || {
                     task_gw
                         .registry
-                        .end_canary(&task_name, None, "aborted", &reason)
+                        .end_canary(&task_name, None, CanaryOutcome::Aborted, &reason)
                 })
                 .await
-                .ok_or_else(busy)?
+                .ok_or_else(admin_busy)?
                 .map_err(|e| admin_failure(&e))?;
             record.version = Some(version.clone());
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"name": name, "canary": version, "outcome": "aborted"}),
+                &json!({"name": name, "canary": version, "outcome": CanaryOutcome::Aborted}),
             ))
         }
     }

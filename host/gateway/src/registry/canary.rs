@@ -136,13 +136,33 @@ pub struct ShadowListing {
     pub skipped: u64,
 }
 
+/// How a canary ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryOutcome {
+    /// It became the active version.
+    Promoted,
+    /// Its gate found it worse than the active version.
+    Reverted,
+    /// An operator ended it, or a push, rollback, removal or newer canary superseded it.
+    Aborted,
+}
+
+impl CanaryOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            CanaryOutcome::Promoted => "promoted",
+            CanaryOutcome::Reverted => "reverted",
+            CanaryOutcome::Aborted => "aborted",
+        }
+    }
+}
+
 /// How the last canary of a plugin ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct CanaryEnd {
     pub version: String,
-    /// `promoted`, `reverted` (by the gate) or `aborted` (by an operator, a push, a rollback
-    /// or a removal).
-    pub outcome: &'static str,
+    pub outcome: CanaryOutcome,
     pub reason: String,
     /// Seconds since the Unix epoch.
     pub at: u64,
@@ -469,7 +489,12 @@ impl Registry {
             active.clone(),
         ));
         if let Some(replaced) = slot.canary.swap(Some(canary.clone())) {
-            self.record_canary_end(&slot, &replaced, "aborted", "replaced by a newer canary");
+            self.record_canary_end(
+                &slot,
+                &replaced,
+                CanaryOutcome::Aborted,
+                "replaced by a newer canary",
+            );
         }
         self.metrics
             .canary_event("canary-start", name, &ready.version.to_string());
@@ -509,7 +534,7 @@ impl Registry {
         slot.canary.store(None);
         let old = self.publish(&slot, canary.plugin.clone());
         let version = canary.plugin.version.to_string();
-        self.record_canary_end(&slot, &canary, "promoted", "promoted");
+        self.record_canary_end(&slot, &canary, CanaryOutcome::Promoted, "promoted");
         self.metrics.event("push", name, &version);
         tracing::info!(plugin = name, %version, "canary promoted to active");
         Ok(AdminOutcome {
@@ -521,14 +546,14 @@ impl Registry {
         })
     }
 
-    /// Ends the canary of `name` (`outcome` `reverted` or `aborted`, for `reason`); the
+    /// Ends the canary of `name` (reverted or aborted, for `reason`); the
     /// active version keeps serving. `expected` as for [`Registry::promote_canary`].
     /// Returns the canary's version.
     pub fn end_canary(
         &self,
         name: &str,
         expected: Option<&Arc<Canary>>,
-        outcome: &'static str,
+        outcome: CanaryOutcome,
         reason: &str,
     ) -> Result<String, AdminError> {
         let slot = self.slot(name);
@@ -547,7 +572,7 @@ impl Registry {
     /// Called under the slot's admin lock.
     pub(super) fn supersede_canary(&self, slot: &super::Slot, why: &str) {
         if let Some(canary) = slot.canary.swap(None) {
-            self.record_canary_end(slot, &canary, "aborted", why);
+            self.record_canary_end(slot, &canary, CanaryOutcome::Aborted, why);
         }
     }
 
@@ -555,24 +580,26 @@ impl Registry {
         &self,
         slot: &super::Slot,
         canary: &Canary,
-        outcome: &'static str,
+        outcome: CanaryOutcome,
         reason: &str,
     ) {
         let name = canary.plugin.name();
         let version = canary.plugin.version.to_string();
-        if outcome != "promoted" {
-            canary.plugin.plugin.release_kept_instances();
-        }
-        match outcome {
-            "reverted" => {
+        let event = match outcome {
+            CanaryOutcome::Reverted => {
                 tracing::warn!(plugin = name, %version, reason, "canary reverted by its gate");
-                self.metrics.canary_event("canary-revert", name, &version);
+                "canary-revert"
             }
-            "aborted" => {
+            CanaryOutcome::Aborted => {
                 tracing::info!(plugin = name, %version, reason, "canary ended");
-                self.metrics.canary_event("canary-abort", name, &version);
+                "canary-abort"
             }
-            _ => self.metrics.canary_event("canary-promote", name, &version),
+            CanaryOutcome::Promoted => "canary-promote",
+        };
+        self.metrics.canary_event(event, name, &version);
+        // A promoted canary serves on as the active version; the others are done.
+        if outcome != CanaryOutcome::Promoted {
+            canary.plugin.plugin.release_kept_instances();
         }
         *slot.last_canary.lock().unwrap_or_else(|p| p.into_inner()) = Some(CanaryEnd {
             version,
@@ -599,9 +626,12 @@ pub async fn watch(gw: Arc<crate::Gateway>, name: String, canary: Arc<Canary>) {
                 let task_gw = gw.clone();
                 let task_canary = canary.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    task_gw
-                        .registry
-                        .end_canary(&name, Some(&task_canary), "reverted", &reason)
+                    task_gw.registry.end_canary(
+                        &name,
+                        Some(&task_canary),
+                        CanaryOutcome::Reverted,
+                        &reason,
+                    )
                 })
                 .await;
                 return;

@@ -36,8 +36,8 @@ use edgeplug_runtime::{LoadError, LoadedPlugin, PluginFiles, Runtime};
 
 mod canary;
 pub use canary::{
-    Canary, CanaryEnd, CanaryGate, CanaryListing, CanaryMode, CanaryStarted, Verdict, WATCH_TICK,
-    parse_canary_spec, watch,
+    Canary, CanaryEnd, CanaryGate, CanaryListing, CanaryMode, CanaryOutcome, CanaryStarted,
+    Verdict, WATCH_TICK, parse_canary_spec, watch,
 };
 
 /// One loaded plugin version, shared by every request running on it.
