@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::Gateway;
 use crate::lanes::DispatchError;
+use crate::metrics::Metrics;
 use crate::registry::{ActivePlugin, Canary};
 use edgeplug_kernels::{Tensor, TensorData};
 use edgeplug_runtime::{InferRequest, InferResponse, InvokeError};
@@ -56,7 +57,7 @@ impl ShadowCopy {
         let canary = self.canary;
         let shadow = &canary.shadow;
         let Ok(permit) = canary.plugin.permits.clone().try_acquire_owned() else {
-            count(gw, &canary, "shadow-skipped", &shadow.skipped);
+            count(&gw.metrics, &canary, "shadow-skipped", &shadow.skipped);
             return;
         };
         let metrics = gw.metrics.clone();
@@ -82,15 +83,15 @@ impl ShadowCopy {
                 Comparison::Differed => ("shadow-differ", &canary.shadow.differed),
                 Comparison::Failed => ("shadow-failed", &canary.shadow.failed),
             };
-            counter.fetch_add(1, Ordering::Relaxed);
-            metrics.count(kind, plugin.name(), "");
+            count(&metrics, &canary, kind, counter);
         });
     }
 }
 
-fn count(gw: &Gateway, canary: &Canary, kind: &'static str, counter: &AtomicU64) {
+/// One more of `kind` for the canary: its own counter (the listing) and the plugin's metric.
+fn count(metrics: &Metrics, canary: &Canary, kind: &'static str, counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-    gw.metrics.count(kind, canary.plugin.name(), "");
+    metrics.count(kind, canary.plugin.name(), "");
 }
 
 /// The active version's answer (or error code) against the canary's.

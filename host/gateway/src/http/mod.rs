@@ -796,14 +796,7 @@ async fn admin_audited(
             AdminAction::Remove => task_gw.registry.remove(&task_name),
         })
         .await
-        .ok_or_else(|| Failure {
-            retry_after: true,
-            ..fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "admin-busy",
-                "too many admin operations are waiting; retry later",
-            )
-        })?;
+        .ok_or_else(admin_busy)?;
     match result {
         Ok(outcome) => {
             record.version = outcome.version.clone();
@@ -906,6 +899,18 @@ enum AdminAction {
     Push(Vec<u8>),
     Rollback,
     Remove,
+}
+
+/// The admin lane's queue is full: the operation was not run.
+fn admin_busy() -> Failure {
+    Failure {
+        retry_after: true,
+        ..fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admin-busy",
+            "too many admin operations are waiting; retry later",
+        )
+    }
 }
 
 fn admin_failure(e: &AdminError) -> Failure {
