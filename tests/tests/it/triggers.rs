@@ -442,22 +442,41 @@ async fn results_reach_the_center_after_an_outage_and_a_broker_restart() {
     triggers.stop().await;
 }
 
+/// A member of the share group `pool` on `broker`: `edgeplug serve` in a child process with
+/// digits 1.0.0 installed. Its directory, configuration and bundle come with it, for a
+/// restart.
+struct ShareMember {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    bundle: std::path::PathBuf,
+    served: ServedGateway,
+}
+
+fn share_member(broker: &TestBroker, id: &str) -> ShareMember {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = format!("{}share = \"pool\"\n", trigger_config(broker, id));
+    let (key, config) = write_gateway_dir(dir.path(), &shared);
+    let bundle = dir.path().join("digits.epk");
+    std::fs::write(&bundle, digits_bundle(&key, "1.0.0")).unwrap();
+    let served =
+        ServedGateway::start(&config, std::slice::from_ref(&bundle)).expect("serve starts");
+    ShareMember {
+        dir,
+        config,
+        bundle,
+        served,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_sharing_a_stream_lose_nothing_when_one_is_killed() {
     const MESSAGES: usize = 2000;
     let broker = gateway_broker();
     let collector = Collector::start(broker.port, "center", &["results/#"], true).await;
-    let mut members = Vec::new();
-    for id in ["gw-s1", "gw-s2"] {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = format!("{}share = \"pool\"\n", trigger_config(&broker, id));
-        let (key, config) = write_gateway_dir(dir.path(), &shared);
-        let bundle = dir.path().join("digits.epk");
-        std::fs::write(&bundle, digits_bundle(&key, "1.0.0")).unwrap();
-        let served =
-            ServedGateway::start(&config, std::slice::from_ref(&bundle)).expect("serve starts");
-        members.push((dir, config, bundle, served));
-    }
+    let mut members: Vec<ShareMember> = ["gw-s1", "gw-s2"]
+        .iter()
+        .map(|id| share_member(&broker, id))
+        .collect();
     let device = Device::connect(broker.port, "dev-fleet").await;
     // Both members' subscriptions are in place once each has answered a probe of its own.
     await_subscribed(&device, &collector, 2).await;
@@ -468,7 +487,12 @@ async fn gateways_sharing_a_stream_lose_nothing_when_one_is_killed() {
         distinct_ids(&collector.on("results/")).0.len() >= 100
     })
     .await;
-    let (dir, config, bundle, killed) = members.remove(0);
+    let ShareMember {
+        dir,
+        config,
+        bundle,
+        served: killed,
+    } = members.remove(0);
     killed.kill();
     let at_kill = distinct_ids(&collector.on("results/")).0.len();
     assert!(at_kill < total, "everything was answered before the kill");
@@ -510,7 +534,7 @@ async fn gateways_sharing_a_stream_lose_nothing_when_one_is_killed() {
         "shared stream: killed gw-s1 after {at_kill} results; {waiting} waited for it to come back; {total} answered, {duplicates} duplicates; records by gateway {by_gateway:?}"
     );
     back.stop();
-    for (_, _, _, served) in members {
+    for ShareMember { served, .. } in members {
         served.stop();
     }
     drop(dir);
@@ -524,22 +548,14 @@ async fn a_member_that_stops_leaves_its_share_to_the_others() {
     const MESSAGES: usize = 200;
     let broker = gateway_broker();
     let collector = Collector::start(broker.port, "center", &["results/#"], true).await;
-    let mut members = Vec::new();
-    for id in ["gw-l1", "gw-l2"] {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = format!("{}share = \"pool\"\n", trigger_config(&broker, id));
-        let (key, config) = write_gateway_dir(dir.path(), &shared);
-        let bundle = dir.path().join("digits.epk");
-        std::fs::write(&bundle, digits_bundle(&key, "1.0.0")).unwrap();
-        let served =
-            ServedGateway::start(&config, std::slice::from_ref(&bundle)).expect("serve starts");
-        members.push((dir, served));
-    }
+    let mut members: Vec<ShareMember> = ["gw-l1", "gw-l2"]
+        .iter()
+        .map(|id| share_member(&broker, id))
+        .collect();
     let device = Device::connect(broker.port, "dev-leave").await;
     await_subscribed(&device, &collector, 2).await;
-    let (dir, leaving) = members.remove(0);
-    assert!(leaving.stop().success(), "a clean stop");
-    drop(dir);
+    let leaving = members.remove(0);
+    assert!(leaving.served.stop().success(), "a clean stop");
     let before = collector.on("results/").len();
     let expected = publish_digits(&device, MESSAGES).await;
     eventually(
@@ -552,7 +568,7 @@ async fn a_member_that_stops_leaves_its_share_to_the_others() {
     for record in &records {
         assert_eq!(record.json()["gateway"], "gw-l2", "{}", record.json());
     }
-    for (_, served) in members {
+    for ShareMember { served, .. } in members {
         served.stop();
     }
 }
