@@ -30,79 +30,23 @@
 //! `intra_op_threads = 1`. The camera, broker and collector run on the other cores.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgeplug_tests::camera::mjpeg_camera;
 use edgeplug_tests::gateway::{TOKEN, example_bundle, write_gateway_dir};
 use edgeplug_tests::mqtt::Collector;
+use edgeplug_tests::pinned::{PinnedGateway, allowed_cpus, load_average};
 use edgeplug_tests::servers::{TestBroker, free_port};
 
-const CHILD_ENV: &str = "EDGEPLUG_BENCH_CAMERA_CHILD";
 /// The camera: 30 s at 30 frames/s.
 const CAMERA_FPS: u32 = 30;
 const FRAMES: usize = 30 * CAMERA_FPS as usize;
 /// MobileNetV2's top-1 class for rocket.jpg (the models README, onnxruntime).
 const EXPECTED_CLASS: u64 = 540;
 const EXPECTED_LABEL: &str = "drilling platform";
-
-/// In the child: pins this process to its CPU, then runs `serve --config C --listen L
-/// --install B` and exits with its status. Does nothing without [`CHILD_ENV`]
-/// (`CPU\nCONFIG\nLISTEN\nBUNDLE`).
-fn serve_child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let mut lines = spec.lines();
-    let cpu: usize = lines.next().unwrap().parse().unwrap();
-    pin_to(cpu);
-    edgeplug::cli::init_tracing();
-    let args = edgeplug::cli_serve::ServeArgs {
-        config: Some(PathBuf::from(lines.next().unwrap())),
-        listen: Some(lines.next().unwrap().parse().unwrap()),
-        install: lines.map(PathBuf::from).collect(),
-    };
-    let code = match edgeplug::cli_serve::run_serve(args) {
-        Ok(code) if code == std::process::ExitCode::SUCCESS => 0,
-        Ok(_) => 1,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    };
-    std::process::exit(code)
-}
-
-/// Restricts the calling thread (and every thread it starts afterwards) to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu is one of
-    // the CPUs sched_getaffinity reported, below CPU_SETSIZE); sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let pinned = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(pinned, 0, "sched_setaffinity({cpu}) failed");
-    }
-}
-
-/// The last CPU this process may run on.
-fn last_allowed_cpu() -> usize {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set that sched_getaffinity fills; CPU_ISSET
-    // reads inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let got = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        assert_eq!(got, 0, "sched_getaffinity failed");
-        (0..libc::CPU_SETSIZE as usize)
-            .rfind(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .unwrap()
-    }
-}
 
 /// VmRSS of `pid`, KiB; `None` once it is gone.
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -111,94 +55,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// The 1-minute load average: other work on the machine skews every figure.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// The gateway child process.
-struct Served {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Served {
-    /// Starts `serve` with `config` in `dir` on `listen`, pinned to `cpu`, installing `bundle`,
-    /// and waits until it listens.
-    fn start(dir: &std::path::Path, listen: SocketAddr, bundle: &std::path::Path) -> Served {
-        let cpu = last_allowed_cpu();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(
-                CHILD_ENV,
-                format!(
-                    "{cpu}\n{}\n{listen}\n{}",
-                    dir.join("gateway.toml").display(),
-                    bundle.display()
-                ),
-            )
-            .env("TOKIO_WORKER_THREADS", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the benchmark binary runs again");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("edgeplug gateway on ") {
-                    let _ = tx.send(());
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let started = Instant::now();
-        while rx.recv_timeout(Duration::from_millis(100)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(200));
-                panic!("the gateway exited ({status}): {}", stderr.lock().unwrap());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "the gateway did not listen within 120 s: {}",
-                stderr.lock().unwrap()
-            );
-        }
-        Served { child, stderr }
-    }
-
-    /// SIGTERM, and waits for the exit.
-    fn stop(mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on a child of ours not reaped yet: the pid names no other process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let started = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the gateway did not stop on SIGTERM: {}",
-                self.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `GET /metrics` of the gateway at `addr` (HTTP/1.0, the whole answer's body).
@@ -270,8 +126,15 @@ fn run(
     )
     .unwrap();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gateway = Served::start(dir, listen, bundle);
-    let pid = gateway.child.id();
+    let cpu = *allowed_cpus().last().expect("a CPU");
+    let gateway = PinnedGateway::start(
+        "the gateway",
+        cpu,
+        &dir.join("gateway.toml"),
+        Some(listen),
+        bundle,
+    );
+    let pid = gateway.pid();
 
     // RSS every second from the stream's first frame until every frame is accounted for.
     let waited = Instant::now();
@@ -279,7 +142,7 @@ fn run(
         assert!(
             waited.elapsed() < Duration::from_secs(30),
             "the gateway did not open the stream: {}",
-            gateway.stderr.lock().unwrap()
+            gateway.stderr()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -305,7 +168,7 @@ fn run(
             "the stream was not accounted for within 90 s: sent {}, {counters:?}, {} results: {}",
             sent.load(Ordering::SeqCst),
             collector.count(),
-            gateway.stderr.lock().unwrap()
+            gateway.stderr()
         );
         let next = Duration::from_secs(rss.len() as u64);
         std::thread::sleep(next.saturating_sub(started.elapsed()));
@@ -403,7 +266,7 @@ fn run(
 }
 
 fn main() {
-    serve_child();
+    edgeplug_tests::pinned::serve_child();
     if std::env::args().any(|a| a == "--list") {
         return;
     }

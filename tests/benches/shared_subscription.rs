@@ -33,74 +33,19 @@
 //! keeps handing messages to a disconnected member whose session lives).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::BufRead as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgeplug_tests::bench::median;
 use edgeplug_tests::gateway::{digits_bundle, write_gateway_dir};
 use edgeplug_tests::mqtt::{Collector, Device};
+use edgeplug_tests::pinned::{PinnedGateway, allowed_cpus, load_average};
 use edgeplug_tests::servers::TestBroker;
 
 const OUTSTANDING: usize = 32;
 const SIZES: [usize; 3] = [1, 2, 4];
-const CHILD_ENV: &str = "EDGEPLUG_BENCH_GATEWAY_CHILD";
 const WARM_UP: Duration = Duration::from_secs(1);
 const DRAIN: Duration = Duration::from_secs(30);
-
-/// In the child: pins this process to its CPU, then runs `serve --config C --install B` and
-/// exits with its status. Does nothing without [`CHILD_ENV`] (`CPU\nCONFIG\nBUNDLE`).
-fn serve_child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let mut lines = spec.lines();
-    let cpu: usize = lines.next().unwrap().parse().unwrap();
-    pin_to(cpu);
-    edgeplug::cli::init_tracing();
-    let args = edgeplug::cli_serve::ServeArgs {
-        config: Some(PathBuf::from(lines.next().unwrap())),
-        listen: None,
-        install: lines.map(PathBuf::from).collect(),
-    };
-    let code = match edgeplug::cli_serve::run_serve(args) {
-        Ok(code) if code == std::process::ExitCode::SUCCESS => 0,
-        Ok(_) => 1,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    };
-    std::process::exit(code)
-}
-
-/// Restricts the calling thread (and every thread it starts afterwards) to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu is one of
-    // the CPUs sched_getaffinity reported, below CPU_SETSIZE); sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let pinned = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(pinned, 0, "sched_setaffinity({cpu}) failed");
-    }
-}
-
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set that sched_getaffinity fills; CPU_ISSET
-    // reads inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let got = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        assert_eq!(got, 0, "sched_getaffinity failed");
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
-    }
-}
 
 /// CPU time (user + system) a process has used so far; `None` once it is gone.
 fn cpu_time(pid: &str) -> Option<Duration> {
@@ -113,113 +58,24 @@ fn cpu_time(pid: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(ticks as f64 / per_second))
 }
 
-/// The 1-minute load average: other work on the machine skews every figure.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
 /// One gateway's directory, kept for the whole benchmark (its compile cache too).
 struct Member {
     dir: tempfile::TempDir,
     bundle: PathBuf,
 }
 
-/// A gateway child process.
-struct Served {
-    child: Child,
-    name: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Served {
-    /// Starts `serve` for `member` as MQTT client `name` on `cpu` and waits until it listens.
-    fn start(member: &Member, broker: &TestBroker, name: &str, cpu: usize) -> Served {
-        let config = format!(
-            "intra_op_threads = 1\n\n[mqtt]\nbroker = \"{}\"\nclient_id = \"{name}\"\n\
-             session_expiry_secs = 1\nkeep_alive_secs = 5\n\n[[triggers]]\n\
-             topic = \"devices/+/digits\"\nshare = \"bench\"\nplugin = \"digits\"\n\
-             content_type = \"application/json\"\nresult_topic = \"results/{{device}}/{{plugin}}\"\n",
-            broker.url()
-        );
-        let path = member.dir.path().join("gateway.toml");
-        std::fs::write(&path, edgeplug_tests::gateway::gateway_toml(&config)).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(
-                CHILD_ENV,
-                format!("{cpu}\n{}\n{}", path.display(), member.bundle.display()),
-            )
-            .env("TOKIO_WORKER_THREADS", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the benchmark binary runs again");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        // Drains stderr for the child's whole life and reports `serve`'s "edgeplug gateway on"
-        // line.
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("edgeplug gateway on ") {
-                    let _ = tx.send(());
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let started = Instant::now();
-        while rx.recv_timeout(Duration::from_millis(100)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(200));
-                panic!("{name} exited ({status}): {}", stderr.lock().unwrap());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "{name} did not listen within 120 s: {}",
-                stderr.lock().unwrap()
-            );
-        }
-        Served {
-            child,
-            name: name.to_string(),
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// SIGTERM, and waits for the exit.
-    fn stop(mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on a child of ours not reaped yet: the pid names no other process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let started = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{} did not stop on SIGTERM: {}",
-                self.name,
-                self.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `serve` for `member` as MQTT client `name` on `cpu` and waits until it listens.
+fn serve_member(member: &Member, broker: &TestBroker, name: &str, cpu: usize) -> PinnedGateway {
+    let config = format!(
+        "intra_op_threads = 1\n\n[mqtt]\nbroker = \"{}\"\nclient_id = \"{name}\"\n\
+         session_expiry_secs = 1\nkeep_alive_secs = 5\n\n[[triggers]]\n\
+         topic = \"devices/+/digits\"\nshare = \"bench\"\nplugin = \"digits\"\n\
+         content_type = \"application/json\"\nresult_topic = \"results/{{device}}/{{plugin}}\"\n",
+        broker.url()
+    );
+    let path = member.dir.path().join("gateway.toml");
+    std::fs::write(&path, edgeplug_tests::gateway::gateway_toml(&config)).unwrap();
+    PinnedGateway::start(name, cpu, &path, None, &member.bundle)
 }
 
 /// One run's figures.
@@ -372,7 +228,7 @@ async fn await_members(device: &Device, collector: &Collector, body: &[u8], name
 }
 
 fn main() {
-    serve_child();
+    edgeplug_tests::pinned::serve_child();
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -404,12 +260,12 @@ fn main() {
     for round in 1..=rounds {
         for n in SIZES {
             let names: Vec<String> = (0..n).map(|i| format!("gw-r{round}-n{n}-{i}")).collect();
-            let served: Vec<Served> = names
+            let served: Vec<PinnedGateway> = names
                 .iter()
                 .enumerate()
-                .map(|(i, name)| Served::start(&members[i], &broker, name, cpus[i % cpus.len()]))
+                .map(|(i, name)| serve_member(&members[i], &broker, name, cpus[i % cpus.len()]))
                 .collect();
-            let pids: Vec<String> = served.iter().map(Served::pid).collect();
+            let pids: Vec<String> = served.iter().map(|s| s.pid().to_string()).collect();
             let figures = clients.block_on(async {
                 await_members(&device, &collector, &seven, &names).await;
                 let prefix = format!("w{round}-{n}");

@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod load;
 pub mod mqtt;
+pub mod pinned;
 pub mod relay;
 pub mod servers;
 
