@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 const CHILD_ENV: &str = "EDGEPLUG_BENCH_PINNED_SERVE";
 
 /// In the child: pins this process to its CPU, then runs `serve --config C [--listen L]
-/// --install B...` and exits with its status. Does nothing without [`CHILD_ENV`].
+/// --install B...` and exits with its status. Does nothing in a process not started by
+/// [`PinnedGateway::start`].
 pub fn serve_child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
