@@ -14,6 +14,10 @@ key). For the whole run:
   third time, and pushes a tampered bundle every fourth time (which must be refused);
 - a bad-input client sends, every second, one of: a truncated PNG, a body over the plugin's
   limit, a malformed JSON tensor, an unknown plugin; each must get its 4xx;
+- slow clients: one trickles a digits request's body in small pieces over a few seconds (it must
+  get its right answer), one sends headers and a tenth of the body and then stalls (the gateway
+  must answer 408 and close within the body deadline), and one reads a photo's answer a few
+  bytes at a time;
 - RSS and open file descriptors of the gateway are sampled every 5 s.
 
 It passes when: RSS in the last minute is within `--rss-growth` (5 %) of RSS in the minute after
@@ -30,6 +34,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +47,7 @@ from soaklib import REPO, Bundles, Client, free_port, log, request, version_of
 TOKEN = "soak-token"
 SAMPLE_EVERY = 5.0  # seconds
 START_DEADLINE = 300.0  # seconds; only detects a hang
+BODY_TIMEOUT_MS = 5000  # shorter than the default 30 s so the stalled client comes back often
 
 
 def checks():
@@ -103,6 +109,84 @@ class BadInput(threading.Thread):
             self.sent[name] += 1
             if not 400 <= status < 500:
                 self.not_4xx.append(f"{name}: {status} {data[:200]!r}")
+
+
+class SlowClients(threading.Thread):
+    """A trickling body, a stalled body and a slow reader, in turn, one at a time."""
+
+    def __init__(self, port, stop, body_timeout_s):
+        super().__init__(daemon=True)
+        self.port, self.stop, self.body_timeout_s = port, stop, body_timeout_s
+        self.seven = (REPO / "tests/fixtures/digits/seven.json").read_bytes()
+        self.chelsea = (REPO / "plugins/image-classifier/selftest/chelsea.png").read_bytes()
+        self.done = {"trickled": 0, "stalled 408": 0, "slow read": 0}
+        self.failures = []
+
+    def head(self, plugin, content_type, length):
+        return (
+            f"POST /v1/plugins/{plugin}/infer HTTP/1.1\r\nHost: soak\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+        ).encode()
+
+    def answer(self, sock):
+        """Status and body of one HTTP/1.1 answer read to the end (the request said close)."""
+        data = b""
+        while chunk := sock.recv(64):
+            data += chunk
+        status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+        return status, data.partition(b"\r\n\r\n")[2]
+
+    def trickle(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=60) as s:
+            s.sendall(self.head("digits", "application/json", len(self.seven)).replace(
+                b"Host: soak", b"Host: soak\r\nConnection: close"))
+            pieces = [self.seven[i : i + 256] for i in range(0, len(self.seven), 256)]
+            for piece in pieces:
+                s.sendall(piece)
+                time.sleep(3.0 / len(pieces))
+            status, body = self.answer(s)
+        if status == 200 and json.loads(body)["label"] == 7:
+            self.done["trickled"] += 1
+        else:
+            self.failures.append(f"trickled body answered {status} {body[:200]!r}")
+
+    def stall(self):
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=self.body_timeout_s + 30) as s:
+            s.sendall(self.head("digits", "application/json", len(self.seven)))
+            s.sendall(self.seven[: len(self.seven) // 10])
+            status, body = self.answer(s)
+        took = time.monotonic() - began
+        # The deadline grows by a second per body_min_rate_kib KiB received: a tenth of the
+        # digits body is far under one KiB, so the deadline is the timeout plus at most 1 s.
+        if status == 408 and took <= self.body_timeout_s + 5:
+            self.done["stalled 408"] += 1
+        else:
+            self.failures.append(f"stalled body answered {status} after {took:.1f} s {body[:200]!r}")
+
+    def slow_read(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=60) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(self.head("image-classifier", "image/png", len(self.chelsea)).replace(
+                b"Host: soak", b"Host: soak\r\nConnection: close") + self.chelsea)
+            data = b""
+            while chunk := s.recv(16):
+                data += chunk
+                time.sleep(0.01)
+        if data.startswith(b"HTTP/1.1 200 "):
+            self.done["slow read"] += 1
+        else:
+            self.failures.append(f"slow reader got {data[:200]!r}")
+
+    def run(self):
+        i = 0
+        while not self.stop.wait(2.0):
+            kind = [self.trickle, self.stall, self.slow_read][i % 3]
+            i += 1
+            try:
+                kind()
+            except (OSError, ValueError, KeyError) as e:
+                self.failures.append(f"{kind.__name__}: {e}")
 
 
 class Admin(threading.Thread):
@@ -171,7 +255,7 @@ def main():
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--warmup", type=float, default=5, help="minutes before growth counts")
     parser.add_argument("--bin", type=Path, default=REPO / "target/release/edgeplug")
-    parser.add_argument("--push-every", type=float, default=60, help="seconds between admin operations")
+    parser.add_argument("--push-every", type=float, default=30, help="seconds between admin operations")
     parser.add_argument("--digits-clients", type=int, default=2)
     parser.add_argument("--rss-growth", type=float, default=0.05)
     parser.add_argument("--fd-growth", type=int, default=2)
@@ -206,6 +290,7 @@ def main():
     (work / "gateway.toml").write_text(
         f'listen = "127.0.0.1:{port}"\nstate_dir = "state"\ntrust_dir = "trust"\n'
         f'admin_token = "{TOKEN}"\ndefault_plugin = "digits"\nkeep_versions = 3\n'
+        f"[limits]\nbody_timeout_ms = {BODY_TIMEOUT_MS}\n"
     )
     command = [str(edgeplug), "serve", "--config", str(work / "gateway.toml")]
     for path in installs:
@@ -235,7 +320,8 @@ def main():
             clients.append(Client(port, plugin, content_type, body, check, stop))
     bad = BadInput(port, stop)
     admin = Admin(port, bundles, args.push_every, stop)
-    for t in clients + [bad, admin]:
+    slow = SlowClients(port, stop, BODY_TIMEOUT_MS / 1000)
+    for t in clients + [bad, admin, slow]:
         t.start()
 
     samples = []  # (seconds since start, RSS MiB, fds)
@@ -256,7 +342,7 @@ def main():
             time.sleep(SAMPLE_EVERY)
     finally:
         stop.set()
-        for t in clients + [bad, admin]:
+        for t in clients + [bad, admin, slow]:
             t.join(timeout=300)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -317,9 +403,11 @@ def main():
         errors = {s: n for s, n in statuses.items() if s != 200}
         if errors:
             failures.append(f"{plugin}: non-200 answers {errors}")
-    print(f"\nbad input sent: {bad.sent}; admin: {admin.done}")
+    print(f"\nbad input sent: {bad.sent}; admin: {admin.done}; slow clients: {slow.done}")
     failures += [f"bad input: {f}" for f in bad.not_4xx]
     failures += [f"admin: {f}" for f in admin.failures]
+    failures += [f"slow client: {f}" for f in slow.failures]
+    failures += [f"slow clients: no {k}" for k, n in slow.done.items() if n == 0]
 
     if failures:
         log(f"FAILED ({len(failures)}), work directory kept: {work}")
