@@ -146,6 +146,34 @@ impl train::HostHead for StoreState {
         })
     }
 
+    fn load(
+        &mut self,
+        head: Resource<TrainHead>,
+        weights: Vec<Resource<Tensor>>,
+    ) -> HostResult<()> {
+        let spec = self.table.get(&head)?.head.spec();
+        let mut params = Vec::with_capacity(weights.len());
+        for (i, w) in weights.iter().enumerate() {
+            let t = self.table.get(w)?;
+            let expected = spec.param_shapes();
+            if expected.get(i).map(Vec::as_slice) != Some(t.shape()) {
+                return Err(HostError::guest(
+                    WitErrorCode::ShapeMismatch,
+                    format!(
+                        "weight {i} has shape {:?}; the head's parameters are {expected:?}",
+                        t.shape()
+                    ),
+                ));
+            }
+            params.push(t.as_f32().map_err(HostError::from)?.to_vec());
+        }
+        let loaded = Head::from_params(spec, params)?;
+        let trained = self.table.get_mut(&head)?;
+        trained.head = loaded;
+        trained.optimizer = Optimizer::new(trained.optimizer.config())?;
+        Ok(())
+    }
+
     fn weights(&mut self, head: Resource<TrainHead>) -> HostResult<Vec<Resource<Tensor>>> {
         let params = self.table.get(&head)?.head.params().to_vec();
         params.into_iter().map(|p| self.push_tensor(p)).collect()
