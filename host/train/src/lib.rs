@@ -15,6 +15,7 @@
 //!   `byte_size` methods, so the caller can charge it to a plugin's host-memory limit.
 
 pub mod checkpoint;
+pub mod fedavg;
 pub mod head;
 pub mod optim;
 pub mod rng;
