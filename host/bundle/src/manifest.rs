@@ -10,17 +10,23 @@ use serde::{Deserialize, Serialize};
 
 /// The WIT world this host implements. A manifest names the world it was built against;
 /// the host accepts the same package version.
-pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.3";
+pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.4";
+
+/// The world of a plugin that also learns on the gateway (0.1.4): [`WORLD`] plus the `learn`
+/// import and the `learner` export.
+pub const LEARNING_WORLD: &str = "edgeplug:plugin/learning-plugin@0.1.4";
 
 /// Every version of the plugin world this host serves: 0.1.1 added the `train` interface,
 /// 0.1.2 the `upstream` interface, 0.1.3 functions to `ops` (elementwise math, reductions),
-/// and a plugin built against an older one (which imports none of what came later) runs
-/// unchanged.
-pub const PLUGIN_WORLDS: [&str; 4] = [
+/// 0.1.4 `head.load` and the learning world, and a plugin built against an older one (which
+/// imports none of what came later) runs unchanged.
+pub const PLUGIN_WORLDS: [&str; 6] = [
     "edgeplug:plugin/plugin@0.1.0",
     "edgeplug:plugin/plugin@0.1.1",
     "edgeplug:plugin/plugin@0.1.2",
+    "edgeplug:plugin/plugin@0.1.3",
     WORLD,
+    LEARNING_WORLD,
 ];
 
 /// The other world a plugin may target: a WASI command (`wasi:cli/command`, what a `main`
@@ -68,6 +74,28 @@ pub struct Manifest {
     /// Default: empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub members: BTreeMap<String, MemberDigest>,
+    /// What the gateway's gate checks a head this plugin trained against (world
+    /// [`LEARNING_WORLD`]). Default: nothing beyond the self-tests and the held-out samples.
+    #[serde(default, skip_serializing_if = "Learn::is_empty")]
+    pub learn: Learn,
+}
+
+/// `[learn]`: for a plugin that learns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Learn {
+    /// A file of the plugin with labeled inputs of the classes the shipped head knows, one
+    /// JSON object per line in the shape of a feedback body (`{"label": 3, "content_type":
+    /// "...", "input": "<base64>"}`): a trained head's accuracy on them may drop at most the
+    /// gateway's `max_original_drop` below the live head's. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+impl Learn {
+    fn is_empty(&self) -> bool {
+        self.reference.is_none()
+    }
 }
 
 /// One `[members."path"]` entry: what `pack` measured of a file, checked again on every
@@ -335,6 +363,12 @@ impl Manifest {
                     .iter()
                     .flat_map(|t| [t.input.as_str(), t.expect.as_str()]),
             )
+            .chain(self.learn.reference.as_deref())
+    }
+
+    /// Whether the plugin learns on the gateway (exports `learner`).
+    pub fn learns(&self) -> bool {
+        self.world == LEARNING_WORLD
     }
 }
 

@@ -81,6 +81,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listen = config.listen;
     tokio_runtime()?.block_on(async move {
         let gateway = tokio::task::spawn_blocking(move || Gateway::open(config)).await??;
+        gateway.spawn_learning_schedule();
         for path in args.install {
             let gw = gateway.clone();
             let shown = path.display().to_string();

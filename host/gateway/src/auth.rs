@@ -114,6 +114,10 @@ pub enum AdminOp<'a> {
     Feedback(&'a str),
     /// Starting (a push with `?canary=` or `?shadow=`), promoting or ending a canary.
     Canary(&'a str),
+    /// A fine-tune job of a plugin that learns, and its head's gate.
+    Finetune(&'a str),
+    /// Back to the plugin's previous trained head.
+    HeadRollback(&'a str),
 }
 
 impl AdminOp<'_> {
@@ -126,6 +130,8 @@ impl AdminOp<'_> {
             AdminOp::Remove(_) => "remove",
             AdminOp::Feedback(_) => "feedback",
             AdminOp::Canary(_) => "canary",
+            AdminOp::Finetune(_) => "finetune",
+            AdminOp::HeadRollback(_) => "head-rollback",
         }
     }
 
@@ -137,7 +143,9 @@ impl AdminOp<'_> {
             | AdminOp::Rollback(p)
             | AdminOp::Remove(p)
             | AdminOp::Feedback(p)
-            | AdminOp::Canary(p) => Some(p),
+            | AdminOp::Canary(p)
+            | AdminOp::Finetune(p)
+            | AdminOp::HeadRollback(p) => Some(p),
         }
     }
 }
@@ -148,9 +156,16 @@ impl Scope {
         match (self, op) {
             (Scope::Admin, _) => true,
             (Scope::Read, AdminOp::List) => true,
-            (Scope::Deploy(name), AdminOp::Push(p) | AdminOp::Rollback(p) | AdminOp::Canary(p)) => {
-                name == p
-            }
+            // A trained head is a new version of the plugin's behaviour: deploying it, or
+            // rolling it back, is the deployer's.
+            (
+                Scope::Deploy(name),
+                AdminOp::Push(p)
+                | AdminOp::Rollback(p)
+                | AdminOp::Canary(p)
+                | AdminOp::Finetune(p)
+                | AdminOp::HeadRollback(p),
+            ) => name == p,
             (Scope::Feedback(name), AdminOp::Feedback(p)) => name == p,
             _ => false,
         }

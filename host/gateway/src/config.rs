@@ -33,6 +33,17 @@
 //!                                    # self-tests, or "conformance": the whole conformance kit
 //!                                    # (robustness, determinism, limits) as `edgeplug conformance`
 //!
+//! [learning]                         # plugins that learn (world learning-plugin)
+//! holdout_percent = 20               # samples kept back from training for the gate
+//! max_accuracy_drop = 0.02           # held-out accuracy a new head may lose against the live one
+//! max_original_drop = 0.02           # ...and on the plugin's reference set (`[learn] reference`)
+//! max_steps = 500                    # a fine-tune job's budget: optimizer steps,
+//! max_wall_ms = 60000                # wall time (features of every sample included)
+//! memory_mib = 64                    # and host tensor memory
+//! schedule_secs = 0                  # fine-tune every plugin that learns this often; 0: never
+//! min_new_samples = 10               # ...when it got at least this many samples since its last job
+//! keep_heads = 3                     # checkpoints kept per plugin, for rollbacks
+//!
 //! [limits]                           # caps on what any plugin's manifest may ask for
 //! memory_mib = 512
 //! deadline_ms = 30000
@@ -130,6 +141,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[admin]`: how pushed versions are checked. Defaults: see [`AdminConfig`].
     pub admin: AdminConfig,
+    /// `[learning]`: fine-tune jobs of plugins that learn, and the gate their heads pass.
+    /// Defaults: see [`crate::learning::LearningConfig`].
+    pub learning: crate::learning::LearningConfig,
     /// `[fleet]`: kept as an opaque table and parsed (strictly) by the `edgeplug-fleet`
     /// crate, which depends on this one and not the reverse. Default: none (no fleet agent).
     pub fleet: Option<toml::Table>,
@@ -246,6 +260,7 @@ impl Default for Config {
             tls: None,
             limits: LimitsConfig::default(),
             admin: AdminConfig::default(),
+            learning: Default::default(),
             fleet: None,
             mqtt: None,
             triggers: Vec::new(),

@@ -22,6 +22,7 @@ pub mod body;
 pub mod config;
 pub mod http;
 pub mod lanes;
+pub mod learning;
 pub mod media;
 pub mod metrics;
 pub mod multipart;
@@ -65,6 +66,8 @@ pub struct Gateway {
         std::sync::Mutex<std::collections::BTreeMap<String, edgeplug_train::samples::SampleStore>>,
     /// Escalations: the `[upstreams]` plugins call through the runtime, and their metrics.
     pub upstreams: Arc<upstream::GatewayUpstreams>,
+    /// Fine-tune jobs, the gate of trained heads, and the heads on disk.
+    pub learning: Arc<learning::Learning>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -137,6 +140,14 @@ impl Gateway {
         for (name, error) in registry.load_store()? {
             tracing::error!(plugin = %name, %error, "not serving this plugin");
         }
+        let learning_metrics = Arc::new(learning::metrics::LearningMetrics::default());
+        metrics.add_source(learning_metrics.clone());
+        let learning = Arc::new(learning::Learning::open(
+            &config,
+            registry.runtime().live_heads().clone(),
+            learning_metrics,
+        )?);
+        learning.restore(&registry.names());
         Ok(Arc::new(Gateway {
             config,
             registry,
@@ -151,6 +162,7 @@ impl Gateway {
             admin: lanes::LowPriorityPool::new("edgeplug-admin", 1, 16, 10)?,
             samples: std::sync::Mutex::default(),
             upstreams,
+            learning,
         }))
     }
 
@@ -161,9 +173,21 @@ impl Gateway {
         name: &str,
         sample: &edgeplug_train::samples::Sample,
     ) -> Result<(usize, u64), edgeplug_train::samples::SampleError> {
-        use edgeplug_train::samples::{Retention, SampleStore};
         let mut stores = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let store = match stores.entry(name.to_string()) {
+        let store = self.sample_store(&mut stores, name)?;
+        store.add(sample)?;
+        Ok((store.len(), store.bytes()))
+    }
+
+    /// Plugin `name`'s sample store, opened on first use.
+    fn sample_store<'a>(
+        &self,
+        stores: &'a mut std::collections::BTreeMap<String, edgeplug_train::samples::SampleStore>,
+        name: &str,
+    ) -> Result<&'a mut edgeplug_train::samples::SampleStore, edgeplug_train::samples::SampleError>
+    {
+        use edgeplug_train::samples::{Retention, SampleStore};
+        Ok(match stores.entry(name.to_string()) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
                 let dir = self.config.state_dir.join("samples");
@@ -177,9 +201,16 @@ impl Gateway {
                     retention,
                 )?)
             }
-        };
-        store.add(sample)?;
-        Ok((store.len(), store.bytes()))
+        })
+    }
+
+    /// Every labeled sample of plugin `name`, oldest first. Blocking (reads the store).
+    pub fn samples_of(
+        &self,
+        name: &str,
+    ) -> Result<Vec<edgeplug_train::samples::Sample>, edgeplug_train::samples::SampleError> {
+        let mut stores = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        self.sample_store(&mut stores, name)?.samples()
     }
 
     /// Whether this gateway speaks TLS.

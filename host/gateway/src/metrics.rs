@@ -210,6 +210,12 @@ impl VersionMetrics {
 
 /// Metrics kept by a crate built on the gateway (the triggers), rendered after the gateway's
 /// own, so one scrape of `/metrics` sees everything while the gateway knows nothing of them.
+/// A label value: the names here are checked plain (plugin and upstream names), but a
+/// rendering must never break on a quote.
+pub fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 pub trait MetricsSource: std::fmt::Debug + Send + Sync {
     /// Appends complete families (`# HELP`, `# TYPE`, samples) in the text exposition format.
     fn render(&self, out: &mut String);

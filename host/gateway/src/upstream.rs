@@ -277,11 +277,7 @@ impl UpstreamMetrics {
     }
 }
 
-/// A label value: the names here are checked plain (plugin and upstream names), but a
-/// rendering must never break on a quote.
-fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"")
-}
+use crate::metrics::label;
 
 impl MetricsSource for UpstreamMetrics {
     fn render(&self, out: &mut String) {

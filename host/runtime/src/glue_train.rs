@@ -4,6 +4,8 @@
 //! it is a trap naming the limit, like any host tensor); a step or setting the guest got wrong
 //! is a WIT error.
 
+use std::sync::Arc;
+
 use wasmtime::component::Resource;
 
 use super::glue::train;
@@ -12,12 +14,42 @@ use super::state::StoreState;
 use edgeplug_kernels::Tensor;
 use edgeplug_train::{Head, HeadSpec, Optimizer, OptimizerConfig, OptimizerKind, TrainError};
 
-/// A head the guest created, with its optimizer and what it is charged.
+/// A head the guest created (or the live head it was handed), with its optimizer and what it
+/// is charged.
 pub struct TrainHead {
-    head: Head,
+    /// Shared with every request while it is the live head; a step or a load on a shared head
+    /// changes a private copy (`Arc::make_mut`).
+    head: Arc<Head>,
     optimizer: Optimizer,
     /// Bytes charged to the tensor budget: weights plus the optimizer state it will hold.
     charged: usize,
+}
+
+impl TrainHead {
+    /// The live head as a guest sees it: its weights shared, charged once more to the
+    /// request (a step would copy them), with plain SGD at learning rate 0.01 should the
+    /// guest step it (a plugin that trains loads the weights into a head of its own).
+    pub(crate) fn shared(head: Arc<Head>) -> TrainHead {
+        let optimizer = Optimizer::new(OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            lr: 0.01,
+            clip_norm: None,
+        })
+        .expect("SGD at 0.01 is a valid optimizer");
+        TrainHead {
+            charged: head.byte_size(),
+            head,
+            optimizer,
+        }
+    }
+
+    pub(crate) fn charged(&self) -> usize {
+        self.charged
+    }
+
+    pub(crate) fn into_head(self) -> Arc<Head> {
+        self.head
+    }
 }
 
 impl From<TrainError> for HostError {
@@ -91,7 +123,7 @@ impl train::HostHead for StoreState {
             }
         };
         Ok(self.table.push(TrainHead {
-            head,
+            head: Arc::new(head),
             optimizer,
             charged,
         })?)
@@ -119,8 +151,19 @@ impl train::HostHead for StoreState {
         // The gradients are held for the step only.
         let transient = grads.byte_size();
         self.charge_tensor_bytes(transient)?;
+        if let Some(job) = &mut self.job {
+            if job.steps_left == 0 {
+                return Err(HostError::guest(
+                    WitErrorCode::ResourceExhausted,
+                    format!("the job's budget of {} steps is spent", job.max_steps),
+                ));
+            }
+            job.steps_left -= 1;
+        }
         let trained = self.table.get_mut(&head)?;
-        let result = trained.optimizer.step(&mut trained.head, &grads);
+        let result = trained
+            .optimizer
+            .step(Arc::make_mut(&mut trained.head), &grads);
         self.release_tensor_bytes(transient);
         let report = result?;
         Ok(train::StepReport {
@@ -169,7 +212,7 @@ impl train::HostHead for StoreState {
         }
         let loaded = Head::from_params(spec, params)?;
         let trained = self.table.get_mut(&head)?;
-        trained.head = loaded;
+        trained.head = Arc::new(loaded);
         trained.optimizer = Optimizer::new(trained.optimizer.config())?;
         Ok(())
     }

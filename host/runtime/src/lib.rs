@@ -7,8 +7,10 @@ pub mod conformance;
 pub mod content_type;
 mod error;
 pub mod glue;
+mod glue_learn;
 mod glue_train;
 mod glue_upstream;
+pub mod learning;
 pub mod model_store;
 mod plugin;
 pub mod selftest;
@@ -102,6 +104,7 @@ pub struct Runtime {
     linker: Linker<StoreState>,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
+    live_heads: Arc<learning::LiveHeads>,
 }
 
 impl Runtime {
@@ -123,6 +126,8 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow_of)?;
         Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(anyhow_of)?;
+        glue_learn::learn::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(anyhow_of)?;
         wasi_nn::add_to_linker(&mut linker).map_err(anyhow_of)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
@@ -139,11 +144,17 @@ impl Runtime {
             linker,
             config,
             ticker_stop,
+            live_heads: Arc::default(),
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The live head of every learning plugin, which the gateway sets.
+    pub fn live_heads(&self) -> &Arc<learning::LiveHeads> {
+        &self.live_heads
     }
 
     /// The compile cache's key of a component: a plugin store can tell which cache entries
@@ -206,6 +217,11 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(world_mismatch)?;
+        let learner = if manifest.learns() {
+            Some(glue_learn::learner::GuestIndices::new(&pre).map_err(world_mismatch)?)
+        } else {
+            None
+        };
         let entry = if manifest.is_command() {
             Entry::Command(CommandPre::new(pre).map_err(world_mismatch)?)
         } else {
@@ -221,6 +237,8 @@ impl Runtime {
             entry,
             shared,
             upstreams: self.config.upstreams.clone(),
+            learner,
+            live_heads: self.live_heads.clone(),
             info: PluginInfo {
                 name: String::new(),
                 version: String::new(),
@@ -352,6 +370,10 @@ pub struct LoadedPlugin {
     entry: Entry,
     shared: Arc<PluginShared>,
     upstreams: Option<Arc<dyn upstream::Upstreams>>,
+    /// The `learner` export of a plugin of world `learning-plugin`.
+    learner: Option<glue_learn::learner::GuestIndices>,
+    /// Where requests find the live head (learning plugins only).
+    live_heads: Arc<learning::LiveHeads>,
     info: PluginInfo,
     /// Instances kept for the next requests (`requests_per_instance` > 1), at most
     /// [`MAX_KEPT_INSTANCES`] and never more than the requests that can run at once.
@@ -463,12 +485,23 @@ impl LoadedPlugin {
         self.run_request(request, self.shared.limits().deadline_ms)
     }
 
-    /// One request within `deadline_ms`, on a kept instance if one is idle, else on a fresh
-    /// one; the instance is kept afterwards if it answered and may serve more.
     fn run_request(
         &self,
         request: InferRequest,
         deadline_ms: u64,
+    ) -> (Result<InferResponse, InvokeError>, RequestStats) {
+        self.run_request_with(request, deadline_ms, None)
+    }
+
+    /// One request within `deadline_ms`, on a kept instance if one is idle, else on a fresh
+    /// one; the instance is kept afterwards if it answered and may serve more. With
+    /// `head_override` (the gate's self-tests of a candidate head) the request sees that head
+    /// as live, on a fresh instance that is not kept.
+    fn run_request_with(
+        &self,
+        request: InferRequest,
+        deadline_ms: u64,
+        head_override: Option<Option<Arc<edgeplug_train::Head>>>,
     ) -> (Result<InferResponse, InvokeError>, RequestStats) {
         // The request's core counts as busy while it runs, so model runs elsewhere do not
         // borrow it for intra-op threads.
@@ -485,7 +518,11 @@ impl LoadedPlugin {
             Entry::Handler(pre) => pre,
             Entry::Command(pre) => return self.run_command(pre, request, deadline_ms),
         };
-        let kept = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let overridden = head_override.is_some();
+        let kept = match overridden {
+            true => None,
+            false => self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop(),
+        };
         let (mut store, instance, served) = match kept {
             Some(WarmInstance {
                 mut store,
@@ -513,12 +550,17 @@ impl LoadedPlugin {
             at: std::time::Instant::now() + length,
             length,
         });
+        if self.learner.is_some() {
+            store.data_mut().live_head =
+                head_override.unwrap_or_else(|| self.live_heads.get(&self.info.name));
+        }
         let result = self.infer_on(&mut store, &instance, request);
         let stats = self.stats(&store);
         // Only an instance that returned normally is kept: after a trap or an exhausted
         // limit its memory may be anything.
         let answered = matches!(result, Ok(_) | Err(InvokeError::Plugin { .. }));
         if answered
+            && !overridden
             && served + 1 < limits.requests_per_instance
             && stats.peak_memory_bytes <= MAX_KEPT_MEMORY_BYTES
         {

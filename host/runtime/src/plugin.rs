@@ -125,6 +125,9 @@ pub struct PluginShared {
     models: BTreeMap<String, Arc<Model>>,
     weights: Weights,
     labels: BTreeMap<String, Vec<String>>,
+    /// A learning plugin's self-test vectors and reference set, which the gate of every head
+    /// it trains runs again; `None` for other plugins, which need them only at load.
+    gate_files: Option<Arc<PluginFiles>>,
 }
 
 impl PluginShared {
@@ -166,13 +169,37 @@ impl PluginShared {
                 text.lines().map(|l| l.trim_end().to_string()).collect(),
             );
         }
+        let gate_files = manifest.learns().then(|| {
+            let keep: Vec<&str> = manifest
+                .self_tests
+                .iter()
+                .flat_map(|t| [t.input.as_str(), t.expect.as_str()])
+                .chain(manifest.learn.reference.as_deref())
+                .collect();
+            Arc::new(PluginFiles {
+                manifest: manifest.clone(),
+                files: files
+                    .files
+                    .iter()
+                    .filter(|(path, _)| keep.contains(&path.as_str()))
+                    .map(|(path, bytes)| (path.clone(), bytes.clone()))
+                    .collect(),
+            })
+        });
         Ok(PluginShared {
             limits: EffectiveLimits::new(&manifest.limits, cap),
             manifest,
             models,
             weights,
             labels,
+            gate_files,
         })
+    }
+
+    /// A learning plugin's self-test files and `[learn] reference` file (with its manifest),
+    /// for the gate of a head it trained.
+    pub fn gate_files(&self) -> Option<&Arc<PluginFiles>> {
+        self.gate_files.as_ref()
     }
 
     pub fn name(&self) -> &str {

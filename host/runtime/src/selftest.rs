@@ -41,12 +41,21 @@ pub enum SelfTestError {
 /// Runs every self-test vector of `files`' manifest on `plugin` in order and stops at the
 /// first failure. Returns how many vectors passed. Blocking (it calls the plugin).
 pub fn run(plugin: &LoadedPlugin, files: &PluginFiles) -> Result<usize, SelfTestError> {
+    run_via(files, &|request| plugin.infer(request))
+}
+
+/// [`run`] with each vector answered by `infer` (the gate's self-tests of a candidate head
+/// answer through [`LoadedPlugin::infer_with_head`]).
+pub fn run_via(files: &PluginFiles, infer: &Infer<'_>) -> Result<usize, SelfTestError> {
     let tests = &files.manifest.self_tests;
     for test in tests {
-        run_one(plugin, files, test)?;
+        run_one_via(files, test, infer)?;
     }
     Ok(tests.len())
 }
+
+/// How a vector is answered.
+pub type Infer<'a> = dyn Fn(InferRequest) -> Result<crate::InferResponse, crate::InvokeError> + 'a;
 
 /// The content type a vector's input is sent with: its own, else from the file extension.
 pub fn input_content_type(test: &SelfTest) -> String {
@@ -60,6 +69,14 @@ pub fn run_one(
     plugin: &LoadedPlugin,
     files: &PluginFiles,
     test: &SelfTest,
+) -> Result<(), SelfTestError> {
+    run_one_via(files, test, &|request| plugin.infer(request))
+}
+
+fn run_one_via(
+    files: &PluginFiles,
+    test: &SelfTest,
+    infer: &Infer<'_>,
 ) -> Result<(), SelfTestError> {
     let file = |path: &str| {
         files
@@ -78,16 +95,15 @@ pub fn run_one(
             message: e.to_string(),
         })?;
     let content_type = input_content_type(test);
-    let response = plugin
-        .infer(InferRequest {
-            content_type,
-            body: input.to_vec(),
-            tensors: Vec::new(),
-        })
-        .map_err(|e| SelfTestError::Failed {
-            name: test.name.clone(),
-            message: e.to_string(),
-        })?;
+    let response = infer(InferRequest {
+        content_type,
+        body: input.to_vec(),
+        tensors: Vec::new(),
+    })
+    .map_err(|e| SelfTestError::Failed {
+        name: test.name.clone(),
+        message: e.to_string(),
+    })?;
     let actual: Value =
         serde_json::from_slice(&response.body).map_err(|e| SelfTestError::NotJson {
             name: test.name.clone(),

@@ -46,6 +46,12 @@ pub struct StoreState {
     /// An escalation of the running request failed (unavailable or rejected): an answer the
     /// plugin gives anyway is degraded.
     pub(crate) escalation_failed: bool,
+    /// What `learn.live-head` gives: the plugin's live head (or, in the gate's self-tests, the
+    /// candidate), set for each request.
+    pub(crate) live_head: Option<Arc<edgeplug_train::Head>>,
+    /// The running `finetune` job's start weights, samples and step budget; `None` outside a
+    /// job.
+    pub(crate) job: Option<crate::learning::JobState>,
 }
 
 /// When the running request's deadline passes, and how long it was.
@@ -79,6 +85,8 @@ impl StoreState {
             upstreams: None,
             deadline: None,
             escalation_failed: false,
+            live_head: None,
+            job: None,
         }
     }
 
@@ -138,6 +146,11 @@ impl StoreState {
         self.tensor_bytes = total;
         self.peak_tensor_bytes = self.peak_tensor_bytes.max(total);
         Ok(())
+    }
+
+    /// Replaces the store's host tensor budget (a learning session has its own).
+    pub(crate) fn set_tensor_budget(&mut self, bytes: usize) {
+        self.tensor_budget = bytes;
     }
 
     /// Host tensor bytes the request may still take.

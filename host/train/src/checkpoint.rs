@@ -38,6 +38,13 @@ pub struct Metadata {
     pub created_unix_ms: u64,
     /// The key that signed it (32 hex digits).
     pub key_id: String,
+    /// Where it came from: `"local"` (a fine-tune job on this gateway) or
+    /// `"federated round N"`. Absent in checkpoints written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The plugin version whose features it was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_version: Option<String>,
 }
 
 /// Why a checkpoint could not be read.

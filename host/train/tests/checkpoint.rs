@@ -17,6 +17,8 @@ fn metadata(key: &SecretKey, spec: HeadSpec, sequence: u64) -> Metadata {
         samples: 40,
         created_unix_ms: 1_700_000_000_000,
         key_id: key.key_id().to_string(),
+        origin: Some("local".into()),
+        plugin_version: Some("0.2.0".into()),
     }
 }
 

@@ -45,6 +45,7 @@ use edgeplug_runtime::LoadError;
 use edgeplug_runtime::{InferRequest, InferResponse, InvokeError};
 
 mod canary;
+mod learn;
 mod v2;
 
 pub type Body = Full<Bytes>;
@@ -601,10 +602,25 @@ async fn predict(
 
 async fn list(gw: &Arc<Gateway>) -> Result<Response<Body>, Failure> {
     let gw = gw.clone();
-    let listing = tokio::task::spawn_blocking(move || gw.registry.list())
-        .await
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| admin_failure(&e))?;
+    let listing = tokio::task::spawn_blocking(move || {
+        let listing = gw.registry.list()?;
+        // A learning plugin's live head and last job ride along with its versions.
+        Ok::<_, crate::AdminError>(
+            listing
+                .into_iter()
+                .map(|plugin| {
+                    let mut value = json!(plugin);
+                    if let Some(head) = gw.learning.status(&plugin.name) {
+                        value["head"] = head;
+                    }
+                    value
+                })
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| admin_failure(&e))?;
     Ok(json_response(StatusCode::OK, &json!({"plugins": listing})))
 }
 
@@ -702,6 +718,10 @@ async fn admin_audited(
         (&Method::POST, ["v1", "admin", "plugins", name, "rollback"]) => AdminOp::Rollback(name),
         (&Method::DELETE, ["v1", "admin", "plugins", name]) => AdminOp::Remove(name),
         (&Method::POST, ["v1", "admin", "plugins", name, "feedback"]) => AdminOp::Feedback(name),
+        (&Method::POST, ["v1", "admin", "plugins", name, "finetune"]) => AdminOp::Finetune(name),
+        (&Method::POST, ["v1", "admin", "plugins", name, "head", "rollback"]) => {
+            AdminOp::HeadRollback(name)
+        }
         (_, ["v1", "admin", "plugins"])
         | (_, ["v1", "admin", "plugins", _])
         | (
@@ -711,10 +731,11 @@ async fn admin_audited(
                 "admin",
                 "plugins",
                 _,
-                "rollback" | "feedback" | "canary",
+                "rollback" | "feedback" | "canary" | "finetune",
             ],
         )
-        | (_, ["v1", "admin", "plugins", _, "canary", "promote"]) => {
+        | (_, ["v1", "admin", "plugins", _, "canary", "promote"])
+        | (_, ["v1", "admin", "plugins", _, "head", "rollback"]) => {
             record.outcome = audit::Outcome::Failed;
             return Err(fail(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -770,6 +791,16 @@ async fn admin_audited(
         }
         AdminOp::Feedback(name) => {
             let result = feedback(gw, request, name).await;
+            if result.is_ok() {
+                record.outcome = audit::Outcome::Ok;
+            }
+            return result;
+        }
+        AdminOp::Finetune(name) | AdminOp::HeadRollback(name) => {
+            body::check_declared(&request, SMALL_BODY_LIMIT).map_err(body_failure)?;
+            let query = request.uri().query().map(str::to_string);
+            drop(request);
+            let result = learn::handle(gw, query, &op, name).await;
             if result.is_ok() {
                 record.outcome = audit::Outcome::Ok;
             }

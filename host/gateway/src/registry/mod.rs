@@ -323,6 +323,11 @@ impl Registry {
     }
 
     /// The active version of `name`: the request path (no admin lock is ever taken here).
+    /// The runtime every version runs on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<ActivePlugin>> {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         slots.get(name)?.active.load_full()
