@@ -86,7 +86,7 @@ impl Optimizer {
 
 /// A head being trained in the host.
 #[derive(Debug)]
-pub struct Head(train::Head);
+pub struct Head(pub(crate) train::Head);
 
 impl Head {
     /// A new head and its optimizer; `invalid-argument` for settings out of range.
@@ -113,5 +113,18 @@ impl Head {
     /// The weights, layer by layer: weight `[inputs, outputs]`, then bias `[outputs]`.
     pub fn weights(&self) -> Result<Vec<Tensor>, Error> {
         Ok(self.0.weights()?.into_iter().map(Tensor).collect())
+    }
+
+    /// Replaces the weights with `weights`, in the order and shapes [`Head::weights`] gives
+    /// them (weight `[inputs, outputs]`, then bias `[outputs]`, layer by layer), and resets the
+    /// optimizer's state (WIT 0.1.4). `shape-mismatch` for a list that does not fit the head,
+    /// `invalid-argument` for a value that is not finite; either leaves the head as it was.
+    ///
+    /// A model's own dense layer is usually stored the other way round (ONNX `Gemm` with
+    /// `transB`, PyTorch's `Linear`: `[outputs, inputs]`): [`Tensor::transpose`] it first.
+    pub fn load(&mut self, weights: &[Tensor]) -> Result<(), Error> {
+        let handles: Vec<&crate::bindings::edgeplug::plugin::types::Tensor> =
+            weights.iter().map(|w| &w.0).collect();
+        self.0.load(&handles)
     }
 }
