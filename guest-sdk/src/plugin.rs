@@ -1,7 +1,8 @@
 //! The plugin contract: what a plugin implements, and the request and response it sees.
 
 use crate::bindings::edgeplug::plugin::types;
-use crate::bindings::exports::edgeplug::plugin::handler;
+// The `learning-plugin` world's handler: `export!` exports it for both worlds (see `bindings`).
+use crate::learning_bindings::exports::edgeplug::plugin::handler;
 use crate::npy::NpyError;
 use crate::preprocess::PreprocessError;
 use crate::{ElementType, Tensor};
