@@ -7,16 +7,25 @@
 //! When the manifest grants a model named [`INT8_MODEL`] (the shipped
 //! `digits_cnn_int8_qdq.onnx`), the plugin runs that int8 network through the host's `model`
 //! interface instead of the float layers.
+//!
+//! It learns (WIT 0.1.4, world `learning-plugin`): its features are the CNN's pooled layer
+//! ([`FEATURES`] channels), its head the final dense layer. The gateway fine-tunes that head
+//! on its clients' labeled samples ([`Learner::finetune`]) and, once the new head passed its
+//! gate, `learn::live_head()` returns it and replaces the shipped dense layer.
 
+use edgeplug_sdk::learn::{self, Dataset, Job, Learner};
+use edgeplug_sdk::train::{Head, HeadSpec, Optimizer};
 use edgeplug_sdk::{
     Activation, Conv2d, Error, ErrorCode, Gemm, Model, Plugin, PluginInfo, Request, Response,
-    Tensor, TensorInfo, export,
+    Tensor, TensorInfo, export, log,
 };
 
 /// The grant name of the int8 network; when granted, it replaces the float layers.
 pub const INT8_MODEL: &str = "digits-int8";
 
 pub mod preprocess;
+
+use preprocess::INPUT_LEN;
 
 struct Digits;
 
@@ -47,8 +56,20 @@ fn conv(x: &Tensor, weight: &str, stride: u32, pad: u32, depthwise: bool) -> Res
         .run(x)
 }
 
+/// The channels of the CNN's pooled layer: the features the head takes.
+pub const FEATURES: usize = 128;
+/// The digits 0-9.
+pub const CLASSES: usize = 10;
+/// Inputs the CNN runs at once when a job computes its samples' features, and rows per
+/// training step. 32 inputs' largest activation is 1 MiB, well inside `tensor_memory_mib`.
+const BATCH: usize = 32;
+/// Adam's step size for fine-tuning: the head starts from a trained layer (the shipped one or
+/// the live one), so a small step adapts it without forgetting what it knew.
+const LEARNING_RATE: f32 = 1e-3;
+
 /// [1, 1, 16, 16] pixels in 0..1 to [1, 10] probabilities, on the int8 model if it is
-/// granted, else on the float layers.
+/// granted, else on the float layers. Learning applies to the float path only: the int8
+/// network answers with its own final layer, whatever head the gateway made live.
 fn classify(input: &Tensor) -> Result<Tensor, Error> {
     match Model::open(INT8_MODEL) {
         Ok(model) => model
@@ -61,21 +82,99 @@ fn classify(input: &Tensor) -> Result<Tensor, Error> {
     }
 }
 
-/// The float network, layer by layer on native ops.
+/// The float network, layer by layer on native ops; the live head, if the gateway made one
+/// live, in place of the shipped dense layer.
 fn float_layers(input: &Tensor) -> Result<Tensor, Error> {
+    let features = features(input)?;
+    let logits = match learn::live_head() {
+        Some(head) => head.forward(&features)?,
+        None => {
+            let fc_weight = Tensor::load("m.fc.weight")?;
+            let fc_bias = Tensor::load("m.fc.bias")?;
+            Gemm::new(&fc_weight)
+                .bias(&fc_bias)
+                .trans_b(true)
+                .run(&features)?
+        }
+    };
+    logits.softmax(1)
+}
+
+/// [batch, 1, 16, 16] pixels to the pooled layer's [batch, FEATURES]: everything but the
+/// final dense layer.
+fn features(input: &Tensor) -> Result<Tensor, Error> {
     let mut x = conv(input, "onnx::Conv_107", 1, 1, false)?;
     for (depthwise, pointwise, stride) in BLOCKS {
         x = conv(&x, depthwise, stride, 1, true)?;
         x = conv(&x, pointwise, 1, 0, false)?;
     }
-    let features = x.global_avg_pool()?.flatten(1)?;
-    let fc_weight = Tensor::load("m.fc.weight")?;
-    let fc_bias = Tensor::load("m.fc.bias")?;
-    let logits = Gemm::new(&fc_weight)
-        .bias(&fc_bias)
-        .trans_b(true)
-        .run(&features)?;
-    logits.softmax(1)
+    x.global_avg_pool()?.flatten(1)
+}
+
+/// The shipped dense layer as a head's weights: `m.fc.weight` is ONNX Gemm's `[10, 128]`
+/// (`transB`), a head's weight `[inputs, outputs]`, so it is transposed.
+fn shipped_head() -> Result<Vec<Tensor>, Error> {
+    Ok(vec![
+        Tensor::load("m.fc.weight")?.transpose(&[1, 0])?,
+        Tensor::load("m.fc.bias")?,
+    ])
+}
+
+impl Learner for Digits {
+    fn features(mut request: Request) -> Result<Tensor, Error> {
+        features(&input_tensor(&mut request)?)
+    }
+
+    fn finetune(job: Job) -> Result<Head, Error> {
+        let spec = HeadSpec::dense(FEATURES as u32, CLASSES as u32).seed(job.seed);
+        let mut head = Head::create(spec, Optimizer::adam(LEARNING_RATE))?;
+        head.load(&learn::start_weights().map_or_else(shipped_head, Ok)?)?;
+        let training = training_set()?.train(&mut head, &job, BATCH)?;
+        log::info(&format!("fine-tuned the head in {} steps", training.steps));
+        Ok(head)
+    }
+}
+
+/// The job's samples' features, the CNN run on [`BATCH`] samples at a time. A sample the
+/// plugin cannot read, or whose label is not a digit, is logged and skipped.
+fn training_set() -> Result<Dataset, Error> {
+    let mut dataset = Dataset::new(FEATURES);
+    let mut pixels: Vec<f32> = Vec::with_capacity(BATCH * INPUT_LEN);
+    let mut labels: Vec<u32> = Vec::with_capacity(BATCH);
+    let mut flush = |pixels: &mut Vec<f32>, labels: &mut Vec<u32>| -> Result<(), Error> {
+        if !labels.is_empty() {
+            let input = Tensor::from_slice(&[labels.len(), 1, 16, 16], pixels)?;
+            dataset.push(&features(&input)?, labels)?;
+            pixels.clear();
+            labels.clear();
+        }
+        Ok(())
+    };
+    for (index, sample) in learn::samples().enumerate() {
+        if sample.label as usize >= CLASSES {
+            log::warn(&format!(
+                "sample {index}: label {} is not a digit",
+                sample.label
+            ));
+            continue;
+        }
+        let label = sample.label;
+        match body_pixels(&sample.into_request()) {
+            Ok(values) => {
+                pixels.extend_from_slice(&values);
+                labels.push(label);
+            }
+            Err(e) if learn::is_bad_sample(&e) => {
+                log::warn(&format!("sample {index} skipped: {}", e.message));
+            }
+            Err(e) => return Err(e),
+        }
+        if labels.len() == BATCH {
+            flush(&mut pixels, &mut labels)?;
+        }
+    }
+    flush(&mut pixels, &mut labels)?;
+    Ok(dataset)
 }
 
 fn input_tensor(request: &mut Request) -> Result<Tensor, Error> {
@@ -88,6 +187,11 @@ fn input_tensor(request: &mut Request) -> Result<Tensor, Error> {
         }
         return Ok(tensor);
     }
+    Tensor::from_slice(&[1, 1, 16, 16], &body_pixels(request)?)
+}
+
+/// The request body's digit as the model's 16×16 input, whatever form the client sent.
+fn body_pixels(request: &Request) -> Result<[f32; INPUT_LEN], Error> {
     let pixels = match request.mime().as_str() {
         "image/png" | "image/jpeg" | "image/jpg" => preprocess::from_image(&request.body)?,
         "application/json" => preprocess::from_json(request)?,
@@ -103,7 +207,7 @@ fn input_tensor(request: &mut Request) -> Result<Tensor, Error> {
             )));
         }
     };
-    Tensor::from_slice(&[1, 1, 16, 16], &pixels)
+    Ok(pixels)
 }
 
 impl Plugin for Digits {
@@ -140,4 +244,4 @@ struct Answer<'a> {
     probabilities: &'a [f32],
 }
 
-export!(Digits);
+export!(Digits, learner);
