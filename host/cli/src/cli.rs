@@ -45,6 +45,9 @@ enum Command {
     /// p99) the gateways report; a failed gate sends the waves done back with signed
     /// rollbacks. Resumable with --state.
     Rollout(crate::cli_rollout::RolloutArgs),
+    /// Federated averaging of a plugin's head over a fleet group: opens rounds, averages the
+    /// gateways' deltas weighted by their sample counts, publishes each round's head signed.
+    Aggregate(crate::cli_aggregate::AggregateArgs),
     /// Prints the mosquitto bridge configuration that stores this gateway's results on its
     /// local broker and forwards them to the center's (persistent, QoS 1), for the local
     /// broker's mosquitto.conf.
@@ -180,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => crate::cli_publish::run(args),
         Command::Fleet(args) => crate::cli_fleet::run(args),
         Command::Rollout(args) => crate::cli_rollout::run(args),
+        Command::Aggregate(args) => crate::cli_aggregate::run(args),
         Command::Conformance(args) => crate::cli_conformance::run(args),
         Command::New(args) => crate::cli_new::run(args),
         Command::Build(args) => crate::cli_build::run(args),

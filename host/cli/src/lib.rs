@@ -15,6 +15,7 @@
 //! proves them.
 
 pub mod cli;
+pub mod cli_aggregate;
 pub mod cli_bench;
 pub mod cli_bridge;
 pub mod cli_build;

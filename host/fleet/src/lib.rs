@@ -31,6 +31,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod federated;
 pub mod notice;
 pub mod oci;
 pub mod publish;
