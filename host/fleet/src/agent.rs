@@ -26,6 +26,10 @@
 //! each re-verified by the store) until the named version is active; a version the gateway no
 //! longer keeps is refused and reported (`rollback-not-kept`).
 //!
+//! With `[fleet.federated]`, the notice task also hands the federated round and head messages
+//! of the configured plugins to a [`Participant`], which trains, uploads deltas and installs
+//! averaged heads through the gateway's gate (see [`crate::federated`]).
+//!
 //! After every change the agent publishes its [`GatewayStatus`], retained, and again every
 //! `status_interval_ms` (the request, error and p99 figures a staged rollout gates on).
 
@@ -45,6 +49,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::FleetConfig;
+use crate::federated::participant::Participant;
 use crate::notice::{NoticeKind, SignedNotice};
 use crate::oci::{PullError, Registry};
 use crate::state::{Accepted, StateFile, Verdict};
@@ -91,6 +96,8 @@ struct Shared {
     wake: Notify,
     /// `true` once the agent is stopping.
     stopping: watch::Sender<bool>,
+    /// Federated averaging, when configured.
+    participant: Option<Arc<Participant>>,
 }
 
 struct State {
@@ -157,6 +164,19 @@ impl Agent {
                 None,
             ));
         let (client, events) = AsyncClient::new(options, 64);
+        let participant = config
+            .federated
+            .clone()
+            .map(|f| {
+                Participant::open(
+                    gateway.clone(),
+                    &config.group,
+                    &config.client_id,
+                    f,
+                    client.clone(),
+                )
+            })
+            .transpose()?;
 
         // Notices persisted under a key that is no longer trusted are not acted upon (their
         // sequences still guard against replays).
@@ -193,6 +213,7 @@ impl Agent {
             }),
             wake: Notify::new(),
             stopping,
+            participant,
         });
         shared.update_targets();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -876,10 +897,14 @@ async fn notice_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FromBr
                 // (the configuration may have changed), and whenever the broker lost the
                 // session. Retained notices come again: duplicates change nothing.
                 if first_connection || !session_present {
+                    let federated = shared.participant.iter().flat_map(|p| p.filters());
                     for filter in [
                         topics::group_filter(&shared.config.group),
                         topics::pin_filter(&shared.config.group, &shared.config.client_id),
-                    ] {
+                    ]
+                    .into_iter()
+                    .chain(federated)
+                    {
                         if shared
                             .client
                             .subscribe(filter, QoS::AtLeastOnce)
@@ -902,6 +927,22 @@ async fn notice_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FromBr
                 shared.publish_status();
             }
             FromBroker::Notice(publish) => {
+                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                if let Some(participant) = shared.participant.as_ref().filter(|p| p.handles(&topic))
+                {
+                    // What a federated message asks is persisted (or refused) before this
+                    // returns; the work it starts runs on, and a redelivery does it once.
+                    if let Err((code, message, plugin)) =
+                        participant.on_message(&topic, &publish.payload)
+                    {
+                        shared.set_error(report(code, message, Some(&plugin)));
+                        shared.publish_status();
+                    }
+                    if shared.client.ack(&publish).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 if shared.on_notice(&publish).await && shared.client.ack(&publish).await.is_err() {
                     return;
                 }

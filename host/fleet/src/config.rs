@@ -18,6 +18,13 @@
 //! # session_expiry_secs = 604800         # how long the broker keeps this gateway's session
 //! # keep_alive_secs = 30
 //! # status_interval_ms = 10000           # status republished this often (rollout gates read it)
+//!
+//! # [fleet.federated]                    # take part in federated averaging (edgeplug aggregate)
+//! # plugins = ["digits"]                 # the plugins whose head deltas this gateway uploads
+//! # dp_noise = 1.1                       # refuse rounds with less noise than this multiplier...
+//! # dp_clip = 1.0                        # ...or a larger clip norm than this
+//! # max_steps = 200                      # a round's fine-tune job: at most this many steps
+//! # max_wall_ms = 60000                  # and this long
 //! ```
 //!
 //! Why the table is parsed here and not by `edgeplug_gateway::config`: the gateway crate knows
@@ -35,7 +42,7 @@ use serde::Deserialize;
 use edgeplug_mqtt::read_secret;
 
 /// The parsed `[fleet]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
     /// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
@@ -74,6 +81,24 @@ pub struct FleetConfig {
     /// latency figures move), in milliseconds.
     #[serde(default = "defaults::status_interval_ms")]
     pub status_interval_ms: u64,
+    /// `[fleet.federated]`: federated averaging of these plugins' heads.
+    pub federated: Option<FederatedConfig>,
+}
+
+/// `[fleet.federated]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedConfig {
+    pub plugins: Vec<String>,
+    /// The least noise multiplier a round must ask for before this gateway takes part (its
+    /// owner's privacy floor); `None`: any round, with differential privacy or without.
+    pub dp_noise: Option<f64>,
+    /// With `dp_noise`: the largest clip norm a round may ask for.
+    pub dp_clip: Option<f64>,
+    #[serde(default = "defaults::federated_max_steps")]
+    pub max_steps: u32,
+    #[serde(default = "defaults::federated_max_wall_ms")]
+    pub max_wall_ms: u64,
 }
 
 mod defaults {
@@ -94,6 +119,12 @@ mod defaults {
     }
     pub fn status_interval_ms() -> u64 {
         10_000
+    }
+    pub fn federated_max_steps() -> u32 {
+        200
+    }
+    pub fn federated_max_wall_ms() -> u64 {
+        60_000
     }
 }
 
@@ -160,6 +191,27 @@ impl FleetConfig {
             (100..=3_600_000).contains(&self.status_interval_ms),
             "status_interval_ms must be 100 to 3600000"
         );
+        if let Some(f) = &self.federated {
+            for plugin in &f.plugins {
+                anyhow::ensure!(
+                    !plugin.is_empty() && !plugin.contains(['/', '+', '#']),
+                    "federated.plugins: {plugin:?} is not a plugin name"
+                );
+            }
+            let positive = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v > 0.0);
+            anyhow::ensure!(
+                positive(f.dp_noise) && positive(f.dp_clip),
+                "federated.dp_noise and dp_clip must be above 0"
+            );
+            anyhow::ensure!(
+                f.dp_clip.is_none() || f.dp_noise.is_some(),
+                "federated.dp_clip needs dp_noise"
+            );
+            anyhow::ensure!(
+                f.max_wall_ms >= 1,
+                "federated.max_wall_ms must be at least 1"
+            );
+        }
         Ok(())
     }
 
@@ -210,6 +262,13 @@ mod tests {
         let with_ca = format!("{MINIMAL}ca_file = \"ca.pem\"\n");
         let config = FleetConfig::parse(&with_ca, base).unwrap();
         assert_eq!(config.ca_file.unwrap(), base.join("ca.pem"));
+        let federated = format!("{MINIMAL}[federated]\nplugins = [\"digits\"]\ndp_noise = 1.1\n");
+        let f = FleetConfig::parse(&federated, base)
+            .unwrap()
+            .federated
+            .unwrap();
+        assert_eq!(f.plugins, ["digits"]);
+        assert_eq!((f.dp_noise, f.dp_clip, f.max_steps), (Some(1.1), None, 200));
     }
 
     #[test]
@@ -226,6 +285,19 @@ mod tests {
                 "session_expiry_secs",
             ),
             (format!("{MINIMAL}password_file = \"p\"\n"), "username"),
+            (
+                format!("{MINIMAL}[federated]\nplugins = [\"a/b\"]\n"),
+                "federated.plugins",
+            ),
+            (
+                format!("{MINIMAL}[federated]\nplugins = []\ndp_noise = -1.0\n"),
+                "dp_noise",
+            ),
+            (
+                format!("{MINIMAL}[federated]\nplugins = []\ndp_clip = 1.0\n"),
+                "dp_clip needs",
+            ),
+            (format!("{MINIMAL}[federated]\nplugin = []\n"), "plugin"),
         ] {
             let err = FleetConfig::parse(&text, base).unwrap_err();
             assert!(format!("{err:#}").contains(needle), "{needle}: {err:#}");

@@ -38,6 +38,7 @@
 
 pub mod aggregator;
 pub mod collect;
+pub mod participant;
 pub mod wire;
 
 pub use wire::{DpSettings, HeadNotice, RoundNotice, RoundRecord, Upload};
