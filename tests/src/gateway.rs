@@ -32,7 +32,7 @@ pub fn weights() -> &'static [u8] {
 
 /// The digits component, its `describe()` version rewritten to `version`.
 ///
-/// `describe()` reports the crate's version (`0.1.0`), and the runtime refuses a component
+/// `describe()` reports the crate's version (the shipped one), and the runtime refuses a component
 /// whose description disagrees with its manifest, so each test version needs its own
 /// component: the version string in the data segment is replaced by another of the same
 /// length (`a.b.c`, single digits). Occurrences after `@` (the WIT package version), `-`
@@ -44,10 +44,11 @@ pub fn wasm_for_version(version: &str) -> Vec<u8> {
         "test versions are a.b.c with single digits"
     );
     let mut wasm = std::fs::read(DIGITS_WASM).unwrap();
-    if version == "0.1.0" {
+    let shipped = shipped_digits_version();
+    if version == shipped {
         return wasm;
     }
-    let needle = b"0.1.0";
+    let needle = shipped.as_bytes();
     let mut patched = 0;
     let mut i = 0;
     while i + needle.len() <= wasm.len() {
@@ -69,6 +70,18 @@ pub fn wasm_for_version(version: &str) -> Vec<u8> {
         "the digits component has no version string to rewrite"
     );
     wasm
+}
+
+/// The version `plugins/digits/plugin.toml` ships (what its component's `describe()` says).
+pub fn shipped_digits_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        let manifest =
+            edgeplug_bundle::manifest::Manifest::load(&repo().join("plugins/digits")).unwrap();
+        let version = manifest.version.to_string();
+        assert_eq!(version.len(), 5, "the digits example's version is a.b.c");
+        version
+    })
 }
 
 /// What the digits plugin answers for `seven.json`, for the self-test vector.
@@ -98,7 +111,10 @@ pub fn seven_expected() -> &'static [u8] {
 /// `self_test`, a `[[self-test]]` vector on seven.json expecting `seven_expected()`.
 pub fn write_plugin_dir(dir: &Path, version: &str, extra: &str, self_test: bool) {
     let manifest = std::fs::read_to_string(repo().join("plugins/digits/plugin.toml")).unwrap();
-    let manifest = manifest.replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
+    let manifest = manifest.replace(
+        &format!("version = \"{}\"", shipped_digits_version()),
+        &format!("version = \"{version}\""),
+    );
     assert!(manifest.contains(&format!("version = \"{version}\"")));
     // The example's own self-tests name files this directory does not have; each test
     // chooses its vectors.

@@ -90,11 +90,16 @@ pub struct Learn {
     /// gateway's `max_original_drop` below the live head's. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// With a trained head live, the self-tests compare only these top-level keys of each
+    /// answer (say `["label"]`): a trained head moves the probabilities a self-test recorded
+    /// with the shipped head, not what the input is. Default: every key, as for a push.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selftest_keys: Vec<String>,
 }
 
 impl Learn {
     fn is_empty(&self) -> bool {
-        self.reference.is_none()
+        self.reference.is_none() && self.selftest_keys.is_empty()
     }
 }
 

@@ -163,6 +163,37 @@ pub fn stack(rows: &[Tensor]) -> Result<Tensor, String> {
     Tensor::from_f32(vec![rows.len(), width], data).map_err(|e| e.to_string())
 }
 
+/// The top-level `keys` of a JSON answer (all of it when `keys` is empty, or when it is not a
+/// JSON object: the comparison then says what differs).
+pub fn project_answer(body: &[u8], keys: &[String]) -> Vec<u8> {
+    if keys.is_empty() {
+        return body.to_vec();
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => {
+            let kept: serde_json::Map<_, _> =
+                map.into_iter().filter(|(k, _)| keys.contains(k)).collect();
+            serde_json::to_vec(&kept).unwrap_or_else(|_| body.to_vec())
+        }
+        _ => body.to_vec(),
+    }
+}
+
+/// `files` with each self-test's expected answer cut to `keys` (see [`project_answer`]).
+pub fn project_expectations(
+    files: &edgeplug_runtime::PluginFiles,
+    keys: &[String],
+) -> Result<edgeplug_runtime::PluginFiles, String> {
+    let mut projected = files.clone();
+    for test in &files.manifest.self_tests {
+        let expected = files.get(&test.expect).map_err(|e| format!("{e:#}"))?;
+        projected
+            .files
+            .insert(test.expect.clone(), project_answer(expected, keys).into());
+    }
+    Ok(projected)
+}
+
 /// Parses a `[learn] reference` file: one feedback-shaped JSON object per line.
 pub fn parse_reference(text: &[u8]) -> Result<Vec<Sample>, String> {
     use base64::Engine as _;
@@ -290,6 +321,15 @@ mod tests {
         let (_, held_again) = split(samples[500..].to_vec(), 20);
         assert!(held_again.iter().all(|s| held.contains(s)));
         assert!(split(samples, 0).1.is_empty());
+    }
+
+    #[test]
+    fn answers_are_cut_to_the_keys_a_trained_head_must_keep() {
+        let body = br#"{"label": 7, "probabilities": [0.1, 0.9]}"#;
+        let keys = vec!["label".to_string()];
+        assert_eq!(project_answer(body, &keys), br#"{"label":7}"#);
+        assert_eq!(project_answer(body, &[]), body.to_vec());
+        assert_eq!(project_answer(b"[1, 2]", &keys), b"[1, 2]".to_vec());
     }
 
     #[test]

@@ -607,8 +607,12 @@ fn run_gate(
         return Ok(refused(reason, Some(verdict)));
     }
     drop(session);
+    let keys = &files.manifest.learn.selftest_keys;
+    let files = gate::project_expectations(&files, keys).map_err(LearnError::Job)?;
     match selftest::run_via(&files, &|request| {
-        plugin.infer_with_head(request, Some(candidate.clone()))
+        let mut response = plugin.infer_with_head(request, Some(candidate.clone()))?;
+        response.body = gate::project_answer(&response.body, keys);
+        Ok(response)
     }) {
         Ok(passed) => Ok(GateReport {
             accepted: true,
