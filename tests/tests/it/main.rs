@@ -16,6 +16,7 @@ mod grpc;
 mod hardening;
 mod host_ops;
 mod isolation;
+mod learning;
 mod lifecycle;
 mod models;
 mod rollout;
