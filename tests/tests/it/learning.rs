@@ -245,3 +245,61 @@ async fn a_job_stays_within_its_step_budget_and_a_plugin_that_does_not_learn_is_
     assert_status(&r, 409);
     assert_eq!(error_code(&r), "not-learning");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_may_name_a_request_the_plugin_answered_instead_of_sending_it_again() {
+    let gw = learning_gateway("").await;
+    let (body, label) = digits()[5].clone();
+    let answered = gw
+        .post("/v1/plugins/digits/infer", "application/json", body.clone())
+        .await;
+    assert_status(&answered, 200);
+    let id = answered.headers()["x-edgeplug-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let by_id = json!({"label": label, "request_id": id});
+    let r = admin_post(
+        &gw,
+        "/v1/admin/plugins/digits/feedback",
+        serde_json::to_vec(&by_id).unwrap(),
+    )
+    .await;
+    assert_status(&r, 200);
+    assert_eq!(json_of(&r)["samples"], 1);
+    // What was stored is the input the plugin answered, with its content type.
+    let stored = gw.gateway.samples_of("digits").unwrap();
+    assert_eq!(stored[0].input, body);
+    assert_eq!(stored[0].content_type, "application/json");
+    assert_eq!(stored[0].label, label);
+
+    let unknown = json!({"label": 1, "request_id": "0123456789abcdef01234567"});
+    let r = admin_post(
+        &gw,
+        "/v1/admin/plugins/digits/feedback",
+        serde_json::to_vec(&unknown).unwrap(),
+    )
+    .await;
+    assert_status(&r, 404);
+    // An input and a request id at once is ambiguous.
+    let both = json!({"label": 1, "request_id": id, "input": "WzFd"});
+    let r = admin_post(
+        &gw,
+        "/v1/admin/plugins/digits/feedback",
+        serde_json::to_vec(&both).unwrap(),
+    )
+    .await;
+    assert_status(&r, 400);
+    // Plugins that do not learn get no request id.
+    let forecaster = example_bundle(&gw.key, "forecaster", FORECASTER_WASM);
+    assert_status(&gw.push("forecaster", forecaster).await, 200);
+    let window = std::fs::read(
+        edgeplug_tests::repo().join("plugins/forecaster/selftest/window-1984-2007.json"),
+    )
+    .unwrap();
+    let r = gw
+        .post("/v1/plugins/forecaster/infer", "application/json", window)
+        .await;
+    assert_status(&r, 200);
+    assert!(r.headers().get("x-edgeplug-request-id").is_none());
+}

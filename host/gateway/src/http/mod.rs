@@ -512,6 +512,12 @@ async fn invoke(
     let content_type = content_type(&request);
     let limit = plugin.plugin.shared().limits().request_bytes;
     let body = read_body(gw, request, limit).await?;
+    // A learning plugin's input is kept (shared, not copied) under a request id, which a
+    // client's feedback may name instead of sending the input again.
+    let request_id = plugin
+        .plugin
+        .learns()
+        .then(|| gw.learning.recent.keep(name, &content_type, body.clone()));
     let request = InferRequest {
         content_type,
         body: body.to_vec(),
@@ -521,6 +527,9 @@ async fn invoke(
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     if let Ok(v) = HeaderValue::from_str(&answer.content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert("x-edgeplug-request-id", id);
     }
     degraded_header(&mut response, answer.degraded);
     version_headers(&mut response, &plugin);
@@ -869,18 +878,34 @@ async fn feedback(
     #[serde(deny_unknown_fields)]
     struct Feedback {
         label: u32,
-        input: String,
+        #[serde(default)]
+        input: Option<String>,
         #[serde(default)]
         content_type: Option<String>,
+        #[serde(default)]
+        request_id: Option<String>,
     }
-    let sent: Feedback = serde_json::from_slice(&body).map_err(|e| {
-        bad(format!(
-            "feedback must be {{\"label\", \"input\" (base64), \"content_type\"}}: {e}"
-        ))
-    })?;
-    let input = base64::engine::general_purpose::STANDARD
-        .decode(sent.input.as_bytes())
-        .map_err(|e| bad(format!("input is not base64: {e}")))?;
+    let shape = "feedback must be {\"label\", \"input\" (base64), \"content_type\"} or {\"label\", \"request_id\"}";
+    let sent: Feedback = serde_json::from_slice(&body).map_err(|e| bad(format!("{shape}: {e}")))?;
+    let (input, content_type) = match (&sent.input, &sent.request_id) {
+        (Some(input), None) => (
+            base64::engine::general_purpose::STANDARD
+                .decode(input.as_bytes())
+                .map_err(|e| bad(format!("input is not base64: {e}")))?,
+            sent.content_type,
+        ),
+        (None, Some(id)) if sent.content_type.is_none() => {
+            let (content_type, input) = gw.learning.recent.find(name, id).ok_or_else(|| {
+                fail(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    format!("no recent {name} request {id:?} (only the last few hundred are kept, in memory)"),
+                )
+            })?;
+            (input.to_vec(), Some(content_type))
+        }
+        _ => return Err(bad(shape.to_string())),
+    };
     if input.len() > limit {
         return Err(fail(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -893,7 +918,7 @@ async fn feedback(
     }
     let sample = edgeplug_train::samples::Sample {
         label: sent.label,
-        content_type: sent.content_type.unwrap_or_else(|| {
+        content_type: content_type.unwrap_or_else(|| {
             crate::media::sniff_image(&input)
                 .unwrap_or("application/octet-stream")
                 .into()

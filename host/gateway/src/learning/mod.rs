@@ -11,6 +11,7 @@
 
 pub mod gate;
 pub mod metrics;
+pub mod recent;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -174,6 +175,8 @@ pub struct Learning {
     trained_at: Mutex<BTreeMap<String, usize>>,
     /// The last job or gate of each plugin, for `GET /v1/plugins`.
     last: Mutex<BTreeMap<String, serde_json::Value>>,
+    /// Inputs learning plugins answered lately, for feedback by request id.
+    pub recent: recent::RecentInputs,
 }
 
 impl std::fmt::Debug for Learning {
@@ -199,6 +202,7 @@ impl Learning {
             metrics,
             trained_at: Mutex::default(),
             last: Mutex::default(),
+            recent: recent::RecentInputs::default(),
         })
     }
 
