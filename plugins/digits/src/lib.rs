@@ -64,8 +64,11 @@ pub const CLASSES: usize = 10;
 /// training step. 32 inputs' largest activation is 1 MiB, well inside `tensor_memory_mib`.
 const BATCH: usize = 32;
 /// Adam's step size for fine-tuning: the head starts from a trained layer (the shipped one or
-/// the live one), so a small step adapts it without forgetting what it knew.
-const LEARNING_RATE: f32 = 1e-3;
+/// the live one), so a small step adapts it without forgetting what it knew. Measured through
+/// a gateway on 100 test-split digits as feedback (81 trained, 19 held out, 200 steps): from
+/// the shipped head, 1e-4 passed the gate for seeds 1, 2 and 3, while 1e-3 lost a held-out
+/// digit the shipped head had right for each of them.
+const LEARNING_RATE: f32 = 1e-4;
 
 /// [1, 1, 16, 16] pixels in 0..1 to [1, 10] probabilities, on the int8 model if it is
 /// granted, else on the float layers. Learning applies to the float path only: the int8
