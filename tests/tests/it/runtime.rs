@@ -10,7 +10,7 @@ fn describe_matches_the_manifest() {
     let plugin = load_example(&runtime, "digits", DIGITS_WASM);
     let info = plugin.info();
     assert_eq!(info.name, "digits");
-    assert_eq!(info.version, "0.1.0");
+    assert_eq!(info.version, "0.2.0");
     assert_eq!(info.inputs.len(), 1);
     assert_eq!(info.inputs[0].shape, [1, 1, 16, 16]);
     assert_eq!(info.outputs[0].shape, [1, 10]);
