@@ -163,6 +163,10 @@ impl Agent {
                 true,
                 None,
             ));
+        if config.federated.is_some() {
+            // Round and head messages carry a head: more than rumqttc's default 10 KiB.
+            options.set_max_packet_size(Some(crate::federated::wire::MAX_MESSAGE_BYTES as u32));
+        }
         let (client, events) = AsyncClient::new(options, 64);
         let participant = config
             .federated

@@ -163,6 +163,8 @@ pub async fn run(
 
     let mut mqtt = options.broker.mqtt_options(&options.client_id)?;
     mqtt.set_clean_start(true);
+    // Uploads carry a head's worth of values: more than rumqttc's default 10 KiB packets.
+    mqtt.set_max_packet_size(Some(wire::MAX_MESSAGE_BYTES as u32));
     let (client, events) = AsyncClient::new(mqtt, 256);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (subscribed_tx, mut subscribed) = tokio::sync::watch::channel(false);

@@ -47,6 +47,9 @@ pub struct Participant {
     state: Mutex<BTreeMap<String, PluginState>>,
     /// Plugins with a round's job under way (one at a time each).
     training: Mutex<BTreeSet<String>>,
+    /// The newest round notice that arrived during a plugin's job: started when it ends, so a
+    /// gateway that came back to a queue of old rounds still joins the current one.
+    pending: Mutex<BTreeMap<String, (RoundNotice, TrustStore)>>,
 }
 
 /// A problem to report on the gateway's status: `(code, message, plugin)`.
@@ -76,6 +79,7 @@ impl Participant {
             path,
             state: Mutex::new(state),
             training: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -134,10 +138,8 @@ impl Participant {
                     true,
                 )
                 .map_err(|e| refused("federated-refused", e))?;
-                if notice.open {
-                    self.start_round(plugin.clone(), notice, trust)
-                        .map_err(|e| refused("federated-round", e))?;
-                }
+                self.start_round(plugin.clone(), notice, trust)
+                    .map_err(|e| refused("federated-round", e))?;
             }
             "head" => {
                 let notice: HeadNotice = wire::verify(payload, &trust)
@@ -196,6 +198,18 @@ impl Participant {
         notice: RoundNotice,
         trust: TrustStore,
     ) -> Result<(), String> {
+        let mut training = self.training.lock().unwrap_or_else(|p| p.into_inner());
+        if training.contains(&plugin) {
+            // The job under way ends first; the newest notice (open or closed) decides then.
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(plugin, (notice, trust));
+            return Ok(());
+        }
+        if !notice.open {
+            return Ok(());
+        }
         if let Some(floor) = self.config.dp_noise {
             let ok = notice.dp.is_some_and(|dp| {
                 dp.noise_multiplier >= floor && self.config.dp_clip.is_none_or(|c| dp.clip <= c)
@@ -215,14 +229,8 @@ impl Participant {
         {
             return Ok(());
         }
-        if !self
-            .training
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(plugin.clone())
-        {
-            return Ok(()); // a job is under way; the notice comes again if it changes
-        }
+        training.insert(plugin.clone());
+        drop(training);
         let me = self.clone();
         tokio::spawn(async move {
             let result = me.take_part(&plugin, &notice, &trust).await;
@@ -230,6 +238,16 @@ impl Participant {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&plugin);
+            let next = me
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&plugin);
+            if let Some((next, trust)) = next
+                && let Err(e) = me.start_round(plugin.clone(), next, trust)
+            {
+                tracing::warn!(plugin, "federated round not joined: {e}");
+            }
             match result {
                 Ok(Some(samples)) => tracing::info!(
                     plugin,
