@@ -9,6 +9,7 @@ mod clients;
 mod conformance;
 mod digits;
 mod escalation;
+mod federated;
 mod fleet;
 mod forecaster;
 mod gateway;
