@@ -32,27 +32,24 @@ fn seed(query: Option<&str>) -> Result<u64, Failure> {
     let Some(query) = query else {
         return Ok(0);
     };
+    let mut seed = 0;
     for pair in query.split('&') {
-        match pair.split_once('=') {
-            Some(("seed", value)) => {
-                return value.parse().map_err(|_| {
-                    fail(
-                        StatusCode::BAD_REQUEST,
-                        "invalid-argument",
-                        format!("seed {value:?} is not a whole number"),
-                    )
-                });
-            }
-            _ => {
-                return Err(fail(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-argument",
-                    format!("unknown parameter {pair:?} (seed=N)"),
-                ));
-            }
-        }
+        let Some(("seed", value)) = pair.split_once('=') else {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "invalid-argument",
+                format!("unknown parameter {pair:?} (seed=N)"),
+            ));
+        };
+        seed = value.parse().map_err(|_| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "invalid-argument",
+                format!("seed {value:?} is not a whole number"),
+            )
+        })?;
     }
-    Ok(0)
+    Ok(seed)
 }
 
 /// Runs `op`; `query` is the request's query string.
