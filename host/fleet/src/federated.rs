@@ -38,6 +38,7 @@
 
 pub mod aggregator;
 pub mod collect;
+mod ledger;
 pub mod participant;
 pub mod wire;
 

@@ -12,14 +12,15 @@ use edgeplug_bundle::{SecretKey, TrustStore};
 use edgeplug_mqtt::BrokerOptions;
 use edgeplug_train::Head;
 use edgeplug_train::checkpoint::{self, Metadata};
-use edgeplug_train::fedavg;
+
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event as MqttEvent};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::collect::{Collector, Verdict};
+use super::ledger::{epsilon, load_state, save_state, unix_millis};
 use super::wire::{self, DpSettings, HeadNotice, RoundNotice, RoundRecord};
 
 /// What to run.
@@ -85,42 +86,6 @@ pub struct Report {
     #[serde(flatten)]
     pub outcome: Outcome,
     pub history: Vec<RoundRecord>,
-}
-
-/// What a state file holds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct State {
-    group: String,
-    plugin: String,
-    next_round: u64,
-    sequence: u64,
-    /// The global head, a checkpoint signed by the aggregator's key (base64).
-    head: Option<String>,
-    history: Vec<RoundRecord>,
-}
-
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The (ε, δ) after every noised round of `history` plus `this` one: Rényi DP adds over
-/// rounds, `Σ α/(2z_r²)`, which is `T·α/(2z²)` for `z = sqrt(T / Σ 1/z_r²)`.
-fn epsilon(history: &[RoundRecord], this: Option<DpSettings>) -> anyhow::Result<Option<f64>> {
-    let Some(dp) = this else { return Ok(None) };
-    let zs: Vec<f64> = history
-        .iter()
-        .filter_map(|r| r.dp.map(|d| d.noise_multiplier))
-        .chain([dp.noise_multiplier])
-        .collect();
-    let t = zs.len() as f64;
-    let z = (t / zs.iter().map(|z| 1.0 / (z * z)).sum::<f64>()).sqrt();
-    Ok(Some(
-        fedavg::privacy_spent(z, zs.len() as u64, dp.delta)?.epsilon,
-    ))
 }
 
 /// Runs rounds until `options.rounds` completed, or one misses its quorum for good. `init` is
@@ -400,44 +365,6 @@ fn metadata(
         origin: Some(format!("federated round {round}")),
         plugin_version: None,
     }
-}
-
-fn load_state(options: &AggregatorOptions) -> anyhow::Result<State> {
-    let fresh = State {
-        group: options.group.clone(),
-        plugin: options.plugin.clone(),
-        next_round: 1,
-        ..State::default()
-    };
-    let Some(path) = &options.state_file else {
-        return Ok(fresh);
-    };
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fresh),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let state: State = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not an aggregator state file", path.display()))?;
-    anyhow::ensure!(
-        state.group == options.group && state.plugin == options.plugin,
-        "{} is the state of {} in group {}, not {} in {}",
-        path.display(),
-        state.plugin,
-        state.group,
-        options.plugin,
-        options.group
-    );
-    Ok(state)
-}
-
-fn save_state(options: &AggregatorOptions, state: &State) -> anyhow::Result<()> {
-    if let Some(path) = &options.state_file {
-        let bytes = serde_json::to_vec_pretty(state).expect("the state serializes");
-        edgeplug_bundle::write_file_atomic(path, &bytes)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
 }
 
 /// Polls the connection; (re)subscribes to the uploads on every connection (the session is
