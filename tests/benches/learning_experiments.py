@@ -389,7 +389,8 @@ def e1(args, jobs, feats):
                "bar_old_drop": before - mean["edge_old"] <= 2.0,
                "per_draw": draws}
         rows.append(row)
-    log(f"E1 ({args.e1_init} head, {args.e1_optimizer} lr {args.e1_lr}, {args.e1_steps} steps of 32, class-balanced batches, "
+    log(f"E1 ({args.e1_init} head, {args.e1_optimizer} lr {args.e1_lr}, {args.e1_steps} steps "
+        f"of 32, class-balanced batches, "
         f"replay {args.replay} per old class; mean of {args.draws} draws per K, 1 for all)")
     log("accuracy in %: new = test digits 8-9, all = all 540, old = 0-7 after (before: "
         f"{before:.2f}); LR = LogisticRegression, LRb = class_weight='balanced'. Bars: "
@@ -516,7 +517,8 @@ def e3(args, jobs, feats):
         central.append(out["eval"]["test"]["accuracy"] * 100)
     lr_central = accuracy(logistic_regression(f_tr, y_tr, f_te), y_te)
     log(f"E3 (4 gateways, Dirichlet alpha {args.e3_alpha} seed {args.e3_seed}; fresh head over "
-        f"the 0-7 backbone's features; per round {args.e3_local_epochs} local epoch(s), {args.e3_optimizer} "
+        f"the 0-7 backbone's features; per round {args.e3_local_epochs} local epoch(s), "
+        f"{args.e3_optimizer} "
         f"lr {args.e3_lr}, batch 32; sample-weighted FedAvg)")
     for g, c in enumerate(counts):
         log(f"  gateway {g}: {sum(c):4d} samples, per class {c}")
@@ -532,7 +534,8 @@ def e3(args, jobs, feats):
             line += f" {dp[i]['all']:6.2f}"
         log(line)
     return {"gateway_class_counts": counts, "offline_gateway": offline_gw,
-            "alpha": args.e3_alpha, "optimizer": args.e3_optimizer, "lr": args.e3_lr, "local_epochs": args.e3_local_epochs,
+            "alpha": args.e3_alpha, "optimizer": args.e3_optimizer, "lr": args.e3_lr,
+            "local_epochs": args.e3_local_epochs,
             "fedavg": full, "offline_rounds_2_3": offline, "central": central,
             "dp": dp, "dp_clip": args.e3_clip, "dp_noise_multiplier": args.e3_noise,
             "lr_central": lr_central}
