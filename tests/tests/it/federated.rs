@@ -6,8 +6,9 @@
 //! uploads; the average is installed by all three through their gate → a round notice signed
 //! by an untrusted key and a replayed old one are refused and reported → gw-c goes offline →
 //! round 2 (quorum 2) averages gw-a and gw-b; gw-c keeps its head → gw-c comes back → round 3
-//! (quorum 3) needs it, and it joins from the retained notice → everything the broker carried
-//! is checked for the samples' bytes: none.
+//! (quorum 3) needs it, and it joins from the retained notice → round 4 with differential
+//! privacy: every upload says it was clipped and noised, and the round records its (ε, δ) →
+//! everything the broker carried is checked for the samples' bytes: none.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use base64::Engine as _;
 use edgeplug::client::ChunkedBody;
 use edgeplug_bundle::{SecretKey, TrustStore};
 use edgeplug_fleet::federated::aggregator::{self, AggregatorOptions, Event, Report};
-use edgeplug_fleet::federated::{self, RoundNotice, wire};
+use edgeplug_fleet::federated::{self, DpSettings, RoundNotice, wire};
 use edgeplug_fleet::{Agent, status::GatewayStatus};
 use edgeplug_mqtt::{BrokerOptions, Session};
 use edgeplug_tests::fleet::{eventually, statuses};
@@ -150,7 +151,7 @@ async fn gateways_average_their_heads_without_sharing_a_sample() {
     let (c, c_agent) = gateway("gw-c", &broker, &center, &data[240..360]).await;
 
     let out = tempfile::tempdir().unwrap();
-    let options = |rounds, quorum| AggregatorOptions {
+    let options = |rounds, quorum, dp| AggregatorOptions {
         broker: broker_options.clone(),
         client_id: "center".into(),
         group: GROUP.into(),
@@ -159,14 +160,14 @@ async fn gateways_average_their_heads_without_sharing_a_sample() {
         round_time: Duration::from_secs(25),
         quorum,
         max_extensions: 2,
-        dp: None,
+        dp,
         out_dir: Some(out.path().join("heads")),
         state_file: Some(out.path().join("state.json")),
     };
 
     // 1. A bootstrap round: all three train from the shipped head; the average goes live on
     //    each through its gate.
-    let report = aggregate(&options(1, 3), &center).await;
+    let report = aggregate(&options(1, 3, None), &center).await;
     let round1 = &report.history[0];
     assert_eq!(round1.participants, ["gw-a", "gw-b", "gw-c"], "{report:?}");
     // About three quarters of each gateway's 120 samples train (the rest are held out).
@@ -212,7 +213,7 @@ async fn gateways_average_their_heads_without_sharing_a_sample() {
 
     // 3. gw-c goes offline; round 2 needs two gateways and averages gw-a's and gw-b's.
     c_agent.stop().await;
-    let report = aggregate(&options(2, 2), &center).await;
+    let report = aggregate(&options(2, 2, None), &center).await;
     assert_eq!(report.history.len(), 2, "resumed from the state file");
     assert_eq!(report.history[1].participants, ["gw-a", "gw-b"]);
     all_installed(&[&a, &b], 2).await;
@@ -223,19 +224,45 @@ async fn gateways_average_their_heads_without_sharing_a_sample() {
         .await
         .unwrap()
         .unwrap();
-    let report = aggregate(&options(3, 3), &center).await;
+    let report = aggregate(&options(3, 3, None), &center).await;
     assert_eq!(
         report.history[2].participants,
         ["gw-a", "gw-b", "gw-c"],
         "{report:?}"
     );
     all_installed(&[&a, &b, &c], 3).await;
+
+    // 5. A round with differential privacy (noise small enough for the gate to judge the head
+    //    on its merits): the uploads are clipped and noised, the record has ε for δ.
+    let dp = DpSettings {
+        clip: 2.0,
+        noise_multiplier: 0.05,
+        delta: 1e-5,
+    };
+    let report = aggregate(&options(4, 3, Some(dp)), &center).await;
+    let round4 = &report.history[3];
+    assert_eq!(round4.participants, ["gw-a", "gw-b", "gw-c"], "{report:?}");
+    assert_eq!(round4.dp, Some(dp));
+    let spent = edgeplug_train::fedavg::privacy_spent(0.05, 1, 1e-5).unwrap();
+    assert_eq!(round4.epsilon, Some(spent.epsilon));
+    let noised: Vec<_> = spy
+        .on(&format!("edgeplug/fleet/{GROUP}/federated/digits/uploads/"))
+        .into_iter()
+        .filter(|u| u.json()["round"] == 4)
+        .collect();
+    assert_eq!(noised.len(), 3);
+    assert!(
+        noised
+            .iter()
+            .all(|u| u.json()["dp"]["noise_multiplier"] == 0.05)
+    );
+
     // No upload for the forged round 99 was ever made.
     let uploads = spy.on(&format!("edgeplug/fleet/{GROUP}/federated/digits/uploads/"));
     assert!(uploads.len() >= 8, "{} uploads", uploads.len());
     assert!(uploads.iter().all(|u| u.json()["round"] != 99));
 
-    // 5. Nothing the broker carried holds a sample: neither its bytes nor their base64.
+    // 6. Nothing the broker carried holds a sample: neither its bytes nor their base64.
     let received = spy.received.lock().unwrap().clone();
     assert!(received.len() > 10);
     for (input, _) in &data[0..360] {

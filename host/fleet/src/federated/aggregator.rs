@@ -12,7 +12,6 @@ use edgeplug_bundle::{SecretKey, TrustStore};
 use edgeplug_mqtt::BrokerOptions;
 use edgeplug_train::Head;
 use edgeplug_train::checkpoint::{self, Metadata};
-
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event as MqttEvent};
