@@ -28,6 +28,8 @@
 //! - [`status`]: the status a gateway publishes, and reading the fleet's as a table.
 //! - [`rollout`]: a staged rollout: waves by pins, gated on the gateways' own figures, rolled
 //!   back by signed rollback notices when a gate fails.
+//! - [`federated`]: federated averaging of a learning plugin's head: the aggregator behind
+//!   `edgeplug aggregate`, and the agent's participation (`[fleet.federated]`).
 
 pub mod agent;
 pub mod config;
