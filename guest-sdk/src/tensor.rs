@@ -67,6 +67,21 @@ impl Tensor {
         self.0.to_bytes()
     }
 
+    /// Copies an int64 tensor's values (what [`Tensor::argmax`] gives) into the sandbox.
+    pub fn to_i64(&self) -> Result<Vec<i64>, Error> {
+        if self.element_type() != ElementType::Int64 {
+            return Err(Error::invalid_argument(format!(
+                "to_i64 needs an INT64 tensor, this one is {:?}",
+                self.element_type()
+            )));
+        }
+        Ok(self
+            .to_bytes()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect())
+    }
+
     /// max(x, 0).
     pub fn relu(&self) -> Result<Tensor, Error> {
         Ok(Tensor(ops::relu(&self.0)?))
@@ -250,5 +265,17 @@ impl Tensor {
     /// Minimum over `axes`, as [`Tensor::reduce_max`].
     pub fn reduce_min(&self, axes: &[i32], keepdims: bool) -> Result<Tensor, Error> {
         Ok(Tensor(ops::reduce_min(&self.0, axes, keepdims)?))
+    }
+
+    /// The index of the first maximum along `axis` (negative counts from the end), as an
+    /// `INT64` tensor; a NaN counts as the largest (NumPy's `argmax`). `keepdims` keeps the
+    /// axis as size 1. Needs WIT 0.1.4 (`world = "edgeplug:plugin/plugin@0.1.4"`).
+    ///
+    /// ```ignore
+    /// // The class of each row of [batch, classes] scores, without copying them into wasm.
+    /// let classes = scores.argmax(1, false)?.to_i64()?;
+    /// ```
+    pub fn argmax(&self, axis: i32, keepdims: bool) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::argmax(&self.0, axis, keepdims)?))
     }
 }

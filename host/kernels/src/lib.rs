@@ -10,6 +10,7 @@
 //! [`MAX_ELEMENTS`] elements.
 
 mod activation;
+mod argmax;
 mod conv;
 mod elementwise;
 mod error;
@@ -29,6 +30,7 @@ mod window;
 use std::sync::Arc;
 
 pub use activation::{Activation, clip, relu, relu6, sigmoid, softmax, tanh};
+pub use argmax::argmax;
 pub use conv::{Conv2dParams, conv2d};
 pub use elementwise::{abs, add, batch_norm, div, exp, log, maximum, minimum, mul, pow, sqrt, sub};
 pub use error::TensorError;

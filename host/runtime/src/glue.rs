@@ -445,6 +445,15 @@ impl ops::Host for StoreState {
         self.unary(input, |x| tensor::reduce_max(x, &axes_of(&axes), keepdims))
     }
 
+    fn argmax(
+        &mut self,
+        input: Resource<Tensor>,
+        axis: i32,
+        keepdims: bool,
+    ) -> HostResult<Resource<Tensor>> {
+        self.unary(input, |x| tensor::argmax(x, axis as isize, keepdims))
+    }
+
     fn reduce_min(
         &mut self,
         input: Resource<Tensor>,

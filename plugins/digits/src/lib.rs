@@ -227,11 +227,11 @@ impl Plugin for Digits {
         let input = input_tensor(&mut request)?;
         let probs = classify(&input)?;
         let probabilities = probs.to_vec()?;
-        let label = probabilities
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
+        let label = probs
+            .argmax(1, false)?
+            .to_i64()?
+            .first()
+            .map(|&l| l as usize)
             .ok_or_else(|| Error::internal("the model gave no probabilities"))?;
         let answer = Answer {
             label,
