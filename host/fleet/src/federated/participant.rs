@@ -284,6 +284,12 @@ impl Participant {
             seed: rand::random(),
             start,
         };
+        // A bootstrap upload carries the starting head as it is: never under a round that
+        // promises differential privacy (a conforming aggregator does not send one).
+        anyhow::ensure!(
+            notice.dp.is_none() || notice.global.is_some(),
+            "a round with differential privacy but no global head: not taking part"
+        );
         let (base, bootstrap) = match &notice.global {
             Some(text) => {
                 let (head, _) = wire::decode_head(text, trust)?;
