@@ -282,7 +282,11 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .total_core_instances(config.max_instances * 4)
             .total_memories(config.max_instances * 2)
             .total_tables(config.max_instances * 4)
-            .max_core_instances_per_component(16)
+            // A Rust plugin is a few core instances; a Python one (componentize-py, built with
+            // `--stub-wasi` so it imports no WASI at all) is 38: CPython, libc, its runtime
+            // and one trapping stub module per WASI interface. The limit only counts; the
+            // totals above still bound what all instances together may hold.
+            .max_core_instances_per_component(64)
             .max_memories_per_component(4)
             .max_memory_size(memory_cap)
             // Returning a slot with madvise flushes the TLB of every core (an IPI per request,
