@@ -20,6 +20,7 @@ mod isolation;
 mod learning;
 mod lifecycle;
 mod models;
+mod python;
 mod rollout;
 mod runtime;
 mod split;
