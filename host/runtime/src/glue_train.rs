@@ -147,9 +147,13 @@ impl train::HostHead for StoreState {
     ) -> HostResult<train::StepReport> {
         let labels = class_indices(&labels);
         let x = self.table.get(&features)?.clone();
-        let (loss, grads) = self.table.get(&head)?.head.loss_and_grad(&x, &labels)?;
-        // The gradients are held for the step only.
-        let transient = grads.byte_size();
+        let trained = self.table.get(&head)?;
+        let (loss, grads) = trained.head.loss_and_grad(&x, &labels)?;
+        // Held for the step only: the gradients, and the new weights and optimizer state,
+        // which the step builds beside the old ones and swaps in only once all of it is
+        // finite (so a step's peak is about twice what the head holds between steps, as
+        // `cargo bench -p edgeplug-train --bench head_step` measures).
+        let transient = grads.byte_size() + trained.charged;
         self.charge_tensor_bytes(transient)?;
         if let Some(job) = &mut self.job {
             if job.steps_left == 0 {
