@@ -17,9 +17,14 @@ use edgeplug_bundle::manifest::Manifest;
 /// The target every plugin is built for.
 pub const TARGET: &str = "wasm32-wasip2";
 
+/// The componentize-py a Python plugin is built with (`edgeplug new --lang python`'s
+/// template and the WIT bindings it imports are this version's).
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// The plugin directory, holding plugin.toml and the crate's Cargo.toml.
+    /// The plugin directory, holding plugin.toml and the crate's Cargo.toml (or, for a
+    /// Python plugin, app.py and wit/).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
     /// The cargo profile (the template's Cargo.toml defines `plugin`: release without DWARF).
@@ -32,6 +37,10 @@ pub struct BuildArgs {
     /// one share their compiled dependencies.
     #[arg(long)]
     pub target_dir: Option<PathBuf>,
+    /// The componentize-py that builds a Python plugin (default: $COMPONENTIZE_PY, else
+    /// componentize-py on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub componentize_py: Option<PathBuf>,
 }
 
 /// What `cargo metadata` says about the plugin's package.
@@ -50,7 +59,7 @@ fn package(dir: &Path) -> anyhow::Result<Package> {
     let manifest_path = dir.join("Cargo.toml");
     if !manifest_path.is_file() {
         bail!(
-            "{} has no Cargo.toml: `edgeplug build` builds Rust plugins (`edgeplug new` makes one)",
+            "{} has no Cargo.toml (nor app.py): `edgeplug build` builds Rust plugins and Python ones (`edgeplug new [--lang python]` makes one)",
             dir.display()
         );
     }
@@ -124,11 +133,82 @@ fn check_version(manifest: &Manifest, package: &Package) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A Python plugin: `app.py` and no Cargo.toml (what `edgeplug new --lang python` makes).
+fn is_python(dir: &Path) -> bool {
+    dir.join("app.py").is_file() && !dir.join("Cargo.toml").exists()
+}
+
+/// Builds a Python plugin with componentize-py (`$COMPONENTIZE_PY`, else on PATH) into the
+/// path plugin.toml names. `--stub-wasi`: CPython's libc imports all of WASI, sockets
+/// included, which the gateway refuses at load; stubbed, the component imports only
+/// edgeplug's interfaces.
+fn build_python(args: &BuildArgs, manifest: &Manifest) -> anyhow::Result<PathBuf> {
+    let dir = &args.dir;
+    let tool = match &args.componentize_py {
+        Some(path) => path.clone().into_os_string(),
+        None => std::env::var_os("COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into()),
+    };
+    let install = format!(
+        "install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}` (or set \
+         COMPONENTIZE_PY to its path)"
+    );
+    let version = Command::new(&tool)
+        .arg("--version")
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}; {install}", tool.to_string_lossy()))?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    if version.trim() != format!("componentize-py {COMPONENTIZE_PY_VERSION}") {
+        // Another version may build it, or may generate other bindings than app.py imports.
+        eprintln!(
+            "warning: {} is {:?}; the template is written for {COMPONENTIZE_PY_VERSION}",
+            tool.to_string_lossy(),
+            version.trim()
+        );
+    }
+    if !dir.join("wit").is_dir() {
+        bail!(
+            "{} has no wit/ directory: componentize-py builds against edgeplug's WIT (copy wit/edgeplug.wit from edgeplug)",
+            dir.display()
+        );
+    }
+    let dest = dir.join(&manifest.component);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    // Built next to the destination, then renamed, as the Rust build writes it.
+    let temp = dest.with_extension("wasm.building");
+    let status = Command::new(&tool)
+        .arg("-d")
+        .arg(dir.join("wit"))
+        .args(["-w", "plugin", "componentize", "--stub-wasi", "-p"])
+        .arg(dir)
+        .arg("app")
+        .arg("-o")
+        .arg(&temp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("cannot run {}", tool.to_string_lossy()))?;
+    if !status.success() {
+        let _ = std::fs::remove_file(&temp);
+        bail!(
+            "componentize-py failed ({status}) on {}",
+            dir.join("app.py").display()
+        );
+    }
+    std::fs::rename(&temp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(dest)
+}
+
 /// Builds the plugin in `dir` and copies the component to where plugin.toml says; returns
 /// that path.
 pub fn build(args: &BuildArgs) -> anyhow::Result<PathBuf> {
     let manifest = Manifest::load(&args.dir)
         .with_context(|| format!("{} is not a plugin directory", args.dir.display()))?;
+    if is_python(&args.dir) {
+        return build_python(args, &manifest);
+    }
     let package = package(&args.dir)?;
     check_version(&manifest, &package)?;
     let mut cmd = cargo();
@@ -201,18 +281,31 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The newest of a Rust plugin's sources (Cargo.toml, build.rs, everything under src/): the
-/// path and its modification time, or `None` when `dir` holds no crate.
+/// The newest of a plugin's sources (a Rust plugin's Cargo.toml, build.rs and everything
+/// under src/; a Python plugin's top-level `.py` files and wit/): the path and its
+/// modification time, or `None` when `dir` holds neither.
 fn newest_source(dir: &Path) -> anyhow::Result<Option<(PathBuf, SystemTime)>> {
-    if !dir.join("Cargo.toml").is_file() {
+    let mut pending = if dir.join("Cargo.toml").is_file() {
+        vec![
+            dir.join("Cargo.toml"),
+            dir.join("build.rs"),
+            dir.join("src"),
+        ]
+    } else if is_python(dir) {
+        let mut sources = vec![dir.join("wit")];
+        for entry in
+            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "py") {
+                sources.push(path);
+            }
+        }
+        sources
+    } else {
         return Ok(None);
-    }
+    };
     let mut newest: Option<(PathBuf, SystemTime)> = None;
-    let mut pending = vec![
-        dir.join("Cargo.toml"),
-        dir.join("build.rs"),
-        dir.join("src"),
-    ];
     while let Some(path) = pending.pop() {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue; // build.rs and src/ are optional
@@ -302,6 +395,14 @@ mod tests {
         // No crate: a prebuilt component is whatever it is.
         std::fs::remove_file(dir.join("Cargo.toml")).unwrap();
         refuse_stale_component(dir).unwrap();
+
+        // A Python plugin: its .py files count.
+        std::fs::write(dir.join("app.py"), "").unwrap();
+        set_mtime(&dir.join("app.py"), now - Duration::from_secs(60));
+        refuse_stale_component(dir).unwrap();
+        set_mtime(&dir.join("app.py"), now + Duration::from_secs(5));
+        let err = refuse_stale_component(dir).unwrap_err().to_string();
+        assert!(err.contains("app.py changed"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,16 @@ pub enum Template {
     Model,
 }
 
+/// What the plugin is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A crate depending on edgeplug-sdk, built by cargo.
+    Rust,
+    /// A module for componentize-py (PyPI), with the WIT it is built against; the minimal
+    /// template only.
+    Python,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct NewArgs {
     /// The plugin's name (1-64 characters of a-z, 0-9 and '-', starting with a letter); also
@@ -30,6 +40,9 @@ pub struct NewArgs {
     /// What the plugin starts as.
     #[arg(long, value_enum, default_value = "minimal")]
     pub template: Template,
+    /// The language the plugin is written in.
+    #[arg(long, value_enum, default_value = "rust")]
+    pub lang: Lang,
     /// The directory to create (default: ./NAME). It must not exist or be empty.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -39,6 +52,34 @@ pub struct NewArgs {
     /// Depend on the SDK from this git repository (the edgeplug repository) instead of a path.
     #[arg(long, value_name = "URL")]
     pub sdk_git: Option<String>,
+}
+
+/// The Python template's files: componentize-py builds against the WIT, so the plugin
+/// carries a copy of the world it targets.
+fn python_files() -> Vec<(&'static str, &'static [u8])> {
+    vec![
+        (
+            ".gitignore",
+            include_bytes!("../templates/python/gitignore"),
+        ),
+        ("app.py", include_bytes!("../templates/python/app.py")),
+        (
+            "plugin.toml",
+            include_bytes!("../templates/python/plugin.toml"),
+        ),
+        (
+            "wit/edgeplug.wit",
+            include_bytes!("../../../wit/edgeplug.wit"),
+        ),
+        (
+            "selftest/input.json",
+            include_bytes!("../templates/python/selftest/input.json"),
+        ),
+        (
+            "selftest/input.expect.json",
+            include_bytes!("../templates/python/selftest/input.expect.json"),
+        ),
+    ]
 }
 
 /// A template's files: (path in the new plugin, contents).
@@ -196,12 +237,21 @@ pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
             );
         }
     }
-    let sdk = sdk_dependency(args)?;
+    if args.lang == Lang::Python && args.template != Template::Minimal {
+        bail!(
+            "--lang python has only the minimal template (JSON in and out); start from it and \
+             use the host ops through wit_world.imports.ops"
+        );
+    }
+    let (files, sdk) = match args.lang {
+        Lang::Rust => (files(args.template), sdk_dependency(args)?),
+        Lang::Python => (python_files(), String::new()),
+    };
     let extra = match args.template {
         Template::Image | Template::Model => "serde_json = \"1\"\n",
         Template::Minimal | Template::Tensor => "",
     };
-    for (path, contents) in files(args.template) {
+    for (path, contents) in files {
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
@@ -228,6 +278,12 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     let shown = dir.display();
     println!("created {shown} ({:?} template)", args.template);
     println!("next:");
+    if args.lang == Lang::Python {
+        println!(
+            "  pip install componentize-py=={}   # if not installed",
+            crate::cli_build::COMPONENTIZE_PY_VERSION
+        );
+    }
     println!("  edgeplug build {shown}");
     println!("  edgeplug conformance {shown}");
     println!("  edgeplug keygen --out keys && edgeplug pack {shown} --key keys/signing.key");
@@ -242,6 +298,7 @@ mod tests {
         NewArgs {
             name: name.to_string(),
             template,
+            lang: Lang::Rust,
             dir: Some(dir.to_path_buf()),
             path_to_sdk: None,
             sdk_git: None,
@@ -281,6 +338,34 @@ mod tests {
             assert!(cargo.contains("name = \"my-plugin\""), "{cargo}");
             assert!(cargo.contains("edgeplug-sdk = { path = \"/"), "{cargo}");
         }
+    }
+
+    #[test]
+    fn the_python_template_carries_its_wit_and_no_cargo_toml() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("py");
+        let mut a = args("my-py", &dir, Template::Minimal);
+        a.lang = Lang::Python;
+        // No SDK is needed: a missing one must not matter.
+        a.path_to_sdk = Some(tmp.path().join("nowhere"));
+        create(&a).unwrap();
+        let app = std::fs::read_to_string(dir.join("app.py")).unwrap();
+        assert!(app.contains("name=\"my-py\""), "{app}");
+        assert!(!app.contains("{{"), "{app}");
+        assert!(!dir.join("Cargo.toml").exists());
+        let wit = std::fs::read(dir.join("wit/edgeplug.wit")).unwrap();
+        let repo_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit/edgeplug.wit");
+        assert_eq!(wit, std::fs::read(repo_wit).unwrap());
+        let manifest = edgeplug_bundle::manifest::Manifest::load(&dir).unwrap();
+        assert_eq!(manifest.name, "my-py");
+        for test in &manifest.self_tests {
+            assert!(dir.join(&test.input).is_file() && dir.join(&test.expect).is_file());
+        }
+
+        let mut image = args("p", &tmp.path().join("img"), Template::Image);
+        image.lang = Lang::Python;
+        let err = create(&image).unwrap_err().to_string();
+        assert!(err.contains("only the minimal template"), "{err}");
     }
 
     #[test]
