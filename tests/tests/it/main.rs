@@ -17,6 +17,7 @@ mod grpc;
 mod hardening;
 mod host_ops;
 mod isolation;
+mod javascript;
 mod learning;
 mod lifecycle;
 mod models;
