@@ -376,6 +376,20 @@ fn edgeplug_new_lang_python_builds_and_passes_conformance() {
     assert!(report.passed(), "{}", report.to_text());
     assert_eq!(report.plugin.as_deref(), Some("py-doubler 0.3.1"));
 
+    // It signs and verifies as a Rust plugin does.
+    let keys = tmp.path().join("keys");
+    edgeplug_cli(&[&"keygen", &"--out", &keys]).expect("keygen");
+    let bundles = tmp.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let key = keys.join("signing.key");
+    edgeplug_cli(&[&"pack", &dir, &"--key", &key, &"--out", &bundles]).expect("pack");
+    let trust = tmp.path().join("trust");
+    std::fs::create_dir_all(&trust).unwrap();
+    std::fs::copy(keys.join("signing.pub"), trust.join("signing.pub")).unwrap();
+    let bundle = bundles.join("py-doubler-0.3.1.epk");
+    let verified = edgeplug_cli(&[&"verify", &"--trust", &trust, &bundle]).expect("verify");
+    assert_eq!(verified, std::process::ExitCode::SUCCESS);
+
     // A changed app.py makes the component stale until it is built again.
     let app = dir.join("app.py");
     let later = std::time::SystemTime::now() + Duration::from_secs(5);
