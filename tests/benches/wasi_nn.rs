@@ -9,6 +9,10 @@
 //! `EDGEPLUG_BENCH_ROUNDS` rounds, default 3; medians printed, and written to
 //! `target/bench/wasi_nn.json`). The clients call the runtime directly, one thread each, so the
 //! figures are the plugin's own (preprocessing in the sandbox, the graph in the host).
+//!
+//! Each compute runs on one thread (`EDGEPLUG_INTRA_OP`, default 1): with more, a lone compute
+//! borrows the idle core, so on a 2-core machine one locked compute already uses both cores
+//! and the lock costs little; one thread per compute shows what the lock itself serializes.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +67,11 @@ fn main() {
         return;
     }
     let (duration, rounds) = edgeplug_tests::bench::settings();
+    let intra_op: usize = std::env::var("EDGEPLUG_INTRA_OP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    edgeplug_models::native::parallel::set_intra_op_threads(intra_op);
     let dir = plugin_dir();
     let runtime = runtime();
     let plugin = runtime
@@ -111,7 +120,7 @@ fn main() {
     }
     edgeplug_runtime::wasi_nn::serialize_graphs(false);
     println!(
-        "wasi:nn MobileNetV2 on chelsea, {rounds} rounds of {duration:?} alternated, medians:"
+        "wasi:nn MobileNetV2 on chelsea, {rounds} rounds of {duration:?} alternated, intra-op threads {intra_op}, medians:"
     );
     println!(
         "{:<8} {:<10} {:>8} {:>9} {:>9} {:>9}",
@@ -130,5 +139,8 @@ fn main() {
             "per_second": per_second, "p50_ms": p50, "p99_ms": p99}),
         );
     }
-    edgeplug_tests::bench::write_json("wasi_nn.json", &json);
+    edgeplug_tests::bench::write_json(
+        "wasi_nn.json",
+        &serde_json::json!({"intra_op_threads": intra_op, "cases": json}),
+    );
 }
