@@ -23,24 +23,6 @@ use hyper::body::Bytes;
 const CONNECTIONS: usize = 2;
 const JOB_STEPS: u32 = 2_000;
 
-fn digits() -> Vec<(Vec<u8>, u32)> {
-    let raw = match edgeplug_tests::npy("digits/digits_test_raw.npy").data {
-        edgeplug_sdk::npy::NpyData::U8(v) => v,
-        _ => panic!("digits_test_raw.npy is uint8"),
-    };
-    let labels = match edgeplug_tests::npy("digits/digits_test_labels.npy").data {
-        edgeplug_sdk::npy::NpyData::I64(v) => v,
-        _ => panic!("digits_test_labels.npy is int64"),
-    };
-    raw.chunks(64)
-        .zip(labels)
-        .map(|(pixels, label)| {
-            let rows: Vec<&[u8]> = pixels.chunks(8).collect();
-            (serde_json::to_vec(&rows).unwrap(), label as u32)
-        })
-        .collect()
-}
-
 fn main() {
     load::serve_child_load();
     if std::env::args().any(|a| a == "--list") {
@@ -48,7 +30,7 @@ fn main() {
     }
     let (duration, rounds) = edgeplug_tests::bench::settings();
     let server = edgeplug_tests::bench::server_runtime();
-    let data = digits();
+    let data = edgeplug_tests::digits_test_bodies();
     let gw = server.block_on(async {
         let gw = TestGateway::start("feedback_max_samples = 5000\n").await;
         let bundle = example_bundle(&gw.key, "digits", edgeplug_tests::DIGITS_WASM);

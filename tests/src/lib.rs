@@ -49,6 +49,26 @@ pub fn npy(path: &str) -> edgeplug_sdk::npy::Npy {
     edgeplug_sdk::npy::parse(&bytes).expect("fixture parses")
 }
 
+/// The 540 digits of the test split (`tests/fixtures/digits`) as the JSON bodies the digits
+/// plugin takes (an 8x8 array of 0..16), with their labels.
+pub fn digits_test_bodies() -> Vec<(Vec<u8>, u32)> {
+    let raw = match npy("digits/digits_test_raw.npy").data {
+        edgeplug_sdk::npy::NpyData::U8(v) => v,
+        _ => panic!("digits_test_raw.npy is uint8"),
+    };
+    let labels = match npy("digits/digits_test_labels.npy").data {
+        edgeplug_sdk::npy::NpyData::I64(v) => v,
+        _ => panic!("digits_test_labels.npy is int64"),
+    };
+    raw.chunks(64)
+        .zip(labels)
+        .map(|(pixels, label)| {
+            let rows: Vec<&[u8]> = pixels.chunks(8).collect();
+            (serde_json::to_vec(&rows).unwrap(), label as u32)
+        })
+        .collect()
+}
+
 /// The built component of the test plugin in `tests/plugins/<dir>`.
 pub fn test_plugin_wasm(dir: &str) -> &'static str {
     TEST_PLUGINS

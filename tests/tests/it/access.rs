@@ -108,6 +108,8 @@ enum Endpoint {
     List,
     Rollback,
     Push,
+    Finetune,
+    HeadRollback,
     Remove,
 }
 
@@ -117,6 +119,8 @@ impl Endpoint {
             Endpoint::List => "list",
             Endpoint::Rollback => "rollback",
             Endpoint::Push => "push",
+            Endpoint::Finetune => "finetune",
+            Endpoint::HeadRollback => "head-rollback",
             Endpoint::Remove => "remove",
         }
     }
@@ -127,7 +131,10 @@ impl Endpoint {
             Cred::None | Cred::Wrong => return 401,
             Cred::Admin => true,
             Cred::Read => self == Endpoint::List,
-            Cred::DeployThis => matches!(self, Endpoint::Push | Endpoint::Rollback),
+            Cred::DeployThis => matches!(
+                self,
+                Endpoint::Push | Endpoint::Rollback | Endpoint::Finetune | Endpoint::HeadRollback
+            ),
             Cred::DeployOther => false,
         };
         if allowed { 200 } else { 403 }
@@ -139,6 +146,8 @@ async fn call(gw: &TestGateway, endpoint: Endpoint, cred: Cred, bundle: &[u8]) -
         Endpoint::List => ("GET", "/v1/admin/plugins", Vec::new()),
         Endpoint::Rollback => ("POST", "/v1/admin/plugins/digits/rollback", Vec::new()),
         Endpoint::Push => ("PUT", "/v1/admin/plugins/digits", bundle.to_vec()),
+        Endpoint::Finetune => ("POST", "/v1/admin/plugins/digits/finetune", Vec::new()),
+        Endpoint::HeadRollback => ("POST", "/v1/admin/plugins/digits/head/rollback", Vec::new()),
         Endpoint::Remove => ("DELETE", "/v1/admin/plugins/digits", Vec::new()),
     };
     let mut request = req(method, path);
@@ -178,10 +187,15 @@ async fn every_admin_endpoint_allows_exactly_its_scopes_and_audits_every_attempt
     let mut pushed = 0;
     let mut active = "1.0.2".to_string();
     let mut expected_records = Vec::new();
+    // digits learns: each allowed fine-tune (no samples yet: the head as shipped, which the
+    // gate accepts) makes a checkpoint, and each allowed head rollback goes back one.
+    let mut head = 0;
     for endpoint in [
         Endpoint::List,
         Endpoint::Rollback,
         Endpoint::Push,
+        Endpoint::Finetune,
+        Endpoint::HeadRollback,
         Endpoint::Remove,
     ] {
         for cred in Cred::ALL {
@@ -219,6 +233,15 @@ async fn every_admin_endpoint_allows_exactly_its_scopes_and_audits_every_attempt
                         active = if active == "1.0.2" { "1.0.1" } else { "1.0.0" }.into();
                     }
                     Endpoint::Push => active = format!("1.0.{}", 2 + pushed),
+                    Endpoint::Finetune => {
+                        head += 1;
+                        assert_eq!(json_of(&response)["gate"]["sequence"], head);
+                    }
+                    Endpoint::HeadRollback => {
+                        head -= 1;
+                        let live = json_of(&response)["live_sequence"].as_i64().unwrap_or(0);
+                        assert_eq!(live, head);
+                    }
                     Endpoint::Remove => active.clear(),
                 }
             }

@@ -24,29 +24,10 @@ use edgeplug_tests::fleet::{eventually, statuses};
 use edgeplug_tests::gateway::{TOKEN, TestGateway, assert_status, example_bundle, req};
 use edgeplug_tests::mqtt::Collector;
 use edgeplug_tests::servers::TestBroker;
-use edgeplug_tests::{DIGITS_WASM, npy};
+use edgeplug_tests::{DIGITS_WASM, digits_test_bodies};
 use serde_json::json;
 
 const GROUP: &str = "fed-1";
-
-/// The digits of the test split as the JSON bodies the plugin takes, with their labels.
-fn digits() -> Vec<(Vec<u8>, u32)> {
-    let raw = match npy("digits/digits_test_raw.npy").data {
-        edgeplug_sdk::npy::NpyData::U8(v) => v,
-        _ => panic!("digits_test_raw.npy is uint8"),
-    };
-    let labels = match npy("digits/digits_test_labels.npy").data {
-        edgeplug_sdk::npy::NpyData::I64(v) => v,
-        _ => panic!("digits_test_labels.npy is int64"),
-    };
-    raw.chunks(64)
-        .zip(labels)
-        .map(|(pixels, label)| {
-            let rows: Vec<&[u8]> = pixels.chunks(8).collect();
-            (serde_json::to_vec(&rows).unwrap(), label as u32)
-        })
-        .collect()
-}
 
 /// A gateway serving digits with `samples` as its feedback, trusting `center`, and its
 /// fleet agent taking part in federated averaging of digits.
@@ -145,7 +126,7 @@ async fn gateways_average_their_heads_without_sharing_a_sample() {
     let broker_options = BrokerOptions::from_url(&broker.url()).unwrap();
     let spy = Collector::start(broker.port, "spy", &["#"], false).await;
     let center = Arc::new(SecretKey::generate());
-    let data = digits();
+    let data = digits_test_bodies();
     let (a, a_agent) = gateway("gw-a", &broker, &center, &data[0..120]).await;
     let (b, b_agent) = gateway("gw-b", &broker, &center, &data[120..240]).await;
     let (c, c_agent) = gateway("gw-c", &broker, &center, &data[240..360]).await;

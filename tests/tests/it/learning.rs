@@ -12,28 +12,9 @@ use edgeplug_gateway::learning::HeadOrigin;
 use edgeplug_tests::gateway::{
     TOKEN, TestGateway, assert_status, error_code, example_bundle, json_of, req,
 };
-use edgeplug_tests::{DIGITS_WASM, FORECASTER_WASM, npy};
+use edgeplug_tests::{DIGITS_WASM, FORECASTER_WASM, digits_test_bodies};
 use edgeplug_train::{Head, HeadSpec};
 use serde_json::{Value, json};
-
-/// The 540 digits of the test split as the JSON bodies the plugin takes, with their labels.
-fn digits() -> Vec<(Vec<u8>, u32)> {
-    let raw = match npy("digits/digits_test_raw.npy").data {
-        edgeplug_sdk::npy::NpyData::U8(v) => v,
-        _ => panic!("digits_test_raw.npy is uint8"),
-    };
-    let labels = match npy("digits/digits_test_labels.npy").data {
-        edgeplug_sdk::npy::NpyData::I64(v) => v,
-        _ => panic!("digits_test_labels.npy is int64"),
-    };
-    raw.chunks(64)
-        .zip(labels)
-        .map(|(pixels, label)| {
-            let rows: Vec<&[u8]> = pixels.chunks(8).collect();
-            (serde_json::to_vec(&rows).unwrap(), label as u32)
-        })
-        .collect()
-}
 
 async fn admin_post(
     gw: &TestGateway,
@@ -100,7 +81,7 @@ async fn learning_gateway(extra: &str) -> TestGateway {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_learned_from_feedback_goes_live_through_the_gate_and_rolls_back() {
     let gw = learning_gateway("max_steps = 150\n").await;
-    let data = digits();
+    let data = digits_test_bodies();
     assert!(head_of(&gw).await.is_null(), "no head before any job");
     feedback(&gw, &data[..240]).await;
 
@@ -229,7 +210,7 @@ fn head_features(gw: &Arc<Gateway>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_stays_within_its_step_budget_and_a_plugin_that_does_not_learn_is_refused() {
     let gw = learning_gateway("max_steps = 3\n").await;
-    feedback(&gw, &digits()[..40]).await;
+    feedback(&gw, &digits_test_bodies()[..40]).await;
     let r = admin_post(&gw, "/v1/admin/plugins/digits/finetune", Vec::new()).await;
     assert_status(&r, 200);
     assert_eq!(json_of(&r)["job"]["steps"], 3, "{}", json_of(&r));
@@ -249,7 +230,7 @@ async fn a_job_stays_within_its_step_budget_and_a_plugin_that_does_not_learn_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_may_name_a_request_the_plugin_answered_instead_of_sending_it_again() {
     let gw = learning_gateway("").await;
-    let (body, label) = digits()[5].clone();
+    let (body, label) = digits_test_bodies()[5].clone();
     let answered = gw
         .post("/v1/plugins/digits/infer", "application/json", body.clone())
         .await;
@@ -281,6 +262,24 @@ async fn feedback_may_name_a_request_the_plugin_answered_instead_of_sending_it_a
     )
     .await;
     assert_status(&r, 404);
+    // The same under the plugin's own path, as applications call it; still with a token.
+    let again = json!({"label": label, "request_id": id});
+    let r = admin_post(
+        &gw,
+        "/v1/plugins/digits/feedback",
+        serde_json::to_vec(&again).unwrap(),
+    )
+    .await;
+    assert_status(&r, 200);
+    assert_eq!(json_of(&r)["samples"], 2);
+    let anonymous = gw
+        .post(
+            "/v1/plugins/digits/feedback",
+            "application/json",
+            serde_json::to_vec(&again).unwrap(),
+        )
+        .await;
+    assert_status(&anonymous, 401);
     // An input and a request id at once is ambiguous.
     let both = json!({"label": 1, "request_id": id, "input": "WzFd"});
     let r = admin_post(

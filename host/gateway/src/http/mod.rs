@@ -16,7 +16,8 @@
 //! | PUT | `/v1/admin/plugins/{name}` | push a bundle (bearer token) |
 //! | POST | `/v1/admin/plugins/{name}/rollback` | roll back (bearer token) |
 //! | DELETE | `/v1/admin/plugins/{name}` | remove (bearer token) |
-//! | POST | `/v1/admin/plugins/{name}/feedback` | a labeled sample for training (scope `feedback:NAME`) |
+//! | POST | `/v1/plugins/{name}/feedback`, `/v1/admin/plugins/{name}/feedback` | a labeled sample for training, or a recent request's id (scope `feedback:NAME`) |
+//! | POST | `/v1/admin/plugins/{name}/finetune`, `.../head/rollback` | a fine-tune job and its gate; the previous head ([`learn`]) |
 //!
 //! `HEAD` works wherever `GET` does. Every request goes through the body policy of
 //! [`super::body`] before anything reads or parses its body: each endpoint knows its size
@@ -304,6 +305,9 @@ impl<'a> Endpoint<'a> {
                 }
             }
             (_, ["v1", "admin", ..]) => Endpoint::Admin,
+            // Feedback is for applications too, under the plugin's own path; it is still an
+            // admin operation (a `feedback:NAME` token, audited).
+            (&M::POST, ["v1", "plugins", _, "feedback"]) => Endpoint::Admin,
             (_, ["v1", "plugins"])
             | (_, ["v1", "plugins", _, "infer"])
             | (_, ["predict"])
@@ -726,7 +730,8 @@ async fn admin_audited(
         | (&Method::DELETE, ["v1", "admin", "plugins", name, "canary"]) => AdminOp::Canary(name),
         (&Method::POST, ["v1", "admin", "plugins", name, "rollback"]) => AdminOp::Rollback(name),
         (&Method::DELETE, ["v1", "admin", "plugins", name]) => AdminOp::Remove(name),
-        (&Method::POST, ["v1", "admin", "plugins", name, "feedback"]) => AdminOp::Feedback(name),
+        (&Method::POST, ["v1", "admin", "plugins", name, "feedback"])
+        | (&Method::POST, ["v1", "plugins", name, "feedback"]) => AdminOp::Feedback(name),
         (&Method::POST, ["v1", "admin", "plugins", name, "finetune"]) => AdminOp::Finetune(name),
         (&Method::POST, ["v1", "admin", "plugins", name, "head", "rollback"]) => {
             AdminOp::HeadRollback(name)
