@@ -17,7 +17,7 @@
 //! | POST | `/v1/admin/plugins/{name}/rollback` | roll back (bearer token) |
 //! | DELETE | `/v1/admin/plugins/{name}` | remove (bearer token) |
 //! | POST | `/v1/plugins/{name}/feedback`, `/v1/admin/plugins/{name}/feedback` | a labeled sample for training, or a recent request's id (scope `feedback:NAME`) |
-//! | POST | `/v1/admin/plugins/{name}/finetune`, `.../head/rollback` | a fine-tune job and its gate; the previous head ([`learn`]) |
+//! | POST | `/v1/admin/plugins/{name}/finetune`, `.../head/rollback` | a fine-tune job and its gate; the previous head (`http/learn.rs`) |
 //!
 //! `HEAD` works wherever `GET` does. Every request goes through the body policy of
 //! [`super::body`] before anything reads or parses its body: each endpoint knows its size
