@@ -302,3 +302,31 @@ async fn feedback_may_name_a_request_the_plugin_answered_instead_of_sending_it_a
     assert_status(&r, 200);
     assert!(r.headers().get("x-edgeplug-request-id").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_fine_tunes_a_plugin_once_it_has_enough_new_samples() {
+    let gw = learning_gateway("schedule_secs = 1\nmin_new_samples = 40\n").await;
+    gw.gateway.spawn_learning_schedule();
+    let data = digits_test_bodies();
+    // Fewer than min_new_samples: ticks pass and no job runs.
+    feedback(&gw, &data[..20]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(head_of(&gw).await.is_null(), "{}", head_of(&gw).await);
+    // Enough: the next tick runs a job and its head goes live through the gate.
+    feedback(&gw, &data[20..80]).await;
+    let began = std::time::Instant::now();
+    loop {
+        let head = head_of(&gw).await;
+        if head["live"]["sequence"] == 1 {
+            assert_eq!(head["live"]["origin"], "local");
+            break;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(60),
+            "no scheduled job: {head}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let metrics = String::from_utf8(gw.get("/metrics").await.into_body().to_vec()).unwrap();
+    assert!(metrics.contains("edgeplug_finetune_jobs_total{plugin=\"digits\",outcome=\"done\"} 1"));
+}
