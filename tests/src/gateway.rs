@@ -436,14 +436,19 @@ pub fn argmax(values: &[Value]) -> usize {
 /// The test plugin in `tests/plugins/<name>`, with its freshly built component, packed and
 /// signed with `key`.
 pub fn test_plugin_bundle(key: &SecretKey, name: &str) -> Vec<u8> {
-    let limits = BundleLimits::default();
-    let component = [("plugin.wasm".to_string(), test_plugin_wasm(name).into())].into();
-    let packed = bundle::pack_dir_with(
+    dir_bundle(
+        key,
         &repo().join("tests/plugins").join(name),
-        &component,
-        &limits,
+        Path::new(test_plugin_wasm(name)),
     )
-    .unwrap();
+}
+
+/// The plugin directory `dir` with `component` as its `plugin.wasm`, packed and signed with
+/// `key`.
+pub fn dir_bundle(key: &SecretKey, dir: &Path, component: &Path) -> Vec<u8> {
+    let limits = BundleLimits::default();
+    let component = [("plugin.wasm".to_string(), component.to_path_buf())].into();
+    let packed = bundle::pack_dir_with(dir, &component, &limits).unwrap();
     bundle::sign_bundle(&packed.bytes, key, &limits).unwrap()
 }
 

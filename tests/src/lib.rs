@@ -69,6 +69,51 @@ pub fn digits_test_bodies() -> Vec<(Vec<u8>, u32)> {
         .collect()
 }
 
+/// The conformance kit's options in the tests: 3 latency runs and 2 determinism runs, enough
+/// for every check to run without the kit's full timing.
+pub fn conformance_options() -> edgeplug_runtime::conformance::Options {
+    edgeplug_runtime::conformance::Options {
+        latency_runs: 3,
+        determinism_runs: 2,
+        ..Default::default()
+    }
+}
+
+/// The conformance kit on the plugin directory `dir` with the built `component`.
+pub fn conformance_of(
+    runtime: &Runtime,
+    dir: &Path,
+    component: &Path,
+) -> edgeplug_runtime::conformance::Report {
+    let target = edgeplug_runtime::conformance::Target::Dir {
+        dir: dir.to_path_buf(),
+        component: Some(component.to_path_buf()),
+    };
+    edgeplug_runtime::conformance::run(runtime, &target, &conformance_options())
+}
+
+/// Asserts a conformance report passed with every group of checks run.
+pub fn assert_conformance_passes(report: &edgeplug_runtime::conformance::Report) {
+    assert!(report.passed(), "{}", report.to_text());
+    let groups: Vec<&str> = report.checks.iter().map(|c| c.group).collect();
+    for group in [
+        "manifest",
+        "load",
+        "describe",
+        "self-test",
+        "robustness",
+        "determinism",
+        "limits",
+        "latency",
+    ] {
+        assert!(
+            groups.contains(&group),
+            "no {group} check ran:\n{}",
+            report.to_text()
+        );
+    }
+}
+
 /// The built component of the test plugin in `tests/plugins/<dir>`.
 pub fn test_plugin_wasm(dir: &str) -> &'static str {
     TEST_PLUGINS

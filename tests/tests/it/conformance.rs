@@ -6,23 +6,12 @@ use std::path::Path;
 use edgeplug_bundle::SecretKey;
 use edgeplug_runtime::conformance::{self, Options, Outcome, Report, Target};
 use edgeplug_tests::{
-    DIGITS_WASM, FORECASTER_WASM, IMAGE_CLASSIFIER_WASM, repo, runtime, test_plugin_wasm,
+    DIGITS_WASM, FORECASTER_WASM, IMAGE_CLASSIFIER_WASM, assert_conformance_passes, conformance_of,
+    conformance_options, repo, runtime, test_plugin_wasm,
 };
 
-fn options() -> Options {
-    Options {
-        latency_runs: 3,
-        determinism_runs: 2,
-        ..Options::default()
-    }
-}
-
 fn check_dir(dir: &Path, wasm: &str) -> Report {
-    let target = Target::Dir {
-        dir: dir.to_path_buf(),
-        component: Some(wasm.into()),
-    };
-    conformance::run(&runtime(), &target, &options())
+    conformance_of(&runtime(), dir, Path::new(wasm))
 }
 
 fn check_test_plugin(name: &str) -> Report {
@@ -32,36 +21,15 @@ fn check_test_plugin(name: &str) -> Report {
     )
 }
 
-fn assert_passes(report: &Report) {
-    assert!(report.passed(), "{}", report.to_text());
-    let groups: Vec<&str> = report.checks.iter().map(|c| c.group).collect();
-    for group in [
-        "manifest",
-        "load",
-        "describe",
-        "self-test",
-        "robustness",
-        "determinism",
-        "limits",
-        "latency",
-    ] {
-        assert!(
-            groups.contains(&group),
-            "no {group} check ran:\n{}",
-            report.to_text()
-        );
-    }
-}
-
 #[test]
 fn the_example_plugins_and_echo_pass() {
     for (name, wasm) in [("digits", DIGITS_WASM), ("forecaster", FORECASTER_WASM)] {
         let report = check_dir(&repo().join("plugins").join(name), wasm);
         print!("{}", report.to_text());
-        assert_passes(&report);
+        assert_conformance_passes(&report);
     }
     let echo = check_test_plugin("echo");
-    assert_passes(&echo);
+    assert_conformance_passes(&echo);
 }
 
 #[test]
@@ -71,7 +39,7 @@ fn the_image_classifier_passes_with_the_adversarial_images() {
         IMAGE_CLASSIFIER_WASM,
     );
     print!("{}", report.to_text());
-    assert_passes(&report);
+    assert_conformance_passes(&report);
     let images = report
         .checks
         .iter()
@@ -147,13 +115,13 @@ fn a_bundle_needs_a_trusted_signature() {
     let run = |trust_dir: Option<&Path>| {
         let options = Options {
             trust_dir: trust_dir.map(Path::to_path_buf),
-            ..options()
+            ..conformance_options()
         };
         conformance::run(&runtime(), &Target::from_path(&file), &options)
     };
 
     let trusted = run(Some(&trust));
-    assert_passes(&trusted);
+    assert_conformance_passes(&trusted);
     assert!(
         trusted
             .checks
@@ -189,7 +157,7 @@ fn a_bare_component_is_checked_from_its_describe() {
     let report = conformance::run(
         &runtime(),
         &Target::from_path(Path::new(test_plugin_wasm("panic"))),
-        &options(),
+        &conformance_options(),
     );
     assert_eq!(report.plugin.as_deref(), Some("panic 0.1.0"));
     // Without a manifest there are no self-tests, which is itself a finding.

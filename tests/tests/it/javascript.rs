@@ -6,11 +6,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use edgeplug_bundle::{self as bundle, BundleLimits};
-use edgeplug_runtime::conformance::{self, Options, Target};
 use edgeplug_runtime::{InferRequest, PluginErrorCode, PluginFiles};
-use edgeplug_tests::gateway::{TestGateway, assert_status, error_code, json_of};
-use edgeplug_tests::{error_of, fixture, runtime};
+use edgeplug_tests::gateway::{TestGateway, assert_status, dir_bundle, error_code, json_of};
+use edgeplug_tests::{assert_conformance_passes, conformance_of, error_of, fixture, runtime};
 use serde_json::{Value, json};
 
 fn plugin_dir() -> PathBuf {
@@ -103,43 +101,15 @@ fn the_javascript_plugin_computes_on_host_ops_and_returns_wit_errors() {
 
 #[test]
 fn the_javascript_plugin_passes_conformance() {
-    let report = conformance::run(
-        &runtime(),
-        &Target::Dir {
-            dir: plugin_dir(),
-            component: Some(component()),
-        },
-        &Options {
-            latency_runs: 3,
-            determinism_runs: 2,
-            ..Options::default()
-        },
-    );
+    let report = conformance_of(&runtime(), &plugin_dir(), &component());
     print!("{}", report.to_text());
-    assert!(report.passed(), "{}", report.to_text());
-    for group in [
-        "load",
-        "describe",
-        "self-test",
-        "robustness",
-        "determinism",
-        "limits",
-    ] {
-        assert!(
-            report.checks.iter().any(|c| c.group == group),
-            "no {group} check ran:\n{}",
-            report.to_text()
-        );
-    }
+    assert_conformance_passes(&report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_plugin_serves_through_the_gateway() {
     let gateway = TestGateway::start("").await;
-    let limits = BundleLimits::default();
-    let component = [("plugin.wasm".to_string(), component())].into();
-    let packed = bundle::pack_dir_with(&plugin_dir(), &component, &limits).unwrap();
-    let signed = bundle::sign_bundle(&packed.bytes, &gateway.key, &limits).unwrap();
+    let signed = dir_bundle(&gateway.key, &plugin_dir(), &component());
     assert_status(&gateway.push("js-stats", signed).await, 200);
 
     let answer = gateway

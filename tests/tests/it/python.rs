@@ -5,18 +5,19 @@
 //! errors as WIT errors (HTTP 400 through the gateway), passes the conformance kit and stays
 //! inside its memory limit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use edgeplug_bundle::{self as bundle, BundleLimits};
 use edgeplug_kernels::Tensor;
-use edgeplug_runtime::conformance::{self, Options, Target};
+use edgeplug_runtime::conformance::{self, Target};
 use edgeplug_runtime::{
     InferRequest, InvokeError, LoadedPlugin, PluginErrorCode, PluginFiles, Runtime,
 };
-use edgeplug_tests::gateway::{TestGateway, assert_status, error_code, json_of};
-use edgeplug_tests::{error_of, fixture, runtime};
+use edgeplug_tests::gateway::{TestGateway, assert_status, dir_bundle, error_code, json_of};
+use edgeplug_tests::{
+    assert_conformance_passes, conformance_of, conformance_options, error_of, fixture, runtime,
+};
 use serde_json::{Value, json};
 
 fn plugin_dir() -> PathBuf {
@@ -237,43 +238,15 @@ fn its_linear_memory_limit_holds_and_the_next_request_is_answered() {
 
 #[test]
 fn the_python_plugin_passes_conformance() {
-    let report = conformance::run(
-        &shared().0,
-        &Target::Dir {
-            dir: plugin_dir(),
-            component: Some(component()),
-        },
-        &Options {
-            latency_runs: 3,
-            determinism_runs: 2,
-            ..Options::default()
-        },
-    );
+    let report = conformance_of(&shared().0, &plugin_dir(), &component());
     print!("{}", report.to_text());
-    assert!(report.passed(), "{}", report.to_text());
-    for group in [
-        "load",
-        "describe",
-        "self-test",
-        "robustness",
-        "determinism",
-        "limits",
-    ] {
-        assert!(
-            report.checks.iter().any(|c| c.group == group),
-            "no {group} check ran:\n{}",
-            report.to_text()
-        );
-    }
+    assert_conformance_passes(&report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_plugin_serves_through_the_gateway() {
     let gateway = TestGateway::start("").await;
-    let limits = BundleLimits::default();
-    let component = [("plugin.wasm".to_string(), component())].into();
-    let packed = bundle::pack_dir_with(Path::new(&plugin_dir()), &component, &limits).unwrap();
-    let signed = bundle::sign_bundle(&packed.bytes, &gateway.key, &limits).unwrap();
+    let signed = dir_bundle(&gateway.key, &plugin_dir(), &component());
     assert_status(&gateway.push("python-stats", signed).await, 200);
 
     let answer = gateway
@@ -366,11 +339,7 @@ fn edgeplug_new_lang_python_builds_and_passes_conformance() {
             dir: dir.clone(),
             component: None,
         },
-        &Options {
-            latency_runs: 3,
-            determinism_runs: 2,
-            ..Options::default()
-        },
+        &conformance_options(),
     );
     print!("{}", report.to_text());
     assert!(report.passed(), "{}", report.to_text());
