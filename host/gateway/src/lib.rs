@@ -213,6 +213,13 @@ impl Gateway {
         self.sample_store(&mut stores, name)?.samples()
     }
 
+    /// How many labeled samples plugin `name` holds: kept in memory once its store is open
+    /// (opening it the first time reads the file).
+    pub fn sample_count(&self, name: &str) -> Result<usize, edgeplug_train::samples::SampleError> {
+        let mut stores = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self.sample_store(&mut stores, name)?.len())
+    }
+
     /// Whether this gateway speaks TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

@@ -177,6 +177,9 @@ pub struct Learning {
     last: Mutex<BTreeMap<String, serde_json::Value>>,
     /// Inputs learning plugins answered lately, for feedback by request id.
     pub recent: recent::RecentInputs,
+    /// What `GET /v1/plugins` shows of each plugin's live checkpoint, kept as it changes so a
+    /// listing reads no checkpoint from disk.
+    live: Mutex<BTreeMap<String, serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Learning {
@@ -203,6 +206,7 @@ impl Learning {
             trained_at: Mutex::default(),
             last: Mutex::default(),
             recent: recent::RecentInputs::default(),
+            live: Mutex::default(),
         })
     }
 
@@ -213,12 +217,16 @@ impl Learning {
             match self.store.live(plugin) {
                 Ok(Some((head, metadata))) => {
                     tracing::info!(plugin, sequence = metadata.sequence, "trained head live");
-                    self.metrics.set_live(plugin, Some(metadata.sequence));
+                    self.went_live(plugin, Some(&metadata));
                     self.live_heads.set(plugin, Some(Arc::new(head)));
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(plugin, error = %e, "not using the stored head");
+                    self.live
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(plugin.clone(), serde_json::json!({"error": e.to_string()}));
                 }
             }
         }
@@ -231,17 +239,33 @@ impl Learning {
         }
     }
 
+    /// Records which checkpoint is live for `plugin` (`None`: the head it ships), for the
+    /// listing and the metrics.
+    fn went_live(&self, plugin: &str, metadata: Option<&Metadata>) {
+        self.metrics.set_live(plugin, metadata.map(|m| m.sequence));
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match metadata {
+            Some(m) => live.insert(
+                plugin.to_string(),
+                serde_json::json!({
+                    "sequence": m.sequence, "origin": m.origin, "samples": m.samples,
+                    "created_unix_ms": m.created_unix_ms, "key_id": m.key_id,
+                    "plugin_version": m.plugin_version,
+                }),
+            ),
+            None => live.remove(plugin),
+        };
+    }
+
     /// The plugin's live head as `GET /v1/plugins` shows it.
     pub fn status(&self, plugin: &str) -> Option<serde_json::Value> {
-        let head = match self.store.live(plugin) {
-            Ok(Some((_, m))) => serde_json::json!({
-                "sequence": m.sequence, "origin": m.origin, "samples": m.samples,
-                "created_unix_ms": m.created_unix_ms, "key_id": m.key_id,
-                "plugin_version": m.plugin_version,
-            }),
-            Ok(None) => serde_json::Value::Null,
-            Err(e) => serde_json::json!({"error": e.to_string()}),
-        };
+        let head = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(plugin)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         let last = self.last(plugin);
         (!head.is_null() || last.is_some())
             .then(|| serde_json::json!({"live": head, "last": last, "checkpoints": self.store.sequences(plugin)}))
@@ -285,7 +309,8 @@ impl Gateway {
         Ok(active)
     }
 
-    /// The plugin's samples, split into training and held-out ones.
+    /// The plugin's samples, split into training and held-out ones. Blocking (reads the
+    /// store): call it on the training lane.
     fn split_samples(&self, plugin: &str) -> Result<(Vec<Sample>, Vec<Sample>), LearnError> {
         let all = self
             .samples_of(plugin)
@@ -312,35 +337,37 @@ impl Gateway {
         job: JobSpec,
     ) -> Result<TrainedHead, LearnError> {
         let active = self.learning_plugin(plugin)?;
-        let (train, _) = self.split_samples(plugin)?;
-        let samples = train.len() as u64;
         let start = job
             .start
             .map(Arc::new)
             .or_else(|| self.learning.live_heads.get(plugin));
         let budget = self.learning.budget(job.max_wall);
-        let run = Job {
-            start,
-            samples: train.into(),
-            max_steps: job.max_steps,
-            seed: job.seed,
-        };
+        let (gw, name) = (self.clone(), plugin.to_string());
         let began = Instant::now();
+        // The samples are read on the lane too: a store of many MiB is not read on the reactor.
         let outcome = self
             .learning
             .lane
             .run(move || {
-                let mut session = active.plugin.learn_session(budget)?;
-                let outcome = session.finetune(run)?;
-                Ok::<_, InvokeError>((outcome, session.peak_tensor_bytes()))
+                let (train, _) = gw.split_samples(&name)?;
+                let samples = train.len() as u64;
+                let run = Job {
+                    start,
+                    samples: train.into(),
+                    max_steps: job.max_steps,
+                    seed: job.seed,
+                };
+                let mut session = active.plugin.learn_session(budget).map_err(job_error)?;
+                let outcome = session.finetune(run).map_err(job_error)?;
+                Ok::<_, LearnError>((outcome, session.peak_tensor_bytes(), samples))
             })
             .await
             .ok_or(LearnError::Busy)?;
-        let (outcome, peak) = match outcome {
+        let (outcome, peak, samples) = match outcome {
             Ok(done) => done,
             Err(e) => {
                 self.learning.metrics.job(plugin, "failed");
-                return Err(job_error(e));
+                return Err(e);
             }
         };
         self.learning.metrics.job(plugin, "done");
@@ -375,7 +402,6 @@ impl Gateway {
         origin: HeadOrigin,
     ) -> Result<GateReport, LearnError> {
         let active = self.learning_plugin(plugin)?;
-        let (_, held_out) = self.split_samples(plugin)?;
         let live = self.learning.live_heads.get(plugin);
         let budget = self
             .learning
@@ -386,11 +412,12 @@ impl Gateway {
         };
         let candidate = Arc::new(head);
         let checked = candidate.clone();
-        let gated_plugin = active.clone();
+        let (gw, name, gated_plugin) = (self.clone(), plugin.to_string(), active.clone());
         let report = self
             .learning
             .lane
             .run(move || {
+                let (_, held_out) = gw.split_samples(&name)?;
                 run_gate(
                     &gated_plugin.plugin,
                     checked,
@@ -433,9 +460,7 @@ impl Gateway {
         };
         self.learning.live_heads.set(plugin, Some(candidate));
         self.learning.metrics.gate(plugin, "accepted");
-        self.learning
-            .metrics
-            .set_live(plugin, Some(stored.sequence));
+        self.learning.went_live(plugin, Some(&stored));
         tracing::info!(plugin, sequence = stored.sequence, origin = %origin.describe(), "trained head live");
         let report = GateReport {
             sequence: Some(stored.sequence),
@@ -457,7 +482,7 @@ impl Gateway {
     ) -> Result<(TrainedHead, GateReport), LearnError> {
         let _one = self.learning.running.lock().await;
         let config = &self.learning.config;
-        let before = self.samples_of(plugin).map_or(0, |s| s.len());
+        let before = self.sample_count(plugin).unwrap_or(0);
         self.learning
             .trained_at
             .lock()
@@ -492,10 +517,11 @@ impl Gateway {
             .map_err(|e| LearnError::Refused(e.to_string()))?;
         let sequence = back.as_ref().map(|(_, m)| m.sequence);
         self.learning
+            .went_live(plugin, back.as_ref().map(|(_, m)| m));
+        self.learning
             .live_heads
             .set(plugin, back.map(|(head, _)| Arc::new(head)));
         self.learning.metrics.rollback(plugin);
-        self.learning.metrics.set_live(plugin, sequence);
         tracing::info!(plugin, ?sequence, "head rolled back");
         Ok(sequence)
     }
@@ -519,7 +545,7 @@ impl Gateway {
                     if gw.learning_plugin(&plugin).is_err() {
                         continue;
                     }
-                    let have = gw.samples_of(&plugin).map_or(0, |s| s.len());
+                    let have = gw.sample_count(&plugin).unwrap_or(0);
                     let had = gw
                         .learning
                         .trained_at
