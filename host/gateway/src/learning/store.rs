@@ -274,8 +274,11 @@ mod tests {
             .unwrap();
         let path = store.path("digits", 1);
         let mut bytes = std::fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 1;
+        // A weight's byte (the last before the signature): the header, which names the key,
+        // still parses, so it is the signature that refuses it. A flip in the header could
+        // break its JSON instead, which is refused as malformed.
+        let last_weight = bytes.len() - edgeplug_bundle::SIGNATURE_LEN - 1;
+        bytes[last_weight] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(
             store.live("digits"),
