@@ -22,6 +22,10 @@ pub enum TensorError {
         /// The element type it was given.
         ty: ElementType,
     },
+    /// The operation does not support this configuration (a quantized op's operand its
+    /// engine cannot take).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// A size overflows `usize` or exceeds [`MAX_ELEMENTS`](super::MAX_ELEMENTS).
     #[error("too large: {0}")]
     TooLarge(String),

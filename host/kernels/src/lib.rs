@@ -18,6 +18,7 @@ pub mod fast;
 mod gemm;
 mod layout;
 mod pool;
+pub mod quant;
 mod reduce;
 pub mod reference;
 mod shape;
@@ -37,6 +38,9 @@ pub use error::TensorError;
 pub use gemm::{GemmParams, gemm, matmul};
 pub use layout::{channel_shuffle, concat, flatten, reshape, transpose};
 pub use pool::{Pool2dParams, avg_pool2d, global_avg_pool, max_pool2d};
+pub use quant::{
+    QTensor, QuantParams, QuantType, Requantize, dequantize, qconv2d, qgemm, quantize,
+};
 pub use reduce::{reduce_max, reduce_mean, reduce_min, reduce_sum};
 pub use window::Padding;
 
