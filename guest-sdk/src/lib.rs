@@ -69,12 +69,12 @@ pub mod learning_bindings {
         default_bindings_module: "::edgeplug_sdk::learning_bindings",
         runtime_path: "::edgeplug_sdk::__wit_bindgen::rt",
         with: {
-            "edgeplug:plugin/types@0.1.4": crate::bindings::edgeplug::plugin::types,
-            "edgeplug:plugin/ops@0.1.4": crate::bindings::edgeplug::plugin::ops,
-            "edgeplug:plugin/model@0.1.4": crate::bindings::edgeplug::plugin::model,
-            "edgeplug:plugin/log@0.1.4": crate::bindings::edgeplug::plugin::log,
-            "edgeplug:plugin/train@0.1.4": crate::bindings::edgeplug::plugin::train,
-            "edgeplug:plugin/upstream@0.1.4": crate::bindings::edgeplug::plugin::upstream,
+            "edgeplug:plugin/types@0.1.5": crate::bindings::edgeplug::plugin::types,
+            "edgeplug:plugin/ops@0.1.5": crate::bindings::edgeplug::plugin::ops,
+            "edgeplug:plugin/model@0.1.5": crate::bindings::edgeplug::plugin::model,
+            "edgeplug:plugin/log@0.1.5": crate::bindings::edgeplug::plugin::log,
+            "edgeplug:plugin/train@0.1.5": crate::bindings::edgeplug::plugin::train,
+            "edgeplug:plugin/upstream@0.1.5": crate::bindings::edgeplug::plugin::upstream,
         },
     });
 }
@@ -98,9 +98,9 @@ pub mod train;
 pub mod upstream;
 
 pub use model::Model;
-pub use ops::{Activation, Conv2d, Gemm, Padding, Pool2d};
+pub use ops::{Activation, Conv2d, Gemm, Padding, Pool2d, QConv2d, QGemm, Requantize};
 pub use plugin::{Error, ErrorCode, Plugin, PluginInfo, Request, Response, TensorInfo};
-pub use tensor::{ElementType, Tensor};
+pub use tensor::{ElementType, QuantParams, QuantType, QuantizedTensor, Tensor};
 
 #[doc(hidden)]
 pub mod __private {
@@ -128,19 +128,19 @@ pub mod __private {
 /// once per plugin.
 ///
 /// A plugin that learns (implements [`learn::Learner`] too, and names
-/// `world = "edgeplug:plugin/learning-plugin@0.1.4"` in its manifest) exports both with
+/// `world = "edgeplug:plugin/learning-plugin@0.1.5"` in its manifest) exports both with
 /// `export!(MyPlugin, learner)`; see [`learn`].
 #[macro_export]
 macro_rules! export {
     ($plugin:ty) => {
         $crate::__export_handler!($plugin);
 
-        // Export names such as `edgeplug:plugin/handler@0.1.4#infer` only exist in a
+        // Export names such as `edgeplug:plugin/handler@0.1.5#infer` only exist in a
         // component; a native build (the plugin's own unit tests) links without them. The
         // handler's macro is the `learning-plugin` world's (the only public one, see the SDK's
         // `bindings`), named after the WIT package's version.
         #[cfg(target_arch = "wasm32")]
-        $crate::__export_edgeplug_plugin_handler_0_1_4_cabi!(
+        $crate::__export_edgeplug_plugin_handler_0_1_5_cabi!(
             __EdgeplugHandler with_types_in $crate::learning_bindings::exports::edgeplug::plugin::handler
         );
     };

@@ -1,7 +1,7 @@
 //! Builders for the kernels with many parameters: convolution, GEMM and pooling.
 
 use crate::bindings::edgeplug::plugin::ops;
-use crate::{Error, Tensor};
+use crate::{Error, QuantizedTensor, Tensor};
 
 /// An activation fused into a kernel's output pass.
 #[doc(inline)]
@@ -29,20 +29,25 @@ impl<'a> Conv2d<'a> {
         Conv2d {
             weight,
             bias: None,
-            params: ops::Conv2dParams {
-                stride_h: 1,
-                stride_w: 1,
-                padding: Padding {
-                    top: 0,
-                    left: 0,
-                    bottom: 0,
-                    right: 0,
-                },
-                dilation_h: 1,
-                dilation_w: 1,
-                groups: 1,
-                activation: Activation::None,
+            params: Conv2d::new_params(),
+        }
+    }
+
+    /// Stride 1, no padding, dilation 1, one group, no activation.
+    fn new_params() -> ops::Conv2dParams {
+        ops::Conv2dParams {
+            stride_h: 1,
+            stride_w: 1,
+            padding: Padding {
+                top: 0,
+                left: 0,
+                bottom: 0,
+                right: 0,
             },
+            dilation_h: 1,
+            dilation_w: 1,
+            groups: 1,
+            activation: Activation::None,
         }
     }
 
@@ -266,5 +271,154 @@ impl Pool2d {
     /// Average pooling of `input`.
     pub fn avg(&self, input: &Tensor) -> Result<Tensor, Error> {
         Ok(Tensor(ops::avg_pool2d(&input.0, self.params)?))
+    }
+}
+
+/// The scale and zero point of a quantized op's `uint8` output (WIT 0.1.5).
+#[doc(inline)]
+pub use ops::Requantize;
+
+/// ONNX QLinearConv (WIT 0.1.5): a convolution of a quantized NCHW input with quantized OIHW
+/// weights, an optional `int32` bias in units of input scale × weight scale (as ONNX stores
+/// it), requantized to `uint8` with `output`'s scale and zero point. Activations are per
+/// tensor; weights `Int8` or `Uint8`, per tensor or per output channel, whose values less
+/// their zero point fit in `int8` (onnxruntime's symmetric int8 weights do; else
+/// `unsupported`). The activation is a clamp of the output: `None`, `Relu` or `Relu6`.
+///
+/// ```ignore
+/// let y = QConv2d::new(&w, Requantize { scale: 0.05, zero_point: 110 }).bias(&b).groups(32).pad(1).run(&x)?;
+/// ```
+#[derive(Debug)]
+pub struct QConv2d<'a> {
+    weight: &'a QuantizedTensor,
+    bias: Option<&'a [i32]>,
+    params: ops::Conv2dParams,
+    output: Requantize,
+}
+
+impl<'a> QConv2d<'a> {
+    /// A convolution with stride 1, no padding, dilation 1, one group and no activation.
+    pub fn new(weight: &'a QuantizedTensor, output: Requantize) -> QConv2d<'a> {
+        QConv2d {
+            weight,
+            bias: None,
+            params: Conv2d::new_params(),
+            output,
+        }
+    }
+
+    /// Adds an `int32` bias, one value per output channel.
+    pub fn bias(mut self, bias: &'a [i32]) -> Self {
+        self.bias = Some(bias);
+        self
+    }
+
+    /// The same stride in both directions.
+    pub fn stride(mut self, stride: u32) -> Self {
+        self.params.stride_h = stride;
+        self.params.stride_w = stride;
+        self
+    }
+
+    /// The same zero padding on every side.
+    pub fn pad(mut self, pad: u32) -> Self {
+        self.params.padding = Padding {
+            top: pad,
+            left: pad,
+            bottom: pad,
+            right: pad,
+        };
+        self
+    }
+
+    /// Padding per side.
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.params.padding = padding;
+        self
+    }
+
+    /// The same dilation in both directions.
+    pub fn dilation(mut self, dilation: u32) -> Self {
+        self.params.dilation_h = dilation;
+        self.params.dilation_w = dilation;
+        self
+    }
+
+    /// Channel groups; input channels = output channels = groups is depthwise.
+    pub fn groups(mut self, groups: u32) -> Self {
+        self.params.groups = groups;
+        self
+    }
+
+    /// A clamp of the output: `None`, `Relu` or `Relu6`.
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.params.activation = activation;
+        self
+    }
+
+    /// Runs the convolution on `input`.
+    pub fn run(&self, input: &QuantizedTensor) -> Result<QuantizedTensor, Error> {
+        Ok(QuantizedTensor(ops::qconv2d(
+            &input.0,
+            &self.weight.0,
+            self.bias,
+            self.params,
+            self.output,
+        )?))
+    }
+}
+
+/// ONNX QGemm (WIT 0.1.5): quantized `a` `[M, K]` times `b` `[K, N]` (or `[N, K]` with
+/// [`QGemm::trans_b`]), plus an optional `int32` bias `[N]`, requantized to `uint8`; operands
+/// and activation as for [`QConv2d`], per-channel weight scales per column of the result.
+#[derive(Debug)]
+pub struct QGemm<'a> {
+    b: &'a QuantizedTensor,
+    bias: Option<&'a [i32]>,
+    trans_b: bool,
+    activation: Activation,
+    output: Requantize,
+}
+
+impl<'a> QGemm<'a> {
+    /// `a x b`, with `b` given here and `a` given to [`QGemm::run`].
+    pub fn new(b: &'a QuantizedTensor, output: Requantize) -> QGemm<'a> {
+        QGemm {
+            b,
+            bias: None,
+            trans_b: false,
+            activation: Activation::None,
+            output,
+        }
+    }
+
+    /// Adds an `int32` bias, one value per output column.
+    pub fn bias(mut self, bias: &'a [i32]) -> Self {
+        self.bias = Some(bias);
+        self
+    }
+
+    /// `b` is [N, K] (ONNX's `transB`, PyTorch's `Linear` weights).
+    pub fn trans_b(mut self, yes: bool) -> Self {
+        self.trans_b = yes;
+        self
+    }
+
+    /// A clamp of the output: `None`, `Relu` or `Relu6`.
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// Runs the product on `a`.
+    pub fn run(&self, a: &QuantizedTensor) -> Result<QuantizedTensor, Error> {
+        Ok(QuantizedTensor(ops::qgemm(
+            &a.0,
+            &self.b.0,
+            self.bias,
+            self.trans_b,
+            self.activation,
+            self.output,
+        )?))
     }
 }

@@ -279,3 +279,129 @@ impl Tensor {
         Ok(Tensor(ops::argmax(&self.0, axis, keepdims)?))
     }
 }
+
+/// Storage type of a [`QuantizedTensor`]: `Uint8` or `Int8` (WIT 0.1.5).
+#[doc(inline)]
+pub use types::QuantType;
+
+/// Scales and zero points of a [`QuantizedTensor`], ONNX's: `real = (q - zero_point) · scale`,
+/// one pair for the whole tensor or one per slice along `axis` (WIT 0.1.5).
+#[doc(inline)]
+pub use types::QuantParams;
+
+impl QuantParams {
+    /// One scale and zero point for the whole tensor (activations, per-tensor weights).
+    pub fn per_tensor(scale: f32, zero_point: i32) -> QuantParams {
+        QuantParams {
+            scales: vec![scale],
+            zero_points: vec![zero_point],
+            axis: 0,
+        }
+    }
+
+    /// One scale and zero point per slice along `axis` (per output channel: axis 0 of OIHW
+    /// convolution weights, the `N` axis of a GEMM's `b`).
+    pub fn per_axis(scales: Vec<f32>, zero_points: Vec<i32>, axis: u32) -> QuantParams {
+        QuantParams {
+            scales,
+            zero_points,
+            axis,
+        }
+    }
+}
+
+/// A tensor of 8-bit integers with its [`QuantParams`], in host memory like [`Tensor`]
+/// (WIT 0.1.5: declare `world = "edgeplug:plugin/plugin@0.1.5"`).
+///
+/// Made by [`Tensor::quantize`] (ONNX QuantizeLinear), from bytes, or from a `U8` weight
+/// ([`QuantizedTensor::load`]); run through [`QConv2d`](crate::QConv2d) and
+/// [`QGemm`](crate::QGemm); turned back into float32 by [`QuantizedTensor::dequantize`].
+/// A quantized layer stack, as onnxruntime's QOperator models are:
+///
+/// ```ignore
+/// let x = input.quantize(QuantType::Uint8, &QuantParams::per_tensor(1.0 / 255.0, 0))?;
+/// let w = QuantizedTensor::load("conv0.weight", QuantType::Int8, &QuantParams::per_axis(scales, vec![0; 16], 0))?;
+/// let y = QConv2d::new(&w, Requantize { scale: 0.03, zero_point: 120 }).bias(&bias).pad(1).run(&x)?;
+/// let y = y.dequantize()?.clip(0.0, 6.0)?;
+/// ```
+#[derive(Debug)]
+pub struct QuantizedTensor(pub(crate) types::QuantizedTensor);
+
+impl QuantizedTensor {
+    /// A quantized tensor of `shape` from its stored bytes (an `Int8` as two's complement).
+    /// `invalid-argument` for a scale that is not finite and positive or a zero point out of
+    /// the type's range; `shape-mismatch` for a length or per-axis count that does not fit.
+    pub fn from_bytes(
+        shape: &[usize],
+        quant_type: QuantType,
+        data: &[u8],
+        params: &QuantParams,
+    ) -> Result<QuantizedTensor, Error> {
+        Ok(QuantizedTensor(types::QuantizedTensor::from_bytes(
+            &dims(shape)?,
+            quant_type,
+            data,
+            params,
+        )?))
+    }
+
+    /// The bytes of a `Uint8` tensor as the stored integers of a quantized tensor of its
+    /// shape, shared in the host, not copied.
+    pub fn from_tensor(
+        data: &Tensor,
+        quant_type: QuantType,
+        params: &QuantParams,
+    ) -> Result<QuantizedTensor, Error> {
+        Ok(QuantizedTensor(types::QuantizedTensor::from_tensor(
+            &data.0, quant_type, params,
+        )?))
+    }
+
+    /// A quantized weight from the granted weights files: a `U8` safetensors entry holds the
+    /// bytes (an int8 weight's two's complement bytes), the parameters come from the plugin.
+    pub fn load(
+        name: &str,
+        quant_type: QuantType,
+        params: &QuantParams,
+    ) -> Result<QuantizedTensor, Error> {
+        QuantizedTensor::from_tensor(&Tensor::load(name)?, quant_type, params)
+    }
+
+    /// The dimensions, outermost first.
+    pub fn shape(&self) -> Vec<usize> {
+        self.0.shape().into_iter().map(|d| d as usize).collect()
+    }
+
+    /// The storage type.
+    pub fn quant_type(&self) -> QuantType {
+        self.0.quant_type()
+    }
+
+    /// The scales and zero points.
+    pub fn params(&self) -> QuantParams {
+        self.0.params()
+    }
+
+    /// Copies the stored bytes into the sandbox.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+
+    /// ONNX DequantizeLinear: `(q - zero_point) · scale` as a float32 tensor.
+    pub fn dequantize(&self) -> Result<Tensor, Error> {
+        Ok(Tensor(ops::dequantize(&self.0)?))
+    }
+}
+
+impl Tensor {
+    /// ONNX QuantizeLinear of a float32 tensor: `round_half_even(x / scale) + zero_point`,
+    /// saturated to the type's range, per tensor or per slice along `params.axis`
+    /// (WIT 0.1.5).
+    pub fn quantize(
+        &self,
+        quant_type: QuantType,
+        params: &QuantParams,
+    ) -> Result<QuantizedTensor, Error> {
+        Ok(QuantizedTensor(ops::quantize(&self.0, quant_type, params)?))
+    }
+}

@@ -10,21 +10,26 @@ use serde::{Deserialize, Serialize};
 
 /// The WIT world this host implements. A manifest names the world it was built against;
 /// the host accepts the same package version.
-pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.4";
+pub const WORLD: &str = "edgeplug:plugin/plugin@0.1.5";
 
-/// The world of a plugin that also learns on the gateway (0.1.4): [`WORLD`] plus the `learn`
-/// import and the `learner` export.
-pub const LEARNING_WORLD: &str = "edgeplug:plugin/learning-plugin@0.1.4";
+/// The world of a plugin that also learns on the gateway (added in 0.1.4): [`WORLD`] plus the
+/// `learn` import and the `learner` export.
+pub const LEARNING_WORLD: &str = "edgeplug:plugin/learning-plugin@0.1.5";
+
+/// The learning world as 0.1.4 first named it, which a plugin built then still declares.
+const LEARNING_WORLD_0_1_4: &str = "edgeplug:plugin/learning-plugin@0.1.4";
 
 /// Every version of the plugin world this host serves: 0.1.1 added the `train` interface,
 /// 0.1.2 the `upstream` interface, 0.1.3 functions to `ops` (elementwise math, reductions),
-/// 0.1.4 `head.load` and the learning world, and a plugin built against an older one (which
-/// imports none of what came later) runs unchanged.
-pub const PLUGIN_WORLDS: [&str; 6] = [
+/// 0.1.4 `head.load` and the learning world, 0.1.5 quantized tensors and ops; a plugin built
+/// against an older one (which imports none of what came later) runs unchanged.
+pub const PLUGIN_WORLDS: [&str; 8] = [
     "edgeplug:plugin/plugin@0.1.0",
     "edgeplug:plugin/plugin@0.1.1",
     "edgeplug:plugin/plugin@0.1.2",
     "edgeplug:plugin/plugin@0.1.3",
+    "edgeplug:plugin/plugin@0.1.4",
+    LEARNING_WORLD_0_1_4,
     WORLD,
     LEARNING_WORLD,
 ];
@@ -373,7 +378,7 @@ impl Manifest {
 
     /// Whether the plugin learns on the gateway (exports `learner`).
     pub fn learns(&self) -> bool {
-        self.world == LEARNING_WORLD
+        self.world == LEARNING_WORLD || self.world == LEARNING_WORLD_0_1_4
     }
 }
 

@@ -7,13 +7,14 @@
 use wasmtime::component::Resource;
 
 use super::state::{OpenModel, StoreState};
-use edgeplug_kernels::{self as tensor, Tensor, TensorError};
+use edgeplug_kernels::{self as tensor, QTensor, Tensor, TensorError};
 
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../../wit",
     with: {
         "edgeplug:plugin/types.tensor": edgeplug_kernels::Tensor,
+        "edgeplug:plugin/types.quantized-tensor": edgeplug_kernels::QTensor,
         "edgeplug:plugin/model.model": super::state::OpenModel,
         "edgeplug:plugin/train.head": super::glue_train::TrainHead,
     },
@@ -49,7 +50,9 @@ impl From<TensorError> for HostError {
         let code = match &e {
             TensorError::ShapeMismatch(_) => WitErrorCode::ShapeMismatch,
             TensorError::InvalidArgument(_) => WitErrorCode::InvalidArgument,
-            TensorError::UnsupportedType { .. } => WitErrorCode::Unsupported,
+            TensorError::UnsupportedType { .. } | TensorError::Unsupported(_) => {
+                WitErrorCode::Unsupported
+            }
             TensorError::TooLarge(_) => WitErrorCode::ResourceExhausted,
         };
         HostError::guest(code, e.to_string())
@@ -154,6 +157,97 @@ impl types::HostTensor for StoreState {
     }
 }
 
+// WIT 0.1.5: quantized tensors.
+
+fn quant_type(ty: types::QuantType) -> tensor::QuantType {
+    match ty {
+        types::QuantType::Uint8 => tensor::QuantType::U8,
+        types::QuantType::Int8 => tensor::QuantType::I8,
+    }
+}
+
+fn wit_quant_type(ty: tensor::QuantType) -> types::QuantType {
+    match ty {
+        tensor::QuantType::U8 => types::QuantType::Uint8,
+        tensor::QuantType::I8 => types::QuantType::Int8,
+    }
+}
+
+/// The kernels check the values (finite positive scales, zero points in range, the axis
+/// against the shape); an axis beyond any rank is refused by that same check.
+fn quant_params(p: types::QuantParams) -> tensor::QuantParams {
+    tensor::QuantParams {
+        scales: p.scales,
+        zero_points: p.zero_points,
+        axis: p.axis as usize,
+    }
+}
+
+fn requantize(r: ops::Requantize) -> tensor::Requantize {
+    tensor::Requantize {
+        scale: r.scale,
+        zero_point: r.zero_point,
+    }
+}
+
+impl types::HostQuantizedTensor for StoreState {
+    fn from_bytes(
+        &mut self,
+        shape: Vec<u32>,
+        quant_type: types::QuantType,
+        data: Vec<u8>,
+        params: types::QuantParams,
+    ) -> HostResult<Resource<QTensor>> {
+        let q = QTensor::new(
+            dims(&shape),
+            self::quant_type(quant_type),
+            data,
+            quant_params(params),
+        )?;
+        self.push_qtensor(q)
+    }
+
+    fn from_tensor(
+        &mut self,
+        data: Resource<Tensor>,
+        quant_type: types::QuantType,
+        params: types::QuantParams,
+    ) -> HostResult<Resource<QTensor>> {
+        let q = QTensor::from_tensor(
+            self.table.get(&data)?,
+            self::quant_type(quant_type),
+            quant_params(params),
+        )?;
+        self.push_qtensor(q)
+    }
+
+    fn shape(&mut self, this: Resource<QTensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(wit_shape(self.table.get(&this)?.shape()))
+    }
+
+    fn quant_type(&mut self, this: Resource<QTensor>) -> wasmtime::Result<types::QuantType> {
+        Ok(wit_quant_type(self.table.get(&this)?.quant_type()))
+    }
+
+    fn params(&mut self, this: Resource<QTensor>) -> wasmtime::Result<types::QuantParams> {
+        let p = self.table.get(&this)?.params();
+        Ok(types::QuantParams {
+            scales: p.scales.clone(),
+            zero_points: p.zero_points.clone(),
+            // The kernels checked the axis against a shape of at most u32 dimensions.
+            axis: p.axis as u32,
+        })
+    }
+
+    fn to_bytes(&mut self, this: Resource<QTensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&this)?.data().to_vec())
+    }
+
+    fn drop(&mut self, this: Resource<QTensor>) -> wasmtime::Result<()> {
+        self.drop_qtensor(this)
+    }
+}
+
 fn padding(p: ops::Padding) -> tensor::Padding {
     tensor::Padding {
         top: p.top as usize,
@@ -206,6 +300,16 @@ impl StoreState {
     }
 }
 
+fn conv2d_params(params: ops::Conv2dParams) -> tensor::Conv2dParams {
+    tensor::Conv2dParams {
+        stride: [params.stride_h as usize, params.stride_w as usize],
+        padding: padding(params.padding),
+        dilation: [params.dilation_h as usize, params.dilation_w as usize],
+        groups: params.groups as usize,
+        activation: activation(params.activation),
+    }
+}
+
 impl ops::Host for StoreState {
     fn conv2d(
         &mut self,
@@ -214,13 +318,7 @@ impl ops::Host for StoreState {
         bias: Option<Resource<Tensor>>,
         params: ops::Conv2dParams,
     ) -> HostResult<Resource<Tensor>> {
-        let p = tensor::Conv2dParams {
-            stride: [params.stride_h as usize, params.stride_w as usize],
-            padding: padding(params.padding),
-            dilation: [params.dilation_h as usize, params.dilation_w as usize],
-            groups: params.groups as usize,
-            activation: activation(params.activation),
-        };
+        let p = conv2d_params(params);
         let bias = match &bias {
             Some(b) => Some(self.table.get(b)?),
             None => None,
@@ -461,6 +559,65 @@ impl ops::Host for StoreState {
         keepdims: bool,
     ) -> HostResult<Resource<Tensor>> {
         self.unary(input, |x| tensor::reduce_min(x, &axes_of(&axes), keepdims))
+    }
+
+    // WIT 0.1.5: quantized ops.
+
+    fn quantize(
+        &mut self,
+        input: Resource<Tensor>,
+        quant_type: types::QuantType,
+        params: types::QuantParams,
+    ) -> HostResult<Resource<QTensor>> {
+        let q = tensor::quantize(
+            self.table.get(&input)?,
+            self::quant_type(quant_type),
+            quant_params(params),
+        )?;
+        self.push_qtensor(q)
+    }
+
+    fn dequantize(&mut self, input: Resource<QTensor>) -> HostResult<Resource<Tensor>> {
+        let out = tensor::dequantize(self.table.get(&input)?)?;
+        self.push_tensor(out)
+    }
+
+    fn qconv2d(
+        &mut self,
+        input: Resource<QTensor>,
+        weight: Resource<QTensor>,
+        bias: Option<Vec<i32>>,
+        params: ops::Conv2dParams,
+        output: ops::Requantize,
+    ) -> HostResult<Resource<QTensor>> {
+        let out = tensor::qconv2d(
+            self.table.get(&input)?,
+            self.table.get(&weight)?,
+            bias.as_deref(),
+            &conv2d_params(params),
+            requantize(output),
+        )?;
+        self.push_qtensor(out)
+    }
+
+    fn qgemm(
+        &mut self,
+        a: Resource<QTensor>,
+        b: Resource<QTensor>,
+        bias: Option<Vec<i32>>,
+        trans_b: bool,
+        activation: ops::Activation,
+        output: ops::Requantize,
+    ) -> HostResult<Resource<QTensor>> {
+        let out = tensor::qgemm(
+            self.table.get(&a)?,
+            self.table.get(&b)?,
+            bias.as_deref(),
+            trans_b,
+            self::activation(activation),
+            requantize(output),
+        )?;
+        self.push_qtensor(out)
     }
 }
 

@@ -10,7 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::glue::{HostError, WitErrorCode};
 use super::plugin::PluginShared;
 use super::stderr::GuestStderr;
-use edgeplug_kernels::Tensor;
+use edgeplug_kernels::{QTensor, Tensor};
 use edgeplug_models::model::Model;
 
 /// A model a plugin opened: the shared, optimized model of its plugin version.
@@ -164,6 +164,19 @@ impl StoreState {
     }
 
     pub fn drop_tensor(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
+        let tensor = self.table.delete(tensor)?;
+        self.release_tensor_bytes(tensor.byte_size());
+        Ok(())
+    }
+
+    /// Stores a new quantized tensor for the guest, charged to the same budget as a tensor.
+    pub fn push_qtensor(&mut self, tensor: QTensor) -> Result<Resource<QTensor>, HostError> {
+        self.charge_tensor_bytes(tensor.byte_size())
+            .map_err(HostError::Trap)?;
+        Ok(self.table.push(tensor)?)
+    }
+
+    pub fn drop_qtensor(&mut self, tensor: Resource<QTensor>) -> wasmtime::Result<()> {
         let tensor = self.table.delete(tensor)?;
         self.release_tensor_bytes(tensor.byte_size());
         Ok(())
