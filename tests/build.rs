@@ -32,6 +32,7 @@ const TEST_PLUGINS: &[&str] = &[
     "escalate",
     "split",
     "edges",
+    "quantized",
 ];
 
 fn main() {

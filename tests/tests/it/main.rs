@@ -22,6 +22,7 @@ mod learning;
 mod lifecycle;
 mod models;
 mod python;
+mod quantized;
 mod rollout;
 mod runtime;
 mod split;
