@@ -4,10 +4,10 @@
 //! `qgemm`; its outputs must match onnxruntime's on the 540 held-out digits. And components
 //! built against older 0.1.x, which know none of it, still link and run on this host.
 
-use edgeplug_runtime::{InferRequest, PluginFiles};
+use edgeplug_runtime::{InferRequest, PluginErrorCode, PluginFiles};
 use edgeplug_sdk::npy::NpyData;
 use edgeplug_tests::{
-    digits_test_bodies, fixture, load_test_plugin, npy, repo, runtime, test_plugin_files,
+    digits_test_bodies, error_of, fixture, load_test_plugin, npy, repo, runtime, test_plugin_files,
 };
 
 /// `probs` against onnxruntime's QOperator outputs. Both sum each convolution exactly in
@@ -112,6 +112,70 @@ fn the_int8_digits_cnn_through_host_ops_matches_onnxruntime() {
          right; all-int8 (qgemm head) max |dprob| vs onnxruntime {worst_int8:.2e}, vs float \
          {worst_int8_float:.2e}, {correct_int8}/540 right, argmax = float on {same_as_float}/540"
     );
+}
+
+#[test]
+fn a_plugin_misusing_the_quantized_ops_gets_wit_errors_not_traps() {
+    let plugin = load_test_plugin(&runtime(), "quantized").unwrap();
+    for (probe, code, says) in [
+        (
+            "zero-scale",
+            PluginErrorCode::InvalidArgument,
+            "scale 0 is not finite",
+        ),
+        (
+            "zero-point-range",
+            PluginErrorCode::InvalidArgument,
+            "zero point 200",
+        ),
+        (
+            "axis-count",
+            PluginErrorCode::ShapeMismatch,
+            "3 scales along axis 0",
+        ),
+        ("float-data", PluginErrorCode::Unsupported, "uint8 only"),
+        (
+            "uint8-weight",
+            PluginErrorCode::Unsupported,
+            "is 200, outside int8",
+        ),
+        (
+            "sigmoid",
+            PluginErrorCode::Unsupported,
+            "activation Sigmoid",
+        ),
+        (
+            "conv-channels",
+            PluginErrorCode::ShapeMismatch,
+            "qconv2d: input [1, 1, 2, 2]",
+        ),
+        (
+            "gemm-shapes",
+            PluginErrorCode::ShapeMismatch,
+            "inner dimensions 3 and 2",
+        ),
+    ] {
+        let body = serde_json::to_vec(&serde_json::json!({ "probe": probe })).unwrap();
+        let (got, message) = error_of(
+            &plugin,
+            InferRequest {
+                content_type: "application/json".into(),
+                body,
+                tensors: Vec::new(),
+            },
+        );
+        assert_eq!(got, code, "{probe}: {message}");
+        assert!(message.contains(says), "{probe}: {message}");
+    }
+    // Nothing above ended an instance: the next request is answered.
+    let (body, _) = digits_test_bodies().swap_remove(7);
+    plugin
+        .infer(InferRequest {
+            content_type: "application/json".into(),
+            body,
+            tensors: Vec::new(),
+        })
+        .unwrap();
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //! stack but for the pooling and the softmax. The JSON answer names both classes.
 //!
 //! The body is a digit as the digits plugin takes it: a JSON array of 8 rows of 8 values
-//! 0..16, divided by 16 and upsampled 2x by nearest neighbour to [1, 1, 16, 16].
+//! 0..16, divided by 16 and upsampled 2x by nearest neighbour to [1, 1, 16, 16]. Or
+//! `{"probe": NAME}`: one misuse of the quantized ops ([`probe`]), whose WIT error the plugin
+//! returns as its own, so that the tests see what a plugin author's mistake gives.
 
 use edgeplug_sdk::{
     Activation, Error, Gemm, Plugin, PluginInfo, QConv2d, QGemm, QuantParams, QuantType,
@@ -50,6 +52,63 @@ fn bias(name: &str) -> Result<Vec<i32>, Error> {
         .into_iter()
         .map(|b| i32::try_from(b).map_err(|_| Error::internal(format!("{name}: {b} is not int32"))))
         .collect()
+}
+
+/// A misuse of the quantized ops, refused by the host with a WIT error that `?` passes on.
+fn probe(name: &str) -> Result<Response, Error> {
+    let per_tensor = QuantParams::per_tensor(0.1, 0);
+    let x =
+        QuantizedTensor::from_bytes(&[1, 1, 2, 2], QuantType::Uint8, &[1, 2, 3, 4], &per_tensor)?;
+    let out = Requantize {
+        scale: 0.1,
+        zero_point: 0,
+    };
+    let int8 = |shape: &[usize], data: &[u8]| {
+        QuantizedTensor::from_bytes(shape, QuantType::Int8, data, &per_tensor)
+    };
+    match name {
+        "zero-scale" => {
+            let x = Tensor::from_slice(&[2], &[1.0, 2.0])?;
+            x.quantize(QuantType::Uint8, &QuantParams::per_tensor(0.0, 0))?;
+        }
+        "zero-point-range" => {
+            let params = QuantParams::per_tensor(1.0, 200);
+            QuantizedTensor::from_bytes(&[1], QuantType::Int8, &[0], &params)?;
+        }
+        "axis-count" => {
+            let params = QuantParams::per_axis(vec![1.0; 3], vec![0; 3], 0);
+            QuantizedTensor::from_bytes(&[2, 2], QuantType::Int8, &[0; 4], &params)?;
+        }
+        "float-data" => {
+            let f = Tensor::from_slice(&[1], &[1.0])?;
+            QuantizedTensor::from_tensor(&f, QuantType::Uint8, &per_tensor)?;
+        }
+        "uint8-weight" => {
+            // 200 less zero point 0 is outside int8, what the engine multiplies by.
+            let w =
+                QuantizedTensor::from_bytes(&[1, 1, 1, 1], QuantType::Uint8, &[200], &per_tensor)?;
+            QConv2d::new(&w, out).run(&x)?;
+        }
+        "sigmoid" => {
+            let w = int8(&[1, 1, 1, 1], &[3])?;
+            QConv2d::new(&w, out)
+                .activation(Activation::Sigmoid)
+                .run(&x)?;
+        }
+        "conv-channels" => {
+            let w = int8(&[1, 2, 1, 1], &[3, 4])?;
+            QConv2d::new(&w, out).run(&x)?;
+        }
+        "gemm-shapes" => {
+            let a = int8(&[2, 3], &[0; 6])?;
+            let b = int8(&[2, 2], &[0; 4])?;
+            QGemm::new(&b, out).run(&a)?;
+        }
+        _ => return Err(Error::invalid_argument(format!("no probe {name:?}"))),
+    }
+    Err(Error::internal(format!(
+        "probe {name}: the host accepted it"
+    )))
 }
 
 /// The 8x8 digit of the body, values 0..16, as the model's input [1, 1, 16, 16].
@@ -142,6 +201,11 @@ impl Plugin for Quantized {
     }
 
     fn infer(request: Request) -> Result<Response, Error> {
+        if let Ok(serde_json::Value::Object(body)) = request.json::<serde_json::Value>()
+            && let Some(name) = body.get("probe").and_then(|p| p.as_str())
+        {
+            return probe(name);
+        }
         let pooled = features(input(&request)?)?.global_avg_pool()?.flatten(1)?;
         let probs = classify_f32(&pooled)?;
         let probs_int8 = classify_int8(&pooled)?;
