@@ -227,8 +227,11 @@ pub fn qconv2d(
         })?;
     let out_shape = vec![n, o, g.oh, g.ow];
     shape::num_elements(OP, &out_shape)?;
-    let isa = Isa::detect();
     let (pixels, og) = (g.oh * g.ow, o / groups);
+    // The patch matrix of one group of one image, bounded like a tensor: a hostile shape must
+    // be an error, not an allocation that aborts the host.
+    shape::num_elements(OP, &[pixels, cg * taps])?;
+    let isa = Isa::detect();
     let depthwise = groups == c && o == c;
     let kernel = if depthwise {
         Kernel::Depthwise(depthwise_u8_weights(&wc, c, taps))

@@ -507,6 +507,35 @@ fn ops_refuse_what_the_engine_cannot_take() {
         qconv2d(&x, &x, None, &Conv2dParams { groups: 0, ..p }, out),
         Err(TensorError::ShapeMismatch(_))
     ));
+    // A patch matrix past the tensor size limit is refused before anything is allocated:
+    // 4096 x 4096 output pixels times a 127 x 127 window is 2^38 bytes.
+    let wide = QTensor::new(
+        vec![1, 1, 4096, 4096],
+        QuantType::U8,
+        vec![0u8; 4096 * 4096],
+        QuantParams::per_tensor(0.1, 0),
+    )
+    .unwrap();
+    let window = QTensor::new(
+        vec![1, 1, 127, 127],
+        QuantType::I8,
+        vec![0u8; 127 * 127],
+        QuantParams::per_tensor(0.1, 0),
+    )
+    .unwrap();
+    let same = Conv2dParams {
+        padding: Padding {
+            top: 63,
+            left: 63,
+            bottom: 63,
+            right: 63,
+        },
+        ..p
+    };
+    assert!(matches!(
+        qconv2d(&wide, &window, None, &same, out),
+        Err(TensorError::TooLarge(_))
+    ));
     // Per-channel activations, and a gemm whose inner dimensions differ.
     let pc = QTensor::new(
         vec![2, 2],
