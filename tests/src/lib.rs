@@ -11,6 +11,7 @@ pub mod mqtt;
 pub mod pinned;
 pub mod relay;
 pub mod servers;
+pub mod toolchains;
 
 use std::path::{Path, PathBuf};
 

@@ -21,10 +21,14 @@ pub const TARGET: &str = "wasm32-wasip2";
 /// template and the WIT bindings it imports are this version's).
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
+/// The ComponentizeJS a JavaScript plugin is built with (`edgeplug new --lang js`'s templates
+/// are written for its bindings).
+pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// The plugin directory, holding plugin.toml and the crate's Cargo.toml (or, for a
-    /// Python plugin, app.py and wit/).
+    /// Python or JavaScript plugin, app.py or app.js and wit/).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
     /// The cargo profile (the template's Cargo.toml defines `plugin`: release without DWARF).
@@ -41,6 +45,10 @@ pub struct BuildArgs {
     /// componentize-py on PATH).
     #[arg(long, value_name = "PATH")]
     pub componentize_py: Option<PathBuf>,
+    /// The componentize-js that builds a JavaScript plugin (default: $COMPONENTIZE_JS, else
+    /// componentize-js on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub componentize_js: Option<PathBuf>,
 }
 
 /// What `cargo metadata` says about the plugin's package.
@@ -59,7 +67,7 @@ fn package(dir: &Path) -> anyhow::Result<Package> {
     let manifest_path = dir.join("Cargo.toml");
     if !manifest_path.is_file() {
         bail!(
-            "{} has no Cargo.toml (nor app.py): `edgeplug build` builds Rust plugins and Python ones (`edgeplug new [--lang python]` makes one)",
+            "{} has no Cargo.toml (nor app.py, nor app.js): `edgeplug build` builds Rust, Python and JavaScript plugins (`edgeplug new [--lang python|js]` makes one)",
             dir.display()
         );
     }
@@ -133,71 +141,172 @@ fn check_version(manifest: &Manifest, package: &Package) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A Python plugin: `app.py` and no Cargo.toml (what `edgeplug new --lang python` makes).
-fn is_python(dir: &Path) -> bool {
-    dir.join("app.py").is_file() && !dir.join("Cargo.toml").exists()
+/// What a plugin directory is written in, from the files `edgeplug new` puts there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Cargo.toml: a crate.
+    Rust,
+    /// `app.py` and no Cargo.toml.
+    Python,
+    /// `app.js` and no Cargo.toml.
+    Js,
 }
 
-/// Builds a Python plugin with componentize-py (`$COMPONENTIZE_PY`, else on PATH) into the
-/// path plugin.toml names. `--stub-wasi`: CPython's libc imports all of WASI, sockets
-/// included, which the gateway refuses at load; stubbed, the component imports only
-/// edgeplug's interfaces.
-fn build_python(args: &BuildArgs, manifest: &Manifest) -> anyhow::Result<PathBuf> {
-    let dir = &args.dir;
-    let tool = match &args.componentize_py {
+fn source_of(dir: &Path) -> Option<Source> {
+    if dir.join("Cargo.toml").exists() {
+        Some(Source::Rust)
+    } else if dir.join("app.py").is_file() {
+        Some(Source::Python)
+    } else if dir.join("app.js").is_file() {
+        Some(Source::Js)
+    } else {
+        None
+    }
+}
+
+/// The tool named by `--flag`, else `$ENV`, else `default` on PATH; and its `--version`
+/// output, warned about when it is not the version the templates are written for (another
+/// may build them, or generate other bindings than they import).
+fn componentizer(
+    given: &Option<PathBuf>,
+    env: &str,
+    default: &str,
+    version: &str,
+    install: &str,
+) -> anyhow::Result<std::ffi::OsString> {
+    let tool = match given {
         Some(path) => path.clone().into_os_string(),
-        None => std::env::var_os("COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into()),
+        None => std::env::var_os(env).unwrap_or_else(|| default.into()),
     };
-    let install = format!(
-        "install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}` (or set \
-         COMPONENTIZE_PY to its path)"
-    );
-    let version = Command::new(&tool)
+    let install = format!("install it with `{install}` (or set {env} to its path)");
+    let output = Command::new(&tool)
         .arg("--version")
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}; {install}", tool.to_string_lossy()))?;
-    let version = String::from_utf8_lossy(&version.stdout);
-    if version.trim() != format!("componentize-py {COMPONENTIZE_PY_VERSION}") {
-        // Another version may build it, or may generate other bindings than app.py imports.
+    let said = String::from_utf8_lossy(&output.stdout);
+    if !said.trim().ends_with(version) {
         eprintln!(
-            "warning: {} is {:?}; the template is written for {COMPONENTIZE_PY_VERSION}",
+            "warning: {} is {:?}; the template is written for {version}",
             tool.to_string_lossy(),
-            version.trim()
+            said.trim()
         );
     }
-    if !dir.join("wit").is_dir() {
-        bail!(
-            "{} has no wit/ directory: componentize-py builds against edgeplug's WIT (copy wit/edgeplug.wit from edgeplug)",
-            dir.display()
-        );
-    }
+    Ok(tool)
+}
+
+/// Where a componentizer writes: next to the destination, renamed into place once complete,
+/// as the Rust build writes it.
+fn component_paths(dir: &Path, manifest: &Manifest) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dest = dir.join(&manifest.component);
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    // Built next to the destination, then renamed, as the Rust build writes it.
+    if !dir.join("wit").is_dir() {
+        bail!(
+            "{} has no wit/ directory: the plugin builds against edgeplug's WIT (copy wit/edgeplug.wit from edgeplug)",
+            dir.display()
+        );
+    }
     let temp = dest.with_extension("wasm.building");
-    let status = Command::new(&tool)
-        .arg("-d")
+    Ok((dest, temp))
+}
+
+/// Runs a componentizer and moves its output into place.
+fn componentize(mut cmd: Command, temp: &Path, dest: &Path, what: &str) -> anyhow::Result<()> {
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !status.success() {
+        let _ = std::fs::remove_file(temp);
+        bail!("{what} failed ({status})");
+    }
+    std::fs::rename(temp, dest).with_context(|| format!("cannot write {}", dest.display()))
+}
+
+/// Builds a Python plugin with componentize-py into the path plugin.toml names.
+/// `--stub-wasi`: CPython's libc imports all of WASI, sockets included, which the gateway
+/// refuses at load; stubbed, the component imports only edgeplug's interfaces.
+fn build_python(args: &BuildArgs, manifest: &Manifest) -> anyhow::Result<PathBuf> {
+    let dir = &args.dir;
+    let tool = componentizer(
+        &args.componentize_py,
+        "COMPONENTIZE_PY",
+        "componentize-py",
+        COMPONENTIZE_PY_VERSION,
+        &format!("pip install componentize-py=={COMPONENTIZE_PY_VERSION}"),
+    )?;
+    let (dest, temp) = component_paths(dir, manifest)?;
+    let mut cmd = Command::new(&tool);
+    cmd.arg("-d")
         .arg(dir.join("wit"))
         .args(["-w", "plugin", "componentize", "--stub-wasi", "-p"])
         .arg(dir)
         .arg("app")
         .arg("-o")
-        .arg(&temp)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .status()
-        .with_context(|| format!("cannot run {}", tool.to_string_lossy()))?;
-    if !status.success() {
-        let _ = std::fs::remove_file(&temp);
-        bail!(
-            "componentize-py failed ({status}) on {}",
-            dir.join("app.py").display()
-        );
-    }
-    std::fs::rename(&temp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        .arg(&temp);
+    let what = format!("componentize-py on {}", dir.join("app.py").display());
+    componentize(cmd, &temp, &dest, &what)?;
+    Ok(dest)
+}
+
+/// Builds a JavaScript plugin with ComponentizeJS into the path plugin.toml names. The source
+/// componentized is app.js after one line that sets `globalThis.EDGEPLUG_PLUGIN` to the
+/// manifest's name and version (the version's one home; the module has no file system to
+/// read plugin.toml from). `-d ...` disables every WASI feature ComponentizeJS can leave
+/// out, so the component imports only edgeplug's interfaces, as the gateway requires.
+fn build_js(args: &BuildArgs, manifest: &Manifest) -> anyhow::Result<PathBuf> {
+    let dir = &args.dir;
+    let tool = componentizer(
+        &args.componentize_js,
+        "COMPONENTIZE_JS",
+        "componentize-js",
+        COMPONENTIZE_JS_VERSION,
+        &format!("npm install -g @bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}"),
+    )?;
+    let (dest, temp) = component_paths(dir, manifest)?;
+    let app = dir.join("app.js");
+    let source =
+        std::fs::read_to_string(&app).with_context(|| format!("cannot read {}", app.display()))?;
+    let identity = serde_json::json!({
+        "name": manifest.name,
+        "version": manifest.version.to_string(),
+    });
+    // Import declarations are hoisted, so a statement before them changes nothing else; the
+    // line numbers of app.js are one off in the component's messages.
+    let staged = dir.join(".edgeplug-build");
+    std::fs::create_dir_all(&staged)
+        .with_context(|| format!("cannot create {}", staged.display()))?;
+    let staged_app = staged.join("app.js");
+    std::fs::write(
+        &staged_app,
+        format!("globalThis.EDGEPLUG_PLUGIN = Object.freeze({identity});\n{source}"),
+    )
+    .with_context(|| format!("cannot write {}", staged_app.display()))?;
+    let mut cmd = Command::new(&tool);
+    cmd.arg(&staged_app)
+        .arg("--wit")
+        .arg(dir.join("wit"))
+        .args([
+            "-n",
+            "plugin",
+            "-d",
+            "stdio",
+            "random",
+            "clocks",
+            "http",
+            "fetch-event",
+        ])
+        .arg("-o")
+        .arg(&temp);
+    componentize(
+        cmd,
+        &temp,
+        &dest,
+        &format!("componentize-js on {}", app.display()),
+    )?;
     Ok(dest)
 }
 
@@ -206,8 +315,10 @@ fn build_python(args: &BuildArgs, manifest: &Manifest) -> anyhow::Result<PathBuf
 pub fn build(args: &BuildArgs) -> anyhow::Result<PathBuf> {
     let manifest = Manifest::load(&args.dir)
         .with_context(|| format!("{} is not a plugin directory", args.dir.display()))?;
-    if is_python(&args.dir) {
-        return build_python(args, &manifest);
+    match source_of(&args.dir) {
+        Some(Source::Python) => return build_python(args, &manifest),
+        Some(Source::Js) => return build_js(args, &manifest),
+        Some(Source::Rust) | None => {}
     }
     let package = package(&args.dir)?;
     check_version(&manifest, &package)?;
@@ -282,28 +393,33 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The newest of a plugin's sources (a Rust plugin's Cargo.toml, build.rs and everything
-/// under src/; a Python plugin's top-level `.py` files and wit/): the path and its
-/// modification time, or `None` when `dir` holds neither.
+/// under src/; a Python or JavaScript plugin's top-level `.py` or `.js` files and wit/): the
+/// path and its modification time, or `None` when `dir` holds none of them.
 fn newest_source(dir: &Path) -> anyhow::Result<Option<(PathBuf, SystemTime)>> {
-    let mut pending = if dir.join("Cargo.toml").is_file() {
-        vec![
+    let extension = match source_of(dir) {
+        None => return Ok(None),
+        Some(Source::Rust) => None,
+        Some(Source::Python) => Some("py"),
+        Some(Source::Js) => Some("js"),
+    };
+    let mut pending = match extension {
+        None => vec![
             dir.join("Cargo.toml"),
             dir.join("build.rs"),
             dir.join("src"),
-        ]
-    } else if is_python(dir) {
-        let mut sources = vec![dir.join("wit")];
-        for entry in
-            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
-        {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "py") {
-                sources.push(path);
+        ],
+        Some(extension) => {
+            let mut sources = vec![dir.join("wit")];
+            for entry in
+                std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
+            {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == extension) {
+                    sources.push(path);
+                }
             }
+            sources
         }
-        sources
-    } else {
-        return Ok(None);
     };
     let mut newest: Option<(PathBuf, SystemTime)> = None;
     while let Some(path) = pending.pop() {
@@ -403,6 +519,15 @@ mod tests {
         set_mtime(&dir.join("app.py"), now + Duration::from_secs(5));
         let err = refuse_stale_component(dir).unwrap_err().to_string();
         assert!(err.contains("app.py changed"), "{err}");
+
+        // A JavaScript plugin: its .js files count.
+        std::fs::remove_file(dir.join("app.py")).unwrap();
+        std::fs::write(dir.join("app.js"), "").unwrap();
+        set_mtime(&dir.join("app.js"), now - Duration::from_secs(60));
+        refuse_stale_component(dir).unwrap();
+        set_mtime(&dir.join("app.js"), now + Duration::from_secs(5));
+        let err = refuse_stale_component(dir).unwrap_err().to_string();
+        assert!(err.contains("app.js changed"), "{err}");
     }
 
     #[test]

@@ -27,9 +27,12 @@ pub enum Template {
 pub enum Lang {
     /// A crate depending on edgeplug-sdk, built by cargo.
     Rust,
-    /// A module for componentize-py (PyPI), with the WIT it is built against; the minimal
-    /// template only.
+    /// A module for componentize-py (PyPI), with the WIT it is built against; every template
+    /// but `image`.
     Python,
+    /// An ES module for ComponentizeJS (npm), with the WIT it is built against; every template
+    /// but `image`.
+    Js,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,32 +57,137 @@ pub struct NewArgs {
     pub sdk_git: Option<String>,
 }
 
-/// The Python template's files: componentize-py builds against the WIT, so the plugin
-/// carries a copy of the world it targets.
-fn python_files() -> Vec<(&'static str, &'static [u8])> {
+/// The files every template in a language other than Rust shares: componentize-py and
+/// ComponentizeJS build against the WIT, so the plugin carries a copy of the world it targets.
+fn foreign_common(lang: Lang) -> Vec<(&'static str, &'static [u8])> {
+    let gitignore: &[u8] = match lang {
+        Lang::Python => include_bytes!("../templates/python/gitignore"),
+        _ => include_bytes!("../templates/js/gitignore"),
+    };
     vec![
-        (
-            ".gitignore",
-            include_bytes!("../templates/python/gitignore"),
-        ),
-        ("app.py", include_bytes!("../templates/python/app.py")),
-        (
-            "plugin.toml",
-            include_bytes!("../templates/python/plugin.toml"),
-        ),
+        (".gitignore", gitignore),
         (
             "wit/edgeplug.wit",
             include_bytes!("../../../wit/edgeplug.wit"),
         ),
+    ]
+}
+
+/// The version of the WIT package the templates carry (`package edgeplug:plugin@X;`): a
+/// JavaScript module's imports and a manifest's world name must say the version of the WIT
+/// file they are built against.
+fn wit_version() -> &'static str {
+    include_str!("../../../wit/edgeplug.wit")
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("package edgeplug:plugin@"))
+        .and_then(|rest| rest.strip_suffix(';'))
+        .expect("wit/edgeplug.wit declares package edgeplug:plugin@VERSION")
+}
+
+/// A Python or JavaScript template's own files; `None` for the image template, which needs
+/// a PNG/JPEG decoder in the sandbox (the Rust SDK has one; CPython and SpiderMonkey as
+/// componentized here have none).
+fn foreign_files(lang: Lang, template: Template) -> Option<Vec<(&'static str, &'static [u8])>> {
+    // The model and tensor templates take the Rust templates' model and self-test inputs:
+    // the three languages answer the same inputs with the same numbers.
+    let model_tests: [(&str, &[u8]); 5] = [
         (
-            "selftest/input.json",
-            include_bytes!("../templates/python/selftest/input.json"),
+            "model.onnx",
+            include_bytes!("../templates/model/model.onnx"),
+        ),
+        (
+            "selftest/input.npy",
+            include_bytes!("../templates/model/selftest/input.npy"),
         ),
         (
             "selftest/input.expect.json",
-            include_bytes!("../templates/python/selftest/input.expect.json"),
+            include_bytes!("../templates/model/selftest/input.expect.json"),
         ),
-    ]
+        (
+            "selftest/image.json",
+            include_bytes!("../templates/model/selftest/image.json"),
+        ),
+        (
+            "selftest/image.expect.json",
+            include_bytes!("../templates/model/selftest/image.expect.json"),
+        ),
+    ];
+    let tensor_tests: [(&str, &[u8]); 2] = [
+        (
+            "selftest/input.npy",
+            include_bytes!("../templates/tensor/selftest/input.npy"),
+        ),
+        (
+            "selftest/input.expect.json",
+            include_bytes!("../templates/tensor/selftest/input.expect.json"),
+        ),
+    ];
+    let minimal_tests: [(&str, &[u8]); 2] = [
+        (
+            "selftest/input.json",
+            include_bytes!("../templates/python/minimal/selftest/input.json"),
+        ),
+        (
+            "selftest/input.expect.json",
+            include_bytes!("../templates/python/minimal/selftest/input.expect.json"),
+        ),
+    ];
+    let (source, manifest, tests): (_, &[u8], Vec<_>) = match (lang, template) {
+        (Lang::Rust, _) | (_, Template::Image) => return None,
+        (Lang::Python, Template::Minimal) => (
+            (
+                "app.py",
+                include_bytes!("../templates/python/minimal/app.py") as &[u8],
+            ),
+            include_bytes!("../templates/python/minimal/plugin.toml"),
+            minimal_tests.to_vec(),
+        ),
+        (Lang::Python, Template::Tensor) => (
+            (
+                "app.py",
+                include_bytes!("../templates/python/tensor/app.py") as &[u8],
+            ),
+            include_bytes!("../templates/python/tensor/plugin.toml"),
+            tensor_tests.to_vec(),
+        ),
+        (Lang::Python, Template::Model) => (
+            (
+                "app.py",
+                include_bytes!("../templates/python/model/app.py") as &[u8],
+            ),
+            include_bytes!("../templates/python/model/plugin.toml"),
+            model_tests.to_vec(),
+        ),
+        (Lang::Js, Template::Minimal) => (
+            (
+                "app.js",
+                include_bytes!("../templates/js/minimal/app.js") as &[u8],
+            ),
+            include_bytes!("../templates/js/minimal/plugin.toml"),
+            minimal_tests.to_vec(),
+        ),
+        (Lang::Js, Template::Tensor) => (
+            (
+                "app.js",
+                include_bytes!("../templates/js/tensor/app.js") as &[u8],
+            ),
+            include_bytes!("../templates/js/tensor/plugin.toml"),
+            tensor_tests.to_vec(),
+        ),
+        (Lang::Js, Template::Model) => (
+            (
+                "app.js",
+                include_bytes!("../templates/js/model/app.js") as &[u8],
+            ),
+            include_bytes!("../templates/js/model/plugin.toml"),
+            model_tests.to_vec(),
+        ),
+    };
+    let mut files = foreign_common(lang);
+    files.push(source);
+    files.push(("plugin.toml", manifest));
+    files.extend(tests);
+    Some(files)
 }
 
 /// A template's files: (path in the new plugin, contents).
@@ -166,6 +274,14 @@ fn files(template: Template) -> Vec<(&'static str, &'static [u8])> {
                 "selftest/input.expect.json",
                 include_bytes!("../templates/model/selftest/input.expect.json"),
             ),
+            (
+                "selftest/image.json",
+                include_bytes!("../templates/model/selftest/image.json"),
+            ),
+            (
+                "selftest/image.expect.json",
+                include_bytes!("../templates/model/selftest/image.expect.json"),
+            ),
         ],
     };
     common.into_iter().chain(own).collect()
@@ -237,15 +353,16 @@ pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
             );
         }
     }
-    if args.lang == Lang::Python && args.template != Template::Minimal {
-        bail!(
-            "--lang python has only the minimal template (JSON in and out); start from it and \
-             use the host ops through wit_world.imports.ops"
-        );
-    }
     let (files, sdk) = match args.lang {
         Lang::Rust => (files(args.template), sdk_dependency(args)?),
-        Lang::Python => (python_files(), String::new()),
+        lang => match foreign_files(lang, args.template) {
+            Some(files) => (files, String::new()),
+            None => bail!(
+                "--template image is Rust only: it decodes PNG and JPEG in the sandbox with the \
+                 Rust SDK's decoder, which the Python and JavaScript runtimes lack. Send the \
+                 pixels as a tensor or JSON instead (--template tensor or model)"
+            ),
+        },
     };
     let extra = match args.template {
         Template::Image | Template::Model => "serde_json = \"1\"\n",
@@ -263,6 +380,7 @@ pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
                 .replace("{{name}}", &args.name)
                 .replace("{{sdk_dependency}}", &sdk)
                 .replace("{{extra_dependencies}}", extra)
+                .replace("{{wit_version}}", wit_version())
                 .into_bytes(),
             _ => contents.to_vec(),
         };
@@ -278,11 +396,16 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     let shown = dir.display();
     println!("created {shown} ({:?} template)", args.template);
     println!("next:");
-    if args.lang == Lang::Python {
-        println!(
+    match args.lang {
+        Lang::Python => println!(
             "  pip install componentize-py=={}   # if not installed",
             crate::cli_build::COMPONENTIZE_PY_VERSION
-        );
+        ),
+        Lang::Js => println!(
+            "  npm install -g @bytecodealliance/componentize-js@{}   # if not installed",
+            crate::cli_build::COMPONENTIZE_JS_VERSION
+        ),
+        Lang::Rust => {}
     }
     println!("  edgeplug build {shown}");
     println!("  edgeplug conformance {shown}");
@@ -341,31 +464,55 @@ mod tests {
     }
 
     #[test]
-    fn the_python_template_carries_its_wit_and_no_cargo_toml() {
+    fn python_and_js_templates_carry_their_wit_and_no_cargo_toml() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("py");
-        let mut a = args("my-py", &dir, Template::Minimal);
-        a.lang = Lang::Python;
-        // No SDK is needed: a missing one must not matter.
-        a.path_to_sdk = Some(tmp.path().join("nowhere"));
-        create(&a).unwrap();
-        let app = std::fs::read_to_string(dir.join("app.py")).unwrap();
-        assert!(app.contains("name=\"my-py\""), "{app}");
-        assert!(!app.contains("{{"), "{app}");
-        assert!(!dir.join("Cargo.toml").exists());
-        let wit = std::fs::read(dir.join("wit/edgeplug.wit")).unwrap();
         let repo_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit/edgeplug.wit");
-        assert_eq!(wit, std::fs::read(repo_wit).unwrap());
-        let manifest = edgeplug_bundle::manifest::Manifest::load(&dir).unwrap();
-        assert_eq!(manifest.name, "my-py");
-        for test in &manifest.self_tests {
-            assert!(dir.join(&test.input).is_file() && dir.join(&test.expect).is_file());
+        for (lang, source) in [(Lang::Python, "app.py"), (Lang::Js, "app.js")] {
+            for template in [Template::Minimal, Template::Tensor, Template::Model] {
+                let dir = tmp.path().join(format!("{lang:?}-{template:?}"));
+                let mut a = args("my-plugin", &dir, template);
+                a.lang = lang;
+                // No SDK is needed: a missing one must not matter.
+                a.path_to_sdk = Some(tmp.path().join("nowhere"));
+                create(&a).unwrap();
+                let app = std::fs::read_to_string(dir.join(source)).unwrap();
+                assert!(!app.contains("{{"), "{lang:?} {template:?}: {app}");
+                let toml = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
+                let world = format!("world = \"edgeplug:plugin/plugin@{}\"", wit_version());
+                assert!(toml.contains(&world), "{lang:?} {template:?}: {toml}");
+                if lang == Lang::Js {
+                    let types = format!("'edgeplug:plugin/types@{}'", wit_version());
+                    assert!(app.contains(&types), "{template:?}: {app}");
+                }
+                assert!(!dir.join("Cargo.toml").exists());
+                let wit = std::fs::read(dir.join("wit/edgeplug.wit")).unwrap();
+                assert_eq!(wit, std::fs::read(&repo_wit).unwrap());
+                let manifest = edgeplug_bundle::manifest::Manifest::load(&dir).unwrap();
+                assert_eq!(manifest.name, "my-plugin");
+                assert!(!manifest.self_tests.is_empty(), "{lang:?} {template:?}");
+                for test in &manifest.self_tests {
+                    assert!(
+                        dir.join(&test.input).is_file() && dir.join(&test.expect).is_file(),
+                        "{lang:?} {template:?}: {}",
+                        test.input
+                    );
+                }
+                if template == Template::Model {
+                    assert!(manifest.grants.models.contains_key("model"));
+                    assert!(dir.join("model.onnx").is_file());
+                }
+            }
+            let mut image = args(
+                "p",
+                &tmp.path().join(format!("{lang:?}-img")),
+                Template::Image,
+            );
+            image.lang = lang;
+            let err = create(&image).unwrap_err().to_string();
+            assert!(err.contains("--template image is Rust only"), "{err}");
         }
-
-        let mut image = args("p", &tmp.path().join("img"), Template::Image);
-        image.lang = Lang::Python;
-        let err = create(&image).unwrap_err().to_string();
-        assert!(err.contains("only the minimal template"), "{err}");
+        let app = std::fs::read_to_string(tmp.path().join("Python-Minimal/app.py")).unwrap();
+        assert!(app.contains("name=\"my-plugin\""), "{app}");
     }
 
     #[test]

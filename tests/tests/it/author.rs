@@ -178,3 +178,166 @@ fn every_template_builds_passes_conformance_and_signs_outside_the_repository() {
         "{err}"
     );
 }
+
+/// The Python and JavaScript templates, from a directory outside the repository, as the README
+/// says: `new --lang`, `build` (with the pinned componentize-py and ComponentizeJS, installed
+/// by `edgeplug_tests::toolchains` from PyPI and npm when missing), `conformance`, `pack`,
+/// `verify`, then a push to a gateway. The model templates answer the Rust template's recorded
+/// numbers for the same inputs (their self-tests are the Rust template's), and a 64x64 JSON
+/// image resized in the sandbox to the same digit.
+#[test]
+fn python_and_javascript_templates_build_pass_conformance_sign_and_serve() {
+    use edgeplug_tests::gateway::{TestGateway, assert_status, dir_bundle, error_code, json_of};
+    use edgeplug_tests::toolchains::{componentize_js, componentize_py};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let cache = work.join("cache");
+    let bundles = work.join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    assert_eq!(
+        edgeplug(&[&"keygen", &"--out", &work.join("keys")]).unwrap(),
+        ExitCode::SUCCESS
+    );
+    let trust = work.join("trust");
+    std::fs::create_dir_all(&trust).unwrap();
+    std::fs::copy(work.join("keys/signing.pub"), trust.join("signing.pub")).unwrap();
+
+    let mut models = Vec::new();
+    for (lang, flag, tool, source) in [
+        ("python", "--componentize-py", componentize_py(), "app.py"),
+        ("js", "--componentize-js", componentize_js(), "app.js"),
+    ] {
+        for template in ["minimal", "tensor", "model"] {
+            let name = format!("{lang}-{template}");
+            let dir = work.join(&name);
+            let ok = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+                let code = edgeplug(args).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+                assert_eq!(code, ExitCode::SUCCESS, "{name}: a command failed");
+            };
+            ok(&[
+                &"new",
+                &name,
+                &"--lang",
+                &lang,
+                &"--template",
+                &template,
+                &"--dir",
+                &dir,
+            ]);
+            // The version has one home, plugin.toml: the build puts it into the component,
+            // and conformance's describe check compares the two.
+            let manifest = dir.join("plugin.toml");
+            let text = std::fs::read_to_string(&manifest).unwrap();
+            std::fs::write(
+                &manifest,
+                text.replace("version = \"0.1.0\"", "version = \"0.3.1\""),
+            )
+            .unwrap();
+            ok(&[&"build", &dir, &flag, &tool]);
+            let wasm = std::fs::read(dir.join("plugin.wasm")).unwrap();
+            assert!(wasm.starts_with(b"\0asm"), "{name}: not a component");
+            ok(&[
+                &"conformance",
+                &dir,
+                &"--cache-dir",
+                &cache,
+                &"--latency-runs",
+                &"3",
+            ]);
+            ok(&[
+                &"pack",
+                &dir,
+                &"--key",
+                &work.join("keys/signing.key"),
+                &"--out",
+                &bundles,
+            ]);
+            let bundle = bundles.join(format!("{name}-0.3.1.epk"));
+            ok(&[&"verify", &"--trust", &trust, &bundle]);
+
+            // An edited source makes the component stale until it is built again.
+            std::fs::File::options()
+                .write(true)
+                .open(dir.join(source))
+                .unwrap()
+                .set_modified(SystemTime::now() + Duration::from_secs(60))
+                .unwrap();
+            let err = format!("{:#}", edgeplug(&[&"conformance", &dir]).unwrap_err());
+            assert!(err.contains("older than its sources"), "{name}: {err}");
+            assert!(err.contains(source), "{name}: {err}");
+            if template == "model" {
+                ok(&[&"build", &dir, &flag, &tool]);
+                models.push((name, dir));
+            }
+        }
+    }
+    for lang in ["python", "js"] {
+        let err = edgeplug(&[
+            &"new",
+            &"x",
+            &"--lang",
+            &lang,
+            &"--template",
+            &"image",
+            &"--dir",
+            &work.join("img"),
+        ])
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("Rust only"), "{err:#}");
+    }
+
+    // Served by a gateway: the 8x8 digit of the self-test drawn 8 times larger (64x64, 0-255)
+    // comes out of the sandbox's area resize as the same 16x16 input.
+    let shipped: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("host/cli/templates/model/selftest/input.expect.json")).unwrap(),
+    )
+    .unwrap();
+    let small: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("host/cli/templates/model/selftest/image.json")).unwrap(),
+    )
+    .unwrap();
+    let big: Vec<Vec<f64>> = small["image"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            let row: Vec<f64> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|v| [v.as_f64().unwrap() * 255.0 / 16.0; 8])
+                .collect();
+            std::iter::repeat_n(row, 8)
+        })
+        .collect();
+    let big = serde_json::json!({ "image": big }).to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let gateway = TestGateway::start("").await;
+        for (name, dir) in &models {
+            let signed = dir_bundle(&gateway.key, dir, &dir.join("plugin.wasm"));
+            assert_status(&gateway.push(name, signed).await, 200);
+            let path = format!("/v1/plugins/{name}/infer");
+            let answer = gateway.post(&path, "application/json", big.clone()).await;
+            assert_status(&answer, 200);
+            let answer = json_of(&answer);
+            assert_eq!(answer["argmax"], 1, "{name}: {answer}");
+            edgeplug_runtime::selftest::compare(&answer, &shipped, 1e-4, "$")
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let ragged = gateway
+                .post(&path, "application/json", r#"{"image": [[1, 2], [3]]}"#)
+                .await;
+            assert_status(&ragged, 400);
+            assert_eq!(error_code(&ragged), "invalid-argument");
+            assert!(
+                json_of(&ragged)["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("row 1 is not a list of 2 values"),
+                "{name}: {}",
+                json_of(&ragged)
+            );
+        }
+    });
+}

@@ -10,14 +10,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use edgeplug_kernels::Tensor;
-use edgeplug_runtime::conformance::{self, Target};
 use edgeplug_runtime::{
     InferRequest, InvokeError, LoadedPlugin, PluginErrorCode, PluginFiles, Runtime,
 };
 use edgeplug_tests::gateway::{TestGateway, assert_status, dir_bundle, error_code, json_of};
-use edgeplug_tests::{
-    assert_conformance_passes, conformance_of, conformance_options, error_of, fixture, runtime,
-};
+use edgeplug_tests::{assert_conformance_passes, conformance_of, error_of, fixture, runtime};
 use serde_json::{Value, json};
 
 fn plugin_dir() -> PathBuf {
@@ -279,97 +276,4 @@ async fn the_python_plugin_serves_through_the_gateway() {
         "{}",
         json_of(&bad)
     );
-}
-
-/// The pinned componentize-py: `$COMPONENTIZE_PY` if set, else the one
-/// `tests/fixtures/python-stats/build.sh` installs from PyPI into
-/// `target/componentize-py-venv` (installed here the same way if missing).
-fn componentize_py() -> PathBuf {
-    if let Some(path) = std::env::var_os("COMPONENTIZE_PY") {
-        return path.into();
-    }
-    let repo = edgeplug_tests::repo();
-    let venv = repo.join("target/componentize-py-venv");
-    let tool = venv.join("bin/componentize-py");
-    if !tool.is_file() {
-        let run = |cmd: &mut std::process::Command| {
-            let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-            assert!(status.success(), "{cmd:?}: {status}");
-        };
-        run(std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv));
-        run(std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet"])
-            .arg(format!(
-                "componentize-py=={}",
-                edgeplug::cli_build::COMPONENTIZE_PY_VERSION
-            )));
-    }
-    tool
-}
-
-fn edgeplug_cli(args: &[&dyn AsRef<std::ffi::OsStr>]) -> anyhow::Result<std::process::ExitCode> {
-    let args: Vec<std::ffi::OsString> = std::iter::once("edgeplug".into())
-        .chain(args.iter().map(|a| a.as_ref().to_os_string()))
-        .collect();
-    edgeplug::cli::run_args(args)
-}
-
-#[test]
-fn edgeplug_new_lang_python_builds_and_passes_conformance() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("py-doubler");
-    edgeplug_cli(&[&"new", &"py-doubler", &"--lang", &"python", &"--dir", &dir])
-        .expect("edgeplug new --lang python");
-    // The version has one home: plugin.toml, which app.py reads while it is built.
-    let manifest = dir.join("plugin.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        text.replace("version = \"0.1.0\"", "version = \"0.3.1\""),
-    )
-    .unwrap();
-    let tool = componentize_py();
-    edgeplug_cli(&[&"build", &dir, &"--componentize-py", &tool]).expect("edgeplug build");
-
-    let report = conformance::run(
-        &runtime(),
-        &Target::Dir {
-            dir: dir.clone(),
-            component: None,
-        },
-        &conformance_options(),
-    );
-    print!("{}", report.to_text());
-    assert!(report.passed(), "{}", report.to_text());
-    assert_eq!(report.plugin.as_deref(), Some("py-doubler 0.3.1"));
-
-    // It signs and verifies as a Rust plugin does.
-    let keys = tmp.path().join("keys");
-    edgeplug_cli(&[&"keygen", &"--out", &keys]).expect("keygen");
-    let bundles = tmp.path().join("bundles");
-    std::fs::create_dir_all(&bundles).unwrap();
-    let key = keys.join("signing.key");
-    edgeplug_cli(&[&"pack", &dir, &"--key", &key, &"--out", &bundles]).expect("pack");
-    let trust = tmp.path().join("trust");
-    std::fs::create_dir_all(&trust).unwrap();
-    std::fs::copy(keys.join("signing.pub"), trust.join("signing.pub")).unwrap();
-    let bundle = bundles.join("py-doubler-0.3.1.epk");
-    let verified = edgeplug_cli(&[&"verify", &"--trust", &trust, &bundle]).expect("verify");
-    assert_eq!(verified, std::process::ExitCode::SUCCESS);
-
-    // A changed app.py makes the component stale until it is built again.
-    let app = dir.join("app.py");
-    let later = std::time::SystemTime::now() + Duration::from_secs(5);
-    std::fs::File::options()
-        .write(true)
-        .open(&app)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
-    let err = edgeplug_cli(&[&"conformance", &dir])
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("older than its sources"), "{err}");
 }
