@@ -324,11 +324,101 @@ enum Kernel {
     Dense(Vec<PackedI8>),
 }
 
-/// `dst[j][i] = src[i][j]` for `src` of `rows × cols`.
-fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
-    for (i, row) in src.chunks_exact(cols.max(1)).take(rows).enumerate() {
+/// `dst[j][i] = src[i][j]` for `src` of `rows × cols`: the NCHW ↔ NHWC change around the
+/// engine. A byte at a time it cost more than the pointwise GEMM it fed (each write a cache
+/// line of its own), so whole 16 × 16 tiles go through SSE2 registers on x86-64.
+///
+/// # Panics
+///
+/// If `src` or `dst` is shorter than `rows * cols`.
+pub(super) fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    let (full_rows, full_cols) = (rows / 16 * 16, cols / 16 * 16);
+    #[cfg(target_arch = "x86_64")]
+    for i0 in (0..full_rows).step_by(16) {
+        for j0 in (0..full_cols).step_by(16) {
+            // SAFETY: SSE2 is part of x86-64 (every such CPU has it); `i0 + 16 <= rows` and
+            // `j0 + 16 <= cols`, so the tile's 16 rows of 16 bytes lie in `src` (`rows * cols`
+            // long) and its 16 columns in `dst`.
+            unsafe { sse2::tile(src, cols, dst, rows, i0, j0) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let (full_rows, full_cols) = (0, 0);
+    // What the tiles left: the columns past them in the tiled rows, then the last rows.
+    for i in 0..full_rows {
+        for j in full_cols..cols {
+            dst[j * rows + i] = src[i * cols + j];
+        }
+    }
+    for (i, row) in src.chunks_exact(cols.max(1)).enumerate().skip(full_rows) {
         for (j, &v) in row.iter().enumerate() {
             dst[j * rows + i] = v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// Transposes the 16 × 16 tile of `src` (row stride `cols`) at row `i0`, column `j0` into
+    /// `dst` (row stride `rows`) at row `j0`, column `i0`: four rounds of unpacks, each
+    /// interleaving twice as many bytes as the last.
+    ///
+    /// # Safety
+    ///
+    /// `(i0 + 15) * cols + j0 + 16 <= src.len()` and `(j0 + 15) * rows + i0 + 16 <= dst.len()`.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    pub(super) unsafe fn tile(
+        src: &[u8],
+        cols: usize,
+        dst: &mut [u8],
+        rows: usize,
+        i0: usize,
+        j0: usize,
+    ) {
+        debug_assert!((i0 + 15) * cols + j0 + 16 <= src.len());
+        debug_assert!((j0 + 15) * rows + i0 + 16 <= dst.len());
+        // SAFETY: each row's 16 bytes are in `src` (the caller's bound).
+        let r: [__m128i; 16] = std::array::from_fn(|k| unsafe {
+            _mm_loadu_si128(src.as_ptr().add((i0 + k) * cols + j0).cast())
+        });
+        // Rows 2k and 2k+1 interleaved byte by byte: columns 0..8, then 8..16.
+        let mut a = [_mm_setzero_si128(); 16];
+        for k in 0..8 {
+            a[2 * k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
+            a[2 * k + 1] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
+        }
+        // Rows 4g..4g+4: columns 0..4, 4..8, 8..12, 12..16, four bytes (rows) each.
+        let mut b = [_mm_setzero_si128(); 16];
+        for g in 0..4 {
+            let (lo, hi) = (4 * g, 4 * g + 2);
+            b[4 * g] = _mm_unpacklo_epi16(a[lo], a[hi]);
+            b[4 * g + 1] = _mm_unpackhi_epi16(a[lo], a[hi]);
+            b[4 * g + 2] = _mm_unpacklo_epi16(a[lo + 1], a[hi + 1]);
+            b[4 * g + 3] = _mm_unpackhi_epi16(a[lo + 1], a[hi + 1]);
+        }
+        // Rows 8h..8h+8: c[8h + m] holds columns 2m and 2m+1, eight bytes (rows) each.
+        let mut c = [_mm_setzero_si128(); 16];
+        for h in 0..2 {
+            for q in 0..4 {
+                let (x, y) = (b[8 * h + q], b[8 * h + 4 + q]);
+                c[8 * h + 2 * q] = _mm_unpacklo_epi32(x, y);
+                c[8 * h + 2 * q + 1] = _mm_unpackhi_epi32(x, y);
+            }
+        }
+        for m in 0..8 {
+            let columns = [
+                _mm_unpacklo_epi64(c[m], c[8 + m]),
+                _mm_unpackhi_epi64(c[m], c[8 + m]),
+            ];
+            for (d, column) in columns.into_iter().enumerate() {
+                let j = j0 + 2 * m + d;
+                // SAFETY: column `j`'s 16 bytes from `i0` are in `dst` (the caller's bound).
+                unsafe { _mm_storeu_si128(dst.as_mut_ptr().add(j * rows + i0).cast(), column) };
+            }
         }
     }
 }

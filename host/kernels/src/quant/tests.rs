@@ -333,6 +333,18 @@ proptest! {
     }
 
     #[test]
+    fn the_layout_transpose_moves_every_byte(seed in any::<u64>(), rows in 1usize..70, cols in 1usize..70) {
+        let src = bytes(seed, rows * cols);
+        let mut dst = vec![0u8; rows * cols];
+        ops::transpose(&src, rows, cols, &mut dst);
+        for i in 0..rows {
+            for j in 0..cols {
+                prop_assert_eq!(dst[j * rows + i], src[i * cols + j], "({}, {})", i, j);
+            }
+        }
+    }
+
+    #[test]
     fn quantize_is_onnx_quantizelinear_and_dequantize_inverts_it(
         seed in any::<u64>(), d0 in 1usize..5, d1 in 1usize..40, ty in 0u8..2,
         per_channel in any::<bool>(), axis in 0usize..2,
