@@ -3,7 +3,9 @@
 //! A plugin is a Rust library compiled to `wasm32-wasip2`. It does its preprocessing in the
 //! sandbox ([`preprocess`]), hands tensors to the host, and lets the host do the heavy math:
 //! native kernels ([`Tensor`] methods, [`Conv2d`], [`Gemm`]) and whole ONNX models
-//! ([`Model`]). Tensors live in host memory; a [`Tensor`] is a handle. A plugin can train a
+//! ([`Model`]). Tensors live in host memory; a [`Tensor`] is a handle. Quantized layers run
+//! there too: a [`QuantizedTensor`] (8-bit integers with ONNX's scales and zero points) through
+//! [`QConv2d`] and [`QGemm`] on the host's int8 engine (WIT 0.1.5). A plugin can train a
 //! classifier head in the host ([`train`]) and let the gateway fine-tune it on its clients'
 //! labeled samples ([`learn`]).
 //!
