@@ -7,7 +7,8 @@
 use edgeplug_runtime::{InferRequest, PluginErrorCode, PluginFiles};
 use edgeplug_sdk::npy::NpyData;
 use edgeplug_tests::{
-    digits_test_bodies, error_of, fixture, load_test_plugin, npy, repo, runtime, test_plugin_files,
+    assert_conformance_passes, conformance_of, digits_test_bodies, error_of, fixture,
+    load_test_plugin, npy, repo, runtime, test_plugin_files, test_plugin_wasm,
 };
 
 /// `probs` against onnxruntime's QOperator outputs. Both sum each convolution exactly in
@@ -179,10 +180,18 @@ fn a_plugin_misusing_the_quantized_ops_gets_wit_errors_not_traps() {
 }
 
 #[test]
-fn the_quantized_plugin_passes_its_self_test() {
+fn the_quantized_plugin_passes_its_self_test_and_the_conformance_kit() {
     let files = test_plugin_files("quantized");
-    let plugin = runtime().load(&files).unwrap();
+    let rt = runtime();
+    let plugin = rt.load(&files).unwrap();
     assert_eq!(edgeplug_runtime::selftest::run(&plugin, &files).unwrap(), 1);
+    // Robustness (malformed bodies are errors, not traps), determinism and limits included.
+    let report = conformance_of(
+        &rt,
+        &repo().join("tests/plugins/quantized"),
+        std::path::Path::new(test_plugin_wasm("quantized")),
+    );
+    assert_conformance_passes(&report);
 }
 
 #[test]
