@@ -21,6 +21,9 @@ test-setup: setup
 	command -v chromium > /dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
 # The fleet tests start a real OCI registry (CNCF distribution) and MQTT broker of their own.
 	{ command -v mosquitto && command -v docker-registry; } > /dev/null || { apt-get update && apt-get install -y --no-install-recommends docker-registry mosquitto; }
+# The Python and JavaScript plugin tests build with componentize-py (a venv, PyPI) and
+# ComponentizeJS (npm), which tests/src/toolchains.rs installs under target/ itself.
+	{ command -v npm && python3 -c 'import venv, ensurepip'; } > /dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends npm python3-venv; }
 # The standard clients the protocol tests drive: Triton's Python clients (HTTP and gRPC) and
 # KServe's.
 	python3 -c 'import numpy, tritonclient.http, tritonclient.grpc, kserve' 2> /dev/null || \
