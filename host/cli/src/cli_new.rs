@@ -27,11 +27,11 @@ pub enum Template {
 pub enum Lang {
     /// A crate depending on edgeplug-sdk, built by cargo.
     Rust,
-    /// A module for componentize-py (PyPI), with the WIT it is built against; every template
-    /// but `image`.
+    /// A module for componentize-py (PyPI), with the WIT it is built against (the image
+    /// template decodes PNG only).
     Python,
-    /// An ES module for ComponentizeJS (npm), with the WIT it is built against; every template
-    /// but `image`.
+    /// An ES module for ComponentizeJS (npm), with the WIT it is built against (the image
+    /// template decodes PNG only).
     Js,
 }
 
@@ -84,9 +84,7 @@ fn wit_version() -> &'static str {
         .expect("wit/edgeplug.wit declares package edgeplug:plugin@VERSION")
 }
 
-/// A Python or JavaScript template's own files; `None` for the image template, which needs
-/// a PNG/JPEG decoder in the sandbox (the Rust SDK has one; CPython and SpiderMonkey as
-/// componentized here have none).
+/// A Python or JavaScript template's own files; `None` for Rust, whose templates are crates.
 fn foreign_files(lang: Lang, template: Template) -> Option<Vec<(&'static str, &'static [u8])>> {
     // The model and tensor templates take the Rust templates' model and self-test inputs:
     // the three languages answer the same inputs with the same numbers.
@@ -132,8 +130,60 @@ fn foreign_files(lang: Lang, template: Template) -> Option<Vec<(&'static str, &'
             include_bytes!("../templates/python/minimal/selftest/input.expect.json"),
         ),
     ];
+    // The image templates decode PNG only (their own decoders, in the language itself), so
+    // their self-tests are PNGs of every colour type and filter, checked against PIL.
+    let image_tests: [(&str, &[u8]); 8] = [
+        (
+            "selftest/input.png",
+            include_bytes!("../templates/python/image/selftest/input.png"),
+        ),
+        (
+            "selftest/input.expect.json",
+            include_bytes!("../templates/python/image/selftest/input.expect.json"),
+        ),
+        (
+            "selftest/rgb.png",
+            include_bytes!("../templates/python/image/selftest/rgb.png"),
+        ),
+        (
+            "selftest/rgb.expect.json",
+            include_bytes!("../templates/python/image/selftest/rgb.expect.json"),
+        ),
+        (
+            "selftest/palette.png",
+            include_bytes!("../templates/python/image/selftest/palette.png"),
+        ),
+        (
+            "selftest/palette.expect.json",
+            include_bytes!("../templates/python/image/selftest/palette.expect.json"),
+        ),
+        (
+            "selftest/filters.png",
+            include_bytes!("../templates/python/image/selftest/filters.png"),
+        ),
+        (
+            "selftest/filters.expect.json",
+            include_bytes!("../templates/python/image/selftest/filters.expect.json"),
+        ),
+    ];
     let (source, manifest, tests): (_, &[u8], Vec<_>) = match (lang, template) {
-        (Lang::Rust, _) | (_, Template::Image) => return None,
+        (Lang::Rust, _) => return None,
+        (Lang::Python, Template::Image) => (
+            (
+                "app.py",
+                include_bytes!("../templates/python/image/app.py") as &[u8],
+            ),
+            include_bytes!("../templates/python/image/plugin.toml"),
+            image_tests.to_vec(),
+        ),
+        (Lang::Js, Template::Image) => (
+            (
+                "app.js",
+                include_bytes!("../templates/js/image/app.js") as &[u8],
+            ),
+            include_bytes!("../templates/js/image/plugin.toml"),
+            image_tests.to_vec(),
+        ),
         (Lang::Python, Template::Minimal) => (
             (
                 "app.py",
@@ -355,14 +405,10 @@ pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
     }
     let (files, sdk) = match args.lang {
         Lang::Rust => (files(args.template), sdk_dependency(args)?),
-        lang => match foreign_files(lang, args.template) {
-            Some(files) => (files, String::new()),
-            None => bail!(
-                "--template image is Rust only: it decodes PNG and JPEG in the sandbox with the \
-                 Rust SDK's decoder, which the Python and JavaScript runtimes lack. Send the \
-                 pixels as a tensor or JSON instead (--template tensor or model)"
-            ),
-        },
+        lang => (
+            foreign_files(lang, args.template).expect("every template exists in every language"),
+            String::new(),
+        ),
     };
     let extra = match args.template {
         Template::Image | Template::Model => "serde_json = \"1\"\n",
@@ -468,7 +514,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let repo_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit/edgeplug.wit");
         for (lang, source) in [(Lang::Python, "app.py"), (Lang::Js, "app.js")] {
-            for template in [Template::Minimal, Template::Tensor, Template::Model] {
+            for template in [
+                Template::Minimal,
+                Template::Image,
+                Template::Tensor,
+                Template::Model,
+            ] {
                 let dir = tmp.path().join(format!("{lang:?}-{template:?}"));
                 let mut a = args("my-plugin", &dir, template);
                 a.lang = lang;
@@ -502,14 +553,6 @@ mod tests {
                     assert!(dir.join("model.onnx").is_file());
                 }
             }
-            let mut image = args(
-                "p",
-                &tmp.path().join(format!("{lang:?}-img")),
-                Template::Image,
-            );
-            image.lang = lang;
-            let err = create(&image).unwrap_err().to_string();
-            assert!(err.contains("--template image is Rust only"), "{err}");
         }
         let app = std::fs::read_to_string(tmp.path().join("Python-Minimal/app.py")).unwrap();
         assert!(app.contains("name=\"my-plugin\""), "{app}");

@@ -184,7 +184,8 @@ fn every_template_builds_passes_conformance_and_signs_outside_the_repository() {
 /// by `edgeplug_tests::toolchains` from PyPI and npm when missing), `conformance`, `pack`,
 /// `verify`, then a push to a gateway. The model templates answer the Rust template's recorded
 /// numbers for the same inputs (their self-tests are the Rust template's), and a 64x64 JSON
-/// image resized in the sandbox to the same digit.
+/// image resized in the sandbox to the same digit; the image templates decode PNGs of every
+/// colour type and filter to PIL's gray values (their self-tests, run by conformance).
 #[test]
 fn python_and_javascript_templates_build_pass_conformance_sign_and_serve() {
     use edgeplug_tests::gateway::{TestGateway, assert_status, dir_bundle, error_code, json_of};
@@ -208,7 +209,7 @@ fn python_and_javascript_templates_build_pass_conformance_sign_and_serve() {
         ("python", "--componentize-py", componentize_py(), "app.py"),
         ("js", "--componentize-js", componentize_js(), "app.js"),
     ] {
-        for template in ["minimal", "tensor", "model"] {
+        for template in ["minimal", "image", "tensor", "model"] {
             let name = format!("{lang}-{template}");
             let dir = work.join(&name);
             let ok = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
@@ -272,21 +273,6 @@ fn python_and_javascript_templates_build_pass_conformance_sign_and_serve() {
             }
         }
     }
-    for lang in ["python", "js"] {
-        let err = edgeplug(&[
-            &"new",
-            &"x",
-            &"--lang",
-            &lang,
-            &"--template",
-            &"image",
-            &"--dir",
-            &work.join("img"),
-        ])
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("Rust only"), "{err:#}");
-    }
-
     // Served by a gateway: the 8x8 digit of the self-test drawn 8 times larger (64x64, 0-255)
     // comes out of the sandbox's area resize as the same 16x16 input.
     let shipped: serde_json::Value = serde_json::from_slice(
