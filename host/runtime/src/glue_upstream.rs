@@ -99,7 +99,12 @@ impl upstream::Host for StoreState {
             time_left,
             max_bytes: self.tensor_bytes_left(),
         };
-        let outputs = match upstreams.infer(call) {
+        // Blocked on the network, the request's core is idle: a model run may borrow it.
+        let answer = {
+            let _waiting = edgeplug_models::native::parallel::waiting();
+            upstreams.infer(call)
+        };
+        let outputs = match answer {
             Ok(outputs) => outputs,
             Err(e) => {
                 // The plugin answers without the center: its answer is degraded.

@@ -74,6 +74,34 @@ impl Drop for Busy {
     }
 }
 
+/// The calling thread's request, counted as idle until dropped: for what blocks on I/O inside
+/// a request (an escalation waiting on its center), so that a model run elsewhere may borrow
+/// the core meanwhile, as it would if the request were on another machine. Nothing happens if
+/// the thread's request is not counted.
+#[must_use = "the core counts as idle only while the guard lives"]
+pub struct Waiting {
+    released: bool,
+}
+
+/// Counts the calling thread's request as idle while it waits (see [`Waiting`]).
+pub fn waiting() -> Waiting {
+    if !COUNTED.get() {
+        return Waiting { released: false };
+    }
+    COUNTED.set(false);
+    BUSY.fetch_sub(1, Ordering::AcqRel);
+    Waiting { released: true }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.released {
+            BUSY.fetch_add(1, Ordering::AcqRel);
+            COUNTED.set(true);
+        }
+    }
+}
+
 /// Idle cores lent to one model run, returned when dropped.
 #[must_use = "the cores are lent only while the guard lives"]
 pub struct Helpers {
@@ -250,6 +278,26 @@ mod tests {
         assert!(lent.threads() <= intra_op_threads());
         drop(lent);
         drop(outer);
+        assert!(!COUNTED.get());
+    }
+
+    #[test]
+    fn a_waiting_request_is_idle_until_it_resumes() {
+        let none = waiting();
+        assert!(
+            !none.released,
+            "no request on this thread: nothing to release"
+        );
+        drop(none);
+        let request = busy();
+        let wait = waiting();
+        assert!(
+            wait.released && !COUNTED.get(),
+            "its core is idle while it waits"
+        );
+        drop(wait);
+        assert!(COUNTED.get(), "and busy again after");
+        drop(request);
         assert!(!COUNTED.get());
     }
 }
