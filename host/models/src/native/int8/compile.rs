@@ -19,6 +19,13 @@ use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::{DatumType, Tensor as TractTensor};
 
 use super::program::{ByteSlot, FloatSlot, OwnedRequant, QOutput, QProgram, QStep, Qp};
+
+// Children of this module (they extend its `Builder`), kept in files of
+// their own beside it.
+#[path = "float_tail.rs"]
+mod float_tail;
+#[path = "qoperator.rs"]
+mod qoperator;
 use crate::model::TensorSpec;
 use crate::native::NativeError;
 use edgeplug_kernels::fast::DwGeometry;
@@ -107,6 +114,10 @@ enum PendingOp {
         pixels: usize,
         c: usize,
     },
+    /// A Relu or Clip of a dequantized value (QOperator graphs keep them
+    /// between a QLinearConv's DequantizeLinear and the next
+    /// QuantizeLinear): a requantization whose store clamps.
+    Requant { x: ByteSlot, xq: Qp },
 }
 
 #[derive(Debug, Clone)]
@@ -322,9 +333,12 @@ impl Builder<'_> {
                     c,
                     hw,
                     qp,
+                    lo: f32::NEG_INFINITY,
+                    hi: f32::INFINITY,
                 });
                 Ok((out, shape))
             }
+            Val::Pending(p) => self.pending_float(&p),
             _ => Err(unsupported(
                 self.node,
                 "a float value that is not a dequantized tensor",
@@ -335,7 +349,13 @@ impl Builder<'_> {
     /// The scale and `u8` zero point of a Quantize/DequantizeLinear node
     /// with per-tensor parameters.
     fn tensor_qp(&self, node: &NodeProto) -> Result<Qp, NativeError> {
-        let Some(Val::Const(scale)) = self.input(node, 1)? else {
+        self.qp_at(node, 1, 2)
+    }
+
+    /// Per-tensor `u8` quantization from the scale at input `scale_i` and
+    /// the zero point at input `zero_i` (absent: 0).
+    fn qp_at(&self, node: &NodeProto, scale_i: usize, zero_i: usize) -> Result<Qp, NativeError> {
+        let Some(Val::Const(scale)) = self.input(node, scale_i)? else {
             return Err(unsupported(
                 node,
                 "a quantization scale that is not constant",
@@ -344,7 +364,7 @@ impl Builder<'_> {
         let scale = scale
             .cast_to_scalar::<f32>()
             .map_err(|_| unsupported(node, "per-channel activation quantization"))?;
-        let zero = match self.input(node, 2)? {
+        let zero = match self.input(node, zero_i)? {
             None => 0,
             Some(Val::Const(z)) => as_u8_zero(&z)
                 .ok_or_else(|| unsupported(node, "activations quantized other than to uint8"))?,
@@ -408,8 +428,9 @@ impl Builder<'_> {
                 );
             }
             "GlobalAveragePool" => {
-                let Val::Deq { slot, shape, qp } = self.required(node, 0)? else {
-                    return Err(unsupported(node, "GlobalAveragePool of a float value"));
+                let v = self.required(node, 0)?;
+                let Val::Deq { slot, shape, qp } = v else {
+                    return self.float_avg_pool(node, v);
                 };
                 let [n, c, h, w] = shape[..] else {
                     return Err(unsupported(node, "GlobalAveragePool of rank other than 4"));
@@ -425,6 +446,11 @@ impl Builder<'_> {
             }
             "Flatten" | "Reshape" => self.reshape(node)?,
             "Relu" | "Clip" => self.clamp(node)?,
+            "QLinearConv" => self.qlinear_conv(node)?,
+            "QLinearMatMul" => self.qlinear_matmul(node)?,
+            "QGemm" => self.qgemm(node)?,
+            "QLinearAdd" => self.qlinear_add(node)?,
+            "QLinearGlobalAveragePool" => self.qlinear_avg_pool(node)?,
             "Softmax" => {
                 let v = self.required(node, 0)?;
                 let (x, shape) = self.float(v)?;
@@ -486,6 +512,8 @@ impl Builder<'_> {
                     out,
                     from,
                     to: qp,
+                    lo: 0,
+                    hi: 255,
                 });
                 Val::Bytes { slot: out, shape }
             }
@@ -503,14 +531,26 @@ impl Builder<'_> {
                 shape,
                 qp: self.tensor_qp(node)?,
             },
-            Val::Const(t) => Val::QConst(Arc::new(self.quantized_const(node, &t)?)),
+            Val::Const(t) => {
+                let axis = attr_int(node, "axis").unwrap_or(1);
+                Val::QConst(Arc::new(self.quantized_const(node, &t, 1, 2, axis)?))
+            }
             _ => return Err(unsupported(node, "DequantizeLinear of this value")),
         };
         self.set(node, v);
         Ok(())
     }
 
-    fn quantized_const(&self, node: &NodeProto, t: &TractTensor) -> Result<QConst, NativeError> {
+    /// Constant `t` with the scales at input `scale_i` and zero points at
+    /// input `zero_i` of `node`, per index of `axis` when more than one.
+    fn quantized_const(
+        &self,
+        node: &NodeProto,
+        t: &TractTensor,
+        scale_i: usize,
+        zero_i: usize,
+        axis: i64,
+    ) -> Result<QConst, NativeError> {
         let consts = |i: usize| -> Result<Option<Arc<TractTensor>>, NativeError> {
             match self.input(node, i)? {
                 None => Ok(None),
@@ -521,15 +561,14 @@ impl Builder<'_> {
                 )),
             }
         };
-        let scale =
-            consts(1)?.ok_or_else(|| unsupported(node, "DequantizeLinear without a scale"))?;
+        let scale = consts(scale_i)?
+            .ok_or_else(|| unsupported(node, format!("{} without a scale", node.op_type)))?;
         let scale: Vec<f32> = values(&scale)?;
-        let zero: Vec<i32> = match consts(2)? {
+        let zero: Vec<i32> = match consts(zero_i)? {
             None => vec![0],
             Some(z) => values(&z)?,
         };
         let rank = t.rank() as i64;
-        let axis = attr_int(node, "axis").unwrap_or(1);
         let axis = if axis < 0 { axis + rank } else { axis }.max(0) as usize;
         let along = t.shape().get(axis).copied().unwrap_or(1);
         for len in [scale.len(), zero.len()] {
@@ -562,110 +601,53 @@ impl Builder<'_> {
             return Err(unsupported(node, "Conv with float weights"));
         };
         let bias = self.input(node, 2)?;
-        let ([n, c, h, wd], [o, cg, kh, kw]) = (&shape[..], &w.shape[..]) else {
-            return Err(unsupported(node, "Conv other than 2-D"));
-        };
-        let group = attr_int(node, "group").unwrap_or(1).max(1) as usize;
-        if c / group != *cg || o % group != 0 {
-            return Err(NativeError::Load(format!(
-                "node {:?}: weights {:?} do not fit input {shape:?} in {group} groups",
-                node.name, w.shape
-            )));
-        }
-        let ints = |name: &str, default: Vec<i64>| attr_ints(node, name).unwrap_or(default);
-        let stride = ints("strides", vec![1, 1]);
-        let dilation = ints("dilations", vec![1, 1]);
-        let pads = ints("pads", vec![0, 0, 0, 0]);
-        let auto_pad = attr_str(node, "auto_pad").unwrap_or_default();
-        if !matches!(auto_pad.as_str(), "" | "NOTSET" | "VALID") {
-            return Err(unsupported(node, format!("Conv with auto_pad {auto_pad}")));
-        }
-        let us = |v: i64| usize::try_from(v).unwrap_or(0);
-        let (&[sy, sx], &[dy, dx], &[pt, pl, pb, pr]) = (&stride[..], &dilation[..], &pads[..])
-        else {
-            return Err(unsupported(
-                node,
-                "Conv with malformed strides, dilations or pads",
-            ));
-        };
-        let pad = Padding {
-            top: us(pt),
-            left: us(pl),
-            bottom: us(pb),
-            right: us(pr),
-        };
-        let geom = DwGeometry::new(
-            *c,
-            *h,
-            *wd,
-            [*kh, *kw],
-            [us(sy), us(sx)],
-            [us(dy), us(dx)],
-            pad,
-        )
-        .ok_or_else(|| NativeError::Load(format!("node {:?}: no window fits", node.name)))?;
-        let out_shape = vec![*n, *o, geom.oh, geom.ow];
-        let op = PendingOp::Conv {
-            x: slot,
-            xq: qp,
-            w,
-            bias,
-            geom,
-            batch: *n,
-            group,
-        };
+        let (op, out_shape) = conv_op(node, slot, &shape, qp, w, bias)?;
         self.pending(node, op, out_shape);
         Ok(())
     }
 
     fn gemm(&mut self, node: &NodeProto) -> Result<(), NativeError> {
-        let Val::Deq { slot, shape, qp } = self.required(node, 0)? else {
-            return Err(unsupported(node, "Gemm of a float input"));
+        let x = self.required(node, 0)?;
+        let w = self.required(node, 1)?;
+        let (Val::Deq { slot, shape, qp }, Val::QConst(w)) = (&x, &w) else {
+            if let Val::Const(w) = w {
+                return self.float_gemm(node, x, &w);
+            }
+            return Err(unsupported(node, "Gemm of float values and int8 weights"));
         };
-        let Val::QConst(w) = self.required(node, 1)? else {
-            return Err(unsupported(node, "Gemm with float weights"));
+        let bias = if node.op_type == "Gemm" {
+            self.input(node, 2)?
+        } else {
+            None
         };
-        let is_gemm = node.op_type == "Gemm";
-        let float = |name: &str| attr_float(node, name).unwrap_or(1.0);
-        if is_gemm
-            && (attr_int(node, "transA").unwrap_or(0) != 0
-                || float("alpha") != 1.0
-                || float("beta") != 1.0)
-        {
-            return Err(unsupported(node, "Gemm with transA, alpha or beta"));
-        }
-        let w_transposed = is_gemm && attr_int(node, "transB").unwrap_or(0) != 0;
-        let ([m, k], [a, b]) = (&shape[..], &w.shape[..]) else {
-            return Err(unsupported(node, "Gemm other than 2-D"));
-        };
-        let (wk, n) = if w_transposed { (*b, *a) } else { (*a, *b) };
-        if wk != *k {
-            return Err(NativeError::Load(format!(
-                "node {:?}: weights {:?} do not fit input {shape:?}",
-                node.name, w.shape
-            )));
-        }
-        let bias = if is_gemm { self.input(node, 2)? } else { None };
-        let op = PendingOp::Gemm {
-            x: slot,
-            xq: qp,
-            m: *m,
-            w,
-            w_transposed,
-            bias,
-        };
-        self.pending(node, op, vec![*m, n]);
+        let (op, out_shape) = gemm_op(node, *slot, shape, *qp, w.clone(), bias)?;
+        self.pending(node, op, out_shape);
         Ok(())
     }
 
     /// Flatten or Reshape of a dequantized value where channels-last and
-    /// ONNX order coincide (one pixel per image, or one channel): no step.
+    /// ONNX order coincide (one pixel per image, or one channel), or of a
+    /// float value: no step.
     fn reshape(&mut self, node: &NodeProto) -> Result<(), NativeError> {
-        let Val::Deq { slot, shape, qp } = self.required(node, 0)? else {
-            return Err(unsupported(
-                node,
-                format!("{} of a float value", node.op_type),
-            ));
+        // What the reshaped value is: `u8` (channels-last) as a QOperator
+        // graph's Flatten sees it, dequantized `u8`, or `f32` (ONNX layout,
+        // where any reshape is free).
+        enum Kind {
+            Bytes,
+            Deq(Qp),
+            Float,
+        }
+        let (slot, shape, kind) = match self.required(node, 0)? {
+            Val::Bytes { slot, shape } => (slot, shape, Kind::Bytes),
+            Val::Deq { slot, shape, qp } => (slot, shape, Kind::Deq(qp)),
+            Val::Float { slot, shape } => (slot, shape, Kind::Float),
+            v @ Val::Pending(_) => {
+                let (slot, shape) = self.float(v)?;
+                (slot, shape, Kind::Float)
+            }
+            _ => {
+                return Err(unsupported(node, format!("{} of this value", node.op_type)));
+            }
         };
         let total: usize = shape.iter().product();
         let new_shape = if node.op_type == "Flatten" {
@@ -709,31 +691,40 @@ impl Builder<'_> {
             )));
         }
         let (_, c, hw) = image_dims(&shape);
-        if shape.len() == 4 && c > 1 && hw > 1 && new_shape != shape {
+        let reorders = shape.len() == 4 && c > 1 && hw > 1 && new_shape != shape;
+        if reorders && !matches!(kind, Kind::Float) {
             return Err(unsupported(
                 node,
                 "a reshape that reorders a channels-last image",
             ));
         }
-        self.set(
-            node,
-            Val::Deq {
-                slot,
-                shape: new_shape,
-                qp,
-            },
-        );
+        let shape = new_shape;
+        let v = match kind {
+            Kind::Bytes => Val::Bytes { slot, shape },
+            Kind::Deq(qp) => Val::Deq { slot, shape, qp },
+            Kind::Float => Val::Float { slot, shape },
+        };
+        self.set(node, v);
         Ok(())
     }
 
     /// Relu or Clip on an operation's float output narrows the clamp of its
     /// requantizing store.
     fn clamp(&mut self, node: &NodeProto) -> Result<(), NativeError> {
-        let Val::Pending(p) = self.required(node, 0)? else {
-            return Err(unsupported(
-                node,
-                format!("{} of a quantized value", node.op_type),
-            ));
+        let p = match self.required(node, 0)? {
+            Val::Pending(p) => p,
+            Val::Deq { slot, shape, qp } => Arc::new(Pending {
+                op: PendingOp::Requant { x: slot, xq: qp },
+                shape,
+                lo: f32::NEG_INFINITY,
+                hi: f32::INFINITY,
+            }),
+            _ => {
+                return Err(unsupported(
+                    node,
+                    format!("{} of a float value", node.op_type),
+                ));
+            }
         };
         let (mut lo, mut hi) = (0.0f32, f32::INFINITY);
         if node.op_type == "Clip" {
@@ -889,6 +880,14 @@ impl Builder<'_> {
                     zero: out.zero,
                 }
             }
+            PendingOp::Requant { x, xq } => QStep::Requantize {
+                x: *x,
+                out: slot,
+                from: *xq,
+                to: out,
+                lo,
+                hi,
+            },
         };
         self.steps.push(step);
         Ok(Val::Bytes {
@@ -969,6 +968,114 @@ impl Builder<'_> {
             hi,
         })
     }
+}
+
+/// The int8 convolution of `u8` value `slot` (logical shape `shape`,
+/// quantized as `qp`) by weights `w`, from `node`'s attributes, and its
+/// output shape: shared by Conv (QDQ) and QLinearConv.
+fn conv_op(
+    node: &NodeProto,
+    slot: ByteSlot,
+    shape: &[usize],
+    qp: Qp,
+    w: Arc<QConst>,
+    bias: Option<Val>,
+) -> Result<(PendingOp, Vec<usize>), NativeError> {
+    let ([n, c, h, wd], [o, cg, kh, kw]) = (shape, &w.shape[..]) else {
+        return Err(unsupported(node, "Conv other than 2-D"));
+    };
+    let group = attr_int(node, "group").unwrap_or(1).max(1) as usize;
+    if c / group != *cg || o % group != 0 {
+        return Err(NativeError::Load(format!(
+            "node {:?}: weights {:?} do not fit input {shape:?} in {group} groups",
+            node.name, w.shape
+        )));
+    }
+    let ints = |name: &str, default: Vec<i64>| attr_ints(node, name).unwrap_or(default);
+    let stride = ints("strides", vec![1, 1]);
+    let dilation = ints("dilations", vec![1, 1]);
+    let pads = ints("pads", vec![0, 0, 0, 0]);
+    let auto_pad = attr_str(node, "auto_pad").unwrap_or_default();
+    if !matches!(auto_pad.as_str(), "" | "NOTSET" | "VALID") {
+        return Err(unsupported(node, format!("Conv with auto_pad {auto_pad}")));
+    }
+    let us = |v: i64| usize::try_from(v).unwrap_or(0);
+    let (&[sy, sx], &[dy, dx], &[pt, pl, pb, pr]) = (&stride[..], &dilation[..], &pads[..]) else {
+        return Err(unsupported(
+            node,
+            "Conv with malformed strides, dilations or pads",
+        ));
+    };
+    let pad = Padding {
+        top: us(pt),
+        left: us(pl),
+        bottom: us(pb),
+        right: us(pr),
+    };
+    let geom = DwGeometry::new(
+        *c,
+        *h,
+        *wd,
+        [*kh, *kw],
+        [us(sy), us(sx)],
+        [us(dy), us(dx)],
+        pad,
+    )
+    .ok_or_else(|| NativeError::Load(format!("node {:?}: no window fits", node.name)))?;
+    let out_shape = vec![*n, *o, geom.oh, geom.ow];
+    let op = PendingOp::Conv {
+        x: slot,
+        xq: qp,
+        w,
+        bias,
+        geom,
+        batch: *n,
+        group,
+    };
+    Ok((op, out_shape))
+}
+
+/// The int8 Gemm or MatMul of `u8` value `slot` (`[m, k]`, quantized as
+/// `qp`) by weights `w` (`[k, n]`, or `[n, k]` with Gemm's `transB`), and
+/// its output shape: shared by Gemm/MatMul (QDQ) and QLinearMatMul.
+fn gemm_op(
+    node: &NodeProto,
+    slot: ByteSlot,
+    shape: &[usize],
+    qp: Qp,
+    w: Arc<QConst>,
+    bias: Option<Val>,
+) -> Result<(PendingOp, Vec<usize>), NativeError> {
+    // onnxruntime's QGemm has Gemm's attributes but `beta`.
+    let is_gemm = matches!(node.op_type.as_str(), "Gemm" | "QGemm");
+    let float = |name: &str| attr_float(node, name).unwrap_or(1.0);
+    if is_gemm
+        && (attr_int(node, "transA").unwrap_or(0) != 0
+            || float("alpha") != 1.0
+            || float("beta") != 1.0)
+    {
+        return Err(unsupported(node, "Gemm with transA, alpha or beta"));
+    }
+    let w_transposed = is_gemm && attr_int(node, "transB").unwrap_or(0) != 0;
+    let ([m, k], [a, b]) = (shape, &w.shape[..]) else {
+        return Err(unsupported(node, "Gemm other than 2-D"));
+    };
+    let (wk, n) = if w_transposed { (*b, *a) } else { (*a, *b) };
+    if wk != *k {
+        return Err(NativeError::Load(format!(
+            "node {:?}: weights {:?} do not fit input {shape:?}",
+            node.name, w.shape
+        )));
+    }
+    let op = PendingOp::Gemm {
+        x: slot,
+        xq: qp,
+        m: *m,
+        w,
+        w_transposed,
+        bias,
+    };
+    Ok((op, vec![*m, n]))
 }
 
 fn weights_i8<'w>(node: &NodeProto, w: &'w QConst) -> Result<&'w [i8], NativeError> {

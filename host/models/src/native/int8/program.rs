@@ -52,7 +52,8 @@ pub(super) enum QStep {
         hw: usize,
         qp: Qp,
     },
-    /// ONNX DequantizeLinear into an `f32` value; `[n, hw, c]` into `[n, c, hw]`.
+    /// ONNX DequantizeLinear into an `f32` value; `[n, hw, c]` into `[n, c, hw]`,
+    /// each value then clamped to `[lo, hi]` (a Relu or Clip left in float).
     Dequantize {
         x: ByteSlot,
         out: FloatSlot,
@@ -60,6 +61,8 @@ pub(super) enum QStep {
         c: usize,
         hw: usize,
         qp: Qp,
+        lo: f32,
+        hi: f32,
     },
     /// `out = requant((x - a_zero) · W)`: a 1×1 convolution over every
     /// pixel of the batch, a Gemm or a MatMul.
@@ -111,12 +114,34 @@ pub(super) enum QStep {
         scale: f32,
         zero: u8,
     },
-    /// A value re-expressed in other quantization parameters.
+    /// A value re-expressed in other quantization parameters, the result
+    /// clamped to `[lo, hi]` (a Relu or Clip between the two).
     Requantize {
         x: ByteSlot,
         out: ByteSlot,
         from: Qp,
         to: Qp,
+        lo: u8,
+        hi: u8,
+    },
+    /// Global average pool of `f32` `[planes, hw]` (ONNX layout) into
+    /// `[planes]`: a pool a QOperator graph leaves in float.
+    FloatAvgPool {
+        x: FloatSlot,
+        out: FloatSlot,
+        planes: usize,
+        hw: usize,
+    },
+    /// `out = x · w + bias` in `f32`, `x` `[m, k]`, `w` `[k, n]`: a
+    /// classifier a QOperator graph leaves in float.
+    FloatGemm {
+        x: FloatSlot,
+        out: FloatSlot,
+        m: usize,
+        w: Vec<f32>,
+        k: usize,
+        n: usize,
+        bias: Vec<f32>,
     },
     /// Softmax along the last axis of `[rows, cols]`.
     Softmax {
@@ -139,7 +164,9 @@ impl QStep {
             | QStep::AvgPool { x, out, .. }
             | QStep::Requantize { x, out, .. } => (vec![*x], Some(*out)),
             QStep::Add { a, b, out, .. } => (vec![*a, *b], Some(*out)),
-            QStep::Softmax { .. } => (vec![], None),
+            QStep::Softmax { .. } | QStep::FloatAvgPool { .. } | QStep::FloatGemm { .. } => {
+                (vec![], None)
+            }
         }
     }
 
@@ -180,6 +207,10 @@ impl QStep {
             QStep::AvgPool { pixels, c, .. } => (format!("int8 avgpool {c} @{pixels}"), 0),
             QStep::Requantize { .. } => ("requantize".to_string(), 0),
             QStep::Softmax { rows, cols, .. } => (format!("softmax {rows}x{cols}"), 0),
+            QStep::FloatAvgPool { planes, hw, .. } => (format!("f32 avgpool {planes} @{hw}"), 0),
+            QStep::FloatGemm { m, k, n, .. } => {
+                (format!("f32 gemm {k}->{n} @{m}"), mac(*m, *k, *n))
+            }
         }
     }
 }
@@ -384,6 +415,8 @@ impl QProgram {
                 c,
                 hw,
                 qp,
+                lo,
+                hi,
             } => {
                 let x = input(*x);
                 let out = &mut arena.floats[*out];
@@ -391,7 +424,7 @@ impl QProgram {
                     for p in 0..*hw {
                         for ch in 0..*c {
                             let q = i32::from(x[(b * hw + p) * c + ch]) - i32::from(qp.zero);
-                            out[(b * c + ch) * hw + p] = q as f32 * qp.scale;
+                            out[(b * c + ch) * hw + p] = (q as f32 * qp.scale).clamp(*lo, *hi);
                         }
                     }
                 }
@@ -480,14 +513,32 @@ impl QProgram {
                     );
                 }
             }
-            QStep::Requantize { x, from, to, .. } => {
+            QStep::Requantize {
+                x,
+                from,
+                to,
+                lo,
+                hi,
+                ..
+            } => {
                 let out = out_buf.as_mut().expect("writes");
-                let (lo, hi) = (-f32::from(to.zero), 255.0 - f32::from(to.zero));
-                let ratio = from.scale / to.scale;
-                for (o, &v) in out.iter_mut().zip(input(*x)) {
-                    let real = (i32::from(v) - i32::from(from.zero)) as f32 * ratio;
-                    *o = (real.round_ties_even().clamp(lo, hi) as i32 + i32::from(to.zero)) as u8;
-                }
+                requantize(input(*x), *from, *to, *lo, *hi, out);
+            }
+            QStep::FloatAvgPool { x, out, planes, hw } => {
+                let (x, out) = float_pair(&mut arena.floats, *x, *out);
+                float_avg_pool(&x[..planes * hw], *hw, &mut out[..*planes]);
+            }
+            QStep::FloatGemm {
+                x,
+                out,
+                m,
+                w,
+                k,
+                n,
+                bias,
+            } => {
+                let (x, out) = float_pair(&mut arena.floats, *x, *out);
+                float_gemm(&x[..m * k], w, *k, *n, bias, &mut out[..m * n]);
             }
             QStep::Softmax { x, out, rows, cols } => {
                 let (x, out) = float_pair(&mut arena.floats, *x, *out);
@@ -505,6 +556,42 @@ impl QProgram {
         }
         if let (Some(w), Some(buf)) = (write, taken) {
             arena.bytes[self.phys[w]] = buf;
+        }
+    }
+}
+
+/// ONNX's DequantizeLinear then QuantizeLinear of `x` (`from` to `to`),
+/// the result clamped to bytes `[lo, hi]`, in onnxruntime's order of `f32`
+/// operations (multiply by the one scale, divide by the other, round half
+/// to even), so ties fall the same way.
+pub(super) fn requantize(x: &[u8], from: Qp, to: Qp, lo: u8, hi: u8, out: &mut [u8]) {
+    let (lo, hi) = (
+        f32::from(lo) - f32::from(to.zero),
+        f32::from(hi) - f32::from(to.zero),
+    );
+    for (o, &v) in out.iter_mut().zip(x) {
+        let real = (i32::from(v) - i32::from(from.zero)) as f32 * from.scale;
+        let q = (real / to.scale).round_ties_even().clamp(lo, hi);
+        *o = (q as i32 + i32::from(to.zero)) as u8;
+    }
+}
+
+/// The mean of each `hw` values of `x` (one plane of an NCHW image) into `out`.
+pub(super) fn float_avg_pool(x: &[f32], hw: usize, out: &mut [f32]) {
+    for (o, plane) in out.iter_mut().zip(x.chunks_exact(hw)) {
+        *o = plane.iter().sum::<f32>() / hw as f32;
+    }
+}
+
+/// `out[i, j] = bias[j] + Σ_p x[i, p] · w[p, j]` (`w` `[k, n]`), the sum
+/// taken in order: a layer this small gains nothing from the tiled kernels.
+pub(super) fn float_gemm(x: &[f32], w: &[f32], k: usize, n: usize, bias: &[f32], out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+        or.copy_from_slice(bias);
+        for (&a, wr) in xr.iter().zip(w.chunks_exact(n)) {
+            for (o, &b) in or.iter_mut().zip(wr) {
+                *o += a * b;
+            }
         }
     }
 }

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::native::tests::{read_npy_f32, row, row_diff};
+use crate::native::tests::{argmax, read_npy_f32, read_npy_i64, row, row_diff};
 use crate::native::{NativeError, NativeModel, Precision};
+use edgeplug_kernels::Tensor;
 use edgeplug_kernels::fast::Isa;
 
 fn repo_file(path: &str) -> Vec<u8> {
@@ -52,6 +53,14 @@ fn image_classifiers_in_int8_match_onnxruntime_within_two_steps() {
             "tests/fixtures/imagenet/mobilenetv2_input.npy",
             "tests/fixtures/imagenet/mobilenetv2_int8_qdq_ref_out.npy",
             0.117_249_34f32,
+        ),
+        // The QOperator form (QLinearConv, QLinearAdd,
+        // QLinearGlobalAveragePool, QGemm) of the same float model.
+        (
+            "tests/fixtures/imagenet/mobilenetv2_int8_qop.onnx",
+            "tests/fixtures/imagenet/mobilenetv2_input.npy",
+            "tests/fixtures/imagenet/mobilenetv2_int8_qop_ref_out.npy",
+            f32::NAN,
         ),
         (
             "plugins/image-classifier/efficientnet_lite0_int8_qdq.onnx",
@@ -130,15 +139,106 @@ fn int8_paths_agree_exactly() {
     }
 }
 
-/// A QOperator graph (QLinearConv) is not compiled here: it is refused as
-/// unsupported, which sends it to tract, as before.
+/// onnxruntime's QOperator digits CNN (QLinearConv, dense, depthwise and
+/// pointwise with per-channel weight scales; Clip between DequantizeLinear
+/// and QuantizeLinear; pool and classifier left in float) runs on the int8
+/// steps, and through `Model` it says so. The integer sums are exact and
+/// every requantization is onnxruntime's arithmetic, so the bound is a
+/// float one: 1e-5 on probabilities (the order of the float classifier's
+/// sums), with the same argmax on all 540 digits and its accuracy on the labels.
 #[test]
-fn qoperator_graphs_fall_back() {
+fn digits_qoperator_in_int8_matches_onnxruntime() {
     let bytes = repo_file("tests/fixtures/models/digits_cnn_int8_qop.onnx");
+    let native = NativeModel::load(&bytes).unwrap();
+    assert_eq!(native.precision(), Precision::Int8);
+    let model = crate::model::Model::load("digits_qop", &bytes).unwrap();
+    assert_eq!(
+        (model.backend(), model.precision()),
+        ("native", Precision::Int8)
+    );
+    let got = outputs(&native, "tests/fixtures/models/digits_test.npy", 540);
+    let (diff, agree) = compare(
+        &got,
+        "tests/fixtures/models/digits_cnn_int8_qop_ref_out.npy",
+    );
+    let labels = read_npy_i64(&repo_file("tests/fixtures/digits/digits_test_labels.npy"));
+    let right = got
+        .iter()
+        .zip(&labels)
+        .filter(|(y, l)| argmax(y) as i64 == **l)
+        .count();
+    println!(
+        "digits QOperator int8: max |Δprob| {diff}, argmax agrees {agree}/540, {right}/540 right"
+    );
+    assert!(diff <= 1e-5, "max |Δprob| {diff}");
+    assert_eq!(agree, 540, "argmax differs from onnxruntime");
+    assert!(right >= 530, "{right}/540 right");
+}
+
+/// The digits CNN in QOperator form with every operator but Softmax
+/// quantized (QLinearGlobalAveragePool, a Flatten of `u8`, QGemm): its
+/// logits are bytes, so the bound is one step of their scale through the
+/// Softmax (measured: none), the argmax onnxruntime's on all 540 digits.
+#[test]
+fn digits_fully_qoperator_matches_onnxruntime() {
+    let bytes = repo_file("tests/fixtures/models/digits_cnn_int8_qop_full.onnx");
+    let native = NativeModel::load(&bytes).unwrap();
+    assert_eq!(native.precision(), Precision::Int8);
+    let got = outputs(&native, "tests/fixtures/models/digits_test.npy", 540);
+    let (diff, agree) = compare(
+        &got,
+        "tests/fixtures/models/digits_cnn_int8_qop_full_ref_out.npy",
+    );
+    println!("digits full QOperator int8: max |Δprob| {diff}, argmax agrees {agree}/540");
+    assert!(diff <= 1e-5, "max |Δprob| {diff}");
+    assert_eq!(agree, 540, "argmax differs from onnxruntime");
+}
+
+/// A QOperator graph with `u8` (asymmetric, zero point 128) weights, which
+/// the int8 GEMM does not take: refused as unsupported, so `Model` runs it
+/// on tract, still reports int8, and gives onnxruntime's output within one
+/// step of the output scale (0.05).
+#[test]
+fn qoperator_graphs_with_uint8_weights_fall_back() {
+    let bytes = repo_file("tests/fixtures/models/qlinearconv_u8_weights.onnx");
     match NativeModel::load(&bytes) {
-        Err(NativeError::Unsupported { op, .. }) => assert_eq!(op, "QLinearConv"),
+        Err(NativeError::Unsupported { op, .. }) => assert!(op.contains("asymmetric"), "{op}"),
         other => panic!("expected Unsupported, got {other:?}"),
     }
+    let model = crate::model::Model::load("u8_weights", &bytes).unwrap();
+    assert_eq!(
+        (model.backend(), model.precision()),
+        ("tract", Precision::Int8)
+    );
+    let (xs, x) = read_npy_f32(&repo_file(
+        "tests/fixtures/models/qlinearconv_u8_weights_input.npy",
+    ));
+    let y = model.run(&[&row(&xs, &x, 0)]).unwrap();
+    let (diff, _) = compare(
+        &[y[0].as_f32().unwrap().to_vec()],
+        "tests/fixtures/models/qlinearconv_u8_weights_ref_out.npy",
+    );
+    assert!(diff <= 0.05 + 1e-6, "max |Δ| {diff}");
+}
+
+/// The QOperator and QDQ spellings of one operation compile to the same
+/// steps: the digits CNN in either form lists the same int8 convolutions.
+#[test]
+fn qoperator_and_qdq_share_steps() {
+    let kinds = |path: &str| -> Vec<String> {
+        let m = NativeModel::load(&repo_file(path)).unwrap();
+        let x = Tensor::zeros(vec![1, 1, 16, 16]).unwrap();
+        m.profile(&[&x], 1)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.step)
+            .filter(|d| d.starts_with("int8"))
+            .collect()
+    };
+    let qop = kinds("tests/fixtures/models/digits_cnn_int8_qop.onnx");
+    let qdq = kinds("tests/fixtures/models/digits_cnn_int8_qdq.onnx");
+    assert_eq!(qop.len(), 9, "{qop:?}");
+    assert_eq!(qop, qdq[..qop.len()], "{qop:?} vs {qdq:?}");
 }
 
 #[test]
