@@ -10,12 +10,14 @@
 //! Bias is written into the output before the products accumulate onto it,
 //! and the activation runs over each output block while it is still hot.
 
+mod pack;
+
 use std::ops::Range;
 
 use super::activation::Activation;
 use super::gemm::{Mat, Product};
 use super::window::{AxisSpec, Padding, WindowAxis};
-use super::{Tensor, TensorError, shape};
+use super::{Tensor, TensorData, TensorError, shape};
 
 /// Parameters of [`conv2d`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,16 +171,23 @@ pub fn conv2d(
     p: &Conv2dParams,
 ) -> Result<Tensor, TensorError> {
     let plan = plan_conv2d(input, weight, bias, p)?;
+    // The plan took the weight's elements as f32; its storage keys the packed weights.
+    let TensorData::F32(storage) = weight.data() else {
+        return Err(TensorError::UnsupportedType {
+            op: "conv2d",
+            ty: weight.element_type(),
+        });
+    };
     let out_shape = plan.out_shape();
     let unit_window =
         |a: &WindowAxis| a.kernel == 1 && a.stride == 1 && a.pad_begin == 0 && a.pad_end == 0;
     Ok(Tensor::f32_output(out_shape, |out| {
         if unit_window(&plan.h) && unit_window(&plan.w) {
-            pointwise_simd(&plan, out);
+            pointwise_simd(&plan, storage, out);
         } else if plan.groups == plan.c && plan.groups == plan.o {
             depthwise_simd(&plan, out);
         } else if plan.groups == 1 {
-            dense_simd(&plan, out);
+            dense_simd(&plan, storage, out);
         } else {
             im2col_gemm(&plan, out, IM2COL_BUDGET);
         }
@@ -279,18 +288,15 @@ fn fused_epilogue<'a>(plan: &ConvPlan<'a>) -> (super::fast::Epilogue<'a>, Option
 
 /// A 1×1 convolution on the native model backend's GEMM ([`super::fast::gemm_packed`]): per
 /// image and group, `out (opg × HW) = W (opg × cpg) · X (cpg × HW)` straight on the NCHW planes,
-/// bias and ReLU/ReLU6 fused into the stores. The weights are packed per call: a plugin's
-/// tensor is not known to be constant, and packing is `O(opg·cpg)` against the product's
-/// `O(opg·cpg·HW)`.
-fn pointwise_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
-    use super::fast::{Epilogue, Isa, PackedLhs, gemm_packed};
+/// bias and ReLU/ReLU6 fused into the stores. The weights (`storage`, the plan's weight) are
+/// packed once per weight tensor that outlives the call ([`pack`]).
+fn pointwise_simd(plan: &ConvPlan<'_>, storage: &std::sync::Arc<[f32]>, out: &mut [f32]) {
+    use super::fast::{Epilogue, Isa, gemm_packed};
     let hw = plan.h.input * plan.w.input;
     let (cpg, opg) = (plan.cpg, plan.opg);
     let (lo, hi, after) = fused_clamp(plan.activation);
     let isa = Isa::detect();
-    let packed: Vec<PackedLhs> = (0..plan.groups)
-        .map(|g| PackedLhs::pack(&plan.weight[g * opg * cpg..][..opg * cpg], opg, cpg))
-        .collect();
+    let packed = pack::pointwise(storage, plan.groups, opg, cpg);
     for (b, out_image) in out.chunks_exact_mut(plan.o * hw).enumerate() {
         let image = &plan.input[b * plan.c * hw..][..plan.c * hw];
         for (g, lhs) in packed.iter().enumerate() {
@@ -321,16 +327,17 @@ fn pointwise_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
 /// read an NCHW image ([`super::fast::conv_nchw`]: interior patches read in place, no patch
 /// matrix), then its channels-last rows transposed back to NCHW planes. Falls back to
 /// [`im2col_gemm`] only if the kernel's geometry disagrees with the plan's, which a valid plan
-/// never does.
-fn dense_simd(plan: &ConvPlan<'_>, out: &mut [f32]) {
-    use super::fast::{AlignedBuf, Isa, PackedRhs, conv_nchw, transpose};
+/// never does. The weights (`storage`, the plan's weight) are packed once per weight tensor
+/// that outlives the call ([`pack`]).
+fn dense_simd(plan: &ConvPlan<'_>, storage: &std::sync::Arc<[f32]>, out: &mut [f32]) {
+    use super::fast::{AlignedBuf, Isa, conv_nchw, transpose};
     let (h, w) = (&plan.h, &plan.w);
     let geometry = kernel_geometry(plan);
     let Some(geometry) = geometry else {
         return im2col_gemm(plan, out, IM2COL_BUDGET);
     };
     let k = plan.c * h.kernel * w.kernel;
-    let weights = PackedRhs::pack_transposed(plan.weight, plan.o, k);
+    let weights = pack::dense(storage, plan.o, k);
     let (epilogue, after) = fused_epilogue(plan);
     let isa = Isa::detect();
     let positions = h.output * w.output;
@@ -868,11 +875,63 @@ mod tests {
         testutil::assert_close(&fast, &slow)
     }
 
+    /// Like [`compare`], with the weight's storage shared as a plugin's weights are (its
+    /// weights table holds it too): the first call packs and caches the weights, the second
+    /// reads the cache, and both must match the reference.
+    fn compare_shared(
+        (x, w, b, p): (Tensor, Tensor, Option<Tensor>, Conv2dParams),
+    ) -> Result<(), TestCaseError> {
+        let table = w.clone();
+        let slow = reference::conv2d(&x, &w, b.as_ref(), &p).unwrap();
+        for _ in 0..2 {
+            let fast = conv2d(&x, &table, b.as_ref(), &p).unwrap();
+            testutil::assert_close(&fast, &slow)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shared_weights_are_packed_once_per_geometry() {
+        let w = testutil::tensor(11, &[8, 4, 1, 1], 1.0);
+        let TensorData::F32(storage) = w.data() else {
+            panic!("f32 weights")
+        };
+        let storage = storage.clone();
+        let x = testutil::tensor(12, &[1, 4, 5, 5], 1.0);
+        // Held by `w` and `storage`: shared, so the packed form is kept.
+        let first = conv2d(&x, &w, None, &Conv2dParams::default()).unwrap();
+        let kept = pack::pointwise(&storage, 1, 8, 4);
+        assert!(std::sync::Arc::ptr_eq(
+            &kept,
+            &pack::pointwise(&storage, 1, 8, 4)
+        ));
+        // Two groups is another packing of the same storage.
+        let grouped = pack::pointwise(&storage, 2, 4, 2);
+        assert!(!std::sync::Arc::ptr_eq(
+            &grouped,
+            &pack::pointwise(&storage, 1, 8, 4)
+        ));
+        assert!(std::sync::Arc::ptr_eq(
+            &grouped,
+            &pack::pointwise(&storage, 2, 4, 2)
+        ));
+        let again = conv2d(&x, &w, None, &Conv2dParams::default()).unwrap();
+        assert_eq!(first.as_f32().unwrap(), again.as_f32().unwrap());
+        let slow = reference::conv2d(&x, &w, None, &Conv2dParams::default()).unwrap();
+        testutil::assert_close(&again, &slow).unwrap();
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
         #[test]
         fn general_matches_reference(args in general()) {
             compare(args)?;
+        }
+
+        /// The cached packing path (pointwise and dense) against the reference.
+        #[test]
+        fn shared_weights_match_reference(args in prop_oneof![general(), pointwise_case()]) {
+            compare_shared(args)?;
         }
 
         /// The im2col path on every kind of shape, with scratch budgets small
@@ -897,6 +956,40 @@ mod tests {
         #[test]
         fn pointwise_matches_reference(args in pointwise_case()) {
             compare(args)?;
+        }
+    }
+
+    /// Rough timing on the digits plugin's depthwise shapes, each kernel; prints, asserts
+    /// nothing. `cargo test --release -p edgeplug-kernels -- --ignored --nocapture digits_dw`
+    #[test]
+    #[ignore]
+    fn digits_dw_timing() {
+        use std::time::Instant;
+        for (c, hw, stride) in [(16, 16, 1), (32, 16, 2), (64, 8, 1), (64, 8, 2)] {
+            let x = testutil::tensor(1, &[1, c, hw, hw], 1.0);
+            let w = testutil::tensor(2, &[c, 1, 3, 3], 1.0);
+            let b = testutil::tensor(3, &[c], 1.0);
+            let p = Conv2dParams {
+                stride: [stride, stride],
+                padding: Padding::uniform(1),
+                groups: c,
+                activation: Activation::Relu6,
+                ..Conv2dParams::default()
+            };
+            let plan = plan_conv2d(&x, &w, Some(&b), &p).unwrap();
+            type Kernel = fn(&ConvPlan<'_>, &mut [f32]);
+            let kernels: [(&str, Kernel); 2] = [("simd", depthwise_simd), ("direct", depthwise)];
+            for (name, kernel) in kernels {
+                let reps = 20000;
+                let mut out = vec![0f32; plan.out_shape().iter().product()];
+                let start = Instant::now();
+                for _ in 0..reps {
+                    kernel(&plan, &mut out);
+                    std::hint::black_box(&mut out);
+                }
+                let per = start.elapsed() / reps;
+                println!("depthwise c{c} {hw}x{hw} s{stride} {name:<8} {per:>10.2?}");
+            }
         }
     }
 
