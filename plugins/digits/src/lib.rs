@@ -43,17 +43,108 @@ fn bias_name(weight: &str) -> String {
     format!("{prefix}_{}", number.parse::<u32>().unwrap_or(0) + 1)
 }
 
-fn conv(x: &Tensor, weight: &str, stride: u32, pad: u32, depthwise: bool) -> Result<Tensor, Error> {
-    let w = Tensor::load(weight)?;
-    let b = Tensor::load(&bias_name(weight))?;
-    let groups = if depthwise { w.shape()[0] as u32 } else { 1 };
-    Conv2d::new(&w)
-        .bias(&b)
-        .stride(stride)
-        .pad(pad)
-        .groups(groups)
-        .activation(Activation::Relu6)
-        .run(x)
+/// One convolution of the CNN: its weights (host tensors) and geometry; every one ends in
+/// ReLU6.
+struct ConvLayer {
+    weight: Tensor,
+    bias: Tensor,
+    stride: u32,
+    pad: u32,
+    groups: u32,
+}
+
+impl ConvLayer {
+    fn load(weight: &str, stride: u32, pad: u32, depthwise: bool) -> Result<ConvLayer, Error> {
+        let w = Tensor::load(weight)?;
+        let bias = Tensor::load(&bias_name(weight))?;
+        let groups = if depthwise { w.shape()[0] as u32 } else { 1 };
+        Ok(ConvLayer {
+            weight: w,
+            bias,
+            stride,
+            pad,
+            groups,
+        })
+    }
+
+    fn run(&self, x: &Tensor) -> Result<Tensor, Error> {
+        Conv2d::new(&self.weight)
+            .bias(&self.bias)
+            .stride(self.stride)
+            .pad(self.pad)
+            .groups(self.groups)
+            .activation(Activation::Relu6)
+            .run(x)
+    }
+}
+
+/// The float network's weights, loaded once per instance: the gateway keeps instances for
+/// many requests (`requests_per_instance`), and the weights never change, so the host calls
+/// that load them (two per layer, plus a shape query) need not be paid on every request.
+/// The tensors stay in host memory, charged to the instance's tensor budget (about 75 KB).
+struct Network {
+    /// The stem, then each block's depthwise and pointwise layers.
+    convs: Vec<ConvLayer>,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+}
+
+impl Network {
+    fn load() -> Result<Network, Error> {
+        let mut convs = vec![ConvLayer::load("onnx::Conv_107", 1, 1, false)?];
+        for (depthwise, pointwise, stride) in BLOCKS {
+            convs.push(ConvLayer::load(depthwise, stride, 1, true)?);
+            convs.push(ConvLayer::load(pointwise, 1, 0, false)?);
+        }
+        Ok(Network {
+            convs,
+            fc_weight: Tensor::load("m.fc.weight")?,
+            fc_bias: Tensor::load("m.fc.bias")?,
+        })
+    }
+}
+
+/// Which network answers, decided once per instance: a plugin's grants do not change while
+/// its instance lives.
+enum Classifier {
+    Int8(Model),
+    Float,
+}
+
+thread_local! {
+    /// This instance's classifier, made by the first request that needs it. A failure to
+    /// make it is returned to that request and not kept, so the next request tries again.
+    static CLASSIFIER: std::cell::RefCell<Option<std::rc::Rc<Classifier>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The instance's classifier; see [`CLASSIFIER`].
+fn classifier() -> Result<std::rc::Rc<Classifier>, Error> {
+    if let Some(c) = CLASSIFIER.with_borrow(|c| c.clone()) {
+        return Ok(c);
+    }
+    let made = std::rc::Rc::new(match Model::open(INT8_MODEL) {
+        Ok(model) => Classifier::Int8(model),
+        Err(e) if e.code == ErrorCode::NotPermitted => Classifier::Float,
+        Err(e) => return Err(e),
+    });
+    CLASSIFIER.set(Some(made.clone()));
+    Ok(made)
+}
+
+/// The float network's weights, loaded by the first request or job that needs them; like
+/// [`CLASSIFIER`], a failure is not kept.
+fn network() -> Result<std::rc::Rc<Network>, Error> {
+    thread_local! {
+        static NETWORK: std::cell::RefCell<Option<std::rc::Rc<Network>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    if let Some(n) = NETWORK.with_borrow(|n| n.clone()) {
+        return Ok(n);
+    }
+    let made = std::rc::Rc::new(Network::load()?);
+    NETWORK.set(Some(made.clone()));
+    Ok(made)
 }
 
 /// The channels of the CNN's pooled layer: the features the head takes.
@@ -74,31 +165,27 @@ const LEARNING_RATE: f32 = 1e-4;
 /// granted, else on the float layers. Learning applies to the float path only: the int8
 /// network answers with its own final layer, whatever head the gateway made live.
 fn classify(input: &Tensor) -> Result<Tensor, Error> {
-    match Model::open(INT8_MODEL) {
-        Ok(model) => model
+    match &*classifier()? {
+        Classifier::Int8(model) => model
             .run(&[input])?
             .into_iter()
             .next()
             .ok_or_else(|| Error::internal("the int8 model gave no output")),
-        Err(e) if e.code == ErrorCode::NotPermitted => float_layers(input),
-        Err(e) => Err(e),
+        Classifier::Float => float_layers(input),
     }
 }
 
 /// The float network, layer by layer on native ops; the live head, if the gateway made one
 /// live, in place of the shipped dense layer.
 fn float_layers(input: &Tensor) -> Result<Tensor, Error> {
-    let features = features(input)?;
+    let network = network()?;
+    let features = features_on(&network, input)?;
     let logits = match learn::live_head() {
         Some(head) => head.forward(&features)?,
-        None => {
-            let fc_weight = Tensor::load("m.fc.weight")?;
-            let fc_bias = Tensor::load("m.fc.bias")?;
-            Gemm::new(&fc_weight)
-                .bias(&fc_bias)
-                .trans_b(true)
-                .run(&features)?
-        }
+        None => Gemm::new(&network.fc_weight)
+            .bias(&network.fc_bias)
+            .trans_b(true)
+            .run(&features)?,
     };
     logits.softmax(1)
 }
@@ -106,10 +193,17 @@ fn float_layers(input: &Tensor) -> Result<Tensor, Error> {
 /// [batch, 1, 16, 16] pixels to the pooled layer's [batch, FEATURES]: everything but the
 /// final dense layer.
 fn features(input: &Tensor) -> Result<Tensor, Error> {
-    let mut x = conv(input, "onnx::Conv_107", 1, 1, false)?;
-    for (depthwise, pointwise, stride) in BLOCKS {
-        x = conv(&x, depthwise, stride, 1, true)?;
-        x = conv(&x, pointwise, 1, 0, false)?;
+    features_on(&*network()?, input)
+}
+
+fn features_on(network: &Network, input: &Tensor) -> Result<Tensor, Error> {
+    let (stem, blocks) = network
+        .convs
+        .split_first()
+        .ok_or_else(|| Error::internal("the network has no layers"))?;
+    let mut x = stem.run(input)?;
+    for layer in blocks {
+        x = layer.run(&x)?;
     }
     x.global_avg_pool()?.flatten(1)
 }
