@@ -8,14 +8,22 @@
 # ROUNDS alternated rounds of SECS seconds at 4 connections, then the same at 1 connection for
 # the per-request latency. Prints every round and the medians; needs python3 for the PNG.
 # OLD_CONFIG / NEW_CONFIG (environment) add lines to that build's gateway.toml.
+# MID_EDGEPLUG and MID_DIGITS_DIR (environment, both or neither) add a third build, "mid" (say,
+# the commit before a change, when OLD is a release further back), alternated between the two
+# in every round and reported against OLD; MID_CONFIG adds lines to its gateway.toml.
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n 2,10p "$0"
+    sed -n 2,13p "$0"
     exit 2
 fi
 OLD_BIN=$(realpath "$1") OLD_DIR=$(realpath "$2") NEW_BIN=$(realpath "$3") NEW_DIR=$(realpath "$4")
 ROUNDS=${5:-3} SECS=${6:-10}
+BUILDS=(old new)
+if [ -n "${MID_EDGEPLUG:-}" ]; then
+    MID_BIN=$(realpath "$MID_EDGEPLUG") MID_DIR=$(realpath "${MID_DIGITS_DIR:?MID_EDGEPLUG needs MID_DIGITS_DIR}")
+    BUILDS=(old mid new)
+fi
 command -v wrk > /dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
 
 WORK=$(mktemp -d)
@@ -66,6 +74,8 @@ start() { # name bin plugin_dir port extra_config
 
 start old "$OLD_BIN" "$OLD_DIR" 18181 "${OLD_CONFIG:-}"
 start new "$NEW_BIN" "$NEW_DIR" 18182 "${NEW_CONFIG:-}"
+[ "${#BUILDS[@]}" = 3 ] && start mid "$MID_BIN" "$MID_DIR" 18183 "${MID_CONFIG:-}"
+declare -A PORT=([old]=18181 [new]=18182 [mid]=18183)
 
 measure() { # port connections -> "req/s p50_us"
     wrk -t1 -c"$2" -d"${SECS}s" --latency -s "$WORK/predict.lua" "http://127.0.0.1:$1/predict" |
@@ -79,9 +89,8 @@ measure() { # port connections -> "req/s p50_us"
 declare -A RPS LAT
 for c in 4 1; do
     for r in $(seq "$ROUNDS"); do
-        for which in old new; do
-            port=18181; [ "$which" = new ] && port=18182
-            read -r rps p50 bad < <(measure "$port" "$c")
+        for which in "${BUILDS[@]}"; do
+            read -r rps p50 bad < <(measure "${PORT[$which]}" "$c")
             [ "$bad" = 0 ] || { echo "$which: $bad non-2xx answers"; exit 1; }
             echo "connections=$c round=$r $which: $rps req/s, p50 $p50 us"
             RPS[$which.$c]+="$rps "
@@ -96,4 +105,8 @@ for c in 4 1; do
     o=$(echo "${RPS[old.$c]}" | median) n=$(echo "${RPS[new.$c]}" | median)
     ol=$(echo "${LAT[old.$c]}" | median) nl=$(echo "${LAT[new.$c]}" | median)
     echo "connections=$c median: old $o req/s (p50 $ol us), new $n req/s (p50 $nl us), new/old $(awk "BEGIN {printf \"%.2f\", $n / $o}")"
+    if [ "${#BUILDS[@]}" = 3 ]; then
+        m=$(echo "${RPS[mid.$c]}" | median) ml=$(echo "${LAT[mid.$c]}" | median)
+        echo "connections=$c median: mid $m req/s (p50 $ml us), mid/old $(awk "BEGIN {printf \"%.2f\", $m / $o}"), new/mid $(awk "BEGIN {printf \"%.2f\", $n / $m}")"
+    fi
 done
