@@ -18,7 +18,9 @@ use std::sync::Arc;
 use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::{DatumType, Tensor as TractTensor};
 
-use super::program::{ByteSlot, FloatSlot, OwnedRequant, QOutput, QProgram, QStep, Qp};
+use super::program::{
+    ByteSlot, FloatSlot, OwnedRequant, QOutput, QProgram, QStep, Qp, requantize_table,
+};
 
 // Children of this module (they extend its `Builder`), kept in files of
 // their own beside it.
@@ -510,10 +512,7 @@ impl Builder<'_> {
                 self.steps.push(QStep::Requantize {
                     x: slot,
                     out,
-                    from,
-                    to: qp,
-                    lo: 0,
-                    hi: 255,
+                    table: requantize_table(from, qp, 0, 255),
                 });
                 Val::Bytes { slot: out, shape }
             }
@@ -883,10 +882,7 @@ impl Builder<'_> {
             PendingOp::Requant { x, xq } => QStep::Requantize {
                 x: *x,
                 out: slot,
-                from: *xq,
-                to: out,
-                lo,
-                hi,
+                table: requantize_table(*xq, out, lo, hi),
             },
         };
         self.steps.push(step);

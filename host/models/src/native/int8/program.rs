@@ -115,14 +115,12 @@ pub(super) enum QStep {
         zero: u8,
     },
     /// A value re-expressed in other quantization parameters, the result
-    /// clamped to `[lo, hi]` (a Relu or Clip between the two).
+    /// clamped (a Relu or Clip between the two): a byte-to-byte map, so a
+    /// table of all 256 results ([`requantize_table`]).
     Requantize {
         x: ByteSlot,
         out: ByteSlot,
-        from: Qp,
-        to: Qp,
-        lo: u8,
-        hi: u8,
+        table: Box<[u8; 256]>,
     },
     /// Global average pool of `f32` `[planes, hw]` (ONNX layout) into
     /// `[planes]`: a pool a QOperator graph leaves in float.
@@ -513,16 +511,11 @@ impl QProgram {
                     );
                 }
             }
-            QStep::Requantize {
-                x,
-                from,
-                to,
-                lo,
-                hi,
-                ..
-            } => {
+            QStep::Requantize { x, table, .. } => {
                 let out = out_buf.as_mut().expect("writes");
-                requantize(input(*x), *from, *to, *lo, *hi, out);
+                for (o, &v) in out.iter_mut().zip(input(*x)) {
+                    *o = table[usize::from(v)];
+                }
             }
             QStep::FloatAvgPool { x, out, planes, hw } => {
                 let (x, out) = float_pair(&mut arena.floats, *x, *out);
@@ -560,20 +553,22 @@ impl QProgram {
     }
 }
 
-/// ONNX's DequantizeLinear then QuantizeLinear of `x` (`from` to `to`),
-/// the result clamped to bytes `[lo, hi]`, in onnxruntime's order of `f32`
-/// operations (multiply by the one scale, divide by the other, round half
-/// to even), so ties fall the same way.
-pub(super) fn requantize(x: &[u8], from: Qp, to: Qp, lo: u8, hi: u8, out: &mut [u8]) {
+/// ONNX's DequantizeLinear then QuantizeLinear of each byte (`from` to
+/// `to`), the result clamped to bytes `[lo, hi]`, in onnxruntime's order of
+/// `f32` operations (multiply by the one scale, divide by the other, round
+/// half to even), so ties fall the same way.
+pub(super) fn requantize_table(from: Qp, to: Qp, lo: u8, hi: u8) -> Box<[u8; 256]> {
     let (lo, hi) = (
         f32::from(lo) - f32::from(to.zero),
         f32::from(hi) - f32::from(to.zero),
     );
-    for (o, &v) in out.iter_mut().zip(x) {
-        let real = (i32::from(v) - i32::from(from.zero)) as f32 * from.scale;
+    let mut table = Box::new([0u8; 256]);
+    for (v, o) in table.iter_mut().enumerate() {
+        let real = (v as i32 - i32::from(from.zero)) as f32 * from.scale;
         let q = (real / to.scale).round_ties_even().clamp(lo, hi);
         *o = (q as i32 + i32::from(to.zero)) as u8;
     }
+    table
 }
 
 /// The mean of each `hw` values of `x` (one plane of an NCHW image) into `out`.

@@ -221,6 +221,22 @@ fn qoperator_graphs_with_uint8_weights_fall_back() {
     assert!(diff <= 0.05 + 1e-6, "max |Δ| {diff}");
 }
 
+/// QLinearMatMul ([3, 40] by int8 weights with a scale per column) against
+/// onnxruntime: the sums are exact, so the bound is one step of the output
+/// scale (0.04) for a requantization rounded the other way.
+#[test]
+fn qlinearmatmul_matches_onnxruntime() {
+    let native = NativeModel::load(&repo_file("tests/fixtures/models/qlinearmatmul.onnx")).unwrap();
+    assert_eq!(native.precision(), Precision::Int8);
+    let (xs, x) = read_npy_f32(&repo_file("tests/fixtures/models/qlinearmatmul_input.npy"));
+    assert_eq!(xs, [1, 3, 40]);
+    let x = Tensor::from_f32(vec![3, 40], x).unwrap();
+    let y = native.run(&[&x]).unwrap()[0].as_f32().unwrap().to_vec();
+    let (diff, _) = compare(&[y], "tests/fixtures/models/qlinearmatmul_ref_out.npy");
+    println!("QLinearMatMul: max |Δ| {diff}");
+    assert!(diff <= 0.04 + 1e-6, "max |Δ| {diff}");
+}
+
 /// The QOperator and QDQ spellings of one operation compile to the same
 /// steps: the digits CNN in either form lists the same int8 convolutions.
 #[test]
