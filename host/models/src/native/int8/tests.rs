@@ -262,3 +262,53 @@ fn int8_is_no_precision_to_ask_for() {
     let err = "int8".parse::<Precision>().unwrap_err();
     assert!(err.contains("comes with the model"), "{err}");
 }
+
+/// The QOperator digits CNN with its first QLinearConv damaged as a
+/// careless exporter might: each is an error naming the problem, never a
+/// panic, and never a silent run.
+#[test]
+fn malformed_qoperator_nodes_are_errors() {
+    use prost::Message;
+    use tract_onnx::prelude::Framework;
+    let bytes = repo_file("tests/fixtures/models/digits_cnn_int8_qop.onnx");
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut std::io::Cursor::new(&bytes[..]))
+        .unwrap();
+    let damaged = |edit: &dyn Fn(&mut tract_onnx::pb::NodeProto)| {
+        let mut p = proto.clone();
+        let graph = p.graph.as_mut().unwrap();
+        let conv = graph
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "QLinearConv")
+            .unwrap();
+        edit(conv);
+        NativeModel::load(&p.encode_to_vec())
+    };
+    // No output scale or zero point.
+    match damaged(&|n| n.input.truncate(6)) {
+        Err(NativeError::Unsupported { op, .. }) => assert!(op.contains("scale"), "{op}"),
+        other => panic!("{other:?}"),
+    }
+    // The weights where the bias goes (int8, not int32).
+    match damaged(&|n| n.input[8] = n.input[3].clone()) {
+        Err(NativeError::Unsupported { op, .. }) => assert!(op.contains("int32"), "{op}"),
+        other => panic!("{other:?}"),
+    }
+    // The input's quantized value where the weights go: not a constant.
+    match damaged(&|n| n.input[3] = n.input[0].clone()) {
+        Err(NativeError::Unsupported { op, .. }) => assert!(op.contains("not constant"), "{op}"),
+        other => panic!("{other:?}"),
+    }
+    // A group count the weights do not fit.
+    match damaged(&|n| {
+        n.attribute
+            .iter_mut()
+            .find(|a| a.name == "group")
+            .unwrap()
+            .i = 3
+    }) {
+        Err(NativeError::Load(msg)) => assert!(msg.contains("groups"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
