@@ -4,7 +4,7 @@ the same command line each time, and check it comes back on a verified version.
 
     python3 tests/soak/kill_during_push.py [--kills 50] [--bin target/release/edgeplug] [--build]
 
-Each round: `edgeplug serve --config C --install digits-0.1.0.epk` starts (the same command line
+Each round: `edgeplug serve --config C --install digits-SHIPPED.epk` (the version plugins/digits ships) starts (the same command line
 every time); three clients post a digit to it in a loop; an admin client pushes newer digits
 versions and rolls back, at random; after a random delay the gateway gets SIGKILL, wherever it
 is. After each restart the script checks:
@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from soaklib import REPO, Bundles, Client, free_port, log, request, version_of, vkey
+from soaklib import REPO, SHIPPED, Bundles, Client, free_port, log, request, version_of, vkey
 
 TOKEN = "soak-token"
 KEEP_VERSIONS = 3
@@ -253,7 +253,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="edgeplug-kill-"))
     log(f"work directory {work}, binary {edgeplug}, seed {seed}")
     bundles = Bundles(edgeplug, work, wasm)
-    base = bundles.make("0.1.0")
+    base = bundles.make(SHIPPED)
     count = args.kills * 6
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         pushed = list(
@@ -277,7 +277,7 @@ def main():
     load = Load(port, args.clients, seven)
 
     failures = []
-    acked = "0.1.0"
+    acked = SHIPPED
     next_index = 0
     kill_points = {"push": 0, "rollback": 0, "between": 0}
     restart_times = []
@@ -319,7 +319,7 @@ def main():
                 if in_flight[0] == "push":
                     allowed.add(in_flight[1])
                 else:
-                    allowed |= {v for v, _ in pushed[:next_index]} | {"0.1.0"}
+                    allowed |= {v for v, _ in pushed[:next_index]} | {SHIPPED}
                     allowed = {v for v in allowed if vkey(v) <= vkey(admin.acked)}
             else:
                 kill_points["between"] += 1

@@ -42,7 +42,7 @@ import threading
 import time
 from pathlib import Path
 
-from soaklib import REPO, Bundles, Client, free_port, log, request, version_of
+from soaklib import REPO, SHIPPED, Bundles, Client, free_port, log, request, version_of
 
 TOKEN = "soak-token"
 SAMPLE_EVERY = 5.0  # seconds
@@ -276,7 +276,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="edgeplug-soak-"))
     log(f"work directory {work}, binary {edgeplug}")
     bundles = Bundles(edgeplug, work, REPO / "plugins/digits/plugin.wasm")
-    installs = [bundles.make("0.1.0")]
+    installs = [bundles.make(SHIPPED)]
     for plugin in ["image-classifier", "forecaster"]:
         out = work / f"{plugin}.epk"
         subprocess.run(

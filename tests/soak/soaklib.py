@@ -4,6 +4,7 @@ client posting in a loop and checking answers, a free port, timestamped log line
 import array
 import http.client
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# The digits version the repository ships (plugin.toml; the component's describe() says it too).
+SHIPPED = re.search(
+    r'^version = "(\d\.\d\.\d)"$', (REPO / "plugins/digits/plugin.toml").read_text(), re.M
+).group(1)
 
 
 def log(message):
@@ -22,12 +27,12 @@ def log(message):
 
 
 def patch_wasm(wasm: bytes, version: str) -> bytes:
-    """The digits component with its describe() version (the crate's, 0.1.0) replaced by
+    """The digits component with its describe() version (the crate's, SHIPPED) replaced by
     `version` (same length). Occurrences after '@', '-' or '/' (WIT package versions, paths in
     debug info) stay; the same rule as tests/src/gateway.rs."""
     assert len(version) == 5, "versions are a.b.c with single digits"
     out = bytearray(wasm)
-    needle = b"0.1.0"
+    needle = SHIPPED.encode()
     patched = 0
     at = out.find(needle)
     while at != -1:
@@ -73,20 +78,19 @@ class Bundles:
         shutil.copy(work / "keys" / "soak.pub", self.trust / "soak.pub")
         self.wasm = wasm.read_bytes()
         self.manifest = (REPO / "plugins/digits/plugin.toml").read_text()
-        if 'version = "0.1.0"' not in self.manifest:
-            raise SystemExit("plugins/digits/plugin.toml is not version 0.1.0")
 
     def make(self, version: str) -> Path:
         out = self.dir / f"digits-{version}.epk"
         src = self.src / version
         src.mkdir()
-        shutil.copytree(REPO / "plugins/digits/selftest", src / "selftest")
+        for folder in ["selftest", "learn"]:
+            shutil.copytree(REPO / "plugins/digits" / folder, src / folder)
         shutil.copy(REPO / "plugins/digits/weights.safetensors", src)
         (src / "plugin.toml").write_text(
-            self.manifest.replace('version = "0.1.0"', f'version = "{version}"', 1)
+            self.manifest.replace(f'version = "{SHIPPED}"', f'version = "{version}"', 1)
         )
         (src / "plugin.wasm").write_bytes(
-            self.wasm if version == "0.1.0" else patch_wasm(self.wasm, version)
+            self.wasm if version == SHIPPED else patch_wasm(self.wasm, version)
         )
         subprocess.run(
             [self.edgeplug, "pack", src, "--key", self.key, "--out", out],
