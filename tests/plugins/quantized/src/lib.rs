@@ -11,7 +11,7 @@
 //!
 //! The body is a digit as the digits plugin takes it: a JSON array of 8 rows of 8 values
 //! 0..16, divided by 16 and upsampled 2x by nearest neighbour to [1, 1, 16, 16]. Or
-//! `{"probe": NAME}`: one misuse of the quantized ops ([`probe`]), whose WIT error the plugin
+//! `{"probe": NAME}`: one misuse of the quantized ops (`probe` below), whose WIT error the plugin
 //! returns as its own, so that the tests see what a plugin author's mistake gives.
 
 use edgeplug_sdk::{
