@@ -84,42 +84,46 @@ fn wit_version() -> &'static str {
         .expect("wit/edgeplug.wit declares package edgeplug:plugin@VERSION")
 }
 
+/// The model template's model and self-tests, the same in every language: the three answer
+/// the same inputs with the same numbers. The model is the digits CNN of tests/fixtures/models
+/// (79 KB), the repository's own.
+const MODEL_FILES: [(&str, &[u8]); 5] = [
+    (
+        "model.onnx",
+        include_bytes!("../templates/model/model.onnx"),
+    ),
+    (
+        "selftest/input.npy",
+        include_bytes!("../templates/model/selftest/input.npy"),
+    ),
+    (
+        "selftest/input.expect.json",
+        include_bytes!("../templates/model/selftest/input.expect.json"),
+    ),
+    (
+        "selftest/image.json",
+        include_bytes!("../templates/model/selftest/image.json"),
+    ),
+    (
+        "selftest/image.expect.json",
+        include_bytes!("../templates/model/selftest/image.expect.json"),
+    ),
+];
+
+/// The tensor template's self-test, the same in every language.
+const TENSOR_FILES: [(&str, &[u8]); 2] = [
+    (
+        "selftest/input.npy",
+        include_bytes!("../templates/tensor/selftest/input.npy"),
+    ),
+    (
+        "selftest/input.expect.json",
+        include_bytes!("../templates/tensor/selftest/input.expect.json"),
+    ),
+];
+
 /// A Python or JavaScript template's own files; `None` for Rust, whose templates are crates.
 fn foreign_files(lang: Lang, template: Template) -> Option<Vec<(&'static str, &'static [u8])>> {
-    // The model and tensor templates take the Rust templates' model and self-test inputs:
-    // the three languages answer the same inputs with the same numbers.
-    let model_tests: [(&str, &[u8]); 5] = [
-        (
-            "model.onnx",
-            include_bytes!("../templates/model/model.onnx"),
-        ),
-        (
-            "selftest/input.npy",
-            include_bytes!("../templates/model/selftest/input.npy"),
-        ),
-        (
-            "selftest/input.expect.json",
-            include_bytes!("../templates/model/selftest/input.expect.json"),
-        ),
-        (
-            "selftest/image.json",
-            include_bytes!("../templates/model/selftest/image.json"),
-        ),
-        (
-            "selftest/image.expect.json",
-            include_bytes!("../templates/model/selftest/image.expect.json"),
-        ),
-    ];
-    let tensor_tests: [(&str, &[u8]); 2] = [
-        (
-            "selftest/input.npy",
-            include_bytes!("../templates/tensor/selftest/input.npy"),
-        ),
-        (
-            "selftest/input.expect.json",
-            include_bytes!("../templates/tensor/selftest/input.expect.json"),
-        ),
-    ];
     let minimal_tests: [(&str, &[u8]); 2] = [
         (
             "selftest/input.json",
@@ -166,71 +170,51 @@ fn foreign_files(lang: Lang, template: Template) -> Option<Vec<(&'static str, &'
             include_bytes!("../templates/python/image/selftest/filters.expect.json"),
         ),
     ];
-    let (source, manifest, tests): (_, &[u8], Vec<_>) = match (lang, template) {
+    // A template's source and manifest, from templates/LANG/TEMPLATE/.
+    macro_rules! foreign_template {
+        ($dir:literal, $source:literal) => {
+            (
+                (
+                    $source,
+                    include_bytes!(concat!("../templates/", $dir, "/", $source)) as &[u8],
+                ),
+                include_bytes!(concat!("../templates/", $dir, "/plugin.toml")) as &[u8],
+            )
+        };
+    }
+    let ((source, manifest), tests) = match (lang, template) {
         (Lang::Rust, _) => return None,
-        (Lang::Python, Template::Image) => (
-            (
-                "app.py",
-                include_bytes!("../templates/python/image/app.py") as &[u8],
-            ),
-            include_bytes!("../templates/python/image/plugin.toml"),
-            image_tests.to_vec(),
-        ),
-        (Lang::Js, Template::Image) => (
-            (
-                "app.js",
-                include_bytes!("../templates/js/image/app.js") as &[u8],
-            ),
-            include_bytes!("../templates/js/image/plugin.toml"),
-            image_tests.to_vec(),
-        ),
         (Lang::Python, Template::Minimal) => (
-            (
-                "app.py",
-                include_bytes!("../templates/python/minimal/app.py") as &[u8],
-            ),
-            include_bytes!("../templates/python/minimal/plugin.toml"),
+            foreign_template!("python/minimal", "app.py"),
             minimal_tests.to_vec(),
+        ),
+        (Lang::Python, Template::Image) => (
+            foreign_template!("python/image", "app.py"),
+            image_tests.to_vec(),
         ),
         (Lang::Python, Template::Tensor) => (
-            (
-                "app.py",
-                include_bytes!("../templates/python/tensor/app.py") as &[u8],
-            ),
-            include_bytes!("../templates/python/tensor/plugin.toml"),
-            tensor_tests.to_vec(),
+            foreign_template!("python/tensor", "app.py"),
+            TENSOR_FILES.to_vec(),
         ),
         (Lang::Python, Template::Model) => (
-            (
-                "app.py",
-                include_bytes!("../templates/python/model/app.py") as &[u8],
-            ),
-            include_bytes!("../templates/python/model/plugin.toml"),
-            model_tests.to_vec(),
+            foreign_template!("python/model", "app.py"),
+            MODEL_FILES.to_vec(),
         ),
         (Lang::Js, Template::Minimal) => (
-            (
-                "app.js",
-                include_bytes!("../templates/js/minimal/app.js") as &[u8],
-            ),
-            include_bytes!("../templates/js/minimal/plugin.toml"),
+            foreign_template!("js/minimal", "app.js"),
             minimal_tests.to_vec(),
         ),
+        (Lang::Js, Template::Image) => (
+            foreign_template!("js/image", "app.js"),
+            image_tests.to_vec(),
+        ),
         (Lang::Js, Template::Tensor) => (
-            (
-                "app.js",
-                include_bytes!("../templates/js/tensor/app.js") as &[u8],
-            ),
-            include_bytes!("../templates/js/tensor/plugin.toml"),
-            tensor_tests.to_vec(),
+            foreign_template!("js/tensor", "app.js"),
+            TENSOR_FILES.to_vec(),
         ),
         (Lang::Js, Template::Model) => (
-            (
-                "app.js",
-                include_bytes!("../templates/js/model/app.js") as &[u8],
-            ),
-            include_bytes!("../templates/js/model/plugin.toml"),
-            model_tests.to_vec(),
+            foreign_template!("js/model", "app.js"),
+            MODEL_FILES.to_vec(),
         ),
     };
     let mut files = foreign_common(lang);
@@ -293,14 +277,6 @@ fn files(template: Template) -> Vec<(&'static str, &'static [u8])> {
                 "plugin.toml",
                 include_str!("../templates/tensor/plugin.toml").as_bytes(),
             ),
-            (
-                "selftest/input.npy",
-                include_bytes!("../templates/tensor/selftest/input.npy"),
-            ),
-            (
-                "selftest/input.expect.json",
-                include_bytes!("../templates/tensor/selftest/input.expect.json"),
-            ),
         ],
         Template::Model => vec![
             (
@@ -311,30 +287,18 @@ fn files(template: Template) -> Vec<(&'static str, &'static [u8])> {
                 "plugin.toml",
                 include_str!("../templates/model/plugin.toml").as_bytes(),
             ),
-            // The digits CNN of tests/fixtures/models (79 KB), the repository's own model.
-            (
-                "model.onnx",
-                include_bytes!("../templates/model/model.onnx"),
-            ),
-            (
-                "selftest/input.npy",
-                include_bytes!("../templates/model/selftest/input.npy"),
-            ),
-            (
-                "selftest/input.expect.json",
-                include_bytes!("../templates/model/selftest/input.expect.json"),
-            ),
-            (
-                "selftest/image.json",
-                include_bytes!("../templates/model/selftest/image.json"),
-            ),
-            (
-                "selftest/image.expect.json",
-                include_bytes!("../templates/model/selftest/image.expect.json"),
-            ),
         ],
     };
-    common.into_iter().chain(own).collect()
+    let shared: &[(&str, &[u8])] = match template {
+        Template::Model => &MODEL_FILES,
+        Template::Tensor => &TENSOR_FILES,
+        Template::Minimal | Template::Image => &[],
+    };
+    common
+        .into_iter()
+        .chain(own)
+        .chain(shared.iter().copied())
+        .collect()
 }
 
 /// The SDK dependency line of the new Cargo.toml.
