@@ -12,7 +12,6 @@
 //! `EDGEPLUG_BENCH_REQUESTS` requests, default 200; medians of the rounds are printed and
 //! written to `target/bench/plugin_languages.json`).
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,11 +24,9 @@ use serde_json::json;
 const LANGUAGES: [&str; 3] = ["rust", "python", "js"];
 
 fn edgeplug(args: &[&dyn AsRef<std::ffi::OsStr>]) {
-    let args: Vec<OsString> = std::iter::once("edgeplug".into())
-        .chain(args.iter().map(|a| a.as_ref().to_os_string()))
-        .collect();
-    let code = edgeplug::cli::run_args(args.clone()).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
-    assert_eq!(code, std::process::ExitCode::SUCCESS, "{args:?}");
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    let code = edgeplug_tests::edgeplug_cli(args).unwrap_or_else(|e| panic!("{shown:?}: {e:#}"));
+    assert_eq!(code, std::process::ExitCode::SUCCESS, "{shown:?}");
 }
 
 /// `edgeplug new --template model --lang LANG` and `edgeplug build`, under `work`.
@@ -67,21 +64,6 @@ fn files(dir: &Path, requests_per_instance: u32) -> PluginFiles {
 /// image, and drawn 8 times larger (64x64), which the sandbox resizes.
 fn inputs(dir: &Path) -> Vec<(&'static str, InferRequest)> {
     let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
-    let small: serde_json::Value = serde_json::from_slice(&read("selftest/image.json")).unwrap();
-    let big: Vec<Vec<f64>> = small["image"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| {
-            let row: Vec<f64> = row
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|v| [v.as_f64().unwrap() * 255.0 / 16.0; 8])
-                .collect();
-            std::iter::repeat_n(row, 8)
-        })
-        .collect();
     let request = |content_type: &str, body: Vec<u8>| InferRequest {
         content_type: content_type.into(),
         body,
@@ -100,7 +82,7 @@ fn inputs(dir: &Path) -> Vec<(&'static str, InferRequest)> {
             "JSON image 64x64",
             request(
                 "application/json",
-                json!({ "image": big }).to_string().into_bytes(),
+                edgeplug_tests::model_template_digit_64x64().into_bytes(),
             ),
         ),
     ]

@@ -44,6 +44,40 @@ pub fn load_example(runtime: &Runtime, name: &str, wasm: &str) -> LoadedPlugin {
     runtime.load(&files).expect("plugin loads")
 }
 
+/// `edgeplug ARGS...`, run in process through the CLI's own argument parser.
+pub fn edgeplug_cli(
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+) -> anyhow::Result<std::process::ExitCode> {
+    let args: Vec<std::ffi::OsString> = std::iter::once("edgeplug".into())
+        .chain(args.iter().map(|a| a.as_ref().to_os_string()))
+        .collect();
+    edgeplug::cli::run_args(args)
+}
+
+/// The `model` template's self-test digit (an 8x8 JSON image of 0..16) drawn 8 times larger:
+/// a 64x64 JSON image of 0..255 that the template's area resize brings back to the same
+/// 16x16 input.
+pub fn model_template_digit_64x64() -> String {
+    let path = repo().join("host/cli/templates/model/selftest/image.json");
+    let small: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("the template's image")).unwrap();
+    let big: Vec<Vec<f64>> = small["image"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            let row: Vec<f64> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|v| [v.as_f64().unwrap() * 255.0 / 16.0; 8])
+                .collect();
+            std::iter::repeat_n(row, 8)
+        })
+        .collect();
+    serde_json::json!({ "image": big }).to_string()
+}
+
 /// Reads a .npy fixture.
 pub fn npy(path: &str) -> edgeplug_sdk::npy::Npy {
     let bytes = std::fs::read(fixture(path)).expect("fixture exists");

@@ -15,12 +15,7 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn edgeplug(args: &[&dyn AsRef<std::ffi::OsStr>]) -> anyhow::Result<ExitCode> {
-    let args: Vec<std::ffi::OsString> = std::iter::once("edgeplug".into())
-        .chain(args.iter().map(|a| a.as_ref().to_os_string()))
-        .collect();
-    edgeplug::cli::run_args(args)
-}
+use edgeplug_tests::edgeplug_cli as edgeplug;
 
 #[test]
 fn the_sdks_wit_is_a_copy_of_the_repositorys() {
@@ -279,25 +274,7 @@ fn python_and_javascript_templates_build_pass_conformance_sign_and_serve() {
         &std::fs::read(root().join("host/cli/templates/model/selftest/input.expect.json")).unwrap(),
     )
     .unwrap();
-    let small: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root().join("host/cli/templates/model/selftest/image.json")).unwrap(),
-    )
-    .unwrap();
-    let big: Vec<Vec<f64>> = small["image"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| {
-            let row: Vec<f64> = row
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|v| [v.as_f64().unwrap() * 255.0 / 16.0; 8])
-                .collect();
-            std::iter::repeat_n(row, 8)
-        })
-        .collect();
-    let big = serde_json::json!({ "image": big }).to_string();
+    let big = edgeplug_tests::model_template_digit_64x64();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let gateway = TestGateway::start("").await;
