@@ -4,22 +4,34 @@ use proptest::test_runner::TestCaseError;
 
 use super::{Activation, Tensor};
 
+/// splitmix64 from `seed`: a deterministic stream, so a failing case reproduces from its seed.
+fn splitmix64(seed: u64) -> impl Iterator<Item = u64> {
+    let mut state = seed;
+    std::iter::repeat_with(move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
 /// Deterministic pseudo-random values in `[-scale, scale)`; a seed keeps
 /// proptest strategies simple (shapes are drawn first, data follows).
 pub fn data(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            // splitmix64
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
+    splitmix64(seed)
+        .take(n)
+        .map(|z| {
             let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
             (unit * 2.0 - 1.0) * scale
         })
         .collect()
+}
+
+/// Deterministic pseudo-random bytes (the low byte of each [`splitmix64`] value), for the
+/// int8 kernels' operands.
+pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    splitmix64(seed).take(n).map(|z| z as u8).collect()
 }
 
 /// An f32 tensor of `shape` filled by [`data`].

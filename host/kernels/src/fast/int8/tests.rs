@@ -5,20 +5,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::fast::tests::fitted_geometry as fitted;
-
-/// Deterministic bytes (splitmix64), so a failing case reproduces from its seed.
-fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
+use crate::testutil::bytes;
 
 fn weights(seed: u64, n: usize) -> Vec<i8> {
     bytes(seed, n).into_iter().map(|b| b as i8).collect()
